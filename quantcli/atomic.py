@@ -1,0 +1,58 @@
+"""Atomic output: write to a temporary file next to the target, rename at the end, never leave a part."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from quantcli.errors import OutputExists, OutputFailed
+
+TEMP_MARK = ".quantcli-tmp-"
+
+
+def check_output(path: Path, force: bool) -> None:
+    """Fail before any work if `path` exists (without --force) or its directory cannot be written."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExists(f"{path} already exists (use --force to overwrite)")
+    if path.is_dir():
+        raise OutputExists(f"{path} is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputFailed(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFailed(f"output directory {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the target's directory; on success rename it to `path`.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    check_output(path, force)
+    tmp = path.with_name(f"{TEMP_MARK}{secrets.token_hex(4)}-{path.name}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OutputFailed(f"nothing was written for {path}")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if path.exists() and not force:  # appeared while we worked
+            raise OutputExists(f"{path} already exists (use --force to overwrite)")
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise OutputFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        tmp.unlink()

@@ -1,0 +1,95 @@
+"""The `quantcli` command: one Typer app, one module per command in quantcli/commands/.
+
+Every command module defines `register(app)`. `main()` turns errors into one line on stderr and a
+documented exit code (README.md); `--json` runs also get an error object on stdout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import traceback
+
+import click
+import typer
+
+from quantcli import __version__
+from quantcli.errors import ExitCode, QuantcliError
+
+COMMANDS = ["convert", "plan", "quantize", "inspect", "eval", "generate", "imatrix", "batch"]
+
+app = typer.Typer(
+    name="quantcli",
+    help="Convert Hugging Face checkpoints to llama.cpp-exact quantized GGUF (and packed safetensors).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"quantcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    pass
+
+
+for _name in COMMANDS:
+    try:
+        _module = importlib.import_module(f"quantcli.commands.{_name}")
+    except ModuleNotFoundError as exc:  # a command not written yet; any other import error is a bug
+        if exc.name != f"quantcli.commands.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    # SIGTERM takes the same clean-up path as Ctrl-C: temp files removed, exit code 130.
+    raise KeyboardInterrupt
+
+
+def _emit_error(message: str, code: int, kind: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if "--json" in sys.argv:
+        print(json.dumps({"ok": False, "error": message, "error_type": kind, "exit_code": int(code)}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="quantcli")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _emit_error("interrupted", ExitCode.INTERRUPTED, "Interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except QuantcliError as exc:
+        _emit_error(str(exc), exc.exit_code, type(exc).__name__)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        _emit_error("interrupted", ExitCode.INTERRUPTED, "Interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(ExitCode.OK)
+    except Exception as exc:  # our bug: keep the traceback, show one line
+        fd, path = tempfile.mkstemp(prefix="quantcli-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        _emit_error(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", ExitCode.INTERNAL, "InternalError")
+        sys.exit(ExitCode.INTERNAL)
+    sys.exit(int(rv) if isinstance(rv, int) else 0)

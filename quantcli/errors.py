@@ -1,0 +1,72 @@
+"""User-facing errors and their exit codes (the table is in README.md)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # a bug in quantcli: short message + path of the full traceback
+    USAGE = 2  # bad command line (also Typer/Click's own code for bad options)
+    INPUT_MISSING = 3  # a path or file that is not there (config.json, shard, imatrix, ...)
+    INPUT_INVALID = 4  # a file that is there but malformed (truncated, bad header, NaN weights, ...)
+    UNSUPPORTED = 5  # well-formed input we do not support (architecture, tokenizer, dtype, format combo)
+    OUTPUT_EXISTS = 6  # output already exists and --force was not given
+    OUTPUT_FAILED = 7  # output could not be written (unwritable dir, disk full)
+    FALLBACK_REFUSED = 8  # --strict and the plan has fallbacks
+    VERIFY_FAILED = 9  # --verify quality gate failed
+    BATCH_FAILED = 10  # one or more batch jobs failed
+    IMATRIX_MISMATCH = 11  # imatrix does not fit the model
+    INTERRUPTED = 130  # SIGINT / SIGTERM
+
+
+class QuantcliError(Exception):
+    """An error caused by the user's input or environment: printed as one line, never a traceback."""
+
+    exit_code: ExitCode = ExitCode.INPUT_INVALID
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(QuantcliError):
+    exit_code = ExitCode.USAGE
+
+
+class InputMissing(QuantcliError):
+    exit_code = ExitCode.INPUT_MISSING
+
+
+class InputInvalid(QuantcliError):
+    exit_code = ExitCode.INPUT_INVALID
+
+
+class Unsupported(QuantcliError):
+    exit_code = ExitCode.UNSUPPORTED
+
+
+class OutputExists(QuantcliError):
+    exit_code = ExitCode.OUTPUT_EXISTS
+
+
+class OutputFailed(QuantcliError):
+    exit_code = ExitCode.OUTPUT_FAILED
+
+
+class FallbackRefused(QuantcliError):
+    exit_code = ExitCode.FALLBACK_REFUSED
+
+
+class VerifyFailed(QuantcliError):
+    exit_code = ExitCode.VERIFY_FAILED
+
+
+class BatchFailed(QuantcliError):
+    exit_code = ExitCode.BATCH_FAILED
+
+
+class ImatrixMismatch(QuantcliError):
+    exit_code = ExitCode.IMATRIX_MISMATCH

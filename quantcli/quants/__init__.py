@@ -1,0 +1,16 @@
+"""GGML block quantizers: one module per type, registered by gguf.GGMLQuantizationType."""
+
+from quantcli.quants.base import (
+    QuantType,
+    dequantize,
+    get,
+    native_enabled,
+    quantize,
+    supported_types,
+    to_qtype,
+)
+
+# Importing the type modules registers them. Each helper module adds itself here.
+from quantcli.quants import floats  # noqa: F401,E402
+
+__all__ = ["QuantType", "dequantize", "get", "native_enabled", "quantize", "supported_types", "to_qtype"]

@@ -1,0 +1,100 @@
+"""The real llama.cpp, built from the vendored tree of the llama-cpp-python sdist (scripts/build_llamacpp.sh).
+
+`ggml()` gives ctypes access to libggml-base (ggml_quantize_chunk and each type's to_float), `tool(name)`
+the path of a built llama.cpp binary. The build is cached in $QUANTCLI_CACHE (default ~/.cache/quantcli).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def llamacpp_root() -> Path:
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_llamacpp.sh")], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def llamacpp_src() -> Path:
+    return llamacpp_root() / "src"
+
+
+def tool(name: str) -> Path:
+    path = llamacpp_root() / "build" / "bin" / name
+    assert path.exists(), f"{path} was not built"
+    return path
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    lib = str(llamacpp_root() / "build" / "bin")
+    env["LD_LIBRARY_PATH"] = lib + os.pathsep + env.get("LD_LIBRARY_PATH", "")
+    return env
+
+
+class _TypeTraits(ctypes.Structure):
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+
+
+class Ggml:
+    def __init__(self, path: Path) -> None:
+        self.lib = ctypes.CDLL(str(path))
+        self.lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+        self.lib.ggml_quantize_chunk.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+            ctypes.c_void_p,
+        ]
+        self.lib.ggml_row_size.restype = ctypes.c_size_t
+        self.lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+        self.lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+        self.lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+        self.lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+
+    def quantize(self, qtype: int, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """ggml_quantize_chunk on float32 rows (nrows, ncols) -> uint8 (nrows, row_size)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        nrows, ncols = x.shape
+        row = self.lib.ggml_row_size(int(qtype), ncols)
+        out = np.zeros((nrows, row), dtype=np.uint8)
+        self.lib.ggml_quantize_init(int(qtype))
+        im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+        n = self.lib.ggml_quantize_chunk(
+            int(qtype), x.ctypes.data, out.ctypes.data, 0, nrows, ncols, None if im is None else im.ctypes.data
+        )
+        assert n == out.size
+        return out
+
+    def dequantize(self, qtype: int, data: np.ndarray, nrows: int, ncols: int) -> np.ndarray:
+        """The type's to_float (dequantize_row_*) -> float32 (nrows, ncols)."""
+        traits = self.lib.ggml_get_type_traits(int(qtype)).contents
+        fn = _TO_FLOAT(traits.to_float)
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        out = np.zeros((nrows, ncols), dtype=np.float32)
+        fn(data.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), nrows * ncols)
+        return out
+
+
+@functools.cache
+def ggml() -> Ggml:
+    return Ggml(llamacpp_root() / "build" / "bin" / "libggml-base.so")
