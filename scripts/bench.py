@@ -1,0 +1,46 @@
+"""`make bench`: runs every scripts/bench_*.py section, prints each, and writes docs/benchmarks.md.
+
+Each section script prints Markdown (a heading, a table, notes) on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    sections = sorted((REPO / "scripts").glob("bench_*.py"))
+    only = set(sys.argv[1:])
+    parts = []
+    failed = 0
+    for script in sections:
+        name = script.stem.removeprefix("bench_")
+        if only and name not in only:
+            continue
+        print(f"== bench {name} ==", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            failed += 1
+            parts.append(f"## {name}\n\nFAILED (exit {proc.returncode})\n")
+        else:
+            parts.append(proc.stdout.strip() + "\n")
+        print(parts[-1], flush=True)
+    cpu = platform.processor() or platform.machine()
+    header = (
+        "# Benchmarks\n\n"
+        f"Produced by `make bench` (`python3 scripts/bench.py`) on {datetime.date.today().isoformat()}, "
+        f"{cpu}, Python {platform.python_version()}. Ratios are from one run on the same machine.\n"
+    )
+    if not only:
+        (REPO / "docs" / "benchmarks.md").write_text(header + "\n" + "\n".join(parts))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
