@@ -1,0 +1,190 @@
+"""A validating, lazy reader for one .safetensors file (format notes: formats/safetensors.md).
+
+The header (8-byte little-endian length + JSON) is parsed and checked completely before any tensor
+byte is touched; tensors are then served one at a time as read-only views of a memory map. BF16 is
+returned as `ml_dtypes.bfloat16` (the `safetensors` NumPy API cannot represent it).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from quantcli.errors import InputInvalid, InputMissing, Unsupported
+
+# Larger headers are refused (the safetensors library uses the same bound): a corrupt length field
+# must not make us read gigabytes of "JSON".
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+# safetensors dtype name -> (bytes per element, NumPy dtype or None when we cannot represent it).
+DTYPES: dict[str, tuple[int, Any]] = {
+    "F64": (8, np.dtype("<f8")),
+    "F32": (4, np.dtype("<f4")),
+    "F16": (2, np.dtype("<f2")),
+    "BF16": (2, np.dtype(ml_dtypes.bfloat16)),
+    "I64": (8, np.dtype("<i8")),
+    "I32": (4, np.dtype("<i4")),
+    "I16": (2, np.dtype("<i2")),
+    "I8": (1, np.dtype("i1")),
+    "U64": (8, np.dtype("<u8")),
+    "U32": (4, np.dtype("<u4")),
+    "U16": (2, np.dtype("<u2")),
+    "U8": (1, np.dtype("u1")),
+    "BOOL": (1, np.dtype("bool")),
+    "F8_E4M3": (1, None),
+    "F8_E5M2": (1, None),
+}
+
+# dtypes a weight may have for conversion (others are refused by the converter, not by the reader).
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors name: "BF16", "F32", ...
+    shape: tuple[int, ...]
+    file: Path
+    offset: int  # absolute byte offset of the data in `file`
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class SafetensorsFile:
+    """Header of one safetensors file, validated; `read(name)` maps one tensor."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.metadata: dict[str, str] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        self._mmap: mmap.mmap | None = None
+        self._parse()
+
+    def _fail(self, what: str) -> InputInvalid:
+        return InputInvalid(f"{self.path}: {what}")
+
+    def _parse(self) -> None:
+        try:
+            file_size = os.stat(self.path).st_size
+            with open(self.path, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    raise self._fail(f"file is {file_size} bytes, too short for a safetensors header")
+                header_len = int.from_bytes(head, "little")
+                if header_len < 2 or header_len > min(MAX_HEADER_BYTES, file_size - 8):
+                    raise self._fail(
+                        f"header length field is {header_len} but the file has {file_size - 8} bytes after it"
+                        " (truncated or not a safetensors file)"
+                    )
+                raw = fh.read(header_len)
+        except FileNotFoundError:
+            raise InputMissing(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise InputInvalid(f"{self.path}: is a directory, expected a .safetensors file") from None
+        except PermissionError:
+            raise InputMissing(f"{self.path}: permission denied") from None
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except _DuplicateKey as exc:
+            raise self._fail(f"header names tensor {exc.args[0]!r} twice") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._fail(f"header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise self._fail("header is not a JSON object")
+        data_start = 8 + header_len
+        data_size = file_size - data_start
+        meta = header.pop("__metadata__", None)
+        if meta is not None:
+            if not isinstance(meta, dict):
+                raise self._fail("__metadata__ is not an object")
+            self.metadata = {str(k): str(v) for k, v in meta.items()}
+        spans: list[tuple[int, int, str]] = []
+        for name, entry in header.items():
+            info = self._check_entry(name, entry, data_start, data_size)
+            spans.append((info.offset, info.offset + info.nbytes, name))
+            self.tensors[name] = info
+        spans.sort()
+        for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:], strict=False):
+            if b1 < e0:
+                raise self._fail(f"tensors {n0!r} and {n1!r} overlap (bytes {b1}..{e0})")
+
+    def _check_entry(self, name: str, entry: Any, data_start: int, data_size: int) -> TensorInfo:
+        where = f"tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise self._fail(f"{where}: header entry is not an object")
+        dtype = entry.get("dtype")
+        if dtype not in DTYPES:
+            raise self._fail(f"{where}: unknown dtype {dtype!r}")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise self._fail(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        offsets = entry.get("data_offsets")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise self._fail(f"{where}: data_offsets {offsets!r} is not a pair of integers")
+        begin, end = offsets
+        if begin < 0 or end < begin:
+            raise self._fail(f"{where}: data_offsets [{begin}, {end}] are not an increasing pair")
+        itemsize = DTYPES[dtype][0]
+        expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+        if end - begin != expected:
+            raise self._fail(
+                f"{where}: data_offsets span {end - begin} bytes but shape {shape} x {dtype} needs {expected}"
+            )
+        if end > data_size:
+            raise self._fail(
+                f"{where}: data_offsets end at byte {end} past the end of the data ({data_size} bytes; truncated file?)"
+            )
+        return TensorInfo(name, dtype, tuple(shape), self.path, data_start + begin, end - begin)
+
+    def names(self) -> list[str]:
+        """Tensor names sorted by name (the order safetensors and convert_hf_to_gguf.py iterate in)."""
+        return sorted(self.tensors)
+
+    def read(self, name: str) -> np.ndarray:
+        """A read-only NumPy view (memory-mapped, nothing copied) of tensor `name`."""
+        info = self.tensors[name]
+        np_dtype = DTYPES[info.dtype][1]
+        if np_dtype is None:
+            raise Unsupported(
+                f"{self.path}: tensor {name!r} has dtype {info.dtype}, which quantcli cannot read"
+            )
+        if info.nbytes == 0:
+            return np.zeros(info.shape, dtype=np_dtype)
+        if self._mmap is None:
+            with open(self.path, "rb") as fh:
+                self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        arr = np.frombuffer(self._mmap, dtype=np_dtype, count=info.n_elements, offset=info.offset)
+        return arr.reshape(info.shape)
+
+    def close(self) -> None:
+        # Views handed out keep the map alive (they hold a buffer reference); dropping ours is enough.
+        self._mmap = None
