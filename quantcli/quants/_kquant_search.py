@@ -1,0 +1,297 @@
+"""The scale searches behind the K-quants, ported from ggml-quants.c bit for bit.
+
+Every helper works on a batch of independent groups laid out *element-major*: `x` has shape (n, B), row
+`i` holding element i of all B groups (sub-blocks or super-blocks), so a column is one group. Element-wise
+work runs on whole (n, B) arrays; anything ggml accumulates runs as a Python loop over the n rows adding
+contiguous B-vectors in float32, which is exactly C's sequential left-to-right float sum (NumPy's own
+np.sum is pairwise and differs). Per-group scalars are float32 B-vectors and every C branch is a mask.
+
+Conventions that make the port exact (see /work/shared/specs/llamacpp-quants.md §1.5):
+* all arithmetic in float32 with np.float32 constants, levels cast to float32 before multiplying;
+* C's association order is kept: `w*x*l` is `(w*x)*l`, `scale*L + min - x` is `((scale*L)+min)-x`;
+* strict comparisons and first-occurrence maxima, with the signed value kept;
+* `nearest_int` is ggml's bit trick (it returns garbage rather than saturating for |v| >= 2^22 or NaN,
+  and ggml's later clamps see that garbage, so we reproduce it instead of using np.rint).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantcli.quants._common import nearest_int
+
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+
+
+def seq_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 in index order, in float32, starting from 0.0f like ggml's `float s = 0; s += ...`."""
+    acc = np.zeros(a.shape[1:], dtype=F32)
+    for row in a:
+        acc += row
+    return acc
+
+
+def clamped_levels(v: np.ndarray, lo: int | None, hi: int) -> np.ndarray:
+    """`MAX(lo, MIN(hi, nearest_int(v)))` as int32 (lo=None: clamp from above only)."""
+    q = nearest_int(v)
+    np.minimum(q, hi, out=q)
+    if lo is not None:
+        np.maximum(q, lo, out=q)
+    return q
+
+
+def signed_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(amax, vmax): the largest |x| of each group and the signed value of its first occurrence."""
+    amax = np.zeros(x.shape[1:], dtype=F32)
+    vmax = np.zeros(x.shape[1:], dtype=F32)
+    for xi in x:
+        ax = np.abs(xi)
+        bigger = ax > amax
+        amax = np.where(bigger, ax, amax)
+        vmax = np.where(bigger, xi, vmax)
+    return amax, vmax
+
+
+def running_max_signed(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's `if (fabsf(s) > amax) { amax = fabsf(s); max = s; }` over axis 0, both starting at 0."""
+    return signed_absmax(values)
+
+
+def running_max(values: np.ndarray) -> np.ndarray:
+    """ggml's `if (s > m) m = s;` over axis 0 from m = 0 (keeps +0.0 unless a positive value beats it)."""
+    m = np.zeros(values.shape[1:], dtype=F32)
+    for v in values:
+        m = np.where(v > m, v, m)
+    return m
+
+
+def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """make_qx_quants(n, nmax, x, L, rmse_type=1, qw): symmetric levels -nmax..nmax-1.
+
+    x: (n, B) float32; qw: (n, B) weights or None (then x*x). Returns (scale (B,), L (n, B) int32 codes
+    0..2*nmax-1; all-zero groups get L = 0, not the zero level, and scale 0).
+    """
+    amax, vmax = signed_absmax(x)
+    zero = amax < GROUP_MAX_EPS
+    w = x * x if qw is None else qw
+    wx = w * x
+    fnmax = F32(nmax)
+    with np.errstate(all="ignore"):
+        iscale = F32(-nmax) / vmax
+        lev = clamped_levels(iscale * x, -nmax, nmax - 1)
+        lf = lev.astype(F32)
+        sumlx = seq_sum(wx * lf)
+        suml2 = seq_sum((w * lf) * lf)
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
+        best = scale * sumlx
+        codes = lev + nmax
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(fnmax + F32(0.1) * F32(step)) / vmax
+            lev = clamped_levels(iscale * x, -nmax, nmax - 1)
+            lf = lev.astype(F32)
+            slx = seq_sum(wx * lf)
+            sl2 = seq_sum((w * lf) * lf)
+            accept = (sl2 > 0) & (slx * slx > best * sl2)
+            if accept.any():
+                codes = np.where(accept, lev + nmax, codes)
+                scale = np.where(accept, slx / sl2, scale)
+                best = np.where(accept, scale * slx, best)
+    codes = np.where(zero, 0, codes)
+    scale = np.where(zero, F32(0), scale).astype(F32)
+    return scale, codes
+
+
+def make_q3_quants(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) (Q3_K reference). Returns (scale (B,), L (n, B) codes)."""
+    n = x.shape[0]
+    amax, vmax = signed_absmax(x)
+    zero = amax < GROUP_MAX_EPS
+    w = x * x
+    wx = w * x
+    with np.errstate(all="ignore"):
+        iscale = F32(-nmax) / vmax
+        lev = clamped_levels(iscale * x, -nmax, nmax - 1)
+        lf = lev.astype(F32)
+        sumlx = seq_sum(wx * lf)
+        suml2 = seq_sum((w * lf) * lf)
+        # A group whose pass changed nothing is at a fixed point, so further passes on it are no-ops:
+        # running all groups until none changes equals ggml's per-group early exit.
+        for _ in range(5):
+            changed = np.zeros(x.shape[1:], dtype=bool)
+            for i in range(n):
+                li = lf[i]
+                slx = sumlx - wx[i] * li
+                sl2 = suml2 - (w[i] * li) * li
+                new = clamped_levels((x[i] * sl2) / slx, -nmax, nmax - 1)
+                newf = new.astype(F32)
+                slx_new = slx + wx[i] * newf
+                sl2_new = sl2 + (w[i] * newf) * newf
+                accept = (
+                    (slx > 0)
+                    & (new != lev[i])
+                    & (sl2_new > 0)
+                    & ((slx_new * slx_new) * suml2 > (sumlx * sumlx) * sl2_new)
+                )
+                if accept.any():
+                    lev[i] = np.where(accept, new, lev[i])
+                    lf[i] = np.where(accept, newf, li)
+                    sumlx = np.where(accept, slx_new, sumlx)
+                    suml2 = np.where(accept, sl2_new, suml2)
+                    changed |= accept
+            if not changed.any():
+                break
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    codes = np.where(zero, 0, lev + nmax)
+    scale = np.where(zero, F32(0), scale).astype(F32)
+    return scale, codes
+
+
+def make_qkx_quants(
+    x: np.ndarray,
+    weights: np.ndarray,
+    nmax: int,
+    rmin: float,
+    rdelta: float,
+    nstep: int,
+    use_mad: bool,
+    *,
+    qkx3: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """make_qkx2_quants / make_qkx3_quants (explicit weights): asymmetric levels 0..nmax with a min.
+
+    Returns (scale (B,), L (n, B) int32 0..nmax, the_min (B,) = -min >= 0). The only difference between
+    the two C functions on these paths is the degenerate test: qkx2 `max == min`, qkx3 `max <= min`.
+    """
+    n = x.shape[0]
+    mn = x[0].copy()
+    mx = x[0].copy()
+    sum_w = weights[0].copy()
+    sum_x = sum_w * x[0]
+    for i in range(1, n):
+        xi = x[i]
+        mn = np.where(xi < mn, xi, mn)
+        mx = np.where(xi > mx, xi, mx)
+        sum_w += weights[i]
+        sum_x += weights[i] * xi
+    mn = np.where(mn > 0, F32(0), mn)
+    degenerate = (mx <= mn) if qkx3 else (mx == mn)
+
+    def error_of(scale: np.ndarray, minimum: np.ndarray, levels_f: np.ndarray) -> np.ndarray:
+        diff = (scale * levels_f + minimum) - x
+        diff = np.abs(diff) if use_mad else diff * diff
+        return seq_sum(weights * diff)
+
+    fnmax = F32(nmax)
+    with np.errstate(all="ignore"):
+        iscale = fnmax / (mx - mn)
+        scale = F32(1) / iscale
+        lev = clamped_levels(iscale * (x - mn), 0, nmax)
+        lf = lev.astype(F32)
+        best = error_of(scale, mn, lf)
+        frmin, frdelta = F32(rmin), F32(rdelta)
+        for step in range(nstep + 1):
+            # `min` (mn) may have been replaced by an earlier winner: use the current one, as ggml does.
+            span = mx - mn
+            iscale = ((frmin + frdelta * F32(step)) + fnmax) / span
+            aux = clamped_levels(iscale * (x - mn), 0, nmax)
+            auxf = aux.astype(F32)
+            wl = weights * auxf
+            sum_l = seq_sum(wl)
+            sum_l2 = seq_sum(wl * auxf)
+            sum_xl = seq_sum(wl * x)
+            det = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
+            positive_min = this_min > 0
+            this_min = np.where(positive_min, F32(0), this_min)
+            this_scale = np.where(positive_min, sum_xl / sum_l2, this_scale)
+            cur = error_of(this_scale, this_min, auxf)
+            accept = (det > 0) & (cur < best)
+            if accept.any():
+                lev = np.where(accept, aux, lev)
+                best = np.where(accept, cur, best)
+                scale = np.where(accept, this_scale, scale)
+                mn = np.where(accept, this_min, mn)
+    lev = np.where(degenerate, 0, lev)
+    scale = np.where(degenerate, F32(0), scale).astype(F32)
+    return scale, lev, (-mn).astype(F32)
+
+
+def make_qkx2_quants(
+    x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return make_qkx_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad, qkx3=False)
+
+
+def make_qkx3_quants(
+    x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return make_qkx_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad, qkx3=True)
+
+
+def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """make_qp_quants(n, nmax, x, L, quant_weights): unsigned levels (quantizes sub-block scales/mins).
+
+    Returns (scale (B,), L (n, B) int32 holding the uint8 values ggml stores, i.e. wrapped mod 256).
+    """
+    n = x.shape[0]
+    mx = np.zeros(x.shape[1:], dtype=F32)
+    for xi in x:
+        mx = np.where(mx > xi, mx, xi)  # MAX(max, x[i])
+    zero = mx < GROUP_MAX_EPS
+    fnmax = F32(nmax)
+    wx = qw * x
+    with np.errstate(all="ignore"):
+        iscale = fnmax / mx
+        first = (nearest_int(iscale * x) & 0xFF).astype(F32)  # stored into uint8 L[] before use
+        scale = F32(1) / iscale
+        diff = x - scale * first
+        best = seq_sum((qw * diff) * diff)
+        for step in range(-4, 5):
+            if step == 0:
+                continue
+            iscale_is = (F32(0.1) * F32(step) + fnmax) / mx
+            scale_is = F32(1) / iscale_is
+            lf = clamped_levels(iscale_is * x, None, nmax).astype(F32)
+            diff = x - scale_is * lf
+            mse = seq_sum((qw * diff) * diff)
+            better = mse < best
+            best = np.where(better, mse, best)
+            iscale = np.where(better, iscale_is, iscale)
+        lev = clamped_levels(iscale * x, None, nmax)
+        lf = lev.astype(F32)
+        sumlx = seq_sum(wx * lf)
+        suml2 = seq_sum((qw * lf) * lf)
+        stored = lev & 0xFF
+        stored_f = stored.astype(F32)
+        for _ in range(5):
+            changed = np.zeros(x.shape[1:], dtype=bool)
+            for i in range(n):
+                li = stored_f[i]
+                slx = sumlx - wx[i] * li
+                sl2 = suml2 - (qw[i] * li) * li
+                new = clamped_levels((x[i] * sl2) / slx, None, nmax)
+                newf = new.astype(F32)
+                slx_new = slx + wx[i] * newf
+                sl2_new = sl2 + (qw[i] * newf) * newf
+                accept = (
+                    (slx > 0)
+                    & (sl2 > 0)
+                    & (new != stored[i])
+                    & ((slx_new * slx_new) * suml2 > (sumlx * sumlx) * sl2_new)
+                )
+                if accept.any():
+                    stored[i] = np.where(accept, new & 0xFF, stored[i])
+                    stored_f[i] = stored[i].astype(F32)
+                    sumlx = np.where(accept, slx_new, sumlx)
+                    suml2 = np.where(accept, sl2_new, suml2)
+                    changed |= accept
+            if not changed.any():
+                break
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    stored = np.where(zero, 0, stored)
+    scale = np.where(zero, F32(0), scale).astype(F32)
+    return scale, stored

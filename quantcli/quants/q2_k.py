@@ -1,0 +1,89 @@
+"""Q2_K: 256-element super-blocks of 16 sub-blocks x 16, 2-bit levels with a 4-bit scale and min each.
+
+Block (84 bytes): scales[16] (low nibble scale code, high nibble min code), qs[64], d:f16, dmin:f16.
+Element 128h+32k+t (h=0,1; k=0..3; t<32) sits at bit 2k of qs[32h+t]; value d*sc*q - dmin*m.
+ggml: quantize_row_q2_K_ref (make_qkx2_quants, mean-absolute-error search) without an imatrix,
+quantize_row_q2_K_impl (make_qkx3_quants + make_qp_quants for the codes) with one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from quantcli.quants._common import nearest_int
+from quantcli.quants._kquant_search import (
+    F32,
+    make_qkx2_quants,
+    make_qkx3_quants,
+    make_qp_quants,
+    running_max,
+    seq_sum,
+)
+from quantcli.quants.base import QuantType
+from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
+
+
+class Q2_K(QuantType, qtype=GGMLQuantizationType.Q2_K):
+    uses_imatrix = True
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        nrows = rows.shape[0]
+        blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
+        nb = blocks.shape[0]
+        xs = element_major(blocks, 16)  # (16, NB*16)
+        if imatrix is None:
+            scale, levels, the_min = make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
+            scale_b = np.ascontiguousarray(scale.reshape(nb, 16).T)
+            min_b = np.ascontiguousarray(the_min.reshape(nb, 16).T)
+            max_scale = running_max(scale_b)
+            max_min = running_max(min_b)
+            with np.errstate(all="ignore"):
+                # y.scales[j] = l (uint8 store, no clamp); later `|= (l << 4)` for the min code
+                sc = np.where(max_scale > 0, nearest_int((F32(15) / max_scale) * scale_b), 0)
+                mc = np.where(max_min > 0, nearest_int((F32(15) / max_min) * min_b), 0)
+            codes = ((sc & 0xFF) | (mc << 4)) & 0xFF  # (16, NB)
+            d = np.where(max_scale > 0, max_scale / F32(15), F32(0)).astype(np.float16)
+            dmin = np.where(max_min > 0, max_min / F32(15), F32(0)).astype(np.float16)
+        else:
+            qw = element_major(np.broadcast_to(imatrix.astype(F32), rows.shape).reshape(-1, QK_K), 16)
+            xb = blocks.T
+            sigma2 = seq_sum(xb * xb) / F32(QK_K)  # no factor 2 here, unlike Q3_K..Q5_K
+            weights = qw * np.sqrt(np.repeat(sigma2, 16) + xs * xs)
+            sw = np.ascontiguousarray(seq_sum(weights).reshape(nb, 16).T)
+            scale, levels, the_min = make_qkx3_quants(xs, weights, 3, -0.9, 0.05, 36, False)
+            d_block, ls = make_qp_quants(np.ascontiguousarray(scale.reshape(nb, 16).T), 15, sw)
+            m_block, lm = make_qp_quants(np.ascontiguousarray(the_min.reshape(nb, 16).T), 15, sw)
+            codes = (ls | (lm << 4)) & 0xFF
+            d = d_block.astype(np.float16)
+            dmin = m_block.astype(np.float16)
+
+        codes = codes.T  # (NB, 16)
+        dd = d.astype(F32)[:, None] * (codes & 0xF).astype(F32)
+        dm = dmin.astype(F32)[:, None] * (codes >> 4).astype(F32)
+        with np.errstate(all="ignore"):
+            requant = nearest_int((blocks.reshape(nb, 16, 16) + dm[:, :, None]) / dd[:, :, None])
+        np.clip(requant, 0, 3, out=requant)
+        final = np.where((dd != 0)[:, :, None], requant, levels.T.reshape(nb, 16, 16)).reshape(nb, 2, 4, 32)
+        qs = final[:, :, 0, :] | (final[:, :, 1, :] << 2) | (final[:, :, 2, :] << 4) | (final[:, :, 3, :] << 6)
+        out = np.empty((nb, cls.type_size), dtype=np.uint8)
+        out[:, 0:16] = codes.astype(np.uint8)
+        out[:, 16:80] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)
+        out[:, 80:82] = _fp16_bytes(d)
+        out[:, 82:84] = _fp16_bytes(dmin)
+        return out.reshape(nrows, -1)
+
+    @classmethod
+    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
+        nrows = data.shape[0]
+        blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
+        nb = blk.shape[0]
+        codes = blk[:, 0:16].astype(np.int32)
+        d = blk[:, 80:82].copy().view("<f2").reshape(nb).astype(F32)
+        dmin = blk[:, 82:84].copy().view("<f2").reshape(nb).astype(F32)
+        dl = d[:, None] * (codes & 0xF).astype(F32)
+        ml = dmin[:, None] * (codes >> 4).astype(F32)
+        qs = blk[:, 16:80].reshape(nb, 2, 1, 32).astype(np.int32)
+        q = ((qs >> (2 * np.arange(4, dtype=np.int32)).reshape(1, 1, 4, 1)) & 3).astype(F32).reshape(nb, 16, 16)
+        return (dl[:, :, None] * q - ml[:, :, None]).reshape(nrows, ncols)

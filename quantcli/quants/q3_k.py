@@ -1,0 +1,116 @@
+"""Q3_K: 256-element super-blocks of 16 sub-blocks x 16, 3-bit symmetric levels, 6-bit sub-block scales.
+
+Block (110 bytes): hmask[32], qs[64], scales[12], d:f16. Level L (0..7, value L-4): its low two bits sit at
+bit 2k of qs[32h+t] for element 128h+32k+t, its high bit (L >= 4) at bit e//32 of hmask[e%32]. Scale codes
+c (0..63, scale c-32): low nibbles in scales[0..7] (c[j] low, c[j+8] high), top two bits of c[j] at bit
+2*(j//4) of scales[8 + j%4]. ggml: quantize_row_q3_K_ref (make_q3_quants) without an imatrix,
+quantize_row_q3_K_impl (make_qx_quants twice) with one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from quantcli.quants._common import nearest_int
+from quantcli.quants._kquant_search import (
+    F32,
+    make_q3_quants,
+    make_qx_quants,
+    running_max_signed,
+    seq_sum,
+)
+from quantcli.quants.base import QuantType
+from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
+
+_J = np.arange(16)
+
+
+def pack_q3_scales(codes: np.ndarray) -> np.ndarray:
+    """(NB, 16) 6-bit codes -> (NB, 12) uint8, as the C `|=` stores build them."""
+    c = codes.astype(np.int32)
+    out = np.zeros((c.shape[0], 12), dtype=np.int32)
+    out[:, 0:8] = (c[:, 0:8] & 0xF) | ((c[:, 8:16] & 0xF) << 4)
+    high = (c >> 4) << (2 * (_J // 4))  # (NB, 16)
+    for r in range(4):
+        out[:, 8 + r] = high[:, r] | high[:, r + 4] | high[:, r + 8] | high[:, r + 12]
+    return (out & 0xFF).astype(np.uint8)
+
+
+def unpack_q3_scales(packed: np.ndarray) -> np.ndarray:
+    """(NB, 12) uint8 -> signed scales c-32 as int32 (NB, 16)."""
+    s = packed.astype(np.int32)
+    low = np.concatenate([s[:, 0:8] & 0xF, s[:, 0:8] >> 4], axis=1)
+    high = (s[:, 8 + _J % 4] >> (2 * (_J // 4))) & 3
+    return (low | (high << 4)) - 32
+
+
+class Q3_K(QuantType, qtype=GGMLQuantizationType.Q3_K):
+    uses_imatrix = True
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        nrows = rows.shape[0]
+        blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
+        nb = blocks.shape[0]
+        xs = element_major(blocks, 16)  # (16, NB*16)
+        if imatrix is None:
+            scale, levels = make_q3_quants(xs, 4)
+            scale_b = scale.reshape(nb, 16)
+            _, max_scale = running_max_signed(np.ascontiguousarray(scale_b.T))
+            nonzero = max_scale != 0
+            with np.errstate(all="ignore"):
+                iscale = F32(-32) / max_scale
+                # int8_t l = nearest_int(...) wraps, then MAX(-32, MIN(31, l)) + 32
+                codes = np.clip(nearest_int(iscale[:, None] * scale_b).astype(np.int8), -32, 31).astype(np.int32)
+                codes += 32
+                d_val = np.where(nonzero, F32(1) / iscale, F32(0))
+            codes = np.where(nonzero[:, None], codes, 0)
+            d = d_val.astype(np.float16)
+            packed = np.where(nonzero[:, None], pack_q3_scales(codes), np.uint8(0))
+        else:
+            qw = element_major(np.broadcast_to(imatrix.astype(F32), rows.shape).reshape(-1, QK_K), 16)
+            xb = blocks.T
+            sigma2 = (F32(2) * seq_sum(xb * xb)) / F32(QK_K)
+            weights = qw * np.sqrt(np.repeat(sigma2, 16) + xs * xs)
+            sw = seq_sum(weights)
+            scale, levels = make_qx_quants(xs, 4, weights)
+            d_block, codes = make_qx_quants(
+                np.ascontiguousarray(scale.reshape(nb, 16).T), 32, np.ascontiguousarray(sw.reshape(nb, 16).T)
+            )
+            packed = pack_q3_scales(codes.T)
+            d = d_block.astype(np.float16)
+
+        sc = unpack_q3_scales(packed)
+        dd = d.astype(F32)[:, None] * sc.astype(F32)  # (NB, 16)
+        with np.errstate(all="ignore"):
+            requant = nearest_int(blocks.reshape(nb, 16, 16) / dd[:, :, None])
+        np.clip(requant, -4, 3, out=requant)
+        requant += 4
+        final = np.where((dd != 0)[:, :, None], requant, levels.T.reshape(nb, 16, 16)).reshape(nb, QK_K)
+
+        high = final > 3
+        hbits = high.reshape(nb, 8, 32).astype(np.int32) << np.arange(8, dtype=np.int32)[None, :, None]
+        hmask = np.bitwise_or.reduce(hbits, axis=1)
+        low = np.where(high, final - 4, final).reshape(nb, 2, 4, 32)
+        qs = low[:, :, 0, :] | (low[:, :, 1, :] << 2) | (low[:, :, 2, :] << 4) | (low[:, :, 3, :] << 6)
+        out = np.empty((nb, cls.type_size), dtype=np.uint8)
+        out[:, 0:32] = hmask.astype(np.uint8)
+        out[:, 32:96] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)
+        out[:, 96:108] = packed
+        out[:, 108:110] = _fp16_bytes(d)
+        return out.reshape(nrows, -1)
+
+    @classmethod
+    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
+        nrows = data.shape[0]
+        blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
+        nb = blk.shape[0]
+        d = blk[:, 108:110].copy().view("<f2").reshape(nb).astype(F32)
+        dl = d[:, None] * unpack_q3_scales(blk[:, 96:108]).astype(F32)  # (nb, 16)
+        qs = blk[:, 32:96].reshape(nb, 2, 1, 32).astype(np.int32)
+        low = (qs >> (2 * np.arange(4, dtype=np.int32)).reshape(1, 1, 4, 1)) & 3  # (nb, 2, 4, 32)
+        hm = blk[:, 0:32].astype(np.int32)[:, None, :]  # (nb, 1, 32)
+        hbit = (hm >> np.arange(8, dtype=np.int32)[None, :, None]) & 1  # (nb, 8, 32): e = 32*m + t
+        q = (low.reshape(nb, 8, 32) - np.where(hbit != 0, 0, 4)).astype(F32).reshape(nb, 16, 16)
+        return (dl[:, :, None] * q).reshape(nrows, ncols)
