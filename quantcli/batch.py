@@ -1,0 +1,469 @@
+"""`quantcli batch`: many conversions from one manifest, on a local process pool or on Ray (docs/batch.md).
+
+A job is exactly one `convert_model` call (the unit of work of the `convert` command): the same function runs
+in-process (`--jobs 1`), in a spawn-context process pool (`--jobs N`) or as one Ray task per job (`--ray`).
+Every job is idempotent: after its output is renamed into place a sidecar `<output>.quantcli.json` records
+the inputs' fingerprint, the options and the version, and a job whose output is complete and current is
+skipped. Each job keeps a per-tensor cache beside its output while it runs, so a batch killed midway and
+started again re-does only unfinished jobs, and inside those only the unfinished tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from quantcli.errors import ExitCode, InputInvalid, InputMissing, OutputExists, QuantcliError
+
+FORMATS = ("gguf", "ct", "mlx", "gptq")
+FORMAT_SUFFIX = {"gguf": ".gguf", "ct": "", "mlx": "", "gptq": ""}
+# Bits accepted per packed-safetensors format (formats/packed-safetensors spec, section 6).
+PACKED_BITS = {"ct": (2, 4, 8), "mlx": (2, 3, 4, 5, 6, 8), "gptq": (4, 8)}
+# `bits:` for a GGUF job picks llama.cpp's usual mix at that size.
+GGUF_BITS = {2: "q2_k", 3: "q3_k_m", 4: "q4_k_m", 5: "q5_k_m", 6: "q6_k", 8: "q8_0", 16: "bf16", 32: "f32"}
+# llama-quantize's ftype names (spec 5.1) plus "auto" (keep the source precision).
+_FALLBACK_GGUF_TYPES = (
+    "auto", "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q2_k_s", "q3_k", "q3_k_s",
+    "q3_k_m", "q3_k_l", "q4_k", "q4_k_s", "q4_k_m", "q5_k", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs",
+    "tq1_0", "tq2_0", "mxfp4_moe",
+)
+ENTRY_KEYS = {"source", "type", "types", "bits", "format", "output", "options"}
+DEFAULT_OUTPUT = "{name}-{TYPE}{suffix}"
+
+
+def known_gguf_types() -> tuple[str, ...]:
+    """Names `convert --type` accepts; from the plan package when it publishes them."""
+    try:
+        from quantcli import plan
+
+        names = getattr(plan, "FTYPE_NAMES", None)
+        if names:
+            return tuple(sorted({"auto", *(str(n).lower() for n in names)}))
+    except ImportError:
+        pass
+    return _FALLBACK_GGUF_TYPES
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    entry: int  # 1-based entry number in the manifest (a `types:` list gives several jobs one entry)
+    source: str  # local path (absolute) or hub id
+    type: str  # GGUF type name, or "b<bits>" for packed formats
+    format: str
+    output: str  # absolute path
+    bits: int | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def convert_options(self) -> dict[str, Any]:
+        """What the sidecar records and `convert_model` gets: everything that decides the output bytes."""
+        record: dict[str, Any] = {"type": self.type, "format": self.format}
+        if self.bits is not None:
+            record["bits"] = self.bits
+        record.update(self.options)
+        return record
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class EntryProblem:
+    entry: int
+    what: str  # a short description of the entry (its source, or its text)
+    error: str
+    exit_code: int = int(ExitCode.INPUT_INVALID)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": False, "entry": self.entry, "source": self.what, "error": self.error,
+                "exit_code": self.exit_code}
+
+
+class ManifestInvalid(InputInvalid):
+    def __init__(self, problems: list[EntryProblem]) -> None:
+        self.problems = problems
+        n = len(problems)
+        super().__init__(f"manifest: {n} invalid entr{'y' if n == 1 else 'ies'}; no job was started")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Manifest parsing
+
+
+def _model_name(source: str) -> str:
+    from quantcli.hub import parse_hub_id
+
+    parsed = parse_hub_id(source) if not Path(source).exists() else None
+    if parsed is not None:
+        return parsed[0].split("/")[1]
+    path = Path(source)
+    return path.stem if path.suffix == ".safetensors" else path.resolve().name
+
+
+def _raw_entries(path: Path) -> tuple[list[Any], dict[str, Any]]:
+    """(entries, defaults) from a YAML manifest or a text manifest."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputMissing(f"{path}: manifest not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputInvalid(f"{path}: cannot read manifest ({exc})") from None
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputInvalid(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return _yaml_entries(path, data)
+    return _text_entries(text), {}
+
+
+def _yaml_entries(path: Path, data: Any) -> tuple[list[Any], dict[str, Any]]:
+    if data is None:
+        raise InputInvalid(f"{path}: manifest is empty")
+    if isinstance(data, list):
+        return data, {}
+    if not isinstance(data, dict):
+        raise InputInvalid(f"{path}: a manifest is a list of jobs or a mapping with `jobs:` / `models:`")
+    unknown = set(data) - {"jobs", "models", "types", "defaults", "output_dir"}
+    if unknown:
+        raise InputInvalid(f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+    defaults = dict(data.get("defaults") or {})
+    if not isinstance(data.get("defaults") or {}, dict):
+        raise InputInvalid(f"{path}: `defaults:` must be a mapping")
+    if "output_dir" in data:
+        defaults["output_dir"] = data["output_dir"]
+    entries: list[Any] = list(data.get("jobs") or [])
+    models = data.get("models") or []
+    if not isinstance(models, list):
+        raise InputInvalid(f"{path}: `models:` must be a list of sources")
+    if models and "types" not in data and "types" not in defaults and "type" not in defaults:
+        raise InputInvalid(f"{path}: `models:` needs `types:` (the list every model is converted to)")
+    for model in models:  # a model list crossed with `types:`
+        entries.append(model if isinstance(model, dict) else {"source": model, "types": data.get("types")})
+    if not entries:
+        raise InputInvalid(f"{path}: manifest has no jobs")
+    return entries, defaults
+
+
+def _text_entries(text: str) -> list[Any]:
+    """`SOURCE [TYPE[,TYPE...]] [OUTPUT]` per line; `#` starts a comment."""
+    entries: list[Any] = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            entries.append(None)  # keeps entry numbers equal to line numbers
+            continue
+        fields = line.split()
+        entry: dict[str, Any] = {"source": fields[0]}
+        if len(fields) > 1:
+            entry["types"] = fields[1].split(",")
+        if len(fields) > 2:
+            entry["output"] = fields[2]
+        if len(fields) > 3:
+            entry["_error"] = f"expected `SOURCE [TYPE[,TYPE...]] [OUTPUT]`, got {len(fields)} fields"
+        entries.append(entry)
+    return entries
+
+
+def _expand_entry(
+    number: int, raw: Any, defaults: dict[str, Any], base: Path, gguf_types: tuple[str, ...]
+) -> tuple[list[Job], list[str]]:
+    """The jobs of one manifest entry, or the problems that make it invalid."""
+    if not isinstance(raw, dict):
+        return [], [f"an entry is a mapping with `source:` (got {type(raw).__name__})"]
+    problems: list[str] = []
+    if "_error" in raw:
+        return [], [raw["_error"]]
+    unknown = set(raw) - ENTRY_KEYS
+    if unknown:
+        problems.append(f"unknown key(s): {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(ENTRY_KEYS))})")
+    merged = {k: v for k, v in defaults.items() if k != "output_dir"} | raw
+    source = merged.get("source")
+    if not isinstance(source, str) or not source:
+        return [], [*problems, "missing `source:`"]
+    from quantcli.hub import is_hub_source, parse_hub_id
+
+    if not is_hub_source(source):
+        local = Path(os.path.expanduser(source))
+        if not local.is_absolute():
+            local = base / local
+        if not local.exists():
+            kind = " (nor a Hub id org/name[@rev])" if parse_hub_id(source) is None else ""
+            return [], [*problems, f"source {source}: no such file or directory{kind}"]
+        if local.is_dir() and not (local / "config.json").is_file():
+            problems.append(f"source {source}: no config.json in that directory")
+        source = str(local.resolve())
+
+    fmt = str(merged.get("format") or "gguf").lower()
+    if fmt not in FORMATS:
+        problems.append(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    options = merged.get("options") or {}
+    if not isinstance(options, dict):
+        problems.append("`options:` must be a mapping of convert options")
+        options = {}
+
+    # type | types | bits (a single value or a list) → list of (type name, bits)
+    specs: list[tuple[str, int | None]] = []
+    given = [k for k in ("type", "types", "bits") if raw.get(k) is not None]
+    if len(given) > 1:
+        problems.append(f"give one of `type`, `types`, `bits` (got {', '.join(given)})")
+    elif not given:  # fall back to defaults
+        given = [k for k in ("type", "types", "bits") if merged.get(k) is not None][:1]
+    values: list[Any] = []
+    key = given[0] if given else None
+    if key is not None:
+        value = merged[key]
+        values = value if isinstance(value, list) else [value]
+    if key is None or not values:
+        if fmt == "gguf":
+            values, key = ["auto"], "type"
+        else:
+            problems.append(f"format {fmt} needs `bits:`")
+    for value in values:
+        if key in ("type", "types"):
+            name = str(value).lower()
+            if fmt != "gguf":
+                problems.append(f"format {fmt} takes `bits:`, not a type ({value!r})")
+            elif name not in gguf_types:
+                problems.append(f"unknown type {value!r} (known: {', '.join(gguf_types)})")
+            else:
+                specs.append((name, None))
+        else:
+            bits = value if isinstance(value, int) and not isinstance(value, bool) else None
+            allowed = tuple(GGUF_BITS) if fmt == "gguf" else PACKED_BITS.get(fmt, ())
+            if bits is None or bits not in allowed:
+                problems.append(f"bits {value!r} not available for format {fmt} (allowed: {allowed})")
+            elif fmt == "gguf":
+                specs.append((GGUF_BITS[bits], None))
+            else:
+                specs.append((f"b{bits}", bits))
+    if problems:
+        return [], problems
+
+    out_template = merged.get("output")
+    out_dir = Path(os.path.expanduser(str(defaults.get("output_dir") or ".")))
+    if not out_dir.is_absolute():
+        out_dir = base / out_dir
+    if out_template is None:
+        out_template = DEFAULT_OUTPUT
+    elif len(specs) > 1 and not re.search(r"\{(type|TYPE|bits)\}", str(out_template)):
+        return [], [f"output {out_template!r} is used for {len(specs)} types: put {{type}} in it"]
+    jobs: list[Job] = []
+    name = _model_name(source)
+    for type_name, bits in specs:
+        try:
+            text = str(out_template).format(
+                name=name, type=type_name, TYPE=type_name.upper(), bits=bits or "", format=fmt,
+                suffix=FORMAT_SUFFIX.get(fmt, ""),
+            )
+        except (KeyError, IndexError, ValueError) as exc:
+            return [], [f"output {out_template!r}: bad placeholder ({exc}); use {{name}} {{type}} {{TYPE}} {{bits}}"]
+        output = Path(os.path.expanduser(text))
+        if not output.is_absolute():
+            output = out_dir / output
+        jobs.append(Job(number, source, type_name, fmt, str(output.resolve()), bits, dict(options)))
+    return jobs, []
+
+
+def load_manifest(
+    path: Path | str, *, output_dir: Path | str | None = None, types: Iterable[str] | None = None
+) -> list[Job]:
+    """Parse and validate a whole manifest; raise ManifestInvalid listing every bad entry."""
+    path = Path(path)
+    entries, defaults = _raw_entries(path)
+    if output_dir is not None:  # the command line wins over the manifest
+        defaults["output_dir"] = str(Path(output_dir).resolve())
+    if types:
+        defaults.setdefault("types", list(types))
+    base = path.resolve().parent  # relative paths in a manifest are relative to the manifest
+    gguf_types = known_gguf_types()
+    jobs: list[Job] = []
+    problems: list[EntryProblem] = []
+    for number, raw in enumerate(entries, start=1):
+        if raw is None:
+            continue
+        entry_jobs, entry_problems = _expand_entry(number, raw, defaults, base, gguf_types)
+        what = str(raw.get("source")) if isinstance(raw, dict) else repr(raw)
+        problems.extend(EntryProblem(number, what, p) for p in entry_problems)
+        jobs.extend(entry_jobs)
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        if job.output in seen:
+            problems.append(EntryProblem(job.entry, job.source,
+                                         f"output {job.output} is also the output of entry {seen[job.output].entry}"))
+        else:
+            seen[job.output] = job
+        if Path(job.output).is_dir():
+            problems.append(EntryProblem(job.entry, job.source, f"output {job.output} is a directory"))
+    if problems:
+        raise ManifestInvalid(sorted(problems, key=lambda p: p.entry))
+    if not jobs:
+        raise InputInvalid(f"{path}: manifest has no jobs")
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------------------
+# One job (runs in the caller, a pool worker or a Ray worker: module-level and picklable)
+
+
+def _convert(source: Path, job: Job, *, force: bool, threads: int | None, tensor_cache: Any) -> dict[str, Any]:
+    from quantcli.convert import convert_model
+
+    options = dict(job.options)
+    if job.format != "gguf":
+        options.update(format=job.format, bits=job.bits)
+    if "tensor_cache" in inspect.signature(convert_model).parameters or _accepts_tensor_cache(convert_model):
+        options["tensor_cache"] = tensor_cache
+    out_type = job.type if job.format == "gguf" else "auto"
+    return convert_model(source, Path(job.output), out_type=out_type, force=force, threads=threads,
+                         progress=False, **options)
+
+
+def _accepts_tensor_cache(fn: Callable[..., Any]) -> bool:
+    # convert-core marks the hook with a module attribute (docs/batch.md: the integration)
+    module = inspect.getmodule(fn)
+    return bool(getattr(module, "SUPPORTS_TENSOR_CACHE", False))
+
+
+def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Run one job; never raises for a job failure: returns a result record (`ok`, `status`, ...)."""
+    from quantcli.hub import resolve_source
+    from quantcli.jobstate import (
+        TensorCache,
+        inputs_fingerprint,
+        is_current,
+        model_input_files,
+        output_matches_sidecar,
+        read_sidecar,
+        write_sidecar,
+    )
+
+    job = Job.from_dict(job_data)
+    started = time.perf_counter()
+    record: dict[str, Any] = {"entry": job.entry, "source": job.source, "type": job.type, "format": job.format,
+                              "output": job.output}
+    try:
+        local = resolve_source(job.source)
+        files = model_input_files(local)
+        imatrix = job.options.get("imatrix")
+        if imatrix:
+            files.append(Path(imatrix))
+        inputs = inputs_fingerprint(files)
+        options = job.convert_options()
+        output = Path(job.output)
+        overwrite = force
+        if output.exists():
+            if is_current(output, inputs=inputs, options=options):
+                return record | {"ok": True, "status": "skipped", "seconds": round(time.perf_counter() - started, 3),
+                                 "bytes": output.stat().st_size, "sha256": read_sidecar(output)["output"]["sha256"]}
+            sidecar = read_sidecar(output)
+            if sidecar is not None and output_matches_sidecar(output, sidecar):
+                overwrite = True  # our own earlier output, now stale (inputs, options or version changed)
+            elif not force:
+                raise OutputExists(f"{output} exists and has no matching {output.name}.quantcli.json "
+                                   "(not made by this batch); use --force to overwrite")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        cache = TensorCache.for_output(output, resume=True)
+        result = _convert(local, job, force=overwrite, threads=threads, tensor_cache=cache)
+        write_sidecar(output, inputs=inputs, options=options, result=result)
+        cache.discard()
+        extra = {k: result[k] for k in ("bytes", "sha256", "tensor_types", "peak_rss_bytes") if k in result}
+        return record | {"ok": True, "status": "converted", "seconds": round(time.perf_counter() - started, 3),
+                         "tensor_cache": cache.stats()} | extra
+    except QuantcliError as exc:
+        return record | {"ok": False, "status": "failed", "error": str(exc), "error_type": type(exc).__name__,
+                         "exit_code": int(exc.exit_code), "seconds": round(time.perf_counter() - started, 3)}
+    except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the others
+        return record | {"ok": False, "status": "failed", "error": f"internal error: {type(exc).__name__}: {exc}",
+                         "error_type": "InternalError", "exit_code": int(ExitCode.INTERNAL),
+                         "traceback": traceback.format_exc(limit=8),
+                         "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _failure(job: Job, error: str, error_type: str = "WorkerDied") -> dict[str, Any]:
+    return {"entry": job.entry, "source": job.source, "type": job.type, "format": job.format,
+            "output": job.output, "ok": False, "status": "failed", "error": error, "error_type": error_type,
+            "exit_code": int(ExitCode.INTERNAL)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Executors
+
+
+def threads_per_job(n_parallel: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, n_parallel))
+
+
+def run_local(jobs: list[Job], *, parallel: int = 1, force: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield each job's result as it finishes: in-process for `parallel == 1`, else a spawn process pool."""
+    threads = threads_per_job(parallel)
+    if parallel <= 1:
+        for job in jobs:
+            yield run_job(job.to_dict(), force, threads)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: a clean interpreter per worker (no forked locks/threads from the parent, same on macOS/Linux)
+    pool = ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(run_job, job.to_dict(), force, threads): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                yield _failure(job, "the worker process died (killed, or out of memory?)")
+            except Exception as exc:  # noqa: BLE001
+                yield _failure(job, f"{type(exc).__name__}: {exc}", "InternalError")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_ray(jobs: list[Job], *, address: str, force: bool = False) -> Iterator[dict[str, Any]]:
+    """One Ray task per job on the cluster at `address` ("local": a private one on this machine)."""
+    try:
+        import ray
+    except ImportError:
+        from quantcli.errors import Unsupported
+
+        raise Unsupported("--ray needs Ray: pip install 'quantcli[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        import quantcli
+
+        # Workers started on this machine import quantcli from the same place as the driver even when it is
+        # not pip-installed (a checkout); on other nodes it must be installed (docs/batch.md).
+        package_root = str(Path(quantcli.__file__).resolve().parent.parent)
+        pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        ray.init(address=None if address in ("", "local") else address, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        threads = max(1, min(threads_per_job(min(cpus, len(jobs))), cpus))
+        task = ray.remote(num_cpus=1, max_retries=0)(run_job)
+        pending = {task.remote(job.to_dict(), force, threads): job for job in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a Ray worker crash is that job's failure
+                    yield _failure(job, f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        if started_here:
+            ray.shutdown()
