@@ -56,3 +56,35 @@ def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
 def _remove(tmp: Path) -> None:
     with contextlib.suppress(FileNotFoundError, IsADirectoryError):
         tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
+    """Like `atomic_path` for an output directory: build it under a temporary name, then rename."""
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExists(f"{path} already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputFailed(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFailed(f"output directory {parent} is not writable")
+    tmp = path.with_name(f"{TEMP_MARK}{secrets.token_hex(4)}-{path.name}")
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():
+            old = path.with_name(f"{TEMP_MARK}old-{secrets.token_hex(4)}-{path.name}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

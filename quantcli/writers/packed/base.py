@@ -1,0 +1,111 @@
+"""What every packed-safetensors format shares: the scheme, dtype rounding, and the format registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import ml_dtypes
+import numpy as np
+
+from quantcli.errors import Unsupported
+
+MODEL_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    bits: int
+    group_size: int
+    dtype: str = "bfloat16"  # the model dtype: scales (and dequantized weights) live in it
+
+    @property
+    def np_dtype(self) -> type:
+        return MODEL_DTYPES[self.dtype]
+
+
+def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Round float32 values to the model dtype (round-to-nearest-even) and return them as float32."""
+    return np.asarray(x, dtype=np.float32).astype(MODEL_DTYPES[dtype]).astype(np.float32)
+
+
+class PackedFormat:
+    """One packed layout: quantize a Linear weight into its tensors, dequantize them, describe the config."""
+
+    name: ClassVar[str]
+    bits_allowed: ClassVar[tuple[int, ...]]
+    groups_allowed: ClassVar[tuple[int, ...]] = (32, 64, 128)
+    _registry: ClassVar[dict[str, type[PackedFormat]]] = {}
+
+    def __init_subclass__(cls, name: str | None = None, **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        if name:
+            cls.name = name
+            PackedFormat._registry[name] = cls
+
+    @classmethod
+    def check(cls, scheme: Scheme, in_features: int | None = None) -> None:
+        if scheme.bits not in cls.bits_allowed:
+            raise Unsupported(
+                f"--format {cls.name} supports --bits {', '.join(map(str, cls.bits_allowed))}, not {scheme.bits}"
+            )
+        if scheme.group_size not in cls.groups_allowed:
+            raise Unsupported(
+                f"--format {cls.name} supports --group-size {', '.join(map(str, cls.groups_allowed))}, "
+                f"not {scheme.group_size}"
+            )
+        if in_features is not None and in_features % scheme.group_size:
+            raise Unsupported(
+                f"--group-size {scheme.group_size} does not divide a row of {in_features} ({cls.name})"
+            )
+
+    @classmethod
+    def layout(cls, out: int, n: int, scheme: Scheme) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """dtype and shape of each tensor replacing the (out, n) weight, known before any compute."""
+        raise NotImplementedError
+
+    @classmethod
+    def quantize(cls, weight: np.ndarray, scheme: Scheme) -> dict[str, np.ndarray]:
+        """float32 (out, in) -> {suffix: array} replacing `<module>.weight`."""
+        raise NotImplementedError
+
+    @classmethod
+    def dequantize(cls, tensors: dict[str, np.ndarray], scheme: Scheme) -> np.ndarray:
+        """The client's dequantized weight, in the model dtype's values, returned as float32 (out, in)."""
+        raise NotImplementedError
+
+    @classmethod
+    def config(cls, scheme: Scheme, ignore: list[str]) -> dict[str, object]:
+        """The `config.json` entries this format's client reads."""
+        raise NotImplementedError
+
+    @classmethod
+    def scheme_from_config(cls, config: dict) -> Scheme | None:
+        """The scheme of a checkpoint written in this format, or None when `config` is not this format."""
+        raise NotImplementedError
+
+    @classmethod
+    def is_quantized(cls, module: str, names: set[str]) -> bool:
+        raise NotImplementedError
+
+
+def get_format(name: str) -> type[PackedFormat]:
+    try:
+        return PackedFormat._registry[name]
+    except KeyError:
+        raise Unsupported(
+            f"unknown --format {name!r} (supported: gguf, {', '.join(sorted(PackedFormat._registry))})"
+        ) from None
+
+
+def detect_format(config: dict) -> tuple[type[PackedFormat], Scheme] | None:
+    for fmt in PackedFormat._registry.values():
+        scheme = fmt.scheme_from_config(config)
+        if scheme is not None:
+            return fmt, scheme
+    return None
+
+
+def grouped(weight: np.ndarray, group_size: int) -> np.ndarray:
+    out, n = weight.shape
+    return np.asarray(weight, dtype=np.float32).reshape(out, n // group_size, group_size)

@@ -1,0 +1,87 @@
+"""GPTQ v1 (`checkpoint_format: gptq`), symmetric, desc_act=false (formats/gptq.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantcli.errors import Unsupported
+from quantcli.writers.packed.base import PackedFormat, Scheme, grouped, round_to
+from quantcli.writers.packed.bits import pack_rows, packed_words, unpack_rows
+
+
+class Gptq(PackedFormat, name="gptq"):
+    bits_allowed = (4, 8)
+
+    @classmethod
+    def layout(cls, out: int, n: int, scheme: Scheme) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        groups = n // scheme.group_size
+        return {
+            "qweight": (np.dtype("<i4"), (packed_words(n, scheme.bits), out)),
+            "qzeros": (np.dtype("<i4"), (groups, packed_words(out, scheme.bits))),
+            "scales": (np.dtype("<f2"), (groups, out)),
+            "g_idx": (np.dtype("<i4"), (n,)),
+        }
+
+    @classmethod
+    def quantize(cls, weight: np.ndarray, scheme: Scheme) -> dict[str, np.ndarray]:
+        out, n = weight.shape
+        maxq = (1 << scheme.bits) - 1
+        zero = (maxq + 1) // 2
+        g = grouped(weight, scheme.group_size)
+        # GPTQ's symmetric grid: scale = 2*max|w| / maxq around the fixed zero point 2**(b-1); scales are fp16.
+        absmax = np.abs(g).max(axis=-1)
+        scale = round_to(np.float32(2) * absmax / np.float32(maxq), "float16")
+        scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+        q = np.clip(np.rint(g / scale[..., None]) + zero, 0, maxq).astype(np.uint8).reshape(out, n)
+        ngroups = n // scheme.group_size
+        # v1 stores zero - 1 (the historical AutoGPTQ off-by-one that every v1 reader undoes).
+        zeros = np.full((ngroups, out), zero - 1, dtype=np.uint8)
+        return {
+            "qweight": np.ascontiguousarray(pack_rows(q, scheme.bits).T).view(np.int32),  # packed along the input dim
+            "qzeros": pack_rows(zeros, scheme.bits).view(np.int32),
+            "scales": np.ascontiguousarray(scale.T).astype(np.float16),
+            "g_idx": (np.arange(n, dtype=np.int32) // scheme.group_size).astype(np.int32),
+        }
+
+    @classmethod
+    def dequantize(cls, tensors: dict[str, np.ndarray], scheme: Scheme) -> np.ndarray:
+        scales = np.asarray(tensors["scales"]).astype(np.float32)  # (ngroups, out)
+        ngroups, out = scales.shape
+        n = ngroups * scheme.group_size
+        g_idx = np.asarray(tensors.get("g_idx", np.arange(n) // scheme.group_size)).astype(np.intp)
+        if not np.array_equal(g_idx, np.arange(n) // scheme.group_size):
+            raise Unsupported("GPTQ checkpoint with act-order (permuted g_idx) is not supported")
+        q = unpack_rows(np.ascontiguousarray(np.asarray(tensors["qweight"]).T), scheme.bits, n).T  # (n, out)
+        zeros = unpack_rows(tensors["qzeros"], scheme.bits, out).astype(np.float32) + 1  # v1: stored z - 1
+        w = (q.astype(np.float32) - zeros[g_idx]) * scales[g_idx]
+        return round_to(np.ascontiguousarray(w.T), "float16")
+
+    @classmethod
+    def config(cls, scheme: Scheme, ignore: list[str]) -> dict[str, object]:
+        return {
+            "quantization_config": {
+                "bits": scheme.bits,
+                "checkpoint_format": "gptq",
+                "desc_act": False,
+                "group_size": scheme.group_size,
+                "lm_head": False,
+                "quant_method": "gptq",
+                "sym": True,
+                "true_sequential": True,
+            }
+        }
+
+    @classmethod
+    def scheme_from_config(cls, config: dict) -> Scheme | None:
+        qc = config.get("quantization_config") or {}
+        if qc.get("quant_method") != "gptq":
+            return None
+        if qc.get("checkpoint_format", "gptq") != "gptq":
+            raise Unsupported(f"GPTQ checkpoint_format {qc.get('checkpoint_format')!r} is not supported (only v1 'gptq')")
+        if qc.get("desc_act"):
+            raise Unsupported("GPTQ checkpoint with desc_act=true is not supported")
+        return Scheme(int(qc["bits"]), int(qc["group_size"]), "float16")
+
+    @classmethod
+    def is_quantized(cls, module: str, names: set[str]) -> bool:
+        return f"{module}.qweight" in names

@@ -1,0 +1,131 @@
+"""Write an HF checkpoint as packed safetensors: quantized Linear layers, everything else as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from quantcli.atomic import atomic_dir
+from quantcli.console import peak_rss_bytes
+from quantcli.loaders import Checkpoint
+from quantcli.writers.packed.base import PackedFormat, Scheme
+from quantcli.writers.safetensors import PlannedTensor, SafetensorsStreamWriter
+
+# Small files copied next to the weights (tokenizer, generation settings, chat template).
+COPY_SUFFIXES = (".json", ".model", ".txt", ".jinja", ".tiktoken")
+SKIP_FILES = {"config.json", "model.safetensors.index.json"}
+
+
+def is_linear_weight(name: str, shape: tuple[int, ...]) -> bool:
+    """The tensors packed formats quantize: 2-D `.weight`s of a decoder block's Linear layers.
+
+    Embeddings, lm_head and norms stay in the source dtype, as llm-compressor, mlx-lm's default predicate
+    for non-block layers and GPTQ tools leave them.
+    """
+    return len(shape) == 2 and name.startswith("model.layers.") and name.endswith(".weight")
+
+
+def packed_names(fmt: type[PackedFormat], module: str, shape: tuple[int, ...], scheme: Scheme) -> list[PlannedTensor]:
+    """Names, dtypes and shapes of the tensors replacing `<module>.weight`, known before any compute."""
+    return [
+        PlannedTensor(f"{module}.{suffix}", dtype, shp)
+        for suffix, (dtype, shp) in fmt.layout(shape[0], shape[1], scheme).items()
+    ]
+
+
+def write_packed(
+    ckpt: Checkpoint,
+    output: Path,
+    fmt: type[PackedFormat],
+    scheme: Scheme,
+    *,
+    force: bool = False,
+    max_shard_size: int = 5 * 1024**3,
+    on_tensor: Callable[[str], None] | None = None,
+) -> dict[str, object]:
+    start = time.perf_counter()
+    names = ckpt.tensor_names()
+    linear = [n for n in names if is_linear_weight(n, ckpt.tensor_info(n).shape)]
+    for n in linear:  # refuse unsupported combinations before any compute
+        fmt.check(scheme, ckpt.tensor_info(n).shape[1])
+    if not linear:
+        fmt.check(scheme)
+
+    plan: list[tuple[str, list[PlannedTensor]]] = []
+    for n in names:
+        info = ckpt.tensor_info(n)
+        if n in linear:
+            plan.append((n, packed_names(fmt, n.removesuffix(".weight"), info.shape, scheme)))
+        else:
+            plan.append((n, [PlannedTensor(n, np.dtype(ckpt.read(n).dtype), info.shape)]))
+
+    shards: list[list[tuple[str, list[PlannedTensor]]]] = [[]]
+    size = 0
+    for entry in plan:
+        entry_bytes = sum(t.nbytes for t in entry[1])
+        if shards[-1] and size + entry_bytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += entry_bytes
+
+    counts = {"quantized": 0, "kept": 0}
+    with atomic_dir(output, force) as tmp:
+        weight_map: dict[str, str] = {}
+        total = 0
+        for i, shard in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            with open(tmp / fname, "wb") as fh:
+                writer = SafetensorsStreamWriter(fh, [t for _, ts in shard for t in ts], {"format": "pt"})
+                for src, targets in shard:
+                    if src in linear:
+                        tensors = fmt.quantize(np.asarray(ckpt.read(src), dtype=np.float32), scheme)
+                        module = src.removesuffix(".weight")
+                        for t in targets:
+                            writer.write(t.name, tensors[t.name.removeprefix(module + ".")])
+                        counts["quantized"] += 1
+                    else:
+                        writer.write(src, np.asarray(ckpt.read(src)))
+                        counts["kept"] += 1
+                    for t in targets:
+                        weight_map[t.name] = fname
+                        total += t.nbytes
+                    if on_tensor:
+                        on_tensor(src)
+                writer.close()
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        config = dict(ckpt.config)
+        config.pop("quantization_config", None)
+        config.pop("quantization", None)
+        config.update(fmt.config(scheme, ["lm_head"]))  # the only Linear we never quantize
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for f in sorted(ckpt.directory.iterdir()):
+            if f.is_file() and f.suffix in COPY_SUFFIXES and f.name not in SKIP_FILES:
+                shutil.copyfile(f, tmp / f.name)
+        files = sorted(p.name for p in tmp.iterdir())
+        digest = hashlib.sha256()
+        for name in files:
+            with open(tmp / name, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return {
+        "ok": True,
+        "output": str(output),
+        "format": fmt.name,
+        "bits": scheme.bits,
+        "group_size": scheme.group_size,
+        "files": files,
+        "bytes": sum((output / f).stat().st_size for f in files),
+        "sha256": digest.hexdigest(),
+        "tensors": counts,
+        "seconds": round(time.perf_counter() - start, 3),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
