@@ -1,0 +1,26 @@
+"""Architecture tables (one module per family). `get_arch(config)` finds the spec or raises Unsupported."""
+
+from quantcli.arch import gemma3, llama, phi3, qwen  # noqa: F401  (importing registers them)
+from quantcli.arch.base import (
+    ArchSpec,
+    HParam,
+    RuntimeTraits,
+    TensorTransform,
+    TransformContext,
+    effective_config,
+    get_arch,
+    hparam_values,
+    supported_architectures,
+)
+
+__all__ = [
+    "ArchSpec",
+    "HParam",
+    "RuntimeTraits",
+    "TensorTransform",
+    "TransformContext",
+    "effective_config",
+    "get_arch",
+    "hparam_values",
+    "supported_architectures",
+]

@@ -1,0 +1,281 @@
+"""Architecture tables: what convert (and the runtime) need to know about one HF model family.
+
+One `ArchSpec` per family, registered by its HF architecture names (`config.json` "architectures"[0]).
+Everything is data: tensor-name templates, config defaults, the ordered list of GGUF hyper-parameters
+(each a `gguf.GGUFWriter` method + how to compute its value from the effective config), tensor transforms
+and runtime traits. The ordered hparam list reproduces the key order and values that llama.cpp's
+`convert_hf_to_gguf.py` (conversion/*.py, run with transformers 5.x, whose AutoConfig fills defaults)
+writes; `effective_config` stands in for AutoConfig.to_dict().
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from quantcli.errors import InputInvalid, Unsupported
+
+Config = dict[str, Any]
+# (gguf.GGUFWriter method name, value). Value None = key not written.
+HParamValue = Callable[[Config], Any]
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One GGUF key: `writer.<method>(value(cfg))`, skipped when the value is None."""
+
+    method: str
+    value: HParamValue
+
+
+@dataclass(frozen=True)
+class TensorTransform:
+    """Applied (in table order) to a float32/float16 array whose HF name matches `pattern` (re.search)."""
+
+    pattern: str
+    apply: Callable[[np.ndarray, TransformContext], np.ndarray]
+
+
+@dataclass
+class TransformContext:
+    config: Config
+    hf_name: str
+    directory: Any  # pathlib.Path of the checkpoint (some transforms read tokenizer files)
+
+
+@dataclass(frozen=True)
+class RuntimeTraits:
+    """How the network computes; read by quantcli/runtime (GGUF keys carry the numbers)."""
+
+    norm: str = "rms"  # "rms": x / sqrt(mean(x^2) + eps) * w
+    activation: str = "silu"  # gated FFN act(gate) * up: "silu" or "gelu_tanh"
+    rope_style: str = (
+        "normal"  # "normal": ggml pairs (2i, 2i+1) (llama; HF rows permuted at convert); "neox": (i, i+d/2)
+    )
+    embedding_scale: str | None = None  # "sqrt_hidden": token embeddings multiplied by sqrt(n_embd) (gemma)
+    qk_norm: bool = False  # per-head RMSNorm of q and k before rope (qwen3, gemma3)
+    post_norms: bool = False  # gemma3: post_attention_norm / post_ffw_norm on each branch output
+    attention_bias: bool = False  # q/k/v biases (qwen2)
+    fused_qkv: bool = False  # phi3: one attn_qkv tensor, rows [q; k; v]
+    fused_gate_up: bool = False  # phi3: ffn_up holds [gate; up] rows
+    sliding_window_pattern: int = 0  # gemma3: every Nth layer is global, others use the sliding window
+    tied_embeddings_default: bool = False  # output.weight absent -> reuse token_embd
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    hf_architectures: tuple[str, ...]
+    gguf_arch: str  # general.architecture
+    # (HF template, GGUF template) without the .weight/.bias suffix; {bid} = layer index.
+    tensor_names: tuple[tuple[str, str], ...]
+    hparams: tuple[HParam, ...]
+    # transformers' config-class defaults for keys absent from config.json (what AutoConfig adds).
+    config_defaults: Config = field(default_factory=dict)
+    derive_config: Callable[[Config], None] | None = None  # fills AutoConfig-derived keys in place
+    skip_tensors: tuple[str, ...] = ()  # HF names (re.fullmatch) the converter drops
+    transforms: tuple[TensorTransform, ...] = ()
+    runtime: RuntimeTraits = field(default_factory=RuntimeTraits)
+    # set_vocab quirks of the converter's model class: (writer method, value from cfg) written after the vocab.
+    vocab_overrides: tuple[HParam, ...] = ()
+    # tokenizer_config.json add_prefix_space is written before the vocab (LlamaModel.set_vocab).
+    vocab_reads_add_prefix_space: bool = False
+
+    def block_count(self, cfg: Config) -> int:
+        value = cfg.get("num_hidden_layers")
+        if not isinstance(value, int) or value < 0:
+            raise InputInvalid(
+                f"config.json: num_hidden_layers is {value!r}, expected a non-negative integer"
+            )
+        return value
+
+    def name_map(self, cfg: Config) -> dict[str, str]:
+        """Every HF tensor name this architecture knows (with .weight/.bias) -> its GGUF name."""
+        out: dict[str, str] = {}
+        for bid in [None, *range(self.block_count(cfg))]:
+            for hf_t, gguf_t in self.tensor_names:
+                if ("{bid}" in hf_t) != (bid is not None):
+                    continue
+                hf = hf_t.format(bid=bid)
+                gg = gguf_t.format(bid=bid)
+                for suffix in (".weight", ".bias"):
+                    out[hf + suffix] = gg + suffix
+        return out
+
+    def is_skipped(self, hf_name: str) -> bool:
+        return any(re.fullmatch(p, hf_name) for p in (*COMMON_SKIPS, *self.skip_tensors))
+
+    def transforms_for(self, hf_name: str) -> Iterator[TensorTransform]:
+        return (t for t in self.transforms if re.search(t.pattern, hf_name))
+
+
+# Tensors convert_hf_to_gguf.py never writes, whatever the architecture.
+COMMON_SKIPS = (r".*\.attention\.masked_bias", r".*\.attention\.bias", r".*\.rotary_emb\.inv_freq")
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register(spec: ArchSpec) -> ArchSpec:
+    for name in spec.hf_architectures:
+        assert name not in _REGISTRY, f"{name} registered twice"
+        _REGISTRY[name] = spec
+    return spec
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_arch(config: Config, where: str = "config.json") -> ArchSpec:
+    """The spec for config["architectures"][0]; Unsupported (listing what is) otherwise."""
+    archs = config.get("architectures")
+    name = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if name is None:
+        raise Unsupported(
+            f"{where}: no 'architectures' entry; supported: {', '.join(supported_architectures())}"
+        )
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise Unsupported(
+            f"{where}: architecture {name} is not supported (supported: {', '.join(supported_architectures())})"
+        ) from None
+
+
+def effective_config(spec: ArchSpec, config: Config) -> Config:
+    """config.json as transformers' AutoConfig(...).to_dict() would present it to the converter.
+
+    Class defaults fill absent keys, `text_config` is merged up, and `rope_parameters` is built the way
+    transformers 5 and the converter's TextModel.__init__ do (rope_theta / rope_scaling folded in).
+    """
+    cfg: Config = {**spec.config_defaults}
+    cfg.update({k: v for k, v in config.items() if v is not None or k not in cfg})
+    if isinstance(config.get("text_config"), dict):
+        cfg.update(config["text_config"])
+    if spec.derive_config is not None:
+        spec.derive_config(cfg)
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope = {k: (dict(v) if isinstance(v, dict) else v) for k, v in rope.items()}
+    if "full_attention" not in rope and "sliding_attention" not in rope:
+        if "rope_theta" not in rope and cfg.get("rope_theta") is not None:
+            rope["rope_theta"] = cfg["rope_theta"]
+        if "rope_type" not in rope and rope.get("type") is not None:
+            rope["rope_type"] = rope["type"]
+        rope.setdefault("rope_type", "default")
+        for key in ("partial_rotary_factor", "original_max_position_embeddings"):
+            if key not in rope and cfg.get(key) is not None:
+                rope[key] = cfg[key]
+    cfg["rope_parameters"] = rope
+    return cfg
+
+
+def full_rope(cfg: Config) -> Config:
+    rope = cfg.get("rope_parameters") or {}
+    return rope.get("full_attention", rope)
+
+
+def first(*keys: str) -> HParamValue:
+    """The value of the first key present in the config (convert_hf_to_gguf's find_hparam), else None."""
+
+    def get(cfg: Config) -> Any:
+        for key in keys:
+            if key in cfg and cfg[key] is not None:
+                return cfg[key]
+        return None
+
+    return get
+
+
+def rope_scaling_hparams() -> tuple[HParam, ...]:
+    """TextModel.set_gguf_parameters' rope-scaling keys (linear, yarn, longrope)."""
+
+    def kind(cfg: Config) -> str | None:
+        rope = full_rope(cfg)
+        rtype = rope.get("rope_type")
+        if rtype in ("linear", "yarn") and rope.get("factor") is not None:
+            return rtype
+        if rtype in ("su", "longrope"):
+            return "longrope"
+        return None
+
+    def when(kinds: tuple[str, ...], value: HParamValue) -> HParamValue:
+        return lambda cfg: value(cfg) if kind(cfg) in kinds else None
+
+    import gguf
+
+    types = {
+        "linear": gguf.RopeScalingType.LINEAR,
+        "yarn": gguf.RopeScalingType.YARN,
+        "longrope": gguf.RopeScalingType.LONGROPE,
+    }
+    return (
+        HParam("add_rope_scaling_type", lambda cfg: types[k] if (k := kind(cfg)) else None),
+        HParam("add_rope_scaling_factor", when(("linear", "yarn"), lambda cfg: full_rope(cfg)["factor"])),
+        HParam(
+            "add_rope_scaling_orig_ctx_len",
+            when(("yarn",), lambda cfg: full_rope(cfg)["original_max_position_embeddings"]),
+        ),
+        HParam(
+            "add_rope_scaling_yarn_ext_factor",
+            when(("yarn",), lambda cfg: full_rope(cfg).get("extrapolation_factor")),
+        ),
+        HParam(
+            "add_rope_scaling_yarn_attn_factor",
+            when(
+                ("yarn",),
+                lambda cfg: full_rope(cfg).get("attention_factor", full_rope(cfg).get("attn_factor")),
+            ),
+        ),
+        HParam(
+            "add_rope_scaling_yarn_beta_fast", when(("yarn",), lambda cfg: full_rope(cfg).get("beta_fast"))
+        ),
+        HParam(
+            "add_rope_scaling_yarn_beta_slow", when(("yarn",), lambda cfg: full_rope(cfg).get("beta_slow"))
+        ),
+    )
+
+
+FILE_TYPE = HParam("add_file_type", lambda cfg: cfg["__ftype__"])
+
+
+def text_model_hparams() -> tuple[HParam, ...]:
+    """convert_hf_to_gguf.py TextModel.set_gguf_parameters, in its order (`__ftype__` set by convert)."""
+    return (
+        HParam("add_block_count", lambda cfg: cfg["num_hidden_layers"]),
+        HParam("add_context_length", first("max_position_embeddings", "n_ctx", "n_positions", "max_length")),
+        HParam("add_embedding_length", first("hidden_size", "n_embd", "dim")),
+        HParam("add_feed_forward_length", first("intermediate_size", "n_inner", "hidden_dim")),
+        HParam("add_head_count", first("num_attention_heads", "n_head", "n_heads")),
+        HParam("add_head_count_kv", first("num_key_value_heads", "n_kv_heads")),
+        HParam("add_causal_attention", lambda cfg: False if cfg.get("is_causal") is False else None),
+        *rope_scaling_hparams(),
+        HParam("add_rope_freq_base", lambda cfg: full_rope(cfg).get("rope_theta")),
+        HParam(
+            "add_rope_freq_base_swa",
+            lambda cfg: (cfg["rope_parameters"].get("sliding_attention") or {}).get("rope_theta"),
+        ),
+        HParam("add_layer_norm_rms_eps", first("rms_norm_eps", "norm_eps")),
+        HParam("add_layer_norm_eps", first("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")),
+        HParam("add_expert_count", first("num_local_experts", "num_experts", "n_routed_experts")),
+        HParam("add_expert_used_count", first("num_experts_per_tok", "num_experts_per_token")),
+        HParam("add_key_length", first("head_dim")),
+        HParam("add_value_length", first("head_dim")),
+        FILE_TYPE,
+    )
+
+
+def hparam_values(spec: ArchSpec, cfg: Config) -> list[tuple[str, Any]]:
+    """[(writer method, value)] in write order, skipping absent ones."""
+    out = []
+    for hp in spec.hparams:
+        try:
+            value = hp.value(cfg)
+        except KeyError as exc:
+            raise InputInvalid(f"config.json: {spec.gguf_arch} needs {exc.args[0]!r}") from None
+        if value is not None:
+            out.append((hp.method, value))
+    return out

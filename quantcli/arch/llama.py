@@ -1,0 +1,110 @@
+"""Llama and Mistral (LlamaForCausalLM, MistralForCausalLM) -> GGUF "llama" (conversion/llama.py LlamaModel)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from quantcli.arch.base import (
+    ArchSpec,
+    Config,
+    HParam,
+    RuntimeTraits,
+    TensorTransform,
+    TransformContext,
+    register,
+    text_model_hparams,
+)
+
+# Shared by every llama-like family (qwen2/qwen3 add to it).
+DECODER_TENSORS: tuple[tuple[str, str], ...] = (
+    ("model.embed_tokens", "token_embd"),
+    ("model.norm", "output_norm"),
+    ("lm_head", "output"),
+    ("model.layers.{bid}.input_layernorm", "blk.{bid}.attn_norm"),
+    ("model.layers.{bid}.self_attn.q_proj", "blk.{bid}.attn_q"),
+    ("model.layers.{bid}.self_attn.k_proj", "blk.{bid}.attn_k"),
+    ("model.layers.{bid}.self_attn.v_proj", "blk.{bid}.attn_v"),
+    ("model.layers.{bid}.self_attn.o_proj", "blk.{bid}.attn_output"),
+    ("model.layers.{bid}.post_attention_layernorm", "blk.{bid}.ffn_norm"),
+    ("model.layers.{bid}.mlp.gate_proj", "blk.{bid}.ffn_gate"),
+    ("model.layers.{bid}.mlp.up_proj", "blk.{bid}.ffn_up"),
+    ("model.layers.{bid}.mlp.down_proj", "blk.{bid}.ffn_down"),
+)
+
+
+def derive_head_dim(cfg: Config) -> None:
+    # LlamaConfig/MistralConfig: head_dim defaults to hidden_size // num_attention_heads.
+    if cfg.get("head_dim") is None and cfg.get("hidden_size") and cfg.get("num_attention_heads"):
+        cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def permute_rope_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half row order -> ggml's interleaved pairs, per head (LlamaModel.permute)."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def _permute_q(x: np.ndarray, ctx: TransformContext) -> np.ndarray:
+    return permute_rope_rows(x, ctx.config["num_attention_heads"])
+
+
+def _permute_k(x: np.ndarray, ctx: TransformContext) -> np.ndarray:
+    n_head = ctx.config["num_attention_heads"]
+    n_kv = ctx.config.get("num_key_value_heads") or n_head
+    return permute_rope_rows(x, n_kv)
+
+
+def _rope_dim(cfg: Config) -> int:
+    return (
+        cfg["head_dim"]
+        if cfg.get("head_dim") is not None
+        else cfg["hidden_size"] // cfg["num_attention_heads"]
+    )
+
+
+# transformers LlamaConfig defaults for keys a config.json may omit.
+LLAMA_DEFAULTS: Config = {
+    "max_position_embeddings": 2048,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+
+LLAMA = register(
+    ArchSpec(
+        hf_architectures=("LlamaForCausalLM",),
+        gguf_arch="llama",
+        tensor_names=DECODER_TENSORS,
+        hparams=(
+            *text_model_hparams(),
+            HParam("add_vocab_size", lambda cfg: cfg["vocab_size"]),
+            HParam("add_rope_dimension_count", _rope_dim),
+        ),
+        config_defaults=LLAMA_DEFAULTS,
+        derive_config=derive_head_dim,
+        transforms=(
+            TensorTransform(r"q_proj\.(weight|bias)$", _permute_q),
+            TensorTransform(r"k_proj\.(weight|bias)$", _permute_k),
+        ),
+        runtime=RuntimeTraits(rope_style="normal", activation="silu"),
+        # LlamaModel.set_vocab: granite-small rule, applied to every 49152-token vocabulary (SmolLM2 too).
+        vocab_overrides=(
+            HParam("add_add_bos_token", lambda cfg: False if cfg.get("vocab_size", 32000) == 49152 else None),
+        ),
+        vocab_reads_add_prefix_space=True,
+    )
+)
+
+# Same converter class (LlamaModel); only MistralConfig's defaults differ.
+MISTRAL = register(
+    replace(
+        LLAMA,
+        hf_architectures=("MistralForCausalLM",),
+        config_defaults={**LLAMA_DEFAULTS, "max_position_embeddings": 131072, "sliding_window": 4096},
+    )
+)
