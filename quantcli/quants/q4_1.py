@@ -1,0 +1,125 @@
+"""Q4_1 (32-blocks, fp16 scale + fp16 min, 4-bit unsigned quants).
+
+Reference path = quantize_row_q4_1_ref; imatrix path = quantize_row_q4_1_impl, i.e. make_qkx3_quants
+(rmin -0.9, rdelta 0.05, nstep 36, squared error), implemented here and reused by Q5_1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from quantcli.quants.base import QuantType
+from quantcli.quants.q4_0 import (
+    F32,
+    as_blocks,
+    fix_zero_sign,
+    half_bytes,
+    impl_weights,
+    pack_nibbles,
+    read_half,
+    seq_sum,
+    unpack_nibbles,
+)
+
+
+def first_min_max(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C's `if (v < min) min = v; if (v > max) max = v;` scan (zero signs included)."""
+    mn = fix_zero_sign(blocks.min(axis=1), blocks)
+    mx = fix_zero_sign(blocks.max(axis=1), blocks)
+    return mn, mx
+
+
+def minmax_ref_codes(blocks: np.ndarray, nmax: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize_row_q4_1_ref / q5_1_ref: d = (max-min)/nmax, q = (uint)((x-min)*id + 0.5)."""
+    mn, mx = first_min_max(blocks)
+    d = (mx - mn) / F32(nmax)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
+    q = ((blocks - mn[:, None]) * inv[:, None] + F32(0.5)).astype(np.uint8)
+    if clamp:
+        np.minimum(q, np.uint8(nmax), out=q)
+    return d.astype(F32), mn, q
+
+
+def make_qkx3_quants(
+    blocks: np.ndarray, weights: np.ndarray, nmax: int, rmin: float = -0.9, rdelta: float = 0.05, nstep: int = 36
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised make_qkx3_quants(n, nmax, x, weights, L, &the_min, ..., use_mad=false).
+
+    Returns (scale, min, L) with `min` the (non-positive) offset the C code returns negated in the_min, so
+    the stored fp16 m is `min` itself. The running min is updated whenever a candidate wins and later
+    candidates use it (both in x - min and in max - min).
+    """
+    xt = np.ascontiguousarray(blocks.T)  # (n, B)
+    wt = np.ascontiguousarray(weights.T)
+    mn, mx = first_min_max(blocks)
+    sum_w = np.add.accumulate(wt, axis=0)[-1]  # C starts from w[0] (not 0.0f + w[0]): plain accumulate
+    sum_x = np.add.accumulate(wt * xt, axis=0)[-1]
+    mn = np.where(mn > 0, F32(0.0), mn).astype(F32)
+    degenerate = mx <= mn
+    fnmax = F32(nmax)
+
+    def levels(iscale: np.ndarray, cur_min: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(iscale[None, :] * (xt - cur_min[None, :])), F32(0), fnmax)
+
+    def sq_error(scale: np.ndarray, cur_min: np.ndarray, lv: np.ndarray) -> np.ndarray:
+        diff = (scale[None, :] * lv + cur_min[None, :]) - xt
+        return seq_sum(wt * (diff * diff))
+
+    with np.errstate(all="ignore"):
+        span = np.where(degenerate, F32(1.0), mx - mn)
+        iscale = fnmax / span
+        scale = (F32(1.0) / iscale).astype(F32)
+        best_l = levels(iscale, mn)
+        best_mad = sq_error(scale, mn, best_l)
+        for step in range(nstep + 1):
+            iscale = ((F32(rmin) + F32(rdelta) * F32(step)) + fnmax) / (mx - mn)
+            lv = levels(iscale, mn)
+            wl = wt * lv
+            sum_l = seq_sum(wl)
+            sum_l2 = seq_sum(wl * lv)
+            sum_xl = seq_sum(wl * xt)
+            det = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
+            positive = this_min > 0
+            this_min = np.where(positive, F32(0.0), this_min)
+            this_scale = np.where(positive, sum_xl / sum_l2, this_scale)
+            mad = sq_error(this_scale, this_min, lv)
+            accept = (det > 0) & (mad < best_mad) & ~degenerate
+            if accept.any():
+                best_l = np.where(accept[None, :], lv, best_l)
+                best_mad = np.where(accept, mad, best_mad)
+                scale = np.where(accept, this_scale, scale)
+                mn = np.where(accept, this_min, mn)
+    scale = np.where(degenerate, F32(0.0), scale).astype(F32)
+    codes = best_l.astype(np.uint8).T
+    codes[degenerate] = 0
+    return scale, mn.astype(F32), np.ascontiguousarray(codes)
+
+
+class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
+    uses_imatrix = True
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        nrows = rows.shape[0]
+        blocks = as_blocks(rows, 32)
+        if imatrix is None:
+            d, m, q = minmax_ref_codes(blocks, 15, clamp=True)
+        else:
+            d, m, q = make_qkx3_quants(blocks, impl_weights(rows, imatrix), 15)
+        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
+        out[:, 0:2] = half_bytes(d)
+        out[:, 2:4] = half_bytes(m)
+        out[:, 4:] = pack_nibbles(q)
+        return out.reshape(nrows, -1)
+
+    @classmethod
+    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
+        blocks = data.reshape(-1, cls.type_size)
+        d = read_half(blocks, 0)
+        m = read_half(blocks, 2)
+        q = unpack_nibbles(blocks[:, 4:]).astype(F32)
+        return (q * d + m).reshape(data.shape[0], ncols)
