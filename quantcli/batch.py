@@ -193,18 +193,19 @@ def _expand_entry(
     source = merged.get("source")
     if not isinstance(source, str) or not source:
         return [], [*problems, "missing `source:`"]
-    from quantcli.hub import is_hub_source, parse_hub_id
+    from quantcli.hub import parse_hub_id
 
-    if not is_hub_source(source):
-        local = Path(os.path.expanduser(source))
-        if not local.is_absolute():
-            local = base / local
-        if not local.exists():
-            kind = " (nor a Hub id org/name[@rev])" if parse_hub_id(source) is None else ""
-            return [], [*problems, f"source {source}: no such file or directory{kind}"]
+    local = Path(os.path.expanduser(source))
+    if not local.is_absolute():
+        local = base / local  # relative to the manifest; a local path wins over a Hub id
+    if local.exists():
         if local.is_dir() and not (local / "config.json").is_file():
             problems.append(f"source {source}: no config.json in that directory")
         source = str(local.resolve())
+    elif parse_hub_id(source) is None:
+        return [], [*problems, f"source {source}: no such file or directory (nor a Hub id org/name[@rev])"]
+    elif source.startswith((".", "/", "~")):
+        return [], [*problems, f"source {source}: no such file or directory"]
 
     fmt = str(merged.get("format") or "gguf").lower()
     if fmt not in FORMATS:
@@ -243,6 +244,8 @@ def _expand_entry(
         else:
             bits = value if isinstance(value, int) and not isinstance(value, bool) else None
             allowed = tuple(GGUF_BITS) if fmt == "gguf" else PACKED_BITS.get(fmt, ())
+            if fmt not in FORMATS:
+                continue  # already reported
             if bits is None or bits not in allowed:
                 problems.append(f"bits {value!r} not available for format {fmt} (allowed: {allowed})")
             elif fmt == "gguf":
