@@ -1,0 +1,241 @@
+"""GGUF -> GGUF quantization, byte-identical to `llama-quantize IN OUT TYPE` (llama_model_quantize_impl).
+
+Output layout (spec §5.7): the input's KV pairs in input order, minus `general.quantization_version`,
+`general.file_type` and the split keys, then `general.quantization_version` (u32 2) and
+`general.file_type` (u32 ftype) appended, then the `quantize.imatrix.*` keys when an imatrix is used;
+tensors sorted by (layer, name); each tensor's data padded to 32 bytes. Tensors are processed one at a
+time in row slabs, so memory stays bounded whatever the model size; the output is written atomically.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from quantcli import quants
+from quantcli.atomic import atomic_path, check_output
+from quantcli.errors import Unsupported, UsageError
+from quantcli.imatrix_file import Imatrix
+from quantcli.loaders.gguf import GGUFFile
+from quantcli.plan import ModelInfo, Overrides, Plan, TensorSpec, make_plan, n_dims, pad
+from quantcli.plan.ftypes import Ftype
+
+GGML_QNT_VERSION = 2
+ALIGNMENT = 32  # gguf_init_empty(): the output context ignores any general.alignment of the input
+_REMOVED_KEYS = ("split.no", "split.count", "split.tensors.count")
+# Rows are converted to float32 in slabs of at most this many elements (64 MiB of float32).
+_SLAB_ELEMENTS = 16 << 20
+
+_T = GGMLQuantizationType
+
+
+def encode_string(s: str | bytes) -> bytes:
+    raw = s.encode("utf-8") if isinstance(s, str) else s
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def encode_kv_u32(key: str, value: int) -> bytes:
+    return encode_string(key) + struct.pack("<iI", 4, value)  # GGUF_TYPE_UINT32 = 4
+
+
+def encode_kv_str(key: str, value: str | bytes) -> bytes:
+    return encode_string(key) + struct.pack("<i", 8) + encode_string(value)  # GGUF_TYPE_STRING = 8
+
+
+def _c_string_127(s: str) -> bytes:
+    """strncpy(dst, s, 127); dst[127] = 0: at most 127 bytes, cut at the first NUL."""
+    return s.encode("utf-8")[:127].split(b"\0", 1)[0]
+
+
+@dataclass
+class ImatrixUse:
+    """An imatrix as llama-quantize applies it: entries after --include/--exclude-weights, and the path
+    string exactly as given on the command line (it is written to quantize.imatrix.file)."""
+
+    imatrix: Imatrix
+    path_text: str
+
+    def kv_pairs(self) -> list[tuple[str, bytes]]:
+        im = self.imatrix
+        pairs = [("quantize.imatrix.file", encode_kv_str("quantize.imatrix.file", _c_string_127(self.path_text)))]
+        if im.datasets:
+            key = "quantize.imatrix.dataset"
+            pairs.append((key, encode_kv_str(key, _c_string_127(im.datasets[0]))))
+        key = "quantize.imatrix.entries_count"
+        pairs.append((key, encode_kv_u32(key, len(im.entries))))
+        if im.chunk_count > 0:
+            key = "quantize.imatrix.chunks_count"
+            pairs.append((key, encode_kv_u32(key, im.chunk_count)))
+        return pairs
+
+
+def output_kv(src: GGUFFile, ftype: Ftype, imatrix: ImatrixUse | None) -> list[tuple[str, bytes]]:
+    """The output KV section as (key, encoded bytes), in llama-quantize's order (gguf_set_* = remove+append)."""
+    kv: dict[str, bytes] = {key: item.raw for key, item in src.kv.items()}
+
+    def set_kv(key: str, raw: bytes) -> None:
+        kv.pop(key, None)
+        kv[key] = raw
+
+    set_kv("general.quantization_version", encode_kv_u32("general.quantization_version", GGML_QNT_VERSION))
+    set_kv("general.file_type", encode_kv_u32("general.file_type", ftype.value))
+    for key in _REMOVED_KEYS:
+        kv.pop(key, None)
+    if imatrix is not None:
+        for key, raw in imatrix.kv_pairs():
+            set_kv(key, raw)
+    return list(kv.items())
+
+
+def source_specs(src: GGUFFile) -> list[TensorSpec]:
+    return [TensorSpec(t.name, t.ne, t.type) for t in src.tensors.values()]
+
+
+def plan_for_gguf(src: GGUFFile, ftype: Ftype, overrides: Overrides) -> Plan:
+    model = ModelInfo.from_metadata({k: v.value for k, v in src.kv.items()})
+    return make_plan(model, source_specs(src), ftype, overrides)
+
+
+def predicted_file_size(src: GGUFFile, plan: Plan, imatrix: ImatrixUse | None) -> int:
+    kv = output_kv(src, plan.recipe, imatrix)
+    return plan.file_size(sum(len(raw) for _, raw in kv))
+
+
+def metadata_bytes(kv: Sequence[tuple[str, bytes]], plan: Plan) -> bytes:
+    """Header + KVs + tensor infos, zero-padded to the alignment (gguf_get_meta_data)."""
+    parts = [b"GGUF", struct.pack("<Iqq", 3, len(plan.decisions), len(kv))]
+    parts.extend(raw for _, raw in kv)
+    offset = 0
+    for d in plan.decisions:
+        dims = n_dims(d.ne)
+        parts.append(encode_string(d.name))
+        parts.append(struct.pack(f"<I{dims}qiQ", dims, *d.ne[:dims], int(d.type), offset))
+        offset += pad(d.nbytes, ALIGNMENT)
+    meta = b"".join(parts)
+    return meta + b"\0" * (pad(len(meta), ALIGNMENT) - len(meta))
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    plan: Plan
+    file_size: int
+    seconds: float
+    imatrix_missing: list[str] = field(default_factory=list)
+
+
+def check_plan_executable(
+    plan: Plan, imatrix: ImatrixUse | None, allow_requantize: bool, strict: bool
+) -> list[str]:
+    """Everything that can fail is checked here, before any output or compute. Returns the names of
+    quantized tensors the imatrix has no entry for (llama-quantize quantizes those without one)."""
+    if strict:
+        plan.refuse_fallbacks()
+    for d in plan.decisions:
+        if d.changes:
+            quants.get(d.type)  # Unsupported if no quantizer for the target type
+            if d.src_type not in (_T.F32, _T.F16, _T.BF16) and not allow_requantize:
+                raise Unsupported(
+                    f"{d.name} is already {d.src_type.name}: requantizing is disabled (use --allow-requantize)"
+                )
+            if d.src_type not in (_T.F32, _T.F16, _T.BF16):
+                quants.get(d.src_type)
+    missing: list[str] = []
+    if imatrix is not None:
+        shapes = [(d.name, d.ne) for d in plan.decisions]
+        missing = imatrix.imatrix.check_against(shapes, [d.name for d in plan.decisions if d.changes])
+    for d in plan.decisions:
+        if d.requires_imatrix and (imatrix is None or (d.changes and d.name not in imatrix.imatrix.entries)):
+            raise UsageError(
+                f"{plan.recipe.name} requires an importance matrix for {d.name} ({d.type.name}): pass --imatrix"
+            )
+    return missing
+
+
+def _rows_to_f32(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:
+    if qtype == _T.F32:
+        return raw.view("<f4").reshape(nrows, ncols)
+    if qtype == _T.F16:
+        return raw.view("<f2").astype(np.float32).reshape(nrows, ncols)
+    return quants.dequantize(raw, qtype, (nrows, ncols))
+
+
+def _write_tensor(
+    fh, src: GGUFFile, d, weights: np.ndarray | None, threads: int | None  # noqa: ANN001
+) -> int:
+    raw = src.tensor_bytes(d.name)
+    if not d.changes:
+        fh.write(raw)
+        return raw.size
+    ne = d.ne
+    ncols = ne[0]
+    rows_per_matrix = ne[1] if len(ne) > 1 else 1
+    n_matrices = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
+    block, size = GGML_QUANT_SIZES[d.src_type]
+    src_row = ncols // block * size
+    per_expert_weights = weights is not None and len(ne) > 2 and weights.size == ncols * ne[2]
+    step = max(1, _SLAB_ELEMENTS // ncols)
+    written = 0
+    for m in range(n_matrices):
+        im = weights
+        if per_expert_weights:
+            im = weights[m * ncols : (m + 1) * ncols]  # type: ignore[index]
+        for r0 in range(0, rows_per_matrix, step):
+            r1 = min(r0 + step, rows_per_matrix)
+            first = m * rows_per_matrix + r0
+            rows = _rows_to_f32(raw[first * src_row : (first + r1 - r0) * src_row], d.src_type, r1 - r0, ncols)
+            out = quants.quantize(rows, d.type, im, name=d.name, threads=threads)
+            fh.write(out.tobytes())
+            written += out.size
+    return written
+
+
+def quantize_gguf(
+    src_path: str | Path,
+    out_path: str | Path,
+    ftype: Ftype,
+    overrides: Overrides | None = None,
+    *,
+    imatrix: ImatrixUse | None = None,
+    strict: bool = False,
+    allow_requantize: bool = False,
+    threads: int | None = None,
+    force: bool = False,
+    on_tensor: Callable[[int, int, str], None] | None = None,
+) -> QuantizeResult:
+    """Quantize a GGUF file like llama-quantize. All checks run before the output is created."""
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    overrides = overrides or Overrides()
+    if imatrix is not None and not imatrix.imatrix.entries:
+        imatrix = None  # llama-quantize: an imatrix with no (remaining) entries is not used at all
+    overrides.has_imatrix = imatrix is not None
+    check_output(out_path, force)
+    with GGUFFile(src_path) as src:
+        if Path(src_path).resolve() == out_path.resolve():
+            raise UsageError("input and output files are the same")
+        plan = plan_for_gguf(src, ftype, overrides)
+        missing = check_plan_executable(plan, imatrix, allow_requantize, strict)
+        kv = output_kv(src, ftype, imatrix)
+        meta = metadata_bytes(kv, plan)
+        with atomic_path(out_path, force) as tmp, open(tmp, "wb") as fh:
+            fh.write(meta)
+            for i, d in enumerate(plan.decisions):
+                if on_tensor is not None:
+                    on_tensor(i, len(plan.decisions), d.name)
+                weights = None
+                if imatrix is not None and d.changes:
+                    weights = imatrix.imatrix.weights_for(d.name, d.ne)
+                n = _write_tensor(fh, src, d, weights, threads)
+                assert n == d.nbytes, f"{d.name}: wrote {n} bytes, expected {d.nbytes}"
+                fh.write(b"\0" * (pad(n, ALIGNMENT) - n))
+            size = fh.tell()
+            expected = plan.file_size(sum(len(raw) for _, raw in kv))
+            assert size == expected, f"wrote {size} bytes, plan predicted {expected}"
+    return QuantizeResult(out_path, plan, size, time.perf_counter() - t0, missing)
