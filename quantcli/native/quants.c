@@ -1,0 +1,1289 @@
+/*
+ * quantcli native quantizers: byte-identical to ggml_quantize_chunk (llama.cpp, ggml/src/ggml-quants.c).
+ *
+ * Written from docs spec llamacpp-quants.md with ggml-quants.c (MIT, the ggml authors) as the authority for
+ * every float operation. Exactness rules followed throughout:
+ *   - every float op is binary32, in the same order and association as ggml (build with -ffp-contract=off,
+ *     never -ffast-math, so no FMA and no reassociation);
+ *   - sums are sequential in index order;
+ *   - comparisons are strict exactly where ggml's are, first index wins ties;
+ *   - fp16 conversion is the portable round-to-nearest-even routine ggml uses.
+ * Dispatch follows llama-quantize (spec 3.2): without an imatrix the k-quants and Q4_0..Q5_1 use the `_ref`
+ * functions, with one the per-row `_impl`; IQ4_NL/IQ4_XS always use ntry=7; Q8_0, TQ*, MXFP4 ignore it.
+ *
+ * Speed: the k-quant reference searches (make_qkx2_quants, make_qx_quants) are latency bound in ggml (one
+ * long chain of dependent float adds per candidate). quants_simd.h runs QC_LANES sub-blocks side by side,
+ * one sub-block per SIMD lane, so each lane performs exactly the scalar sequence of operations.
+ *
+ * Entry point: qc_quantize(type, src, dst, nrows, n_per_row, imatrix, nthreads). Rows are split between
+ * pthreads; every quantizer is row-local, so the bytes never depend on the thread count.
+ */
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QC_ABI_VERSION 1
+
+#define QK_K 256
+#define GROUP_MAX_EPS 1e-15f
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* ggml type ids (ggml.h) */
+enum {
+    T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14,
+    T_IQ4_NL = 20, T_IQ4_XS = 23, T_TQ1_0 = 34, T_TQ2_0 = 35, T_MXFP4 = 39,
+};
+
+typedef uint16_t half;
+
+typedef struct { half d; uint8_t qs[16]; } block_q4_0;
+typedef struct { half d; half m; uint8_t qs[16]; } block_q4_1;
+typedef struct { half d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0;
+typedef struct { half d; half m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
+typedef struct { half d; int8_t qs[32]; } block_q8_0;
+typedef struct { uint8_t scales[16]; uint8_t qs[64]; half d; half dmin; } block_q2_K;
+typedef struct { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; half d; } block_q3_K;
+typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qs[128]; } block_q4_K;
+typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } block_q5_K;
+typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; half d; } block_q6_K;
+typedef struct { half d; uint8_t qs[16]; } block_iq4_nl;
+typedef struct { half d; uint16_t scales_h; uint8_t scales_l[4]; uint8_t qs[128]; } block_iq4_xs;
+typedef struct { uint8_t qs[48]; uint8_t qh[4]; half d; } block_tq1_0;
+typedef struct { uint8_t qs[64]; half d; } block_tq2_0;
+typedef struct { uint8_t e; uint8_t qs[16]; } block_mxfp4;
+
+_Static_assert(sizeof(block_q2_K) == 84, "q2_K");
+_Static_assert(sizeof(block_q3_K) == 110, "q3_K");
+_Static_assert(sizeof(block_q4_K) == 144, "q4_K");
+_Static_assert(sizeof(block_q5_K) == 176, "q5_K");
+_Static_assert(sizeof(block_q6_K) == 210, "q6_K");
+_Static_assert(sizeof(block_iq4_xs) == 136, "iq4_xs");
+_Static_assert(sizeof(block_tq1_0) == 54, "tq1_0");
+_Static_assert(sizeof(block_tq2_0) == 66, "tq2_0");
+_Static_assert(sizeof(block_mxfp4) == 17, "mxfp4");
+_Static_assert(sizeof(block_q5_0) == 22, "q5_0");
+
+static const int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static const int8_t kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+/* ---------------------------------------------------------------- fp16 (ggml-impl.h, Maratyszcza/FP16) */
+
+static inline float f32_from_bits(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
+static inline uint32_t f32_to_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }
+
+static inline float fp16_to_fp32(half h) {
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & UINT32_C(0x80000000);
+    const uint32_t two_w = w + w;
+    const uint32_t exp_offset = UINT32_C(0xE0) << 23;
+    const float exp_scale = 0x1.0p-112f;
+    const float normalized_value = f32_from_bits((two_w >> 4) + exp_offset) * exp_scale;
+    const uint32_t magic_mask = UINT32_C(126) << 23;
+    const float magic_bias = 0.5f;
+    const float denormalized_value = f32_from_bits((two_w >> 17) | magic_mask) - magic_bias;
+    const uint32_t denormalized_cutoff = UINT32_C(1) << 27;
+    const uint32_t result =
+        sign | (two_w < denormalized_cutoff ? f32_to_bits(denormalized_value) : f32_to_bits(normalized_value));
+    return f32_from_bits(result);
+}
+
+static inline half fp32_to_fp16(float f) {
+    const float scale_to_inf = 0x1.0p+112f;
+    const float scale_to_zero = 0x1.0p-110f;
+    float base = (fabsf(f) * scale_to_inf) * scale_to_zero;
+    const uint32_t w = f32_to_bits(f);
+    const uint32_t shl1_w = w + w;
+    const uint32_t sign = w & UINT32_C(0x80000000);
+    uint32_t bias = shl1_w & UINT32_C(0xFF000000);
+    if (bias < UINT32_C(0x71000000)) bias = UINT32_C(0x71000000);
+    base = f32_from_bits((bias >> 1) + UINT32_C(0x07800000)) + base;
+    const uint32_t bits = f32_to_bits(base);
+    const uint32_t exp_bits = (bits >> 13) & UINT32_C(0x00007C00);
+    const uint32_t mantissa_bits = bits & UINT32_C(0x00000FFF);
+    const uint32_t nonsign = exp_bits + mantissa_bits;
+    return (half)((sign >> 16) | (shl1_w > UINT32_C(0xFF000000) ? UINT16_C(0x7E00) : nonsign));
+}
+
+static inline float e8m0_to_fp32_half(uint8_t x) {
+    uint32_t bits = x < 2 ? (UINT32_C(0x00200000) << x) : ((uint32_t)(x - 1) << 23);
+    return f32_from_bits(bits);
+}
+
+/* ---------------------------------------------------------------- rounding helpers */
+
+/* round-half-even via the 1.5*2^23 trick; exact copy of ggml's nearest_int (no range assert in release) */
+static inline int nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+static inline int best_index_int8(int n, const int8_t *val, float x) {
+    if (x <= val[0]) return 0;
+    if (x >= val[n - 1]) return n - 1;
+    int ml = 0, mu = n - 1;
+    while (mu - ml > 1) {
+        int mav = (ml + mu) / 2;
+        if (x < val[mav]) mu = mav; else ml = mav;
+    }
+    return x - val[mu - 1] < val[mu] - x ? mu - 1 : mu;
+}
+
+/* ---------------------------------------------------------------- search helpers (scalar, ggml order) */
+
+static float make_qx_quants(int n, int nmax, const float *restrict x, int8_t *restrict L, int rmse_type,
+                            const float *restrict qw) {
+    float max = 0;
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    if (rmse_type == 0) {
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale * x[i]);
+            L[i] = nmax + MAX(-nmax, MIN(nmax - 1, l));
+        }
+        return 1 / iscale;
+    }
+    /* only rmse_type 1 is reachable from llama-quantize (with or without qw) */
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * x[i]);
+        l = MAX(-nmax, MIN(nmax - 1, l));
+        L[i] = l + nmax;
+        float w = qw ? qw[i] : x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale * x[i]);
+            l = MAX(-nmax, MIN(nmax - 1, l));
+            float w = qw ? qw[i] : x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i) {
+                int l = nearest_int(iscale * x[i]);
+                L[i] = nmax + MAX(-nmax, MIN(nmax - 1, l));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+static float make_q3_quants(int n, int nmax, const float *restrict x, int8_t *restrict L) {
+    float max = 0;
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * x[i]);
+        l = MAX(-nmax, MIN(nmax - 1, l));
+        L[i] = l;
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * L[i];
+            if (slx > 0) {
+                float sl2 = suml2 - w * L[i] * L[i];
+                int new_l = nearest_int(x[i] * sl2 / slx);
+                new_l = MAX(-nmax, MIN(nmax - 1, new_l));
+                if (new_l != L[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    for (int i = 0; i < n; ++i) L[i] += nmax;
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* make_qkx3_quants as called by llama-quantize: weights always given, use_mad false */
+static float make_qkx3_quants(int n, int nmax, const float *restrict x, const float *restrict weights,
+                              uint8_t *restrict L, float *restrict the_min, uint8_t *restrict Laux, float rmin,
+                              float rdelta, int nstep) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        float w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max <= min) {
+        memset(L, 0, n);
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_mad = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * (x[i] - min));
+        L[i] = MAX(0, MIN(nmax, l));
+        float diff = scale * L[i] + min - x[i];
+        diff = diff * diff;
+        float w = weights[i];
+        best_mad += w * diff;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale * (x[i] - min));
+            l = MAX(0, MIN(nmax, l));
+            Laux[i] = l;
+            float w = weights[i];
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float mad = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = diff * diff;
+                float w = weights[i];
+                mad += w * diff;
+            }
+            if (mad < best_mad) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+static float make_qp_quants(int n, int nmax, const float *restrict x, uint8_t *restrict L,
+                            const float *restrict quant_weights) {
+    float max = 0;
+    for (int i = 0; i < n; ++i) max = MAX(max, x[i]);
+    if (max < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = nmax / max;
+    for (int i = 0; i < n; ++i) L[i] = nearest_int(iscale * x[i]);
+    float scale = 1 / iscale;
+    float best_mse = 0;
+    for (int i = 0; i < n; ++i) {
+        float diff = x[i] - scale * L[i];
+        float w = quant_weights[i];
+        best_mse += w * diff * diff;
+    }
+    for (int is = -4; is <= 4; ++is) {
+        if (is == 0) continue;
+        float iscale_is = (0.1f * is + nmax) / max;
+        float scale_is = 1 / iscale_is;
+        float mse = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale_is * x[i]);
+            l = MIN(nmax, l);
+            float diff = x[i] - scale_is * l;
+            float w = quant_weights[i];
+            mse += w * diff * diff;
+        }
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * x[i]);
+        l = MIN(nmax, l);
+        L[i] = l;
+        float w = quant_weights[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            float w = quant_weights[i];
+            float slx = sumlx - w * x[i] * L[i];
+            float sl2 = suml2 - w * L[i] * L[i];
+            if (slx > 0 && sl2 > 0) {
+                int new_l = nearest_int(x[i] * sl2 / slx);
+                new_l = MIN(nmax, new_l);
+                if (new_l != L[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+#include "quants_simd.h"
+
+/* ---------------------------------------------------------------- 32-element block types */
+
+static void q8_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    (void)qw;
+    block_q8_0 *y = vy;
+    const int nb = (int)(n / 32);
+    for (int i = 0; i < nb; i++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = MAX(amax, fabsf(x[i * 32 + j]));
+        const float d = amax / ((1 << 7) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < 32; ++j) y[i].qs[j] = (int8_t)roundf(x[i * 32 + j] * id);
+    }
+}
+
+static void q4_0_ref(const float *restrict x, block_q4_0 *restrict y, int64_t n) {
+    const int nb = (int)(n / 32);
+    for (int i = 0; i < nb; i++) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[i * 32 + j];
+            if (amax < fabsf(v)) { amax = fabsf(v); max = v; }
+        }
+        const float d = max / -8;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < 16; ++j) {
+            const float x0 = x[i * 32 + j] * id;
+            const float x1 = x[i * 32 + 16 + j] * id;
+            const uint8_t xi0 = MIN(15, (int8_t)(x0 + 8.5f));
+            const uint8_t xi1 = MIN(15, (int8_t)(x1 + 8.5f));
+            y[i].qs[j] = xi0 | (uint8_t)(xi1 << 4);
+        }
+    }
+}
+
+static void q4_1_ref(const float *restrict x, block_q4_1 *restrict y, int64_t n) {
+    const int nb = (int)(n / 32);
+    for (int i = 0; i < nb; i++) {
+        float min = FLT_MAX, max = -FLT_MAX;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[i * 32 + j];
+            if (v < min) min = v;
+            if (v > max) max = v;
+        }
+        const float d = (max - min) / ((1 << 4) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        y[i].m = fp32_to_fp16(min);
+        for (int j = 0; j < 16; ++j) {
+            const float x0 = (x[i * 32 + j] - min) * id;
+            const float x1 = (x[i * 32 + 16 + j] - min) * id;
+            const uint8_t xi0 = MIN(15, (int8_t)(x0 + 0.5f));
+            const uint8_t xi1 = MIN(15, (int8_t)(x1 + 0.5f));
+            y[i].qs[j] = xi0 | (uint8_t)(xi1 << 4);
+        }
+    }
+}
+
+static void q5_0_ref(const float *restrict x, block_q5_0 *restrict y, int64_t n) {
+    const int nb = (int)(n / 32);
+    for (int i = 0; i < nb; i++) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[i * 32 + j];
+            if (amax < fabsf(v)) { amax = fabsf(v); max = v; }
+        }
+        const float d = max / -16;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; ++j) {
+            const float x0 = x[i * 32 + j] * id;
+            const float x1 = x[i * 32 + 16 + j] * id;
+            const uint8_t xi0 = MIN(31, (int8_t)(x0 + 16.5f));
+            const uint8_t xi1 = MIN(31, (int8_t)(x1 + 16.5f));
+            y[i].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+            qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+        }
+        memcpy(y[i].qh, &qh, 4);
+    }
+}
+
+static void q5_1_ref(const float *restrict x, block_q5_1 *restrict y, int64_t n) {
+    const int nb = (int)(n / 32);
+    for (int i = 0; i < nb; i++) {
+        float min = FLT_MAX, max = -FLT_MAX;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[i * 32 + j];
+            if (v < min) min = v;
+            if (v > max) max = v;
+        }
+        const float d = (max - min) / ((1 << 5) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        y[i].m = fp32_to_fp16(min);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; ++j) {
+            const float x0 = (x[i * 32 + j] - min) * id;
+            const float x1 = (x[i * 32 + 16 + j] - min) * id;
+            const uint8_t xi0 = (uint8_t)(x0 + 0.5f);
+            const uint8_t xi1 = (uint8_t)(x1 + 0.5f);
+            y[i].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+            qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+        }
+        memcpy(y[i].qh, &qh, 4);
+    }
+}
+
+/* sigma2 over the whole row, sequential (Q4_0/Q4_1/Q5_0/Q5_1 with imatrix) */
+static float row_sigma2(const float *x, int64_t n) {
+    float sum_x2 = 0;
+    for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
+    return sum_x2 / n;
+}
+
+static void q4_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q4_0 *y = vy;
+    if (!qw) { q4_0_ref(x, y, n); return; }
+    float weight[32];
+    int8_t L[32];
+    const float sigma2 = row_sigma2(x, n);
+    for (int64_t ib = 0; ib < n / 32; ++ib) {
+        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
+        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
+        float d = make_qx_quants(32, 8, xb, L, 1, weight);
+        y[ib].d = fp32_to_fp16(d);
+        for (int j = 0; j < 16; ++j) y[ib].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+}
+
+static void q4_1_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q4_1 *y = vy;
+    if (!qw) { q4_1_ref(x, y, n); return; }
+    float weight[32];
+    uint8_t L[32], Laux[32];
+    const float sigma2 = row_sigma2(x, n);
+    for (int64_t ib = 0; ib < n / 32; ++ib) {
+        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
+        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
+        float min;
+        float d = make_qkx3_quants(32, 15, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+        y[ib].d = fp32_to_fp16(d);
+        y[ib].m = fp32_to_fp16(-min);
+        for (int j = 0; j < 16; ++j) y[ib].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+}
+
+static void q5_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q5_0 *y = vy;
+    if (!qw) { q5_0_ref(x, y, n); return; }
+    float weight[32];
+    int8_t L[32];
+    const float sigma2 = row_sigma2(x, n);
+    for (int64_t ib = 0; ib < n / 32; ++ib) {
+        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
+        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
+        float d = make_qx_quants(32, 16, xb, L, 1, weight);
+        y[ib].d = fp32_to_fp16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; ++j) {
+            const uint8_t xi0 = L[j], xi1 = L[j + 16];
+            y[ib].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+            qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+        }
+        memcpy(y[ib].qh, &qh, 4);
+    }
+}
+
+static void q5_1_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q5_1 *y = vy;
+    if (!qw) { q5_1_ref(x, y, n); return; }
+    float weight[32];
+    uint8_t L[32], Laux[32];
+    const float sigma2 = row_sigma2(x, n);
+    for (int64_t ib = 0; ib < n / 32; ++ib) {
+        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
+        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
+        float min;
+        float d = make_qkx3_quants(32, 31, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+        y[ib].d = fp32_to_fp16(d);
+        y[ib].m = fp32_to_fp16(-min);
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; ++j) {
+            const uint8_t xi0 = L[j], xi1 = L[j + 16];
+            y[ib].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+            qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+        }
+        memcpy(y[ib].qh, &qh, 4);
+    }
+}
+
+static inline int best_index_mxfp4(float x, float e) {
+    int best_index = 0;
+    float best_err = fabsf(kvalues_mxfp4[0] * e - x);
+    for (int i = 1; i < 16; i++) {
+        float err = fabsf(kvalues_mxfp4[i] * e - x);
+        if (err < best_err) { best_index = i; best_err = err; }
+    }
+    return best_index;
+}
+
+static void mxfp4_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    (void)qw;
+    block_mxfp4 *y = vy;
+    const int nb = (int)(n / 32);
+    for (int i = 0; i < nb; i++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[i * 32 + j];
+            if (amax < fabsf(v)) amax = fabsf(v);
+        }
+        /* ggml: (uint8_t)(floorf(log2f(amax)) - 2 + 127); on x86-64 gcc converts through a 32-bit int, so
+           exponents below the E8M0 range wrap the same way here */
+        const uint8_t e = amax > 0.0f ? (uint8_t)(int)(floorf(log2f(amax)) - 2 + 127) : 0;
+        const float d = e8m0_to_fp32_half(e);
+        y[i].e = e;
+        for (int j = 0; j < 16; ++j) {
+            const uint8_t x0 = best_index_mxfp4(x[i * 32 + j], d);
+            const uint8_t x1 = best_index_mxfp4(x[i * 32 + 16 + j], d);
+            y[i].qs[j] = x0 | (uint8_t)(x1 << 4);
+        }
+    }
+}
+
+/* quantize_row_iq4_nl_impl with ntry = 7 (the only value llama-quantize uses) */
+static void iq4_nl_impl(const int super_block_size, const int block_size, const float *restrict x, half *dh,
+                        uint8_t *q4, uint16_t *scales_h, uint8_t *scales_l, float *scales, float *weight,
+                        uint8_t *L, const int8_t *values, const float *quant_weights) {
+    const int ntry = 7;
+    float sigma2 = 0;
+    for (int j = 0; j < super_block_size; ++j) sigma2 += x[j] * x[j];
+    sigma2 *= 2.f / super_block_size;
+
+    memset(q4, 0, super_block_size / 2);
+    dh[0] = fp32_to_fp16(0.f);
+
+    float max_scale = 0, amax_scale = 0;
+    for (int ib = 0; ib < super_block_size / block_size; ++ib) {
+        const float *xb = x + ib * block_size;
+        uint8_t *Lb = L + ib * block_size;
+        if (quant_weights) {
+            const float *qw = quant_weights + ib * block_size;
+            for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j] * xb[j]);
+        } else {
+            for (int j = 0; j < block_size; ++j) weight[j] = xb[j] * xb[j];
+        }
+        float amax = 0, max = 0;
+        for (int j = 0; j < block_size; ++j) {
+            float ax = fabsf(xb[j]);
+            if (ax > amax) { amax = ax; max = xb[j]; }
+        }
+        if (amax < GROUP_MAX_EPS) {
+            scales[ib] = 0;
+            continue;
+        }
+        float d = -max / values[0];
+        float id = 1 / d;
+        float sumqx = 0, sumq2 = 0;
+        for (int j = 0; j < block_size; ++j) {
+            float al = id * xb[j];
+            int l = best_index_int8(16, values, al);
+            Lb[j] = l;
+            float q = values[l];
+            float w = weight[j];
+            sumqx += w * q * xb[j];
+            sumq2 += w * q * q;
+        }
+        d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
+        float best = d * sumqx;
+        for (int itry = -ntry; itry <= ntry; ++itry) {
+            id = (itry + values[0]) / max;
+            sumqx = sumq2 = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float al = id * xb[j];
+                int l = best_index_int8(16, values, al);
+                float q = values[l];
+                float w = weight[j];
+                sumqx += w * q * xb[j];
+                sumq2 += w * q * q;
+            }
+            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        scales[ib] = d;
+        float abs_d = fabsf(d);
+        if (abs_d > amax_scale) { amax_scale = abs_d; max_scale = d; }
+    }
+
+    if (super_block_size / block_size > 1) {
+        int nb = super_block_size / block_size;
+        memset(scales_h, 0, ((nb + 7) / 8) * sizeof(uint16_t));
+        float d = -max_scale / 32;
+        dh[0] = fp32_to_fp16(d);
+        float id = d ? 1 / d : 0.f;
+        for (int ib = 0; ib < super_block_size / block_size; ++ib) {
+            int l = nearest_int(id * scales[ib]);
+            l = MAX(-32, MIN(31, l));
+            float dl = d * l;
+            float idl = dl ? 1 / dl : 0.f;
+            uint8_t *Lb = L + ib * block_size;
+            const float *xb = x + ib * block_size;
+            for (int j = 0; j < block_size; ++j) Lb[j] = best_index_int8(16, values, idl * xb[j]);
+            l += 32;
+            uint8_t l_l = l & 0xf;
+            uint8_t l_h = l >> 4;
+            if (ib % 2 == 0) scales_l[ib / 2] = l_l;
+            else scales_l[ib / 2] |= (l_l << 4);
+            scales_h[ib / 8] |= (l_h << 2 * (ib % 8));
+        }
+    } else {
+        dh[0] = fp32_to_fp16(scales[0]);
+        float id = scales[0] ? 1 / scales[0] : 0;
+        for (int j = 0; j < super_block_size; ++j) L[j] = best_index_int8(16, values, id * x[j]);
+    }
+
+    for (int i = 0; i < super_block_size / 32; ++i)
+        for (int j = 0; j < 16; ++j) q4[16 * i + j] = L[32 * i + j] | (L[32 * i + 16 + j] << 4);
+}
+
+static void iq4_nl_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_iq4_nl *y = vy;
+    uint8_t L[32];
+    float weight[32];
+    uint16_t unused_h;
+    float scale;
+    for (int64_t ib = 0; ib < n / 32; ++ib)
+        iq4_nl_impl(32, 32, x + 32 * ib, &y[ib].d, y[ib].qs, &unused_h, NULL, &scale, weight, L, kvalues_iq4nl,
+                    qw ? qw + 32 * ib : NULL);
+}
+
+static void iq4_xs_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_iq4_xs *y = vy;
+    uint8_t L[QK_K];
+    float weight[32];
+    float scales[QK_K / 32];
+    for (int64_t ib = 0; ib < n / QK_K; ++ib) {
+        /* scales_h is a packed, possibly unaligned uint16_t: go through a local */
+        uint16_t sh;
+        memcpy(&sh, (uint8_t *)&y[ib] + 2, 2);
+        iq4_nl_impl(QK_K, 32, x + QK_K * ib, &y[ib].d, y[ib].qs, &sh, y[ib].scales_l, scales, weight, L,
+                    kvalues_iq4nl, qw ? qw + QK_K * ib : NULL);
+        memcpy((uint8_t *)&y[ib] + 2, &sh, 2);
+    }
+}
+
+/* ---------------------------------------------------------------- ternary */
+
+static void tq1_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    (void)qw;
+    block_tq1_0 *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK_K; j++) amax = MAX(amax, fabsf(x[j]));
+        const float d = amax;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        /* 5 elements per byte along 32 bytes, then along 16 bytes (sizeof qs = 48) */
+        for (size_t j = 0; j < 32; j += 32) {
+            for (size_t m = 0; m < 32; ++m) {
+                uint8_t q = 0;
+                for (size_t k = 0; k < 5; ++k) {
+                    int xi = (int)lroundf(x[m + k * 32] * id) + 1;
+                    q *= 3;
+                    q += xi;
+                }
+                q = ((uint16_t)q * 256 + (243 - 1)) / 243;
+                y[i].qs[j + m] = q;
+            }
+            x += 5 * 32;
+        }
+        for (size_t j = 32; j < 48; j += 16) {
+            for (size_t m = 0; m < 16; ++m) {
+                uint8_t q = 0;
+                for (size_t k = 0; k < 5; ++k) {
+                    int xi = (int)lroundf(x[m + k * 16] * id) + 1;
+                    q *= 3;
+                    q += xi;
+                }
+                q = ((uint16_t)q * 256 + (243 - 1)) / 243;
+                y[i].qs[j + m] = q;
+            }
+            x += 5 * 16;
+        }
+        for (size_t j = 0; j < 4; ++j) {
+            uint8_t q = 0;
+            for (size_t m = 0; m < 4; ++m) {
+                int xi = (int)lroundf(x[j + m * 4] * id) + 1;
+                q *= 3;
+                q += xi;
+            }
+            q *= 3;
+            q = ((uint16_t)q * 256 + (243 - 1)) / 243;
+            y[i].qh[j] = q;
+        }
+        x += 16;
+    }
+}
+
+static void tq2_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    (void)qw;
+    block_tq2_0 *y = vy;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK_K; j++) amax = MAX(amax, fabsf(x[j]));
+        const float d = amax;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        for (size_t j = 0; j < 64; j += 32) {
+            for (size_t m = 0; m < 32; ++m) {
+                uint8_t q = 0;
+                for (size_t k = 0; k < 4; ++k) {
+                    int xi = (int)lroundf(x[m + k * 32] * id) + 1;
+                    q += (xi & 3) << (2 * k);
+                }
+                y[i].qs[j + m] = q;
+            }
+            x += 4 * 32;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- k-quants */
+
+static inline void get_scale_min_k4(int j, const uint8_t *restrict q, uint8_t *restrict d, uint8_t *restrict m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
+    }
+}
+
+static void pack_2bit(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < QK_K; j += 128)
+        for (int l = 0; l < 32; ++l)
+            qs[j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
+}
+
+/* Q2_K: scales/mins from the search (16 sub-blocks of 16), then re-derive quants from the fp16 scales */
+static void q2_K_finish(const float *restrict x, block_q2_K *restrict y, uint8_t *L, const float *scales,
+                        const float *mins) {
+    const float q4scale = 15.f;
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 16; ++j) {
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    if (max_scale > 0) {
+        float iscale = q4scale / max_scale;
+        for (int j = 0; j < 16; ++j) y->scales[j] = nearest_int(iscale * scales[j]);
+        y->d = fp32_to_fp16(max_scale / q4scale);
+    } else {
+        for (int j = 0; j < 16; ++j) y->scales[j] = 0;
+        y->d = fp32_to_fp16(0.f);
+    }
+    if (max_min > 0) {
+        float iscale = q4scale / max_min;
+        for (int j = 0; j < 16; ++j) y->scales[j] |= (nearest_int(iscale * mins[j]) << 4);
+        y->dmin = fp32_to_fp16(max_min / q4scale);
+    } else {
+        y->dmin = fp32_to_fp16(0.f);
+    }
+    for (int j = 0; j < 16; ++j) {
+        const float d = fp16_to_fp32(y->d) * (y->scales[j] & 0xF);
+        if (!d) continue;
+        const float dm = fp16_to_fp32(y->dmin) * (y->scales[j] >> 4);
+        for (int ii = 0; ii < 16; ++ii) {
+            int l = nearest_int((x[16 * j + ii] + dm) / d);
+            L[16 * j + ii] = MAX(0, MIN(3, l));
+        }
+    }
+    pack_2bit(L, y->qs);
+}
+
+static void q2_K_ref_block(const float *restrict x, block_q2_K *restrict y) {
+    uint8_t L[QK_K];
+    float scales[16], mins[16];
+    v8f xt[16], wt[16];
+    for (int g = 0; g < 2; ++g) {
+        transpose_in(x + 128 * g, 16, xt);
+        for (int i = 0; i < 16; ++i) wt[i] = vabs(xt[i]);
+        qkx_search_lanes(16, 3, xt, wt, L + 128 * g, scales + 8 * g, mins + 8 * g, -0.5f, 0.1f, 15, 1, 0);
+    }
+    q2_K_finish(x, y, L, scales, mins);
+}
+
+static void q2_K_impl_block(const float *restrict x, block_q2_K *restrict y, const float *restrict qwb) {
+    uint8_t L[QK_K], Ls[16], Lm[16];
+    float mins[16], scales[16], sw[16], weight[QK_K];
+    v8f xt[16], wt[16];
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
+    float sigma2 = sumx2 / QK_K;
+    for (int j = 0; j < 16; ++j) {
+        float *w = weight + 16 * j;
+        for (int l = 0; l < 16; ++l) w[l] = qwb[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
+        sw[j] = 0;
+        for (int l = 0; l < 16; ++l) sw[j] += w[l];
+    }
+    for (int g = 0; g < 2; ++g) {
+        transpose_in(x + 128 * g, 16, xt);
+        transpose_in(weight + 128 * g, 16, wt);
+        qkx_search_lanes(16, 3, xt, wt, L + 128 * g, scales + 8 * g, mins + 8 * g, -0.9f, 0.05f, 36, 0, 1);
+    }
+    float dm = make_qp_quants(16, 15, scales, Ls, sw);
+    float mm = make_qp_quants(16, 15, mins, Lm, sw);
+    y->d = fp32_to_fp16(dm);
+    y->dmin = fp32_to_fp16(mm);
+    dm = fp16_to_fp32(y->d);
+    mm = fp16_to_fp32(y->dmin);
+    for (int j = 0; j < 16; ++j) y->scales[j] = Ls[j] | (Lm[j] << 4);
+    for (int j = 0; j < 16; ++j) {
+        const float d = dm * (y->scales[j] & 0xF);
+        if (!d) continue;
+        const float m = mm * (y->scales[j] >> 4);
+        for (int ii = 0; ii < 16; ++ii) {
+            int l = nearest_int((x[16 * j + ii] + m) / d);
+            L[16 * j + ii] = MAX(0, MIN(3, l));
+        }
+    }
+    pack_2bit(L, y->qs);
+}
+
+static void q2_K_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q2_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        if (qw) q2_K_impl_block(x + QK_K * i, y + i, qw + QK_K * i);
+        else q2_K_ref_block(x + QK_K * i, y + i);
+    }
+}
+
+/* Q3_K: pack 6-bit scale codes (biased by 32) into 12 bytes */
+static void q3_K_pack_scales(uint8_t *S, int j, int l) {
+    if (j < 8) S[j] = l & 0xF;
+    else S[j - 8] |= ((l & 0xF) << 4);
+    l >>= 4;
+    S[j % 4 + 8] |= (l << (2 * (j / 4)));
+}
+
+static void q3_K_finish(const float *restrict x, block_q3_K *restrict y, int8_t *L) {
+    for (int j = 0; j < 16; ++j) {
+        int8_t sc = j < 8 ? y->scales[j] & 0xF : y->scales[j - 8] >> 4;
+        sc = (sc | (((y->scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        float d = fp16_to_fp32(y->d) * sc;
+        if (!d) continue;
+        for (int ii = 0; ii < 16; ++ii) {
+            int l = nearest_int(x[16 * j + ii] / d);
+            l = MAX(-4, MIN(3, l));
+            L[16 * j + ii] = l + 4;
+        }
+    }
+    memset(y->hmask, 0, QK_K / 8);
+    int m = 0;
+    uint8_t hm = 1;
+    for (int j = 0; j < QK_K; ++j) {
+        if (L[j] > 3) {
+            y->hmask[m] |= hm;
+            L[j] -= 4;
+        }
+        if (++m == QK_K / 8) { m = 0; hm <<= 1; }
+    }
+    pack_2bit((const uint8_t *)L, y->qs);
+}
+
+static void q3_K_ref_block(const float *restrict x, block_q3_K *restrict y) {
+    int8_t L[QK_K];
+    float scales[16];
+    float max_scale = 0, amax = 0;
+    for (int j = 0; j < 16; ++j) {
+        scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+        float scale = fabsf(scales[j]);
+        if (scale > amax) { amax = scale; max_scale = scales[j]; }
+    }
+    memset(y->scales, 0, 12);
+    if (max_scale) {
+        float iscale = -32.f / max_scale;
+        for (int j = 0; j < 16; ++j) {
+            int8_t l = nearest_int(iscale * scales[j]);
+            l = MAX(-32, MIN(31, l)) + 32;
+            q3_K_pack_scales(y->scales, j, l);
+        }
+        y->d = fp32_to_fp16(1 / iscale);
+    } else {
+        y->d = fp32_to_fp16(0.f);
+    }
+    q3_K_finish(x, y, L);
+}
+
+static void q3_K_impl_block(const float *restrict x, block_q3_K *restrict y, const float *restrict qwb) {
+    int8_t L[QK_K], Ls[16];
+    float scales[16], weight[QK_K], sw[16];
+    v8f xt[16], wt[16];
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
+    float sigma2 = 2 * sumx2 / QK_K;
+    for (int j = 0; j < 16; ++j) {
+        float *w = weight + 16 * j;
+        for (int l = 0; l < 16; ++l) w[l] = qwb[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
+        float sumw = 0;
+        for (int l = 0; l < 16; ++l) sumw += w[l];
+        sw[j] = sumw;
+    }
+    for (int g = 0; g < 2; ++g) {
+        transpose_in(x + 128 * g, 16, xt);
+        transpose_in(weight + 128 * g, 16, wt);
+        qx_search_lanes(16, 4, xt, wt, L + 128 * g, scales + 8 * g);
+    }
+    memset(y->scales, 0, 12);
+    float d_block = make_qx_quants(16, 32, scales, Ls, 1, sw);
+    for (int j = 0; j < 16; ++j) q3_K_pack_scales(y->scales, j, Ls[j]);
+    y->d = fp32_to_fp16(d_block);
+    q3_K_finish(x, y, L);
+}
+
+static void q3_K_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q3_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        if (qw) q3_K_impl_block(x + QK_K * i, y + i, qw + QK_K * i);
+        else q3_K_ref_block(x + QK_K * i, y + i);
+    }
+}
+
+static void k4_pack_scales(uint8_t *S, int j, uint8_t ls, uint8_t lm) {
+    if (j < 4) {
+        S[j] = ls;
+        S[j + 4] = lm;
+    } else {
+        S[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+        S[j - 4] |= ((ls >> 4) << 6);
+        S[j - 0] |= ((lm >> 4) << 6);
+    }
+}
+
+/* Q4_K/Q5_K ref: 6-bit scale/min codes from the per-sub-block search results, then re-derive quants */
+static void k45_ref_scales(uint8_t *S, half *d, half *dmin, const float *scales, const float *mins) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < 8; ++j) {
+        uint8_t ls = nearest_int(inv_scale * scales[j]);
+        uint8_t lm = nearest_int(inv_min * mins[j]);
+        ls = MIN(63, ls);
+        lm = MIN(63, lm);
+        k4_pack_scales(S, j, ls, lm);
+    }
+    *d = fp32_to_fp16(max_scale / 63.f);
+    *dmin = fp32_to_fp16(max_min / 63.f);
+}
+
+static void k45_requantize(const float *restrict x, const uint8_t *S, half hd, half hdmin, int nmax, uint8_t *L) {
+    uint8_t sc, m;
+    for (int j = 0; j < 8; ++j) {
+        get_scale_min_k4(j, S, &sc, &m);
+        const float d = fp16_to_fp32(hd) * sc;
+        if (!d) continue;
+        const float dm = fp16_to_fp32(hdmin) * m;
+        for (int ii = 0; ii < 32; ++ii) {
+            int l = nearest_int((x[32 * j + ii] + dm) / d);
+            L[32 * j + ii] = MAX(0, MIN(nmax, l));
+        }
+    }
+}
+
+static void q4_K_pack(block_q4_K *y, const uint8_t *L) {
+    uint8_t *q = y->qs;
+    for (int j = 0; j < QK_K; j += 64) {
+        for (int l = 0; l < 32; ++l) q[l] = L[j + l] | (L[j + l + 32] << 4);
+        q += 32;
+    }
+}
+
+static void q5_K_pack(block_q5_K *y, const uint8_t *L) {
+    uint8_t *qh = y->qh, *ql = y->qs;
+    memset(qh, 0, QK_K / 8);
+    uint8_t m1 = 1, m2 = 2;
+    for (int n = 0; n < QK_K; n += 64) {
+        for (int j = 0; j < 32; ++j) {
+            int l1 = L[n + j];
+            if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
+            int l2 = L[n + j + 32];
+            if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
+            ql[j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+        ql += 32;
+    }
+}
+
+/* Q4_K/Q5_K with imatrix (quantize_row_q{4,5}_K_impl); returns nothing, fills S/d/dmin/L */
+/* Q4_K/Q5_K with imatrix (quantize_row_q{4,5}_K_impl): fills S/d/dmin and the final quants L */
+static void k45_impl_block(const float *restrict x, const float *restrict qwb, int nmax, uint8_t *S, half *hd,
+                           half *hdmin, uint8_t *L) {
+    uint8_t Ls[8], Lm[8];
+    float weights[QK_K], sw[8], mins[8], scales[8];
+    v8f xt[32], wt[32];
+    float sum_x2 = 0;
+    for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
+    float sigma2 = 2 * sum_x2 / QK_K;
+    for (int j = 0; j < 8; ++j) {
+        float *w = weights + 32 * j;
+        for (int l = 0; l < 32; ++l) w[l] = qwb[32 * j + l] * sqrtf(sigma2 + x[32 * j + l] * x[32 * j + l]);
+        float sumw = 0;
+        for (int l = 0; l < 32; ++l) sumw += w[l];
+        sw[j] = sumw;
+    }
+    transpose_in(x, 32, xt);
+    transpose_in(weights, 32, wt);
+    qkx_search_lanes(32, nmax, xt, wt, L, scales, mins, -0.9f, 0.05f, 36, 0, 1);
+    float d_block = make_qp_quants(8, 63, scales, Ls, sw);
+    float m_block = make_qp_quants(8, 63, mins, Lm, sw);
+    for (int j = 0; j < 8; ++j) k4_pack_scales(S, j, MIN(63, Ls[j]), MIN(63, Lm[j]));
+    *hd = fp32_to_fp16(d_block);
+    *hdmin = fp32_to_fp16(m_block);
+    k45_requantize(x, S, *hd, *hdmin, nmax, L);
+}
+
+/* Q4_K/Q5_K without imatrix (quantize_row_q{4,5}_K_ref): make_qkx2_quants with w = sqrt(mean32 x^2) + |x| */
+static void k45_ref_block(const float *restrict x, int nmax, float rmin, int nstep, uint8_t *S, half *hd,
+                          half *hdmin, uint8_t *L) {
+    float scales[8], mins[8];
+    v8f xt[32], wt[32];
+    transpose_in(x, 32, xt);
+    v8f sum_x2 = vsplat(0.f);
+    for (int i = 0; i < 32; ++i) sum_x2 += xt[i] * xt[i];
+    v8f av_x;
+    for (int k = 0; k < QC_LANES; ++k) av_x[k] = sqrtf(sum_x2[k] / 32);
+    for (int i = 0; i < 32; ++i) wt[i] = av_x + vabs(xt[i]);
+    qkx_search_lanes(32, nmax, xt, wt, L, scales, mins, rmin, 0.1f, nstep, 0, 0);
+    k45_ref_scales(S, hd, hdmin, scales, mins);
+    k45_requantize(x, S, *hd, *hdmin, nmax, L);
+}
+
+static void q4_K_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q4_K *y = vy;
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        if (qw) k45_impl_block(x + QK_K * i, qw + QK_K * i, 15, y[i].scales, &y[i].d, &y[i].dmin, L);
+        else k45_ref_block(x + QK_K * i, 15, -1.f, 20, y[i].scales, &y[i].d, &y[i].dmin, L);
+        q4_K_pack(y + i, L);
+    }
+}
+
+static void q5_K_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q5_K *y = vy;
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        if (qw) k45_impl_block(x + QK_K * i, qw + QK_K * i, 31, y[i].scales, &y[i].d, &y[i].dmin, L);
+        else k45_ref_block(x + QK_K * i, 31, -0.5f, 15, y[i].scales, &y[i].d, &y[i].dmin, L);
+        q5_K_pack(y + i, L);
+    }
+}
+
+/* Q6_K: shared tail of ref and impl once the 16 sub-block scales and search quants are known */
+static void q6_K_finish(const float *restrict x, block_q6_K *restrict y, const float *scales, int8_t *L) {
+    float max_scale = 0, max_abs_scale = 0;
+    for (int ib = 0; ib < 16; ++ib) {
+        const float abs_scale = fabsf(scales[ib]);
+        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scales[ib]; }
+    }
+    if (max_abs_scale < GROUP_MAX_EPS) {
+        memset(y, 0, sizeof(block_q6_K));
+        y->d = fp32_to_fp16(0.f);
+        return;
+    }
+    float iscale = -128.f / max_scale;
+    y->d = fp32_to_fp16(1 / iscale);
+    for (int ib = 0; ib < 16; ++ib) y->scales[ib] = MIN(127, nearest_int(iscale * scales[ib]));
+    for (int j = 0; j < 16; ++j) {
+        float d = fp16_to_fp32(y->d) * y->scales[j];
+        if (!d) continue;
+        for (int ii = 0; ii < 16; ++ii) {
+            int l = nearest_int(x[16 * j + ii] / d);
+            l = MAX(-32, MIN(31, l));
+            L[16 * j + ii] = l + 32;
+        }
+    }
+    uint8_t *ql = y->ql, *qh = y->qh;
+    for (int j = 0; j < QK_K; j += 128) {
+        for (int l = 0; l < 32; ++l) {
+            const uint8_t q1 = L[j + l + 0] & 0xF;
+            const uint8_t q2 = L[j + l + 32] & 0xF;
+            const uint8_t q3 = L[j + l + 64] & 0xF;
+            const uint8_t q4 = L[j + l + 96] & 0xF;
+            ql[l + 0] = q1 | (q3 << 4);
+            ql[l + 32] = q2 | (q4 << 4);
+            qh[l] = (L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
+                    ((L[j + l + 96] >> 4) << 6);
+        }
+        ql += 64;
+        qh += 32;
+    }
+}
+
+static void q6_K_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
+    block_q6_K *y = vy;
+    int8_t L[QK_K];
+    float scales[16];
+    v8f xt[16], wt[16];
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float *xb = x + QK_K * i;
+        for (int g = 0; g < 2; ++g) {
+            transpose_in(xb + 128 * g, 16, xt);
+            if (qw) transpose_in(qw + QK_K * i + 128 * g, 16, wt);
+            qx_search_lanes(16, 32, xt, qw ? wt : NULL, L + 128 * g, scales + 8 * g);
+        }
+        q6_K_finish(xb, y + i, scales, L);
+    }
+}
+
+/* ---------------------------------------------------------------- dispatch and threads */
+
+typedef void (*row_fn)(const float *restrict x, void *restrict y, int64_t n, const float *qw);
+
+typedef struct {
+    int type;
+    int block;
+    int type_size;
+    row_fn fn;
+} qtype_info;
+
+static const qtype_info QTYPES[] = {
+    {T_Q4_0, 32, 18, q4_0_row},     {T_Q4_1, 32, 20, q4_1_row},     {T_Q5_0, 32, 22, q5_0_row},
+    {T_Q5_1, 32, 24, q5_1_row},     {T_Q8_0, 32, 34, q8_0_row},     {T_Q2_K, 256, 84, q2_K_row},
+    {T_Q3_K, 256, 110, q3_K_row},   {T_Q4_K, 256, 144, q4_K_row},   {T_Q5_K, 256, 176, q5_K_row},
+    {T_Q6_K, 256, 210, q6_K_row},   {T_IQ4_NL, 32, 18, iq4_nl_row}, {T_IQ4_XS, 256, 136, iq4_xs_row},
+    {T_TQ1_0, 256, 54, tq1_0_row},  {T_TQ2_0, 256, 66, tq2_0_row},  {T_MXFP4, 32, 17, mxfp4_row},
+};
+
+static const qtype_info *find_type(int type) {
+    for (size_t i = 0; i < sizeof(QTYPES) / sizeof(QTYPES[0]); ++i)
+        if (QTYPES[i].type == type) return &QTYPES[i];
+    return NULL;
+}
+
+typedef struct {
+    const qtype_info *info;
+    const float *src;
+    uint8_t *dst;
+    int64_t row0, row1, n_per_row;
+    size_t row_size;
+    const float *qw;
+} job;
+
+static void run_rows(const job *j) {
+    for (int64_t r = j->row0; r < j->row1; ++r)
+        j->info->fn(j->src + r * j->n_per_row, j->dst + r * j->row_size, j->n_per_row, j->qw);
+}
+
+static void *run_rows_thread(void *arg) {
+    run_rows((const job *)arg);
+    return NULL;
+}
+
+int qc_abi_version(void) { return QC_ABI_VERSION; }
+
+int qc_supports(int type) { return find_type(type) != NULL; }
+
+/* Returns 0 on success, -1 for an unsupported type, -2 for a bad row length, -3 if threads failed. */
+int qc_quantize(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                int nthreads) {
+    const qtype_info *info = find_type(type);
+    if (!info) return -1;
+    if (n_per_row <= 0 || n_per_row % info->block) return -2;
+    const size_t row_size = (size_t)(n_per_row / info->block) * info->type_size;
+    /* types whose ggml quantizer ignores the imatrix */
+    if (type == T_Q8_0 || type == T_TQ1_0 || type == T_TQ2_0 || type == T_MXFP4) imatrix = NULL;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > nrows) nthreads = (int)(nrows > 0 ? nrows : 1);
+    job jobs[256];
+    if (nthreads > 256) nthreads = 256;
+    for (int t = 0; t < nthreads; ++t) {
+        jobs[t] = (job){info, src, dst, nrows * t / nthreads, nrows * (t + 1) / nthreads, n_per_row, row_size,
+                        imatrix};
+    }
+    if (nthreads == 1) {
+        run_rows(&jobs[0]);
+        return 0;
+    }
+    pthread_t tids[256];
+    int started[256] = {0};
+    for (int t = 1; t < nthreads; ++t) started[t] = pthread_create(&tids[t], NULL, run_rows_thread, &jobs[t]) == 0;
+    run_rows(&jobs[0]);
+    for (int t = 1; t < nthreads; ++t) {
+        if (started[t]) pthread_join(tids[t], NULL);
+        else run_rows(&jobs[t]); /* no thread could be started: do its share here */
+    }
+    return 0;
+}

@@ -1,0 +1,183 @@
+/*
+ * Lane-parallel versions of ggml's k-quant searches: QC_LANES independent sub-blocks run side by side, one per
+ * SIMD lane (GCC vector extensions; SSE2 on any x86-64, AVX2 in the target_clones variant). Each lane performs
+ * exactly the scalar function's sequence of binary32 operations: sums stay sequential over the element index,
+ * candidate acceptance is a per-lane mask with the same strict comparisons, state (min, scale, best error) is
+ * carried per lane. Only the control flow is replaced by selects, which cannot change a kept value.
+ * Included by quants.c (needs nearest_int's constant, MIN/MAX, make_qp_quants etc. from there).
+ */
+#define QC_LANES 8
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(QC_NO_CLONES)
+#define QC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define QC_CLONES
+#endif
+
+static inline __attribute__((always_inline)) v8f vsplat(float f) { return (v8f){f, f, f, f, f, f, f, f}; }
+static inline __attribute__((always_inline)) v8i isplat(int i) { return (v8i){i, i, i, i, i, i, i, i}; }
+static inline __attribute__((always_inline)) v8f vsel(v8i mask, v8f a, v8f b) { return (v8f)(((v8i)a & mask) | ((v8i)b & ~mask)); }
+static inline __attribute__((always_inline)) v8i isel(v8i mask, v8i a, v8i b) { return (a & mask) | (b & ~mask); }
+static inline __attribute__((always_inline)) v8f vabs(v8f a) { return (v8f)((v8i)a & isplat(0x7fffffff)); }
+static inline __attribute__((always_inline)) v8f vtof(v8i a) { return __builtin_convertvector(a, v8f); }
+
+/* nearest_int lane-wise: the same 1.5*2^23 bit trick */
+static inline __attribute__((always_inline)) v8i vnearest(v8f f) {
+    v8f val = f + vsplat(12582912.f);
+    return ((v8i)val & isplat(0x007fffff)) - isplat(0x00400000);
+}
+/* lo/hi are splats built once by the caller: GCC does not hoist a splat of a runtime int out of a loop */
+static inline __attribute__((always_inline)) v8i iclamp(v8i l, v8i lo, v8i hi) {
+    l = isel(l < lo, lo, l);
+    return isel(l > hi, hi, l);
+}
+static inline __attribute__((always_inline)) int any_lane(v8i m) {
+    int r = 0;
+    for (int k = 0; k < QC_LANES; ++k) r |= m[k];
+    return r != 0;
+}
+
+/*
+ * make_qkx2_quants (le_degenerate = 0) / make_qkx3_quants with weights (le_degenerate = 1, use_mad = 0).
+ * xt/wt: n vectors, lane k = element i of sub-block k. Outputs L (lane-major: L[k*n + i]), scale, the_min.
+ */
+QC_CLONES
+static void qkx_search_lanes(int n, int nmax, const v8f *restrict xt, const v8f *restrict wt, uint8_t *restrict L,
+                             float *restrict scale_out, float *restrict the_min_out, float rmin, float rdelta,
+                             int nstep, int use_mad, int le_degenerate) {
+    v8i Lb[32], La[32];
+    v8f min = xt[0], max = xt[0];
+    v8f sum_w = wt[0];
+    v8f sum_x = sum_w * xt[0];
+    for (int i = 1; i < n; ++i) {
+        min = vsel(xt[i] < min, xt[i], min);
+        max = vsel(xt[i] > max, xt[i], max);
+        v8f w = wt[i];
+        sum_w += w;
+        sum_x += w * xt[i];
+    }
+    min = vsel(min > vsplat(0.f), vsplat(0.f), min);
+    const v8i degenerate = le_degenerate ? (max <= min) : (max == min);
+    const v8f fnmax = vsplat((float)nmax);
+    const v8i lo = isplat(0), hi = isplat(nmax);
+    v8f iscale = fnmax / (max - min);
+    v8f scale = vsplat(1.f) / iscale;
+    v8f best_error = vsplat(0.f);
+    for (int i = 0; i < n; ++i) {
+        v8i l = iclamp(vnearest(iscale * (xt[i] - min)), lo, hi);
+        Lb[i] = l;
+        v8f diff = scale * vtof(l) + min - xt[i];
+        diff = use_mad ? vabs(diff) : diff * diff;
+        best_error += wt[i] * diff;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (vsplat(rmin + rdelta * is + nmax)) / (max - min);
+        v8f sum_l = vsplat(0.f), sum_l2 = vsplat(0.f), sum_xl = vsplat(0.f);
+        for (int i = 0; i < n; ++i) {
+            v8i l = iclamp(vnearest(iscale * (xt[i] - min)), lo, hi);
+            La[i] = l;
+            v8f fl = vtof(l);
+            v8f w = wt[i];
+            sum_l += w * fl;
+            sum_l2 += w * fl * fl;
+            sum_xl += w * fl * xt[i];
+        }
+        v8f D = sum_w * sum_l2 - sum_l * sum_l;
+        v8i ok = (D > vsplat(0.f)) & ~degenerate;
+        if (!any_lane(ok)) continue;
+        v8f this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+        v8f this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        v8i pos = this_min > vsplat(0.f);
+        this_min = vsel(pos, vsplat(0.f), this_min);
+        this_scale = vsel(pos, sum_xl / sum_l2, this_scale);
+        v8f cur_error = vsplat(0.f);
+        for (int i = 0; i < n; ++i) {
+            v8f diff = this_scale * vtof(La[i]) + this_min - xt[i];
+            diff = use_mad ? vabs(diff) : diff * diff;
+            cur_error += wt[i] * diff;
+        }
+        v8i take = ok & (cur_error < best_error);
+        if (!any_lane(take)) continue;
+        for (int i = 0; i < n; ++i) Lb[i] = isel(take, La[i], Lb[i]);
+        best_error = vsel(take, cur_error, best_error);
+        scale = vsel(take, this_scale, scale);
+        min = vsel(take, this_min, min);
+    }
+    for (int k = 0; k < QC_LANES; ++k) {
+        if (degenerate[k]) {
+            memset(L + k * n, 0, n);
+            scale_out[k] = 0.f;
+        } else {
+            for (int i = 0; i < n; ++i) L[k * n + i] = (uint8_t)Lb[i][k];
+            scale_out[k] = scale[k];
+        }
+        the_min_out[k] = -min[k];
+    }
+}
+
+/* make_qx_quants(n, nmax, x, L, rmse_type = 1, qw) lane-wise; qw NULL means w = x*x. L is lane-major. */
+QC_CLONES
+static void qx_search_lanes(int n, int nmax, const v8f *restrict xt, const v8f *restrict qwt, int8_t *restrict L,
+                            float *restrict scale_out) {
+    v8i Lb[32];
+    v8f wt[32];
+    v8f max = vsplat(0.f), amax = vsplat(0.f);
+    for (int i = 0; i < n; ++i) {
+        v8f ax = vabs(xt[i]);
+        v8i gt = ax > amax;
+        amax = vsel(gt, ax, amax);
+        max = vsel(gt, xt[i], max);
+        wt[i] = qwt ? qwt[i] : xt[i] * xt[i];
+    }
+    const v8i zero_block = amax < vsplat(GROUP_MAX_EPS);
+    const v8i lo = isplat(-nmax), hi = isplat(nmax - 1);
+    v8f iscale = vsplat((float)-nmax) / max;
+    v8f sumlx = vsplat(0.f), suml2 = vsplat(0.f);
+    for (int i = 0; i < n; ++i) {
+        v8i l = iclamp(vnearest(iscale * xt[i]), lo, hi);
+        Lb[i] = l;
+        v8f fl = vtof(l);
+        sumlx += wt[i] * xt[i] * fl;
+        suml2 += wt[i] * fl * fl;
+    }
+    v8i nz = suml2 != vsplat(0.f);
+    v8f scale = vsel(nz, sumlx / suml2, vsplat(0.f));
+    v8f best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -vsplat(nmax + 0.1f * is) / max;
+        v8i La[32];
+        sumlx = suml2 = vsplat(0.f);
+        for (int i = 0; i < n; ++i) {
+            v8i l = iclamp(vnearest(iscale * xt[i]), lo, hi);
+            La[i] = l;
+            v8f fl = vtof(l);
+            sumlx += wt[i] * xt[i] * fl;
+            suml2 += wt[i] * fl * fl;
+        }
+        v8i take = (suml2 > vsplat(0.f)) & (sumlx * sumlx > best * suml2);
+        if (!any_lane(take)) continue;
+        for (int i = 0; i < n; ++i) Lb[i] = isel(take, La[i], Lb[i]);
+        v8f new_scale = sumlx / suml2;
+        scale = vsel(take, new_scale, scale);
+        best = vsel(take, new_scale * sumlx, best);
+    }
+    for (int k = 0; k < QC_LANES; ++k) {
+        if (zero_block[k]) {
+            memset(L + k * n, 0, n);
+            scale_out[k] = 0.f;
+        } else {
+            for (int i = 0; i < n; ++i) L[k * n + i] = (int8_t)(Lb[i][k] + nmax);
+            scale_out[k] = scale[k];
+        }
+    }
+}
+
+/* lane k, element i  <-  src[k*n + i] */
+static inline __attribute__((always_inline)) void transpose_in(const float *restrict src, int n, v8f *restrict dst) {
+    for (int i = 0; i < n; ++i)
+        for (int k = 0; k < QC_LANES; ++k) dst[i][k] = src[k * n + i];
+}
