@@ -79,19 +79,19 @@ def _translate(exc: Exception, repo: str, revision: str | None, what: str) -> Ex
         return InputMissing(f"{where}: repository not found (or private: set HF_TOKEN)")
     if isinstance(exc, hf_errors.RevisionNotFoundError):
         return InputMissing(f"{where}: revision {revision!r} not found")
-    if isinstance(exc, hf_errors.EntryNotFoundError):
-        return InputMissing(f"{where}: the repository has no {what}")
     if isinstance(exc, hf_errors.LocalEntryNotFoundError):
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub could not be reached"
         return InputMissing(f"{where}: {what} is not in the hub cache ({hub_cache_dir()}) and {why}")
+    if isinstance(exc, hf_errors.EntryNotFoundError):
+        return InputMissing(f"{where}: the repository has no {what}")
     return InputMissing(f"{where}: cannot download {what}: {type(exc).__name__}: {exc}")
 
 
 def check_architecture(config: dict[str, Any], where: str) -> None:
     """Refuse a config.json whose architecture quantcli cannot convert (quantcli.arch registry)."""
-    from quantcli import arch
+    from quantcli.arch import get_arch
 
-    arch.check_config(config, where)
+    get_arch(config, f"{where}: config.json")
 
 
 def fetch_config(repo: str, revision: str | None) -> dict[str, Any]:
