@@ -446,14 +446,18 @@ def run_ray(jobs: list[Job], *, address: str, force: bool = False) -> Iterator[d
         raise Unsupported("--ray needs Ray: pip install 'quantcli[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        import quantcli
+        local = address in ("", "local")
+        runtime_env = None
+        if local:
+            import quantcli
 
-        # Workers started on this machine import quantcli from the same place as the driver even when it is
-        # not pip-installed (a checkout); on other nodes it must be installed (docs/batch.md).
-        package_root = str(Path(quantcli.__file__).resolve().parent.parent)
-        pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        ray.init(address=None if address in ("", "local") else address, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+            # Workers on this machine import quantcli from where the driver did, even from a checkout that is
+            # not pip-installed. Cluster nodes must have quantcli installed (docs/batch.md): a driver-side
+            # PYTHONPATH would mean nothing there.
+            package_root = str(Path(quantcli.__file__).resolve().parent.parent)
+            pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+            runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+        ray.init(address=None if local else address, log_to_driver=False, runtime_env=runtime_env)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = max(1, min(threads_per_job(min(cpus, len(jobs))), cpus))
