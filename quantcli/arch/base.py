@@ -38,6 +38,8 @@ class TensorTransform:
 
     pattern: str
     apply: Callable[[np.ndarray, TransformContext], np.ndarray]
+    # Shape after `apply`, computed without reading data (None: unchanged).
+    out_shape: Callable[[tuple[int, ...], TransformContext], tuple[int, ...]] | None = None
 
 
 @dataclass
@@ -79,10 +81,6 @@ class ArchSpec:
     skip_tensors: tuple[str, ...] = ()  # HF names (re.fullmatch) the converter drops
     transforms: tuple[TensorTransform, ...] = ()
     runtime: RuntimeTraits = field(default_factory=RuntimeTraits)
-    # set_vocab quirks of the converter's model class: (writer method, value from cfg) written after the vocab.
-    vocab_overrides: tuple[HParam, ...] = ()
-    # tokenizer_config.json add_prefix_space is written before the vocab (LlamaModel.set_vocab).
-    vocab_reads_add_prefix_space: bool = False
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")

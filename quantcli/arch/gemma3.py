@@ -97,7 +97,11 @@ GEMMA3 = register(
         derive_config=lambda cfg: _gemma3_rope(cfg),
         skip_tensors=(r"lm_head\.weight",),
         transforms=(
-            TensorTransform(r"embed_tokens\.weight$", _truncate_embedding),
+            TensorTransform(
+                r"embed_tokens\.weight$",
+                _truncate_embedding,
+                out_shape=lambda shape, ctx: (min(shape[0], real_vocab_size(ctx, shape[0])), *shape[1:]),
+            ),
             TensorTransform(r"norm\.weight$", _plus_one),
         ),
         runtime=RuntimeTraits(

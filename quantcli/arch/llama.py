@@ -92,11 +92,6 @@ LLAMA = register(
             TensorTransform(r"k_proj\.(weight|bias)$", _permute_k),
         ),
         runtime=RuntimeTraits(rope_style="normal", activation="silu"),
-        # LlamaModel.set_vocab: granite-small rule, applied to every 49152-token vocabulary (SmolLM2 too).
-        vocab_overrides=(
-            HParam("add_add_bos_token", lambda cfg: False if cfg.get("vocab_size", 32000) == 49152 else None),
-        ),
-        vocab_reads_add_prefix_space=True,
     )
 )
 

@@ -1,0 +1,304 @@
+"""HF checkpoint -> GGUF, tensor for tensor and key for key what llama.cpp's convert_hf_to_gguf.py writes.
+
+Python API (used by the CLI and by batch):
+
+    convert_model(source, output, out_type="auto", force=False, threads=None, progress=False) -> dict
+
+Order of work: open + validate every safetensors header, resolve the architecture (Unsupported before
+any weight is read), check the output path, read the tokenizer, plan every tensor (name, shape, type),
+build the metadata, then stream: read one tensor (memory map), transform, encode, write, drop it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType, LlamaFileType
+
+from quantcli.arch import ArchSpec, TransformContext, effective_config, get_arch, hparam_values
+from quantcli.atomic import check_output
+from quantcli.console import peak_rss_bytes
+from quantcli.errors import InputInvalid, Unsupported, UsageError
+from quantcli.loaders import FLOAT_DTYPES, Checkpoint, open_checkpoint
+from quantcli.writers.gguf import GGUFOutput, PlannedTensor
+
+OUT_TYPES: dict[str, LlamaFileType | None] = {
+    "auto": None,
+    "f32": LlamaFileType.ALL_F32,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "bf16": LlamaFileType.MOSTLY_BF16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
+}
+
+FTYPE_TENSOR_TYPE: dict[LlamaFileType, GGMLQuantizationType] = {
+    LlamaFileType.ALL_F32: GGMLQuantizationType.F32,
+    LlamaFileType.MOSTLY_F16: GGMLQuantizationType.F16,
+    LlamaFileType.MOSTLY_BF16: GGMLQuantizationType.BF16,
+    LlamaFileType.MOSTLY_Q8_0: GGMLQuantizationType.Q8_0,
+}
+
+# convert_hf_to_gguf.py keeps these GGUF tensors in F32 whatever --outtype says (the subset of its list
+# that exists in the architectures we support, plus the generic rules in `choose_tensor_type`).
+ALWAYS_F32 = ("ffn_gate_inp", "position_embd", "token_types")
+
+# What gguf.GGUFWriter's file-name convention calls each file type (also our default output suffix).
+FTYPE_LABEL = {
+    LlamaFileType.ALL_F32: "F32",
+    LlamaFileType.MOSTLY_F16: "F16",
+    LlamaFileType.MOSTLY_BF16: "BF16",
+    LlamaFileType.MOSTLY_Q8_0: "Q8_0",
+}
+
+
+@dataclass(frozen=True)
+class TensorChoice:
+    """What the type decision sees about one output tensor."""
+
+    name: str  # GGUF name
+    shape: tuple[int, ...]  # NumPy order (rows..., row length)
+    ftype: LlamaFileType
+
+
+def choose_tensor_type(t: TensorChoice) -> GGMLQuantizationType:
+    """convert_hf_to_gguf.py's per-tensor rule (ModelBase.prepare_tensors), for the supported ftypes.
+
+    1-D tensors and `*_norm.weight` -> F32; biases and other non-`.weight` tensors -> F32; router /
+    position / token-type embeddings -> F32; everything else (token_embd and output included) -> the
+    ftype's type. Q8_0 of a row length that is not a multiple of 32 falls back to F16 (gguf.QuantError).
+    """
+    if len(t.shape) <= 1 or t.name.endswith("_norm.weight"):
+        return GGMLQuantizationType.F32
+    base = t.name.rsplit(".", 1)[0].split(".")[-1]
+    if base in ALWAYS_F32 or not t.name.endswith(".weight"):
+        return GGMLQuantizationType.F32
+    qtype = FTYPE_TENSOR_TYPE[t.ftype]
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if t.shape[-1] % block:
+        return GGMLQuantizationType.F16
+    return qtype
+
+
+def default_output_name(source: Path, ftype: LlamaFileType) -> Path:
+    """`<model dir name>-<TYPE>.gguf` in the current directory (never inside the input directory)."""
+    source = Path(source)
+    stem = source.name if source.is_dir() else source.parent.name
+    return Path.cwd() / f"{stem or 'model'}-{FTYPE_LABEL[ftype]}.gguf"
+
+
+def guess_ftype(ckpt: Checkpoint, names: list[str]) -> LlamaFileType:
+    """--type auto: the converter's heuristic on the first tensor with >= 2 dims (BF16 stays BF16)."""
+    for name in names:
+        info = ckpt.tensor_info(name)
+        if len(info.shape) < 2:
+            continue
+        if info.dtype == "BF16":
+            return LlamaFileType.MOSTLY_BF16
+        if info.dtype == "F16":
+            return LlamaFileType.MOSTLY_F16
+        break
+    return LlamaFileType.MOSTLY_F16  # F32 checkpoints: the converter writes F16 (documented)
+
+
+def resolve_ftype(out_type: str, ckpt: Checkpoint, names: list[str]) -> LlamaFileType:
+    key = out_type.lower()
+    if key not in OUT_TYPES:
+        raise UsageError(f"--type {out_type!r} is not one of {', '.join(OUT_TYPES)}")
+    ftype = OUT_TYPES[key]
+    return guess_ftype(ckpt, names) if ftype is None else ftype
+
+
+def _producer(
+    ckpt: Checkpoint, spec: ArchSpec, hf_name: str, ctx: TransformContext
+) -> Callable[[], np.ndarray]:
+    def produce() -> np.ndarray:
+        data = ckpt.read(hf_name)
+        # The converter works in float32 for everything that is not F16/F32 (BF16 -> F32 is exact).
+        if data.dtype not in (np.float16, np.float32):
+            data = data.astype(np.float32)
+        for transform in spec.transforms_for(hf_name):
+            data = transform.apply(data, ctx)
+        return data
+
+    return produce
+
+
+def plan_tensors(
+    ckpt: Checkpoint,
+    spec: ArchSpec,
+    cfg: dict[str, Any],
+    ftype: LlamaFileType,
+    type_for: Callable[[TensorChoice], GGMLQuantizationType] = choose_tensor_type,
+) -> list[PlannedTensor]:
+    names = spec.name_map(cfg)
+    planned: list[PlannedTensor] = []
+    for hf_name in ckpt.tensor_names():
+        if spec.is_skipped(hf_name):
+            continue
+        gguf_name = names.get(hf_name)
+        if gguf_name is None:
+            raise Unsupported(
+                f"{ckpt.directory}: tensor {hf_name!r} has no GGUF name in the {spec.gguf_arch} table"
+            )
+        info = ckpt.tensor_info(hf_name)
+        if info.dtype not in FLOAT_DTYPES:
+            raise Unsupported(
+                f"{info.file}: tensor {hf_name!r} is {info.dtype}; only F32, F16 and BF16 are converted"
+            )
+        ctx = TransformContext(config=cfg, hf_name=hf_name, directory=ckpt.directory)
+        shape = info.shape
+        for transform in spec.transforms_for(hf_name):
+            if transform.out_shape is not None:
+                shape = transform.out_shape(shape, ctx)
+        qtype = type_for(TensorChoice(gguf_name, shape, ftype))
+        planned.append(
+            PlannedTensor(gguf_name, shape, qtype, _producer(ckpt, spec, hf_name, ctx), hf_name, info.dtype)
+        )
+    if not planned:
+        raise InputInvalid(f"{ckpt.directory}: no tensors to convert")
+    return planned
+
+
+def _general_metadata(out: GGUFOutput, directory: Path) -> None:
+    """general.* keys exactly as convert_hf_to_gguf.py derives them (gguf.Metadata from config/README)."""
+    total, shared, expert, expert_count = out.parameter_count()
+    meta = gguf.Metadata.load(None, directory, None, total)
+    if meta.sampling_penalty_repeat is None:
+        # llama.cpp's vendored gguf-py also reads HF's name for it.
+        gen = directory / "generation_config.json"
+        if gen.is_file():
+            try:
+                meta.sampling_penalty_repeat = json.loads(gen.read_text(encoding="utf-8")).get(
+                    "repetition_penalty"
+                )
+            except (OSError, ValueError):
+                pass
+    if meta.name is None:
+        meta.name = directory.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, expert_count)
+    out.writer.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(out.writer)
+
+
+def _vocab_entries(directory: Path, config: dict[str, Any]) -> list[Any]:
+    from quantcli.vocab import read_vocab
+
+    return list(read_vocab(directory, config).entries)
+
+
+def convert_model(
+    source: Path | str,
+    output: Path | str | None = None,
+    *,
+    out_type: str = "auto",
+    force: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+    type_for: Callable[[TensorChoice], GGMLQuantizationType] | None = None,
+    on_tensor: Callable[[PlannedTensor, int, int], None] | None = None,
+    **plan_options: Any,
+) -> dict[str, Any]:
+    """Convert `source` (HF dir or .safetensors file) to GGUF at `output`; returns the --json summary.
+
+    `type_for` replaces the converter's per-tensor type rule (quantcli/plan plugs in here);
+    `on_tensor(tensor, index, total)` is called after each tensor is written.
+    """
+    if plan_options:
+        raise UsageError(f"unknown conversion option(s): {', '.join(sorted(plan_options))}")
+    started = time.perf_counter()
+    ckpt = open_checkpoint(source)
+    try:
+        spec = get_arch(ckpt.config, where=str(ckpt.directory / "config.json"))
+        cfg = effective_config(spec, ckpt.config)
+        names = [n for n in ckpt.tensor_names() if not spec.is_skipped(n)]
+        ftype = resolve_ftype(out_type, ckpt, names)
+        out_path = Path(output) if output is not None else default_output_name(Path(source), ftype)
+        check_output(out_path, force)
+        vocab = _vocab_entries(ckpt.directory, ckpt.config)
+        cfg["__ftype__"] = ftype
+        planned = plan_tensors(ckpt, spec, cfg, ftype, type_for or choose_tensor_type)
+
+        out = GGUFOutput(spec.gguf_arch)
+        for tensor in planned:
+            out.add_tensor(tensor)
+        _general_metadata(out, ckpt.directory)
+        for method, value in hparam_values(spec, cfg):
+            out.call(method, value)
+        out.writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for entry in vocab:
+            out.add_kv(entry.key, entry.value, entry.vtype, entry.sub_type)
+
+        total = len(planned)
+        done = [0]
+        bar = _progress_bar(total, sum(t.nbytes for t in planned)) if progress else None
+
+        def tensor_done(tensor: PlannedTensor) -> None:
+            done[0] += 1
+            if bar is not None:
+                bar.advance(tensor)
+            if on_tensor is not None:
+                on_tensor(tensor, done[0], total)
+
+        try:
+            sha256 = out.write(out_path, force=force, threads=threads, on_tensor=tensor_done)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        ckpt.close()
+
+    counts = Counter(t.qtype.name for t in planned)
+    return {
+        "ok": True,
+        "source": str(Path(source)),
+        "output": str(out_path),
+        "architecture": spec.gguf_arch,
+        "file_type": FTYPE_LABEL[ftype],
+        "bytes": out_path.stat().st_size,
+        "sha256": sha256,
+        "tensors": len(planned),
+        "tensor_types": dict(sorted(counts.items())),
+        "parameters": int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in planned)),
+        "seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
+class _progress_bar:
+    """A rich progress bar on stderr, advanced by bytes written, naming the current tensor."""
+
+    def __init__(self, total_tensors: int, total_bytes: int) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from quantcli.console import err
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[count]}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
+        self.total = total_tensors
+        self.done = 0
+        self.progress.start()
+        self.task = self.progress.add_task("converting", total=total_bytes, count=f"0/{total_tensors}")
+
+    def advance(self, tensor: PlannedTensor) -> None:
+        self.done += 1
+        self.progress.update(
+            self.task, advance=tensor.nbytes, description=tensor.name, count=f"{self.done}/{self.total}"
+        )
+
+    def close(self) -> None:
+        self.progress.stop()

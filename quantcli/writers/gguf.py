@@ -1,0 +1,122 @@
+"""Streaming GGUF v3 writer on top of `gguf.GGUFWriter` (layout notes: formats/gguf.md).
+
+Every tensor's info (name, logical shape, type, byte size) is declared first; the header, KV data and
+tensor infos are written; then tensors are produced, encoded and written one at a time, so at most one
+tensor (plus its encoded copy) is in memory. The file goes to a temporary path and is renamed only
+when complete (quantcli/atomic.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from quantcli import quants
+from quantcli.atomic import atomic_path
+from quantcli.errors import InputInvalid
+
+
+@dataclass
+class PlannedTensor:
+    """One output tensor: GGUF name, NumPy-order logical shape, type, and a producer of its values."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: GGMLQuantizationType
+    produce: Callable[[], np.ndarray]  # float32 or float16 array of `shape`
+    source_name: str = ""
+    source_dtype: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        block, type_size = GGML_QUANT_SIZES[self.qtype]
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return n // block * type_size
+
+
+def encode(
+    data: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: int | None = None
+) -> np.ndarray:
+    """Float array -> the bytes GGUF stores for `qtype` (as convert_hf_to_gguf.py's gguf.quants does)."""
+    if qtype == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(data, dtype="<f4")
+    if qtype == GGMLQuantizationType.F16:
+        return np.ascontiguousarray(data, dtype="<f2")  # same RNE cast as torch/NumPy
+    if data.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return quants.quantize(data, qtype, name=name, threads=threads)
+
+
+class GGUFOutput:
+    """Collects KV pairs and tensor plans, then streams the file."""
+
+    def __init__(self, arch: str) -> None:
+        self.writer = gguf.GGUFWriter(path=None, arch=arch)
+        self.tensors: list[PlannedTensor] = []
+
+    def call(self, method: str, *args: Any) -> None:
+        """A GGUFWriter helper (e.g. "add_block_count"): the key name and value type come from gguf."""
+        getattr(self.writer, method)(*args)
+
+    def add_kv(
+        self, key: str, value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None
+    ) -> None:
+        self.writer.add_key_value(key, value, vtype, sub_type)
+
+    def add_tensor(self, tensor: PlannedTensor) -> None:
+        # Logical shape with a non-uint8 dtype: GGUFWriter stores it as-is (reversed into ne[] order).
+        self.writer.add_tensor_info(
+            tensor.name, tensor.shape, np.dtype(np.float32), tensor.nbytes, tensor.qtype
+        )
+        self.tensors.append(tensor)
+
+    def parameter_count(self) -> tuple[int, int, int, int]:
+        return self.writer.get_total_parameter_count()
+
+    def keys(self) -> list[str]:
+        return list(self.writer.kv_data[0])
+
+    def write(
+        self,
+        path: Path,
+        *,
+        force: bool = False,
+        threads: int | None = None,
+        on_tensor: Callable[[PlannedTensor], None] | None = None,
+    ) -> str:
+        """Write atomically to `path`; returns the file's SHA-256 (hex)."""
+        with atomic_path(path, force) as tmp:
+            try:
+                self.writer.write_header_to_file(path=tmp)
+                self.writer.write_kv_data_to_file()
+                self.writer.write_ti_data_to_file()
+                for tensor in self.tensors:
+                    data = tensor.produce()
+                    if tuple(data.shape) != tensor.shape:
+                        raise InputInvalid(
+                            f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}"
+                        )
+                    encoded = encode(data, tensor.qtype, tensor.name, threads)
+                    del data
+                    if encoded.nbytes != tensor.nbytes:
+                        raise InputInvalid(
+                            f"{tensor.name}: encoded {encoded.nbytes} bytes, planned {tensor.nbytes}"
+                        )
+                    self.writer.write_tensor_data(encoded)
+                    del encoded
+                    if on_tensor is not None:
+                        on_tensor(tensor)
+            finally:
+                self.writer.close()
+            digest = hashlib.sha256()
+            with open(tmp, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+        return digest.hexdigest()
