@@ -1,0 +1,92 @@
+"""`quantcli eval MODEL`: perplexity (llama-perplexity's method) and, with --base, KL divergence."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import typer
+
+from quantcli.console import err, peak_rss_bytes
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        model: Path = typer.Argument(..., help="GGUF file or HF checkpoint directory."),
+        text: Path | None = typer.Option(
+            None, "--text", help="UTF-8 text file (default: the shipped eval text)."
+        ),
+        ctx: int = typer.Option(512, "--ctx", help="Context size per chunk (llama-perplexity -c)."),
+        chunks: int | None = typer.Option(None, "--chunks", help="Evaluate at most N chunks."),
+        base: Path | None = typer.Option(
+            None, "--base", help="Base model (GGUF or HF dir): also report KLD / top-1 agreement against it."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    ) -> None:
+        """Perplexity of MODEL on a text, computed as llama-perplexity does (spec §8)."""
+        from quantcli.runtime import Model, load_tokenizer, open_source
+        from quantcli.runtime.evaluate import base_log_probs, kl_divergence, perplexity, plan_chunks
+        from quantcli.runtime.textdata import read_text
+
+        body, text_name = read_text(text)
+        progress = _progress(json_out)
+        if base is None:
+            source = open_source(model)
+            plan = plan_chunks(load_tokenizer(model, source), body, ctx, chunks)
+            result = perplexity(Model(source), plan, progress)
+        else:
+            base_source = open_source(base)
+            plan = plan_chunks(load_tokenizer(base, base_source), body, ctx, chunks)
+            err.print(f"base: {base} ({plan.n_chunks} chunks of {plan.n_ctx})")
+            base_model = Model(base_source)
+            coded = list(base_log_probs(base_model, plan, progress))
+            del base_model, base_source
+            gc.collect()
+            target = Model(open_source(model))
+            result = kl_divergence(target, plan, coded, progress)
+            result["base"] = str(base)
+        result.update(
+            {
+                "model": str(model),
+                "text": text_name,
+                "tokens_total": int(plan.tokens.size),
+                "peak_rss_bytes": peak_rss_bytes(),
+            }
+        )
+        if json_out:
+            print(json.dumps({"ok": True, **result}))
+        else:
+            _print(result)
+
+    return None
+
+
+def _progress(json_mode: bool):
+    def show(done: int, total: int, info: dict) -> None:
+        extra = " ".join(f"{k}={v:.4f}" for k, v in info.items())
+        err.print(f"[{done}/{total}] {extra}", highlight=False)
+
+    return None if json_mode else show
+
+
+def _print(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"eval {result['model']}", show_header=False)
+    for key, label, fmt in [
+        ("ppl", "PPL", "{:.4f}"),
+        ("ppl_uncertainty", "PPL ±", "{:.5f}"),
+        ("ppl_base", "PPL(base)", "{:.4f}"),
+        ("ppl_ratio", "PPL ratio", "{:.5f}"),
+        ("kld_mean", "mean KLD", "{:.6f}"),
+        ("kld_p99", "99% KLD", "{:.6f}"),
+        ("same_top", "top-1 agreement", "{:.3%}"),
+        ("chunks", "chunks", "{}"),
+        ("n_ctx", "n_ctx", "{}"),
+        ("seconds", "seconds", "{:.1f}"),
+    ]:
+        if key in result:
+            table.add_row(label, fmt.format(result[key]))
+    err.print(table)

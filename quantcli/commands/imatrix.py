@@ -1,0 +1,57 @@
+"""`quantcli imatrix MODEL --text FILE -o imatrix.gguf`: importance matrix in llama-imatrix's GGUF format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from quantcli.console import err, peak_rss_bytes
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("imatrix")
+    def imatrix_command(
+        model: Path = typer.Argument(..., help="GGUF file or HF checkpoint directory."),
+        text: Path | None = typer.Option(
+            None, "--text", help="Calibration text (default: the shipped eval text)."
+        ),
+        output: Path = typer.Option(..., "-o", "--output", help="Output imatrix file (.gguf)."),
+        ctx: int = typer.Option(512, "--ctx", help="Tokens per chunk (llama-imatrix -c)."),
+        chunks: int | None = typer.Option(None, "--chunks", help="Process at most N chunks."),
+        process_output: bool = typer.Option(False, "--process-output", help="Also collect output.weight."),
+        force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    ) -> None:
+        """Collect per-column mean squared activations of every blk.* matmul (llama-imatrix, spec §7)."""
+        from quantcli.atomic import atomic_path, check_output
+        from quantcli.runtime import Model, load_tokenizer, open_source
+        from quantcli.runtime.evaluate import plan_chunks
+        from quantcli.runtime.imatrix import collect
+        from quantcli.runtime.textdata import read_text
+
+        check_output(output, force)
+        body, text_name = read_text(text)
+        source = open_source(model)
+        plan = plan_chunks(load_tokenizer(model, source), body, ctx, chunks)
+
+        def progress(done: int, total: int, info: dict) -> None:
+            if not json_out:
+                err.print(f"[{done}/{total}] ppl={info['ppl']:.4f}")
+
+        collector, stats = collect(Model(source), plan, process_output, progress)
+        with atomic_path(output, force) as tmp:
+            collector.write_gguf(tmp, [text_name], plan.n_chunks, plan.n_ctx)
+        summary = {
+            "output": str(output),
+            "entries": len(collector.sums),
+            **stats,
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
+        if json_out:
+            print(json.dumps({"ok": True, **summary}))
+        else:
+            err.print(f"wrote {len(collector.sums)} entries from {plan.n_chunks} chunks to {output}")
+
+    return None

@@ -1,0 +1,43 @@
+"""NumPy reference runtime: forward pass, tokenizer, perplexity/KLD, imatrix, verification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantcli.errors import InputInvalid, InputMissing
+from quantcli.runtime.model import KVCache, Model
+from quantcli.runtime.tokenizer import Tokenizer, from_gguf_metadata, from_hf_dir
+from quantcli.runtime.weights import GGUFSource, TensorSource
+
+
+def open_source(path: Path | str) -> TensorSource:
+    """A GGUF file, or an HF checkpoint directory mapped to GGUF names in memory."""
+    path = Path(path)
+    if path.is_dir():
+        from quantcli.runtime.hf import HFSource
+
+        return HFSource(path)
+    if not path.exists():
+        raise InputMissing(f"{path} does not exist")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise InputInvalid(f"{path} is neither a GGUF file nor an HF checkpoint directory")
+    return GGUFSource(path)
+
+
+def load_tokenizer(path: Path | str, source: TensorSource | None = None) -> Tokenizer:
+    path = Path(path)
+    if path.is_dir():
+        return from_hf_dir(path)
+    if source is None:
+        source = open_source(path)
+    return from_gguf_metadata(source.metadata)
+
+
+def open_model(path: Path | str) -> tuple[Model, Tokenizer]:
+    source = open_source(path)
+    return Model(source), load_tokenizer(path, source)
+
+
+__all__ = ["KVCache", "Model", "Tokenizer", "open_model", "open_source", "load_tokenizer"]

@@ -1,0 +1,159 @@
+"""Model description for the runtime: GGUF hparams plus the per-architecture traits.
+
+Hyper-parameters come from the GGUF metadata keys (`{arch}.block_count`, ...). Structural options that
+tensor names already tell (biases, q/k norms, post-norms, fused QKV, tied output) are read from the tensor
+list by the model. What neither says — rope style, activation, embedding scale, sliding-window pattern —
+are the architecture traits, taken from `quantcli.arch` (`runtime_traits(arch)`), see `arch_traits`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantcli.errors import InputInvalid, Unsupported
+
+
+@dataclass(frozen=True)
+class ArchTraits:
+    """What llama.cpp's graph for an architecture hard-codes (src/models/<arch>.cpp, llama_model_rope_type)."""
+
+    rope_neox: bool  # NEOX pairs (i, i+n/2) vs NORM interleaved pairs (2i, 2i+1)
+    activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU, tanh approximation)
+    embed_scale_sqrt_n_embd: bool = False  # gemma: token embeddings times sqrt(n_embd)
+    swa_pattern_default: int = 0  # gemma3: every 6th layer global when the file has no pattern key
+    attn_scale_rule: str = "head_dim"  # "head_dim": 1/sqrt(head_dim); "gemma3": 27B uses n_embd/n_head
+
+
+# The runtime's reading of llama.cpp for the architectures we convert. quantcli/arch owns the conversion
+# tables; when it grows a `runtime_traits` entry point this table is only the fallback (see arch_traits).
+_FALLBACK_TRAITS: dict[str, ArchTraits] = {
+    "llama": ArchTraits(rope_neox=False),
+    "mistral": ArchTraits(rope_neox=False),
+    "qwen2": ArchTraits(rope_neox=True),
+    "qwen3": ArchTraits(rope_neox=True),
+    "phi3": ArchTraits(rope_neox=True),
+    "gemma3": ArchTraits(
+        rope_neox=True,
+        activation="gelu",
+        embed_scale_sqrt_n_embd=True,
+        swa_pattern_default=6,
+        attn_scale_rule="gemma3",
+    ),
+}
+
+
+def arch_traits(arch: str) -> ArchTraits:
+    try:
+        from quantcli import arch as arch_tables  # written by convert-core
+
+        lookup = getattr(arch_tables, "runtime_traits", None)
+        if lookup is not None:
+            found = lookup(arch)
+            if found is not None:
+                return found if isinstance(found, ArchTraits) else ArchTraits(**dict(found))
+    except ImportError:
+        pass
+    try:
+        return _FALLBACK_TRAITS[arch]
+    except KeyError:
+        supported = ", ".join(sorted(_FALLBACK_TRAITS))
+        raise Unsupported(
+            f"the runtime does not support architecture {arch!r} (supported: {supported})"
+        ) from None
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    norm_eps: float
+    rope_base: float
+    rope_dim: int
+    rope_freq_scale: float
+    rope_base_swa: float
+    sliding_window: int
+    swa_layers: list[bool] = field(default_factory=list)
+    attn_scale: float = 1.0
+    final_logit_softcap: float = 0.0
+    attn_logit_softcap: float = 0.0
+    traits: ArchTraits = field(default_factory=lambda: ArchTraits(rope_neox=False))
+
+    @classmethod
+    def from_metadata(cls, md: dict[str, Any], n_vocab_tensor: int) -> ModelConfig:
+        arch = md.get("general.architecture")
+        if not isinstance(arch, str):
+            raise InputInvalid("model has no general.architecture")
+        traits = arch_traits(arch)
+
+        def key(name: str, default: Any = None, required: bool = False) -> Any:
+            value = md.get(f"{arch}.{name}", default)
+            if value is None and required:
+                raise InputInvalid(f"model metadata lacks {arch}.{name}")
+            return value
+
+        n_layer = int(key("block_count", required=True))
+        n_embd = int(key("embedding_length", required=True))
+        n_head = _per_layer_scalar(key("attention.head_count", required=True), "head_count")
+        n_head_kv = _per_layer_scalar(key("attention.head_count_kv", n_head), "head_count_kv")
+        head_dim_k = int(key("attention.key_length", n_embd // n_head))
+        head_dim_v = int(key("attention.value_length", head_dim_k))
+        scaling = key("rope.scaling.type", "none")
+        factor = float(key("rope.scaling.factor", 1.0) or 1.0)
+        if scaling not in ("none", "linear") and factor != 1.0:
+            raise Unsupported(f"rope scaling {scaling!r} is not implemented in the runtime")
+        sliding_window = int(key("attention.sliding_window", 0) or 0)
+        swa_layers = [False] * n_layer
+        if sliding_window > 0 and traits.swa_pattern_default:
+            pattern = key("attention.sliding_window_pattern", traits.swa_pattern_default)
+            if isinstance(pattern, list):
+                swa_layers = [bool(v) for v in pattern]
+            else:
+                n_pattern = int(pattern)
+                swa_layers = [n_pattern == 0 or (il % n_pattern) < n_pattern - 1 for il in range(n_layer)]
+        else:
+            # llama/qwen2/qwen3 graphs never read the key; phi3 reads it but disables SWA (src/models/phi3.cpp)
+            sliding_window = 0
+        if traits.attn_scale_rule == "gemma3" and n_layer == 62:
+            attn_scale = 1.0 / math.sqrt(float(n_embd // n_head))
+        else:
+            attn_scale = 1.0 / math.sqrt(float(head_dim_k))
+        ff = key("feed_forward_length", required=True)
+        return cls(
+            arch=arch,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_ff=_per_layer_scalar(ff, "feed_forward_length"),
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim_k=head_dim_k,
+            head_dim_v=head_dim_v,
+            n_vocab=n_vocab_tensor,
+            norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_base=float(key("rope.freq_base", 10000.0)),
+            rope_dim=int(key("rope.dimension_count", head_dim_k)),
+            rope_freq_scale=1.0 / factor,
+            rope_base_swa=float(key("rope.freq_base_swa", 10000.0)),
+            sliding_window=sliding_window,
+            swa_layers=swa_layers,
+            attn_scale=attn_scale,
+            final_logit_softcap=float(key("final_logit_softcapping", 0.0) or 0.0),
+            attn_logit_softcap=float(key("attn_logit_softcapping", 0.0) or 0.0),
+            traits=traits,
+        )
+
+
+def _per_layer_scalar(value: Any, what: str) -> int:
+    if isinstance(value, list):
+        if len(set(value)) != 1:
+            raise Unsupported(f"per-layer {what} values are not supported by the runtime")
+        return int(value[0])
+    return int(value)

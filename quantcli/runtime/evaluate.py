@@ -1,0 +1,122 @@
+"""Chunked evaluation with llama-perplexity's protocol (spec §8): PPL, KLD against a base, imatrix driver.
+
+Chunk i covers tokens [i*n_ctx, (i+1)*n_ctx) of the whole tokenized text (BOS prepended iff the vocab
+adds it); the KV cache is cleared per chunk; with add_bos the chunk's first token is replaced by BOS;
+positions n_ctx/2 .. n_ctx-2 score the following token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantcli.errors import InputInvalid
+from quantcli.runtime.metrics import (
+    KLDAccumulator,
+    QuantizedLogProbs,
+    nll_rows,
+    ppl_summary,
+    quantize_log_probs,
+)
+from quantcli.runtime.model import MatmulObserver, Model
+from quantcli.runtime.tokenizer import Tokenizer
+
+Progress = Callable[[int, int, dict], None]
+
+
+@dataclass
+class ChunkPlan:
+    tokens: np.ndarray  # int64, the whole tokenized text
+    n_ctx: int
+    n_chunks: int
+    add_bos: bool
+    bos_id: int | None
+
+    @property
+    def first(self) -> int:
+        return self.n_ctx // 2
+
+    def chunk_input(self, i: int) -> np.ndarray:
+        chunk = self.tokens[i * self.n_ctx : (i + 1) * self.n_ctx].copy()
+        if self.add_bos:
+            chunk[0] = self.bos_id
+        return chunk
+
+    def targets(self, i: int) -> np.ndarray:
+        start = i * self.n_ctx
+        return self.tokens[start + self.first + 1 : start + self.n_ctx]
+
+
+def plan_chunks(tokenizer: Tokenizer, text: str, n_ctx: int, chunks: int | None) -> ChunkPlan:
+    if n_ctx < 8:
+        raise InputInvalid(f"--ctx {n_ctx} is too small")
+    tokens = np.asarray(tokenizer.encode(text, add_special=True), dtype=np.int64)
+    if tokens.size < 2 * n_ctx:
+        raise InputInvalid(
+            f"the text tokenizes to only {tokens.size} tokens; at least {2 * n_ctx} are needed for --ctx {n_ctx}"
+        )
+    n_max = int(tokens.size // n_ctx)
+    n_chunks = n_max if chunks is None or chunks < 0 else min(int(chunks), n_max)
+    if n_chunks < 1:
+        raise InputInvalid("--chunks must be at least 1")
+    return ChunkPlan(tokens, n_ctx, n_chunks, tokenizer.add_bos, tokenizer.bos_id)
+
+
+def chunk_logits(
+    model: Model, plan: ChunkPlan, i: int, observer: MatmulObserver | None = None, all_rows: bool = False
+) -> np.ndarray:
+    """Logits for the scored positions of chunk i (rows first .. n_ctx-2)."""
+    cache = model.new_cache(plan.n_ctx)
+    rows = np.arange(plan.n_ctx) if all_rows else np.arange(plan.first, plan.n_ctx - 1)
+    logits = model.forward(plan.chunk_input(i), cache, output_rows=rows, observer=observer)
+    if all_rows:
+        logits = logits[plan.first : plan.n_ctx - 1]
+    return logits
+
+
+def perplexity(model: Model, plan: ChunkPlan, progress: Progress | None = None) -> dict:
+    nll_sum = nll2_sum = 0.0
+    count = 0
+    t0 = time.perf_counter()
+    for i in range(plan.n_chunks):
+        nll = nll_rows(chunk_logits(model, plan, i), plan.targets(i))
+        nll_sum += float(nll.sum())
+        nll2_sum += float((nll * nll).sum())
+        count += nll.size
+        if progress:
+            progress(i + 1, plan.n_chunks, {"ppl": float(np.exp(nll_sum / count))})
+    ppl, unc = ppl_summary(nll_sum, nll2_sum, count)
+    return {
+        "ppl": ppl,
+        "ppl_uncertainty": unc,
+        "tokens_scored": count,
+        "chunks": plan.n_chunks,
+        "n_ctx": plan.n_ctx,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def base_log_probs(
+    model: Model, plan: ChunkPlan, progress: Progress | None = None
+) -> Iterator[QuantizedLogProbs]:
+    for i in range(plan.n_chunks):
+        yield quantize_log_probs(chunk_logits(model, plan, i))
+        if progress:
+            progress(i + 1, plan.n_chunks, {})
+
+
+def kl_divergence(
+    model: Model, plan: ChunkPlan, base: list[QuantizedLogProbs], progress: Progress | None = None
+) -> dict:
+    acc = KLDAccumulator()
+    t0 = time.perf_counter()
+    for i in range(plan.n_chunks):
+        acc.add(chunk_logits(model, plan, i), base[i], plan.targets(i))
+        if progress:
+            progress(i + 1, plan.n_chunks, {"kld": acc.sum_kld / acc.count})
+    out = acc.summary()
+    out.update({"chunks": plan.n_chunks, "n_ctx": plan.n_ctx, "seconds": time.perf_counter() - t0})
+    return out

@@ -1,0 +1,258 @@
+"""Float32 NumPy forward pass of the decoder-only architectures we convert, on GGUF tensor names.
+
+One graph covers llama/mistral, qwen2, qwen3, gemma3 and phi3 (as llama.cpp's src/models/<arch>.cpp build
+them): the differences are either visible in the tensor list (biases, q/k norms, post-norms, fused QKV or
+gate+up, tied output) or are architecture traits in `ModelConfig.traits` (rope style, activation,
+embedding scale, sliding-window layers). Prompts are processed as a batch (one matmul per weight for all
+tokens); generation reuses a KV cache. Weights are dequantized to float32 per tensor and kept while they
+fit `cache_budget_bytes`; above that, each layer is dequantized again when it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantcli.errors import InputInvalid, Unsupported
+from quantcli.runtime.config import ModelConfig
+from quantcli.runtime.weights import TensorSource
+
+# An observer sees the float32 input rows of every matmul whose weight is a `blk.*` tensor (imatrix).
+MatmulObserver = Callable[[str, np.ndarray], None]
+
+DEFAULT_CACHE_BUDGET = 6 << 30  # bytes of float32 weights kept dequantized
+
+
+@dataclass
+class KVCache:
+    keys: list[np.ndarray]  # per layer (n_head_kv, n_ctx, head_dim_k)
+    values: list[np.ndarray]  # per layer (n_head_kv, n_ctx, head_dim_v)
+    n_ctx: int
+    used: int = 0
+
+    def clear(self) -> None:
+        self.used = 0
+
+
+class Model:
+    def __init__(self, source: TensorSource, cache_budget_bytes: int = DEFAULT_CACHE_BUDGET) -> None:
+        self.source = source
+        self.names = set(source.names())
+        if "token_embd.weight" not in self.names:
+            raise InputInvalid(f"{source.description}: no token_embd.weight tensor")
+        n_vocab = int(source.shape("token_embd.weight")[0])
+        self.config = ModelConfig.from_metadata(source.metadata, n_vocab)
+        self.output_name = "output.weight" if "output.weight" in self.names else "token_embd.weight"
+        total = sum(int(np.prod(source.shape(n))) * 4 for n in self.names)
+        self._keep_all = total <= cache_budget_bytes
+        self._weights: dict[str, np.ndarray] = {}
+        self._check_supported()
+
+    # ---- weights -------------------------------------------------------------------------------------
+    def _check_supported(self) -> None:
+        c = self.config
+        needed = ["output_norm.weight", "blk.0.attn_norm.weight", "blk.0.ffn_down.weight"]
+        for name in needed:
+            if name not in self.names:
+                raise InputInvalid(f"{self.source.description}: missing tensor {name}")
+        if any(".ffn_gate_exps." in n for n in self.names):
+            raise Unsupported("mixture-of-experts models are not supported by the runtime")
+        if c.rope_dim % 2:
+            raise InputInvalid(f"odd rope dimension {c.rope_dim}")
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def weight(self, name: str) -> np.ndarray:
+        w = self._weights.get(name)
+        if w is None:
+            w = np.ascontiguousarray(self.source.load(name), dtype=np.float32)
+            if self._keep_all or w.ndim == 1:
+                self._weights[name] = w
+        return w
+
+    def preload(self) -> None:
+        if self._keep_all:
+            for name in sorted(self.names):
+                self.weight(name)
+
+    # ---- cache -----------------------------------------------------------------------------------------
+    def new_cache(self, n_ctx: int) -> KVCache:
+        c = self.config
+        keys = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_k), np.float32) for _ in range(c.n_layer)]
+        values = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_v), np.float32) for _ in range(c.n_layer)]
+        return KVCache(keys, values, n_ctx)
+
+    # ---- forward ---------------------------------------------------------------------------------------
+    def forward(
+        self,
+        tokens: np.ndarray,
+        cache: KVCache,
+        output_rows: np.ndarray | None = None,
+        observer: MatmulObserver | None = None,
+    ) -> np.ndarray:
+        """Evaluate `tokens` at positions cache.used..; return logits (len(output_rows), n_vocab).
+
+        `output_rows` are indices into `tokens` whose logits are wanted (default: the last one only).
+        """
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n_tok = tokens.size
+        if cache.used + n_tok > cache.n_ctx:
+            raise InputInvalid(f"context overflow: {cache.used + n_tok} tokens > n_ctx {cache.n_ctx}")
+        if tokens.min(initial=0) < 0 or tokens.max(initial=0) >= c.n_vocab:
+            raise InputInvalid("token id out of range")
+        positions = np.arange(cache.used, cache.used + n_tok)
+        x = self.weight("token_embd.weight")[tokens].astype(np.float32)
+        if c.traits.embed_scale_sqrt_n_embd:
+            x *= np.float32(np.sqrt(np.float32(c.n_embd)))
+        for il in range(c.n_layer):
+            x = self._layer(il, x, positions, cache, observer)
+        cache.used += n_tok
+        rows = np.array([n_tok - 1]) if output_rows is None else np.asarray(output_rows)
+        h = self._rms_norm(x[rows], self.weight("output_norm.weight"))
+        logits = self._matmul(h, self.output_name, observer if self.output_name == "output.weight" else None)
+        if c.final_logit_softcap:
+            cap = np.float32(c.final_logit_softcap)
+            logits = np.tanh(logits / cap) * cap
+        return logits
+
+    def _matmul(self, x: np.ndarray, name: str, observer: MatmulObserver | None) -> np.ndarray:
+        if observer is not None:
+            observer(name, x)
+        y = x @ self.weight(name).T
+        bias = name.removesuffix(".weight") + ".bias"
+        if bias in self.names:
+            y += self.weight(bias)
+        return y
+
+    def _rms_norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        eps = np.float32(self.config.norm_eps)
+        mean_sq = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
+        return (x * (np.float32(1.0) / np.sqrt(mean_sq + eps))) * w
+
+    def _layer(
+        self, il: int, x: np.ndarray, positions: np.ndarray, cache: KVCache, observer: MatmulObserver | None
+    ) -> np.ndarray:
+        c = self.config
+        p = f"blk.{il}."
+        obs = observer
+        h = self._rms_norm(x, self.weight(p + "attn_norm.weight"))
+        n_q, n_k = c.n_head * c.head_dim_k, c.n_head_kv * c.head_dim_k
+        if self.has(p + "attn_qkv.weight"):
+            qkv = self._matmul(h, p + "attn_qkv.weight", obs)
+            q, k, v = qkv[:, :n_q], qkv[:, n_q : n_q + n_k], qkv[:, n_q + n_k :]
+        else:
+            q = self._matmul(h, p + "attn_q.weight", obs)
+            k = self._matmul(h, p + "attn_k.weight", obs)
+            v = self._matmul(h, p + "attn_v.weight", obs)
+        n_tok = x.shape[0]
+        q = q.reshape(n_tok, c.n_head, c.head_dim_k)
+        k = k.reshape(n_tok, c.n_head_kv, c.head_dim_k)
+        v = v.reshape(n_tok, c.n_head_kv, c.head_dim_v)
+        if self.has(p + "attn_q_norm.weight"):
+            q = self._rms_norm(q, self.weight(p + "attn_q_norm.weight"))
+            k = self._rms_norm(k, self.weight(p + "attn_k_norm.weight"))
+        swa = bool(c.swa_layers[il]) if c.sliding_window else False
+        base = c.rope_base_swa if swa else c.rope_base
+        scale = 1.0 if swa else c.rope_freq_scale
+        cos, sin = self._rope_tables(positions, base, scale, il)
+        q = self._rope(q, cos, sin)
+        k = self._rope(k, cos, sin)
+        start = cache.used
+        cache.keys[il][:, start : start + n_tok] = k.transpose(1, 0, 2)
+        cache.values[il][:, start : start + n_tok] = v.transpose(1, 0, 2)
+        attn = self._attention(q, cache, il, positions, c.sliding_window if swa else 0)
+        out = self._matmul(attn, p + "attn_output.weight", obs)
+        if self.has(p + "post_attention_norm.weight"):
+            out = self._rms_norm(out, self.weight(p + "post_attention_norm.weight"))
+        x = x + out
+        h = self._rms_norm(x, self.weight(p + "ffn_norm.weight"))
+        if self.has(p + "ffn_gate.weight"):
+            gate = self._matmul(h, p + "ffn_gate.weight", obs)
+            up = self._matmul(h, p + "ffn_up.weight", obs)
+        else:  # phi3: ffn_up holds [gate; up] (2*n_ff rows), split like ggml_swiglu
+            fused = self._matmul(h, p + "ffn_up.weight", obs)
+            gate, up = fused[:, : c.n_ff], fused[:, c.n_ff :]
+        act = self._activation(gate) * up
+        out = self._matmul(act, p + "ffn_down.weight", obs)
+        if self.has(p + "post_ffw_norm.weight"):
+            out = self._rms_norm(out, self.weight(p + "post_ffw_norm.weight"))
+        return x + out
+
+    def _activation(self, g: np.ndarray) -> np.ndarray:
+        if self.config.traits.activation == "gelu":
+            # ggml_gelu: tanh approximation
+            inner = np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)
+            return np.float32(0.5) * g * (np.float32(1.0) + np.tanh(inner))
+        return g / (np.float32(1.0) + np.exp(-g))
+
+    def _rope_tables(
+        self, positions: np.ndarray, base: float, freq_scale: float, il: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        half = c.rope_dim // 2
+        inv_freq = base ** (-2.0 * np.arange(half, dtype=np.float64) / c.rope_dim)
+        for factors in (
+            "rope_freqs.weight",
+            "rope_factors_short.weight",
+            f"blk.{il}.rope_factors_short.weight",
+        ):
+            if self.has(factors):  # llama-3 style (rope_freqs) or phi3 longrope at short context
+                inv_freq = inv_freq / self.weight(factors).astype(np.float64)
+                break
+        theta = positions.astype(np.float64)[:, None] * freq_scale * inv_freq[None, :]
+        return np.cos(theta).astype(np.float32)[:, None, :], np.sin(theta).astype(np.float32)[:, None, :]
+
+    def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        rd = self.config.rope_dim
+        out = x.copy()
+        if self.config.traits.rope_neox:
+            a, b = x[..., : rd // 2], x[..., rd // 2 : rd]
+            out[..., : rd // 2] = a * cos - b * sin
+            out[..., rd // 2 : rd] = a * sin + b * cos
+        else:
+            a, b = x[..., 0:rd:2], x[..., 1:rd:2]
+            out[..., 0:rd:2] = a * cos - b * sin
+            out[..., 1:rd:2] = a * sin + b * cos
+        return out
+
+    def _attention(
+        self, q: np.ndarray, cache: KVCache, il: int, positions: np.ndarray, window: int
+    ) -> np.ndarray:
+        c = self.config
+        n_tok = q.shape[0]
+        n_kv_used = int(positions[-1]) + 1
+        group = c.n_head // c.n_head_kv
+        keys = cache.keys[il][:, :n_kv_used]  # (kv, S, d)
+        values = cache.values[il][:, :n_kv_used]
+        # (n_kv, group, T, d): query heads sharing a KV head are stacked so one 3-D matmul serves them
+        qg = np.ascontiguousarray(q.transpose(1, 0, 2)).reshape(c.n_head_kv, group, n_tok, c.head_dim_k)
+        keys_t = np.ascontiguousarray(keys.transpose(0, 2, 1))  # (kv, d, S)
+        values = np.ascontiguousarray(values)
+        key_pos = np.arange(n_kv_used)
+        masked = key_pos[None, :] > positions[:, None]
+        if window:
+            masked |= (positions[:, None] - key_pos[None, :]) >= window
+        bias = np.where(masked, np.float32(-np.inf), np.float32(0.0)).astype(np.float32)
+        out = np.empty((c.n_head_kv, group, n_tok, c.head_dim_v), np.float32)
+        step = max(1, (1 << 24) // max(1, c.n_head * n_kv_used))  # bound the score matrix to ~64 MB
+        for t0 in range(0, n_tok, step):
+            t1 = min(n_tok, t0 + step)
+            n = t1 - t0
+            qs = np.ascontiguousarray(qg[:, :, t0:t1]).reshape(c.n_head_kv, group * n, c.head_dim_k)
+            scores = (qs @ keys_t).reshape(c.n_head_kv, group, n, n_kv_used)
+            scores *= np.float32(c.attn_scale)
+            if c.attn_logit_softcap:
+                cap = np.float32(c.attn_logit_softcap)
+                scores = np.tanh(scores / cap) * cap
+            scores += bias[t0:t1]
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            out[:, :, t0:t1] = (scores.reshape(c.n_head_kv, group * n, n_kv_used) @ values).reshape(
+                c.n_head_kv, group, n, c.head_dim_v
+            )
+        return out.reshape(c.n_head, n_tok, c.head_dim_v).transpose(1, 0, 2).reshape(n_tok, -1)
