@@ -19,9 +19,34 @@ from __future__ import annotations
 import numpy as np
 
 from quantcli.quants._common import nearest_int
+from quantcli.quants.base import QuantType
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
+
+# Elements handed to one vectorised call. The searches make ~20 passes over (n, B) temporaries per
+# candidate; pieces of 2^18 floats (1 MiB per temporary) keep them in cache: measured ~1.4x faster than
+# the 2^20-element chunks base.quantize passes in, and smaller pieces lose to Python overhead.
+PIECE_ELEMENTS = 1 << 18
+
+
+class KQuantType(QuantType):
+    """A K-quant: quantizes row pieces of about PIECE_ELEMENTS with `quantize_piece` (rows are independent)."""
+
+    @classmethod
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    @classmethod
+    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        nrows, ncols = rows.shape
+        step = max(1, PIECE_ELEMENTS // ncols)
+        if nrows <= step:
+            return cls.quantize_piece(rows, imatrix)
+        out = np.empty((nrows, cls.row_bytes(ncols)), dtype=np.uint8)
+        for r0 in range(0, nrows, step):
+            out[r0 : r0 + step] = cls.quantize_piece(rows[r0 : r0 + step], imatrix)
+        return out
 
 
 def seq_sum(a: np.ndarray) -> np.ndarray:

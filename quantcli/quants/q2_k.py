@@ -14,21 +14,21 @@ from gguf import GGMLQuantizationType
 from quantcli.quants._common import nearest_int
 from quantcli.quants._kquant_search import (
     F32,
+    KQuantType,
     make_qkx2_quants,
     make_qkx3_quants,
     make_qp_quants,
     running_max,
     seq_sum,
 )
-from quantcli.quants.base import QuantType
 from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
 
 
-class Q2_K(QuantType, qtype=GGMLQuantizationType.Q2_K):
+class Q2_K(KQuantType, qtype=GGMLQuantizationType.Q2_K):
     uses_imatrix = True
 
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
         blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
         nb = blocks.shape[0]

@@ -15,12 +15,12 @@ from gguf import GGMLQuantizationType
 from quantcli.quants._common import nearest_int
 from quantcli.quants._kquant_search import (
     F32,
+    KQuantType,
     make_q3_quants,
     make_qx_quants,
     running_max_signed,
     seq_sum,
 )
-from quantcli.quants.base import QuantType
 from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
 
 _J = np.arange(16)
@@ -45,11 +45,11 @@ def unpack_q3_scales(packed: np.ndarray) -> np.ndarray:
     return (low | (high << 4)) - 32
 
 
-class Q3_K(QuantType, qtype=GGMLQuantizationType.Q3_K):
+class Q3_K(KQuantType, qtype=GGMLQuantizationType.Q3_K):
     uses_imatrix = True
 
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
         blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
         nb = blocks.shape[0]

@@ -15,13 +15,13 @@ from gguf import GGMLQuantizationType
 from quantcli.quants._common import nearest_int
 from quantcli.quants._kquant_search import (
     F32,
+    KQuantType,
     make_qkx2_quants,
     make_qkx3_quants,
     make_qp_quants,
     running_max,
     seq_sum,
 )
-from quantcli.quants.base import QuantType
 
 QK_K = 256
 
@@ -148,11 +148,11 @@ def _fp16_bytes(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(v.astype("<f2")).view(np.uint8).reshape(-1, 2)
 
 
-class Q4_K(QuantType, qtype=GGMLQuantizationType.Q4_K):
+class Q4_K(KQuantType, qtype=GGMLQuantizationType.Q4_K):
     uses_imatrix = True
 
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
         res = quantize_scale_min_blocks(rows, imatrix, Q4K_PARAMS)
         nb = res.levels.shape[0]

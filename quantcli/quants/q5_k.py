@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.quants.base import QuantType
+from quantcli.quants._kquant_search import KQuantType
 from quantcli.quants.q4_k import (
     QK_K,
     ScaleMinParams,
@@ -23,11 +23,11 @@ Q5K_PARAMS = ScaleMinParams(nmax=31, ref_rmin=-0.5, ref_nstep=15, clamp_impl_cod
 _GROUP_BITS = (np.int32(1) << np.arange(8, dtype=np.int32)).reshape(4, 2, 1)  # bit of (g, half) in qh[t]
 
 
-class Q5_K(QuantType, qtype=GGMLQuantizationType.Q5_K):
+class Q5_K(KQuantType, qtype=GGMLQuantizationType.Q5_K):
     uses_imatrix = True
 
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
         res = quantize_scale_min_blocks(rows, imatrix, Q5K_PARAMS)
         nb = res.levels.shape[0]

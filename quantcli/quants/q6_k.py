@@ -12,16 +12,21 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants._common import nearest_int
-from quantcli.quants._kquant_search import F32, GROUP_MAX_EPS, make_qx_quants, running_max_signed
-from quantcli.quants.base import QuantType
+from quantcli.quants._kquant_search import (
+    F32,
+    GROUP_MAX_EPS,
+    KQuantType,
+    make_qx_quants,
+    running_max_signed,
+)
 from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
 
 
-class Q6_K(QuantType, qtype=GGMLQuantizationType.Q6_K):
+class Q6_K(KQuantType, qtype=GGMLQuantizationType.Q6_K):
     uses_imatrix = True
 
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
         blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
         nb = blocks.shape[0]
