@@ -21,7 +21,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from quantcli import quants
 from quantcli.atomic import atomic_path, check_output
 from quantcli.errors import Unsupported, UsageError
-from quantcli.imatrix_file import Imatrix
+from quantcli.imatrix_file import Imatrix, load_imatrix
 from quantcli.loaders.gguf import GGUFFile
 from quantcli.plan import ModelInfo, Overrides, Plan, TensorSpec, make_plan, n_dims, pad
 from quantcli.plan.ftypes import Ftype
@@ -73,6 +73,19 @@ class ImatrixUse:
             key = "quantize.imatrix.chunks_count"
             pairs.append((key, encode_kv_u32(key, im.chunk_count)))
         return pairs
+
+
+def load_imatrix_use(
+    path_text: str | None, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> ImatrixUse | None:
+    """--imatrix/--include-weights/--exclude-weights -> the entries llama-quantize would use (or None)."""
+    if path_text is None:
+        if include or exclude:
+            raise UsageError("--include-weights/--exclude-weights need --imatrix")
+        return None
+    if include and exclude:
+        raise UsageError("--include-weights and --exclude-weights cannot be combined")
+    return ImatrixUse(load_imatrix(path_text).filtered(include, exclude), path_text)
 
 
 def output_kv(src: GGUFFile, ftype: Ftype, imatrix: ImatrixUse | None) -> list[tuple[str, bytes]]:

@@ -1,0 +1,108 @@
+"""`quantcli quantize IN.gguf OUT.gguf TYPE`: the same bytes as `llama-quantize IN OUT TYPE`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import typer
+
+from quantcli.console import err, peak_rss_bytes, show_progress
+
+HELP = """Quantize a GGUF file (F32/F16/BF16 weights) to TYPE, byte-identical to llama.cpp's
+`llama-quantize IN OUT TYPE` with the same options.
+
+TYPE is a llama-quantize recipe: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S
+Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0 MXFP4_MOE F16 BF16 F32 (aliases Q3_K, Q4_K, Q5_K;
+see docs/recipes.md). Every check (type names, `--tensor-type` patterns, imatrix fit, `--strict`) runs
+before any output is created; the output appears atomically when complete.
+
+Examples:
+
+* `quantcli quantize smol-f16.gguf smol-q4_k_m.gguf Q4_K_M`
+* `quantcli quantize smol-f16.gguf smol-q4_0.gguf q4_0 --imatrix imatrix.gguf`
+* `quantcli quantize in.gguf out.gguf Q4_K_M --tensor-type 'ffn_down=q8_0' --strict --json`
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize", help=HELP)
+    def quantize(
+        source: Path = typer.Argument(..., help="Input GGUF (F32/F16/BF16 weights)."),
+        output: Path = typer.Argument(..., help="Output GGUF path."),
+        qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
+        imatrix: str | None = typer.Option(None, "--imatrix", help="Importance matrix (llama-imatrix .gguf or .dat)."),
+        include_weights: list[str] = typer.Option([], "--include-weights", help="Use imatrix entries whose name contains this (repeatable)."),
+        exclude_weights: list[str] = typer.Option([], "--exclude-weights", help="Ignore imatrix entries whose name contains this (repeatable)."),
+        output_tensor_type: str | None = typer.Option(None, "--output-tensor-type", help="Type for output.weight."),
+        token_embedding_type: str | None = typer.Option(None, "--token-embedding-type", help="Type for token_embd.weight."),
+        tensor_type: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE for matching tensors (repeatable, first match wins)."),
+        tensor_type_file: Path | None = typer.Option(None, "--tensor-type-file", help="File of REGEX=TYPE entries."),
+        leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Keep output.weight unquantized."),
+        pure: bool = typer.Option(False, "--pure", help="No k-quant mixture: every tensor gets the recipe's type."),
+        allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Allow already-quantized input tensors."),
+        strict: bool = typer.Option(False, "--strict", help="Refuse (exit 8) if any tensor needs a fallback type."),
+        force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="Quantization threads (C extension)."),
+    ) -> None:
+        from quantcli.plan.ftypes import parse_ftype
+        from quantcli.plan.options import build_overrides
+        from quantcli.requantize import load_imatrix_use, quantize_gguf
+
+        ftype = parse_ftype(qtype)
+        im = load_imatrix_use(imatrix, include_weights, exclude_weights)
+        overrides = build_overrides(
+            pure=pure,
+            output_tensor_type=output_tensor_type,
+            token_embedding_type=token_embedding_type,
+            tensor_types=tensor_type,
+            tensor_type_file=tensor_type_file,
+            leave_output_tensor=leave_output_tensor,
+        )
+        progress = show_progress(json_out)
+
+        def on_tensor(i: int, n: int, name: str) -> None:
+            if progress:
+                err.print(f"[{i + 1:4d}/{n:4d}] {name}", end="\r")
+
+        result = quantize_gguf(
+            source, output, ftype, overrides, imatrix=im, strict=strict, allow_requantize=allow_requantize,
+            threads=threads, force=force, on_tensor=on_tensor,
+        )
+        plan = result.plan
+        sha = hashlib.sha256()
+        with open(result.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                sha.update(block)
+        summary = {
+            "ok": True,
+            "output": str(result.path),
+            "recipe": plan.recipe.name,
+            "file_type": plan.recipe.value,
+            "tensors": len(plan.decisions),
+            "quantized": sum(d.changes for d in plan.decisions),
+            "fallbacks": plan.n_fallback,
+            "types": plan.type_histogram(),
+            "bytes": result.file_size,
+            "bits_per_weight": round(plan.bits_per_weight, 4),
+            "imatrix": None if im is None else str(im.imatrix.path),
+            "imatrix_missing": result.imatrix_missing,
+            "seconds": round(result.seconds, 3),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "sha256": sha.hexdigest(),
+        }
+        if json_out:
+            print(json.dumps(summary))
+            return
+        for d in plan.fallbacks:
+            err.print(f"[yellow]fallback[/] {d.name}: {d.reason}")
+        if result.imatrix_missing:
+            err.print(f"[yellow]imatrix has no entry for {len(result.imatrix_missing)} tensor(s)[/], e.g. {result.imatrix_missing[0]}")
+        hist = ", ".join(f"{k} {v}" for k, v in summary["types"].items())
+        err.print(
+            f"{result.path}: {plan.recipe.name}, {summary['tensors']} tensors ({hist}), {plan.n_fallback} fallback(s), "
+            f"{result.file_size:,} bytes, {plan.bits_per_weight:.2f} bpw, {result.seconds:.1f} s, "
+            f"peak RSS {summary['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {summary['sha256']}"
+        )
