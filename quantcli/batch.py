@@ -372,12 +372,16 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
                 return record | {"ok": True, "status": "skipped", "seconds": round(time.perf_counter() - started, 3),
                                  "bytes": output.stat().st_size, "sha256": read_sidecar(output)["output"]["sha256"]}
             sidecar = read_sidecar(output)
-            if sidecar is not None and output_matches_sidecar(output, sidecar):
-                overwrite = True  # our own earlier output, now stale (inputs, options or version changed)
+            if sidecar is not None and (sidecar.get("output") is None or output_matches_sidecar(output, sidecar)):
+                # quantcli's own output: stale (inputs, options or version changed) or its run was killed
+                # between the output's rename and the final sidecar
+                overwrite = True
             elif not force:
                 raise OutputExists(f"{output} exists and has no matching {output.name}.quantcli.json "
                                    "(not made by this batch); use --force to overwrite")
         output.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(output)
+        write_sidecar(output, inputs=inputs, options=options, result=None)
         cache = TensorCache.for_output(output, resume=True)
         result = _convert(local, job, force=overwrite, threads=threads, tensor_cache=cache)
         write_sidecar(output, inputs=inputs, options=options, result=result)
@@ -393,6 +397,15 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
                          "error_type": "InternalError", "exit_code": int(ExitCode.INTERNAL),
                          "traceback": traceback.format_exc(limit=8),
                          "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _remove_stale_temp_files(output: Path) -> None:
+    """A job killed with SIGKILL leaves its temp file (quantcli/atomic.py names it after the output); the
+    job that redoes it removes it. (Two batches writing the same output at once are not supported.)"""
+    from quantcli.atomic import TEMP_MARK
+
+    for stale in output.parent.glob(f"{TEMP_MARK}*-{output.name}"):
+        stale.unlink(missing_ok=True)
 
 
 def _failure(job: Job, error: str, error_type: str = "WorkerDied") -> dict[str, Any]:

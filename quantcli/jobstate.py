@@ -239,22 +239,25 @@ def sidecar_path(output: Path | str) -> Path:
     return output.with_name(output.name + SIDECAR_SUFFIX)
 
 
-def write_sidecar(output: Path, *, inputs: str, options: dict[str, Any], result: dict[str, Any]) -> Path:
-    """Record a finished output (call after the output has been renamed into place)."""
+def write_sidecar(
+    output: Path, *, inputs: str, options: dict[str, Any], result: dict[str, Any] | None
+) -> Path:
+    """Record an output. Called twice per job: with `result=None` before the conversion starts ("in
+    progress": says the output path belongs to quantcli, so a run killed between the output's rename and
+    the final record is simply redone), and with the conversion's result after the output was renamed."""
     output = Path(output)
-    stat = output.stat()
+    produced = None
+    if result is not None:
+        stat = output.stat()
+        produced = {"name": output.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                    "sha256": result.get("sha256")}
     record = {
         "schema": SIDECAR_SCHEMA,
         "quantcli_version": __version__,
         "inputs": inputs,
         "options": options,
-        "output": {
-            "name": output.name,
-            "bytes": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "sha256": result.get("sha256"),
-        },
-        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "output": produced,
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if produced else None,
     }
     path = sidecar_path(output)
     _atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
