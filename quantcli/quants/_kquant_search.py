@@ -91,6 +91,18 @@ def running_max(values: np.ndarray) -> np.ndarray:
     return m
 
 
+def rint_levels(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """In place: v <- clamp(rint(v), lo, hi) as float32 levels.
+
+    Equal to `clamped_levels` wherever |v| < 2^22, where ggml's nearest_int is exactly round-half-even;
+    callers use it only where that bound is proven (or checked), because it is half the work.
+    """
+    np.rint(v, out=v)
+    np.maximum(v, F32(lo), out=v)
+    np.minimum(v, F32(hi), out=v)
+    return v
+
+
 def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """make_qx_quants(n, nmax, x, L, rmse_type=1, qw): symmetric levels -nmax..nmax-1.
 
@@ -102,29 +114,35 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None) -> tu
     w = x * x if qw is None else qw
     wx = w * x
     fnmax = F32(nmax)
+    lf = np.empty_like(x)
+    tmp = np.empty_like(x)
     with np.errstate(all="ignore"):
+        # |iscale*x| <= nmax + 0.9 in every group that is not all-zero (|x| <= |vmax|), so rint == nearest_int
+        # there; the all-zero groups (inf/NaN here) are overwritten at the end.
         iscale = F32(-nmax) / vmax
-        lev = clamped_levels(iscale * x, -nmax, nmax - 1)
-        lf = lev.astype(F32)
-        sumlx = seq_sum(wx * lf)
-        suml2 = seq_sum((w * lf) * lf)
+        rint_levels(np.multiply(x, iscale, out=lf), -nmax, nmax - 1)
+        sumlx = seq_sum(np.multiply(wx, lf, out=tmp))
+        np.multiply(w, lf, out=tmp)
+        suml2 = seq_sum(np.multiply(tmp, lf, out=tmp))
         scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
         best = scale * sumlx
-        codes = lev + nmax
+        levels = lf.copy()
         for step in range(-9, 10):
             if step == 0:
                 continue
             iscale = -(fnmax + F32(0.1) * F32(step)) / vmax
-            lev = clamped_levels(iscale * x, -nmax, nmax - 1)
-            lf = lev.astype(F32)
-            slx = seq_sum(wx * lf)
-            sl2 = seq_sum((w * lf) * lf)
+            rint_levels(np.multiply(x, iscale, out=lf), -nmax, nmax - 1)
+            slx = seq_sum(np.multiply(wx, lf, out=tmp))
+            np.multiply(w, lf, out=tmp)
+            sl2 = seq_sum(np.multiply(tmp, lf, out=tmp))
             accept = (sl2 > 0) & (slx * slx > best * sl2)
             if accept.any():
-                codes = np.where(accept, lev + nmax, codes)
+                np.copyto(levels, lf, where=accept)
                 scale = np.where(accept, slx / sl2, scale)
                 best = np.where(accept, scale * slx, best)
-    codes = np.where(zero, 0, codes)
+        levels += fnmax
+        np.copyto(levels, F32(0), where=zero)
+        codes = levels.astype(np.int32)
     scale = np.where(zero, F32(0), scale).astype(F32)
     return scale, codes
 
@@ -191,42 +209,63 @@ def make_qkx_quants(
     the two C functions on these paths is the degenerate test: qkx2 `max == min`, qkx3 `max <= min`.
     """
     n = x.shape[0]
-    mn = x[0].copy()
+    xmin = x[0].copy()
     mx = x[0].copy()
     sum_w = weights[0].copy()
     sum_x = sum_w * x[0]
     for i in range(1, n):
         xi = x[i]
-        mn = np.where(xi < mn, xi, mn)
+        xmin = np.where(xi < xmin, xi, xmin)
         mx = np.where(xi > mx, xi, mx)
         sum_w += weights[i]
         sum_x += weights[i] * xi
-    mn = np.where(mn > 0, F32(0), mn)
+    mn = np.where(xmin > 0, F32(0), xmin)
     degenerate = (mx <= mn) if qkx3 else (mx == mn)
 
+    tmp = np.empty_like(x)
+    wl = np.empty_like(x)
+    auxf = np.empty_like(x)
+
     def error_of(scale: np.ndarray, minimum: np.ndarray, levels_f: np.ndarray) -> np.ndarray:
-        diff = (scale * levels_f + minimum) - x
-        diff = np.abs(diff) if use_mad else diff * diff
-        return seq_sum(weights * diff)
+        # sum of w * f(((scale*L) + min) - x), f = |.| or square, in C's order
+        np.multiply(levels_f, scale, out=tmp)
+        np.add(tmp, minimum, out=tmp)
+        np.subtract(tmp, x, out=tmp)
+        if use_mad:
+            np.abs(tmp, out=tmp)
+        else:
+            np.multiply(tmp, tmp, out=tmp)
+        np.multiply(tmp, weights, out=tmp)
+        return seq_sum(tmp)
+
+    def levels_for(iscale: np.ndarray, minimum: np.ndarray) -> np.ndarray:
+        """clamp(nearest_int(iscale*(x - min)), 0, nmax) as float32, into auxf."""
+        np.subtract(x, minimum, out=auxf)
+        np.multiply(auxf, iscale, out=auxf)
+        # rint equals ggml's nearest_int while |v| < 2^22. Bound |v| per group by |iscale| times the
+        # largest |x - min| (x spans [xmin, mx]); degenerate groups are discarded anyway.
+        reach = np.maximum(np.abs(mx - minimum), np.abs(xmin - minimum))
+        bound = np.where(degenerate, F32(0), np.abs(iscale) * reach)
+        if bool((bound < F32(1 << 21)).all()):
+            return rint_levels(auxf, 0, nmax)
+        auxf[...] = clamped_levels(auxf, 0, nmax)
+        return auxf
 
     fnmax = F32(nmax)
     with np.errstate(all="ignore"):
         iscale = fnmax / (mx - mn)
         scale = F32(1) / iscale
-        lev = clamped_levels(iscale * (x - mn), 0, nmax)
-        lf = lev.astype(F32)
-        best = error_of(scale, mn, lf)
+        levels = levels_for(iscale, mn).copy()
+        best = error_of(scale, mn, levels)
         frmin, frdelta = F32(rmin), F32(rdelta)
         for step in range(nstep + 1):
             # `min` (mn) may have been replaced by an earlier winner: use the current one, as ggml does.
-            span = mx - mn
-            iscale = ((frmin + frdelta * F32(step)) + fnmax) / span
-            aux = clamped_levels(iscale * (x - mn), 0, nmax)
-            auxf = aux.astype(F32)
-            wl = weights * auxf
+            iscale = ((frmin + frdelta * F32(step)) + fnmax) / (mx - mn)
+            levels_for(iscale, mn)
+            np.multiply(weights, auxf, out=wl)
             sum_l = seq_sum(wl)
-            sum_l2 = seq_sum(wl * auxf)
-            sum_xl = seq_sum(wl * x)
+            sum_l2 = seq_sum(np.multiply(wl, auxf, out=tmp))
+            sum_xl = seq_sum(np.multiply(wl, x, out=tmp))
             det = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -236,11 +275,12 @@ def make_qkx_quants(
             cur = error_of(this_scale, this_min, auxf)
             accept = (det > 0) & (cur < best)
             if accept.any():
-                lev = np.where(accept, aux, lev)
+                np.copyto(levels, auxf, where=accept)
                 best = np.where(accept, cur, best)
                 scale = np.where(accept, this_scale, scale)
                 mn = np.where(accept, this_min, mn)
-    lev = np.where(degenerate, 0, lev)
+        np.copyto(levels, F32(0), where=degenerate)
+        lev = levels.astype(np.int32)
     scale = np.where(degenerate, F32(0), scale).astype(F32)
     return scale, lev, (-mn).astype(F32)
 
