@@ -15,12 +15,14 @@ from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
     GROUP_MAX_EPS,
-    as_blocks,
     half_bytes,
+    in_row_slices,
     pack_nibbles,
     read_half,
     seq_sum,
     signed_absmax,
+    transposed_blocks,
+    transposed_imatrix,
     unpack_nibbles,
 )
 
@@ -43,24 +45,24 @@ def best_index_iq4(x: np.ndarray) -> np.ndarray:
     return idx
 
 
-def iq4_weights(blocks: np.ndarray, super_block: int, imatrix_blocks: np.ndarray | None) -> np.ndarray:
-    """Per-element weights of quantize_row_iq4_nl_impl; `blocks` (B, 32), B a multiple of super_block/32."""
-    x2 = blocks * blocks
-    if imatrix_blocks is None:
+def iq4_weights(xt: np.ndarray, super_block: int, imatrix_t: np.ndarray | None) -> np.ndarray:
+    """Per-element weights of quantize_row_iq4_nl_impl on transposed blocks xt (32, B); B is a multiple
+    of super_block/32 and imatrix_t is laid out like xt."""
+    x2 = xt * xt
+    if imatrix_t is None:
         return x2
-    per_super = blocks.reshape(-1, super_block)
-    sigma2 = seq_sum(per_super * per_super, axis=1) * (F32(2.0) / F32(super_block))
-    sigma2 = np.repeat(sigma2, super_block // 32)[:, None]
-    return imatrix_blocks * np.sqrt(sigma2 + x2)
+    per_sub = super_block // 32
+    # sigma2 = sequential Σx² over the super-block in element order: sub-block by sub-block, 32 each
+    by_super = x2.reshape(32, -1, per_sub).transpose(2, 0, 1).reshape(super_block, -1)
+    sigma2 = seq_sum(by_super) * (F32(2.0) / F32(super_block))
+    return imatrix_t * np.sqrt(np.repeat(sigma2, per_sub)[None, :] + x2)
 
 
-def iq4_block_scales(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def iq4_block_scales(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
     """The per-32-block scale search of quantize_row_iq4_nl_impl (ntry = 7) -> float32 (B,), 0 if |x| < eps."""
-    amax, vmax = signed_absmax(blocks)
+    amax, vmax = signed_absmax(xt)
     zero = amax < GROUP_MAX_EPS
     safe_max = np.where(zero, F32(1.0), vmax)
-    xt = np.ascontiguousarray(blocks.T)
-    wt = np.ascontiguousarray(weights.T)
 
     def sums(inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q = _KV[best_index_iq4(inv[None, :] * xt)]
@@ -83,11 +85,11 @@ def iq4_block_scales(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(zero, F32(0.0), d).astype(F32)
 
 
-def requantize(blocks: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Final indices: best_index(x * (scale ? 1/scale : 0)) with the unrounded float scale."""
+def requantize(xt: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Final indices (32, B): best_index(x * (scale ? 1/scale : 0)) with the unrounded float scale."""
     with np.errstate(divide="ignore"):
         inv = np.where(scale != 0, F32(1.0) / scale, F32(0.0)).astype(F32)
-    return best_index_iq4(blocks * inv[:, None])
+    return best_index_iq4(xt * inv[None, :])
 
 
 class IQ4_NL(QuantType, qtype=GGMLQuantizationType.IQ4_NL):
@@ -95,14 +97,16 @@ class IQ4_NL(QuantType, qtype=GGMLQuantizationType.IQ4_NL):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        im = None if imatrix is None else np.broadcast_to(imatrix.astype(F32), rows.shape).reshape(-1, 32)
-        scale = iq4_block_scales(blocks, iq4_weights(blocks, 32, im))
-        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        out[:, 0:2] = half_bytes(scale)
-        out[:, 2:] = pack_nibbles(requantize(blocks, scale))
-        return out.reshape(nrows, -1)
+        def kernel(part: np.ndarray) -> np.ndarray:
+            xt = transposed_blocks(part, 32)
+            im = None if imatrix is None else transposed_imatrix(imatrix, part.shape[0], 32)
+            scale = iq4_block_scales(xt, iq4_weights(xt, 32, im))
+            out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
+            out[:, 0:2] = half_bytes(scale)
+            out[:, 2:] = pack_nibbles(requantize(xt, scale))
+            return out.reshape(part.shape[0], -1)
+
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

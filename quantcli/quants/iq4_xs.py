@@ -11,7 +11,15 @@ from gguf import GGMLQuantizationType
 
 from quantcli.quants.base import QuantType
 from quantcli.quants.iq4_nl import _KV, iq4_block_scales, iq4_weights, requantize
-from quantcli.quants.q4_0 import F32, as_blocks, half_bytes, read_half, unpack_nibbles
+from quantcli.quants.q4_0 import (
+    F32,
+    half_bytes,
+    in_row_slices,
+    read_half,
+    transposed_blocks,
+    transposed_imatrix,
+    unpack_nibbles,
+)
 
 
 class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
@@ -19,11 +27,14 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        im = None if imatrix is None else np.broadcast_to(imatrix.astype(F32), rows.shape).reshape(-1, 32)
-        scales = iq4_block_scales(blocks, iq4_weights(blocks, 256, im)).reshape(-1, 8)
-        # max_scale: signed scale of largest magnitude, first one on ties (strict >, from 0)
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), lambda part: cls._quantize_part(part, imatrix))
+
+    @classmethod
+    def _quantize_part(cls, part: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        xt = transposed_blocks(part, 32)
+        im = None if imatrix is None else transposed_imatrix(imatrix, part.shape[0], 32)
+        scales = iq4_block_scales(xt, iq4_weights(xt, 256, im)).reshape(-1, 8)  # (NB, 8)
+        # max_scale: signed scale of largest magnitude, the first one on ties (strict >, from 0)
         abs_s = np.abs(scales)
         first = np.argmax(abs_s, axis=1)
         max_scale = scales[np.arange(scales.shape[0]), first]
@@ -31,9 +42,9 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
         d = (-max_scale) / F32(32)
         with np.errstate(divide="ignore"):
             inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-            codes = np.clip(np.rint(inv[:, None] * scales), F32(-32), F32(31))
+            codes = np.clip(np.rint(inv[:, None] * scales), F32(-32), F32(31))  # nearest_int, in range
         sub_scale = (d[:, None] * codes).reshape(-1)  # dl = d * l with the unrounded d
-        q = requantize(blocks, sub_scale).reshape(-1, 8, 32)
+        qt = requantize(xt, sub_scale)  # (32, NB*8)
         ls = (codes + F32(32)).astype(np.uint8)  # (NB, 8), 0..63
 
         out = np.empty((scales.shape[0], cls.type_size), dtype=np.uint8)
@@ -42,9 +53,9 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
         out[:, 2:4] = np.bitwise_or.reduce(high, axis=1).astype("<u2").view(np.uint8).reshape(-1, 2)
         low = ls & np.uint8(0x0F)
         out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << np.uint8(4))
-        qs = (q[:, :, :16] & np.uint8(0x0F)) | (q[:, :, 16:] << np.uint8(4))
-        out[:, 8:] = qs.reshape(-1, 128)
-        return out.reshape(nrows, -1)
+        qs = (qt[:16] & np.uint8(0x0F)) | (qt[16:] << np.uint8(4))  # (16, NB*8)
+        out[:, 8:] = qs.T.reshape(-1, 128)
+        return out.reshape(part.shape[0], -1)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.base import QuantType
-from quantcli.quants.q4_0 import F32, as_blocks, pack_nibbles, unpack_nibbles
+from quantcli.quants.q4_0 import F32, in_row_slices, pack_nibbles, transposed_blocks, unpack_nibbles
 
 # Doubled E2M1 values (ggml's kvalues_mxfp4); the scale is decoded as half the E8M0 value to match.
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
@@ -45,12 +45,12 @@ def shared_exponent(amax: np.ndarray) -> np.ndarray:
     return np.where(positive, e, 0).astype(np.uint8)
 
 
-def best_index_fp4(blocks: np.ndarray, d: np.ndarray) -> np.ndarray:
+def best_index_fp4(xt: np.ndarray, d: np.ndarray) -> np.ndarray:
     """best_index_mxfp4: first index minimising |kv[i]*d - x| (strict <) for every element."""
-    best_err = np.abs(_KV_F32[0] * d - blocks)
-    best = np.zeros(blocks.shape, dtype=np.uint8)
+    best_err = np.abs(_KV_F32[0] * d - xt)
+    best = np.zeros(xt.shape, dtype=np.uint8)
     for i in range(1, 16):
-        err = np.abs(_KV_F32[i] * d - blocks)
+        err = np.abs(_KV_F32[i] * d - xt)
         better = err < best_err
         best[better] = i
         np.minimum(best_err, err, out=best_err)
@@ -62,14 +62,16 @@ class MXFP4(QuantType, qtype=GGMLQuantizationType.MXFP4):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        e = shared_exponent(np.abs(blocks).max(axis=1))
-        q = best_index_fp4(blocks, e8m0_to_fp32_half(e)[:, None])
-        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        out[:, 0] = e
-        out[:, 1:] = pack_nibbles(q)
-        return out.reshape(nrows, -1)
+        def kernel(part: np.ndarray) -> np.ndarray:
+            xt = transposed_blocks(part, 32)
+            e = shared_exponent(np.maximum(xt.max(axis=0), -xt.min(axis=0)))
+            qt = best_index_fp4(xt, e8m0_to_fp32_half(e)[None, :])
+            out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
+            out[:, 0] = e
+            out[:, 1:] = pack_nibbles(qt)
+            return out.reshape(part.shape[0], -1)
+
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

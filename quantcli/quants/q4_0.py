@@ -6,6 +6,8 @@ make_qx_quants search is implemented here (Q5_0 reuses it). Byte layout: formats
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from gguf import GGMLQuantizationType
 
@@ -16,11 +18,43 @@ GROUP_MAX_EPS = F32(1e-15)
 
 
 # ---------------------------------------------------------------- block helpers (shared by the 32-block types)
+#
+# Every quantizer works on TRANSPOSED blocks: xt has shape (block, nblocks), so xt[j] is element j of every
+# block, contiguous. Per-block reductions (max/min over 32 elements) and C's sequential per-element
+# accumulations then run along axis 0 over long contiguous rows, which is ~10x faster in NumPy than
+# reducing a short inner axis, and the transposition itself costs about one such reduction.
+
+# Rows are fed to the NumPy kernels in slices of about this many elements: the temporaries then stay in
+# the CPU cache (measured ~1.4x faster than 1M-element slices on the reference paths).
+_SLICE_ELEMENTS = 1 << 16
+
+
+def in_row_slices(rows: np.ndarray, row_bytes: int, kernel: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply `kernel` (rows -> (nrows, row_bytes) uint8) to cache-sized row slices of `rows`."""
+    nrows, ncols = rows.shape
+    step = max(1, _SLICE_ELEMENTS // ncols)
+    if step >= nrows:
+        return kernel(rows)
+    out = np.empty((nrows, row_bytes), dtype=np.uint8)
+    for r0 in range(0, nrows, step):
+        out[r0 : r0 + step] = kernel(rows[r0 : r0 + step])
+    return out
 
 
 def as_blocks(rows: np.ndarray, block: int) -> np.ndarray:
-    """(nrows, ncols) float32 -> (nblocks, block) view, blocks in memory order."""
+    """(nrows, ncols) float32 -> (nblocks, block), blocks in memory order (for the 256-block types)."""
     return np.ascontiguousarray(rows, dtype=F32).reshape(-1, block)
+
+
+def transposed_blocks(rows: np.ndarray, block: int) -> np.ndarray:
+    """(nrows, ncols) -> contiguous float32 (block, nblocks): column b is block b in memory order."""
+    return np.ascontiguousarray(np.asarray(rows, dtype=F32).reshape(-1, block).T)
+
+
+def transposed_imatrix(imatrix: np.ndarray, nrows: int, block: int) -> np.ndarray:
+    """Per-column weights (ncols,) laid out like transposed_blocks of an (nrows, ncols) tensor."""
+    per_row = np.asarray(imatrix, dtype=F32).reshape(-1, block).T
+    return np.ascontiguousarray(np.tile(per_row, (1, nrows)))
 
 
 def seq_sum(terms: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -35,34 +69,34 @@ def seq_sum(terms: np.ndarray, axis: int = 0) -> np.ndarray:
     return last + F32(0.0)
 
 
-def signed_absmax(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(amax, vmax) per row of `blocks`: C's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` from 0.
+def signed_absmax(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(amax, vmax) per block: C's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` starting from 0.
 
     vmax is the signed value of the FIRST element of largest magnitude; +0.0 for an all-zero block.
     """
-    mx = blocks.max(axis=1)
-    mn = blocks.min(axis=1)
+    mx = xt.max(axis=0)
+    mn = xt.min(axis=0)
     neg_mn = -mn
     amax = np.maximum(mx, neg_mn)
     vmax = np.where(mx > neg_mn, mx, mn)
     # +a and -a both present: whichever comes first wins (frequent with bf16-rounded weights).
     tie = (mx == neg_mn) & (amax > 0)
     if tie.any():
-        sub = blocks[tie]
-        first = np.argmax(np.abs(sub) == amax[tie, None], axis=1)
-        vmax[tie] = sub[np.arange(sub.shape[0]), first]
+        sub = xt[:, tie]
+        first = np.argmax(np.abs(sub) == amax[tie], axis=0)
+        vmax[tie] = sub[first, np.arange(sub.shape[1])]
     vmax[amax == 0] = F32(0.0)
     return amax.astype(F32), vmax.astype(F32)
 
 
-def fix_zero_sign(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+def fix_zero_sign(values: np.ndarray, xt: np.ndarray) -> np.ndarray:
     """A C min/max scan with strict comparisons keeps the FIRST zero it meets when the extreme is 0, so
     its sign is that element's sign; NumPy's min/max leave the sign of such a zero unspecified."""
     zero = values == 0
     if zero.any():
-        sub = blocks[zero]
-        first = np.argmax(sub == 0, axis=1)
-        values[zero] = sub[np.arange(sub.shape[0]), first]
+        sub = xt[:, zero]
+        first = np.argmax(sub == 0, axis=0)
+        values[zero] = sub[first, np.arange(sub.shape[1])]
     return values
 
 
@@ -76,20 +110,24 @@ def read_half(data: np.ndarray, offset: int) -> np.ndarray:
     return np.ascontiguousarray(data[:, offset : offset + 2]).view("<f2").astype(F32)
 
 
-def pack_nibbles(q: np.ndarray) -> np.ndarray:
-    """(nblocks, 32) codes 0..15 -> (nblocks, 16): element j low nibble, element j+16 high nibble."""
-    q = q.astype(np.uint8, copy=False)
-    return (q[:, :16] & np.uint8(0x0F)) | (q[:, 16:] << np.uint8(4))
+def pack_nibbles(qt: np.ndarray) -> np.ndarray:
+    """Transposed codes (32, B) 0..15 (higher bits ignored) -> (B, 16): element j low nibble, j+16 high."""
+    qt = qt.astype(np.uint8, copy=False)
+    return ((qt[:16] & np.uint8(0x0F)) | (qt[16:] << np.uint8(4))).T
 
 
 def unpack_nibbles(qs: np.ndarray) -> np.ndarray:
-    """Inverse of pack_nibbles: (nblocks, 16) -> (nblocks, 32) uint8."""
+    """(nblocks, 16) packed bytes -> (nblocks, 32) uint8 codes."""
     return np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=1)
 
 
-def pack_bit4(q: np.ndarray) -> np.ndarray:
-    """(nblocks, 32) 5-bit codes -> (nblocks, 4) bytes of the LE uint32 whose bit j is bit 4 of element j."""
-    return np.packbits((q >> np.uint8(4)) & np.uint8(1), axis=1, bitorder="little")
+_BIT_SHIFTS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+
+
+def pack_bit4(qt: np.ndarray) -> np.ndarray:
+    """Transposed 5-bit codes (32, B) -> (B, 4) bytes of the LE uint32 whose bit j is bit 4 of element j."""
+    bits = ((qt.astype(np.uint8, copy=False) >> np.uint8(4)) & np.uint8(1)).reshape(4, 8, -1)
+    return np.bitwise_or.reduce(bits << _BIT_SHIFTS, axis=1).T
 
 
 def unpack_bit4(qh: np.ndarray) -> np.ndarray:
@@ -97,29 +135,27 @@ def unpack_bit4(qh: np.ndarray) -> np.ndarray:
     return np.unpackbits(qh, axis=1, bitorder="little") << np.uint8(4)
 
 
-def row_sigma2(rows: np.ndarray) -> np.ndarray:
-    """Q4_0/Q4_1/Q5_0/Q5_1 imatrix paths: sequential Σx² over the whole row / n_per_row -> (nrows,)."""
-    return seq_sum(rows * rows, axis=1) / F32(rows.shape[1])
-
-
-def impl_weights(rows: np.ndarray, imatrix: np.ndarray, block: int = 32) -> np.ndarray:
-    """weight[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j]) per row, returned as (nblocks, block)."""
-    sigma2 = row_sigma2(rows)[:, None]
-    w = imatrix[None, :].astype(F32) * np.sqrt(sigma2 + rows * rows)
-    return w.reshape(-1, block)
+def impl_weights(rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
+    """Q4_0/Q4_1/Q5_0/Q5_1 `_impl` weights, transposed (32, B): qw[j] * sqrtf(sigma2 + x[j]*x[j]) with
+    sigma2 = sequential Σx² over the WHOLE row / n_per_row."""
+    nrows, ncols = rows.shape
+    sigma2 = seq_sum(rows * rows, axis=1) / F32(ncols)
+    xt = transposed_blocks(rows, 32)
+    sig = np.repeat(sigma2, ncols // 32)[None, :]
+    return transposed_imatrix(imatrix, nrows, 32) * np.sqrt(sig + xt * xt)
 
 
 # ---------------------------------------------------------------- make_qx_quants (rmse_type 1, weights given)
 
 
-def make_qx_quants(blocks: np.ndarray, nmax: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised make_qx_quants(n, nmax, x, L, rmse_type=1, qw): returns (scale (B,), L (B, n) uint8).
+def make_qx_quants(xt: np.ndarray, nmax: int, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised make_qx_quants(n, nmax, x, L, rmse_type=1, qw) on transposed blocks (n, B).
 
-    Candidate iscales are evaluated for all blocks at once; sums run sequentially over the element axis.
+    Returns (scale (B,), L (n, B) uint8 in 0..2*nmax-1). Candidate iscales are evaluated for all blocks at
+    once; the winning iscale is remembered and L recomputed from it once at the end (same result as the C,
+    which recomputes L whenever a candidate wins).
     """
-    xt = np.ascontiguousarray(blocks.T)  # (n, B): element-major so each accumulation step is contiguous
-    wt = np.ascontiguousarray(weights.T)
-    amax, vmax = signed_absmax(blocks)
+    amax, vmax = signed_absmax(xt)
     zero = amax < GROUP_MAX_EPS
     safe_max = np.where(zero, F32(1.0), vmax)
     wx = wt * xt  # C: w*x[i]*l == (w*x[i])*l
@@ -150,23 +186,28 @@ def make_qx_quants(blocks: np.ndarray, nmax: int, weights: np.ndarray) -> tuple[
                 scale = np.where(accept, new_scale, scale)
                 best = np.where(accept, new_scale * sumlx, best)
                 best_iscale = np.where(accept, iscale, best_iscale)
-        codes = (levels(best_iscale) + F32(nmax)).astype(np.uint8).T
+        codes = (levels(best_iscale) + F32(nmax)).astype(np.uint8)
     scale = np.where(zero, F32(0.0), scale).astype(F32)
-    codes[zero] = 0
-    return scale, np.ascontiguousarray(codes)
+    codes[:, zero] = 0
+    return scale, codes
 
 
 # ---------------------------------------------------------------- Q4_0
 
 
-def q4_0_ref_codes(blocks: np.ndarray, divisor: float, offset: float, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """quantize_row_q4_0_ref / q5_0_ref: d = vmax/divisor, q = MIN(top, (int8)(x*id + offset))."""
-    _, vmax = signed_absmax(blocks)
+def absmax_ref_codes(xt: np.ndarray, divisor: float, offset: float, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_row_q4_0_ref / q5_0_ref: d = vmax/divisor, q = MIN(top, (int8)(x*id + offset)).
+
+    Works in place on `xt` (transposed blocks, a private copy) and returns (d, codes (32, B) uint8).
+    """
+    _, vmax = signed_absmax(xt)
     d = vmax / F32(divisor)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
     # x*id + offset is >= 0 here, so the float->int8 truncation is a truncation toward zero.
-    q = (blocks * inv[:, None] + F32(offset)).astype(np.uint8)
+    np.multiply(xt, inv[None, :], out=xt)
+    xt += F32(offset)
+    q = xt.astype(np.uint8)
     np.minimum(q, np.uint8(top), out=q)
     return d.astype(F32), q
 
@@ -176,16 +217,18 @@ class Q4_0(QuantType, qtype=GGMLQuantizationType.Q4_0):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        if imatrix is None:
-            d, q = q4_0_ref_codes(blocks, -8.0, 8.5, 15)
-        else:
-            d, q = make_qx_quants(blocks, 8, impl_weights(rows, imatrix))
-        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        out[:, 0:2] = half_bytes(d)
-        out[:, 2:] = pack_nibbles(q)
-        return out.reshape(nrows, -1)
+        def kernel(part: np.ndarray) -> np.ndarray:
+            xt = transposed_blocks(part, 32)
+            if imatrix is None:
+                d, qt = absmax_ref_codes(xt, -8.0, 8.5, 15)
+            else:
+                d, qt = make_qx_quants(xt, 8, impl_weights(part, imatrix))
+            out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
+            out[:, 0:2] = half_bytes(d)
+            out[:, 2:] = pack_nibbles(qt)
+            return out.reshape(part.shape[0], -1)
+
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 Reference path = quantize_row_q4_1_ref; imatrix path = quantize_row_q4_1_impl, i.e. make_qkx3_quants
 (rmin -0.9, rdelta 0.05, nstep 36, squared error), implemented here and reused by Q5_1.
+All kernels take transposed blocks xt (32, B); see q4_0.py.
 """
 
 from __future__ import annotations
@@ -12,48 +13,50 @@ from gguf import GGMLQuantizationType
 from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
-    as_blocks,
     fix_zero_sign,
     half_bytes,
     impl_weights,
+    in_row_slices,
     pack_nibbles,
     read_half,
     seq_sum,
+    transposed_blocks,
     unpack_nibbles,
 )
 
 
-def first_min_max(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """C's `if (v < min) min = v; if (v > max) max = v;` scan (zero signs included)."""
-    mn = fix_zero_sign(blocks.min(axis=1), blocks)
-    mx = fix_zero_sign(blocks.max(axis=1), blocks)
+def first_min_max(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C's `if (v < min) min = v; if (v > max) max = v;` scan per block (zero signs included)."""
+    mn = fix_zero_sign(xt.min(axis=0), xt)
+    mx = fix_zero_sign(xt.max(axis=0), xt)
     return mn, mx
 
 
-def minmax_ref_codes(blocks: np.ndarray, nmax: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """quantize_row_q4_1_ref / q5_1_ref: d = (max-min)/nmax, q = (uint)((x-min)*id + 0.5)."""
-    mn, mx = first_min_max(blocks)
+def minmax_ref_codes(xt: np.ndarray, nmax: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize_row_q4_1_ref / q5_1_ref: d = (max-min)/nmax, q = (uint)((x-min)*id + 0.5), in place on xt."""
+    mn, mx = first_min_max(xt)
     d = (mx - mn) / F32(nmax)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-    q = ((blocks - mn[:, None]) * inv[:, None] + F32(0.5)).astype(np.uint8)
+    xt -= mn[None, :]
+    xt *= inv[None, :]
+    xt += F32(0.5)
+    q = xt.astype(np.uint8)
     if clamp:
         np.minimum(q, np.uint8(nmax), out=q)
     return d.astype(F32), mn, q
 
 
 def make_qkx3_quants(
-    blocks: np.ndarray, weights: np.ndarray, nmax: int, rmin: float = -0.9, rdelta: float = 0.05, nstep: int = 36
+    xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float = -0.9, rdelta: float = 0.05, nstep: int = 36
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised make_qkx3_quants(n, nmax, x, weights, L, &the_min, ..., use_mad=false).
+    """Vectorised make_qkx3_quants(n, nmax, x, weights, L, &the_min, ..., use_mad=false), xt/wt (n, B).
 
-    Returns (scale, min, L) with `min` the (non-positive) offset the C code returns negated in the_min, so
-    the stored fp16 m is `min` itself. The running min is updated whenever a candidate wins and later
-    candidates use it (both in x - min and in max - min).
+    Returns (scale, min, L (n, B)) with `min` the (non-positive) offset that the C returns negated in
+    the_min, so the stored fp16 m is `min` itself. The running min is updated whenever a candidate wins
+    and later candidates use it (both in x - min and in max - min).
     """
-    xt = np.ascontiguousarray(blocks.T)  # (n, B)
-    wt = np.ascontiguousarray(weights.T)
-    mn, mx = first_min_max(blocks)
+    mn, mx = first_min_max(xt)
     sum_w = np.add.accumulate(wt, axis=0)[-1]  # C starts from w[0] (not 0.0f + w[0]): plain accumulate
     sum_x = np.add.accumulate(wt * xt, axis=0)[-1]
     mn = np.where(mn > 0, F32(0.0), mn).astype(F32)
@@ -94,9 +97,9 @@ def make_qkx3_quants(
                 scale = np.where(accept, this_scale, scale)
                 mn = np.where(accept, this_min, mn)
     scale = np.where(degenerate, F32(0.0), scale).astype(F32)
-    codes = best_l.astype(np.uint8).T
-    codes[degenerate] = 0
-    return scale, mn.astype(F32), np.ascontiguousarray(codes)
+    codes = best_l.astype(np.uint8)
+    codes[:, degenerate] = 0
+    return scale, mn.astype(F32), codes
 
 
 class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
@@ -104,17 +107,19 @@ class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        if imatrix is None:
-            d, m, q = minmax_ref_codes(blocks, 15, clamp=True)
-        else:
-            d, m, q = make_qkx3_quants(blocks, impl_weights(rows, imatrix), 15)
-        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        out[:, 0:2] = half_bytes(d)
-        out[:, 2:4] = half_bytes(m)
-        out[:, 4:] = pack_nibbles(q)
-        return out.reshape(nrows, -1)
+        def kernel(part: np.ndarray) -> np.ndarray:
+            xt = transposed_blocks(part, 32)
+            if imatrix is None:
+                d, m, qt = minmax_ref_codes(xt, 15, clamp=True)
+            else:
+                d, m, qt = make_qkx3_quants(xt, impl_weights(part, imatrix), 15)
+            out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
+            out[:, 0:2] = half_bytes(d)
+            out[:, 2:4] = half_bytes(m)
+            out[:, 4:] = pack_nibbles(qt)
+            return out.reshape(part.shape[0], -1)
+
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

@@ -11,14 +11,15 @@ from gguf import GGMLQuantizationType
 from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
-    as_blocks,
+    absmax_ref_codes,
     half_bytes,
     impl_weights,
+    in_row_slices,
     make_qx_quants,
     pack_bit4,
     pack_nibbles,
-    q4_0_ref_codes,
     read_half,
+    transposed_blocks,
     unpack_bit4,
     unpack_nibbles,
 )
@@ -29,17 +30,19 @@ class Q5_0(QuantType, qtype=GGMLQuantizationType.Q5_0):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        if imatrix is None:
-            d, q = q4_0_ref_codes(blocks, -16.0, 16.5, 31)
-        else:
-            d, q = make_qx_quants(blocks, 16, impl_weights(rows, imatrix))
-        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        out[:, 0:2] = half_bytes(d)
-        out[:, 2:6] = pack_bit4(q)
-        out[:, 6:] = pack_nibbles(q)
-        return out.reshape(nrows, -1)
+        def kernel(part: np.ndarray) -> np.ndarray:
+            xt = transposed_blocks(part, 32)
+            if imatrix is None:
+                d, qt = absmax_ref_codes(xt, -16.0, 16.5, 31)
+            else:
+                d, qt = make_qx_quants(xt, 16, impl_weights(part, imatrix))
+            out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
+            out[:, 0:2] = half_bytes(d)
+            out[:, 2:6] = pack_bit4(qt)
+            out[:, 6:] = pack_nibbles(qt)
+            return out.reshape(part.shape[0], -1)
+
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

@@ -12,12 +12,13 @@ from gguf import GGMLQuantizationType
 from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
-    as_blocks,
     half_bytes,
     impl_weights,
+    in_row_slices,
     pack_bit4,
     pack_nibbles,
     read_half,
+    transposed_blocks,
     unpack_bit4,
     unpack_nibbles,
 )
@@ -29,18 +30,20 @@ class Q5_1(QuantType, qtype=GGMLQuantizationType.Q5_1):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        if imatrix is None:
-            d, m, q = minmax_ref_codes(blocks, 31, clamp=False)
-        else:
-            d, m, q = make_qkx3_quants(blocks, impl_weights(rows, imatrix), 31)
-        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        out[:, 0:2] = half_bytes(d)
-        out[:, 2:4] = half_bytes(m)
-        out[:, 4:8] = pack_bit4(q)
-        out[:, 8:] = pack_nibbles(q)
-        return out.reshape(nrows, -1)
+        def kernel(part: np.ndarray) -> np.ndarray:
+            xt = transposed_blocks(part, 32)
+            if imatrix is None:
+                d, m, qt = minmax_ref_codes(xt, 31, clamp=False)
+            else:
+                d, m, qt = make_qkx3_quants(xt, impl_weights(part, imatrix), 31)
+            out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
+            out[:, 0:2] = half_bytes(d)
+            out[:, 2:4] = half_bytes(m)
+            out[:, 4:8] = pack_bit4(qt)
+            out[:, 8:] = pack_nibbles(qt)
+            return out.reshape(part.shape[0], -1)
+
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

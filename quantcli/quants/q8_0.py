@@ -6,20 +6,39 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.base import QuantType
-from quantcli.quants.q4_0 import F32, as_blocks, half_bytes, read_half
+from quantcli.quants.q4_0 import F32, half_bytes, in_row_slices, read_half, transposed_blocks
 
 
 def roundf_inplace(v: np.ndarray) -> np.ndarray:
-    """C roundf (half away from zero) of float32 `v`, in place: rint, then push exact .5 ties outward.
+    """C roundf (half away from zero) of float32 `v`, in place; returns v.
 
-    v - rint(v) is exact, so a tie is detected exactly; for a tie v + copysign(0.5, v) is an exact integer.
+    |v| = f + frac with f = floor(|v|): frac and 2*frac are exact, so f + floor(2*frac) rounds half up
+    exactly (np.rint is half-to-even; trunc(v + 0.5) is wrong for 0.49999997).
     """
-    r = np.rint(v)
-    tie = np.abs(v - r) == F32(0.5)
-    if tie.any():
-        r[tie] = v[tie] + np.copysign(F32(0.5), v[tie])
-    v[...] = r
-    return v
+    sign_src = v.copy()
+    np.abs(v, out=v)
+    whole = np.floor(v)
+    v -= whole
+    v *= F32(2.0)
+    np.floor(v, out=v)
+    v += whole
+    return np.copysign(v, sign_src, out=v)
+
+
+# 0.5 - 2^-25, the largest float32 below 0.5
+_JUST_BELOW_HALF = np.nextafter(F32(0.5), F32(0.0))
+
+
+def roundf_to_int8(v: np.ndarray) -> np.ndarray:
+    """roundf(v) for |v| <= 127.5 as int8 in 3 passes: trunc(v + copysign(0.5 - 2^-25, v)).
+
+    Exact: for a tie k + 0.5 the sum k + 1 - 2^-25 rounds (RNE) to k + 1; for any v below a tie the sum
+    stays below the next integer (v is at least one ulp below the tie and the sum's ulp is no larger than
+    v's, except for v in [0.25, 0.5) where the sum is < 1). tests/test_quants_simple.py checks every float
+    within 4 ulps of each integer and half-integer up to 128 against the floor-based roundf.
+    """
+    v += np.copysign(_JUST_BELOW_HALF, v)
+    return v.astype(np.int8)  # float -> int conversion truncates toward zero
 
 
 class Q8_0(QuantType, qtype=GGMLQuantizationType.Q8_0):
@@ -27,17 +46,22 @@ class Q8_0(QuantType, qtype=GGMLQuantizationType.Q8_0):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        nrows = rows.shape[0]
-        blocks = as_blocks(rows, 32)
-        amax = np.abs(blocks).max(axis=1)
-        d = amax / F32(127.0)
-        with np.errstate(divide="ignore"):
-            inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-        q = roundf_inplace(blocks * inv[:, None])
-        out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)
-        out[:, 0:2] = half_bytes(d)
-        out[:, 2:] = q.astype(np.int8).view(np.uint8)
-        return out.reshape(nrows, -1)
+        def kernel(part: np.ndarray) -> np.ndarray:
+            # The block maxima come from the transposed layout (fast reductions); the elementwise work
+            # stays in block-major order so the int8 codes need no transposition back.
+            xt = transposed_blocks(part, 32)
+            # + 0.0: fabsf never yields -0.0, np.maximum(+0.0, -0.0) may
+            amax = np.maximum(xt.max(axis=0), -xt.min(axis=0)) + F32(0.0)
+            d = amax / F32(127.0)
+            with np.errstate(divide="ignore"):
+                inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
+            scaled = part.reshape(-1, 32) * inv[:, None]
+            out = np.empty((scaled.shape[0], cls.type_size), dtype=np.uint8)
+            out[:, 0:2] = half_bytes(d)
+            out[:, 2:] = roundf_to_int8(scaled).view(np.uint8)
+            return out.reshape(part.shape[0], -1)
+
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
