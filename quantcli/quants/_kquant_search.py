@@ -246,9 +246,11 @@ def make_qkx_quants(
         # largest |x - min| (x spans [xmin, mx]); degenerate groups are discarded anyway.
         reach = np.maximum(np.abs(mx - minimum), np.abs(xmin - minimum))
         bound = np.where(degenerate, F32(0), np.abs(iscale) * reach)
-        if bool((bound < F32(1 << 21)).all()):
-            return rint_levels(auxf, 0, nmax)
-        auxf[...] = clamped_levels(auxf, 0, nmax)
+        unsafe = np.flatnonzero(~(bound < F32(1 << 21)))  # e.g. subnormal-only groups: iscale = inf
+        literal = clamped_levels(auxf[:, unsafe], 0, nmax) if unsafe.size else None
+        rint_levels(auxf, 0, nmax)
+        if literal is not None:
+            auxf[:, unsafe] = literal
         return auxf
 
     fnmax = F32(nmax)
