@@ -75,6 +75,12 @@ class TensorDecision:
     requires_imatrix: bool = False
 
     @property
+    def fallback_why(self) -> str | None:
+        if not self.fell_back or self.fallback_from is None:
+            return None
+        return f"row {self.ne[0]} not a multiple of {block_size(self.fallback_from)}: {self.fallback_from.name} -> {self.type.name}"
+
+    @property
     def changes(self) -> bool:
         """llama-quantize re-encodes the data only when the type changes (else it copies the bytes)."""
         return self.type != self.src_type
@@ -100,6 +106,7 @@ class TensorDecision:
             "reason": self.reason,
             "fell_back": self.fell_back,
             "fallback_from": None if self.fallback_from is None else self.fallback_from.name,
+            "fallback_why": self.fallback_why,
             "bytes": self.nbytes,
         }
 
@@ -283,7 +290,7 @@ def _decide(
     name, ne = spec.name, spec.ne
     blocked = quantization_block_reason(name, ne, st.model.arch, ov.leave_output_tensor)
     if blocked is not None:
-        return TensorDecision(name, ne, spec.type, spec.type, f"kept {spec.type.name}: {blocked}")
+        return TensorDecision(name, ne, spec.type, spec.type, f"kept: {blocked}")
 
     def finish(new_type: T, reason: str, fell_back: bool = False, src: T | None = None) -> TensorDecision:
         required = (
@@ -321,8 +328,7 @@ def _decide(
         except NoFallback as exc:
             raise Unsupported(f"{name}: {exc}") from None
         st.n_fallback += 1
-        why = f"{reason}; row {ne[0]} not a multiple of {block_size(new_type)}: {new_type.name} -> {fb.name}"
-        return finish(fb, why, True, new_type)
+        return finish(fb, reason, True, new_type)
     return finish(new_type, reason)
 
 

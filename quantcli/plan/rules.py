@@ -102,14 +102,14 @@ def n_dims(ne: tuple[int, ...]) -> int:
 def quantization_block_reason(name: str, ne: tuple[int, ...], arch: str, leave_output_tensor: bool) -> str | None:
     """None if llama-quantize may change this tensor's type, else why not (tensor_allows_quantization)."""
     if n_dims(ne) < 2:
-        return "1-D tensor: never quantized"
+        return "1-D tensor"
     if not name.endswith("weight"):
-        return "not a weight: never quantized"
+        return "not a weight"
     if leave_output_tensor and name == "output.weight":
         return "output.weight: --leave-output-tensor"
     for needle in NEVER_QUANTIZED_SUBSTRINGS:
         if needle in name:
-            return f"'{needle}' tensors are never quantized"
+            return f"'{needle}' is never quantized"
     if name in NEVER_QUANTIZED_NAMES:
         return f"{name} is never quantized"
     if arch == "glm5-next":

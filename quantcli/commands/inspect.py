@@ -1,0 +1,147 @@
+"""`quantcli inspect FILE`: metadata, tensor table, type histogram, size and bits per weight of a GGUF."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from quantcli.console import err
+
+HELP = """Describe a GGUF file: metadata (long arrays summarised), every tensor (name, shape, type, bytes),
+a histogram of tensor types, file size and bits per weight.
+
+Examples:
+
+* `quantcli inspect smol-q4_k_m.gguf`
+* `quantcli inspect smol-q4_k_m.gguf --json | jq .types`
+"""
+
+_ARRAY_PREVIEW = 8
+
+
+def _summarise(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list):
+        if len(value) > _ARRAY_PREVIEW:
+            return {"array_length": len(value), "first": value[:_ARRAY_PREVIEW]}
+        return value
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def describe(path: Path) -> dict[str, Any]:
+    from quantcli.loaders.gguf import GGUFFile
+    from quantcli.plan import n_dims
+
+    with GGUFFile(path) as f:
+        tensors = list(f.tensors.values())
+        n_elements = sum(t.n_elements for t in tensors)
+        tensor_bytes = sum(t.nbytes for t in tensors)
+        types: dict[str, dict[str, int]] = {}
+        for t in tensors:
+            entry = types.setdefault(t.type.name, {"tensors": 0, "elements": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["elements"] += t.n_elements
+            entry["bytes"] += t.nbytes
+        file_type = f.get("general.file_type")
+        doc = {
+            "path": str(path),
+            "gguf_version": f.version,
+            "architecture": f.get("general.architecture"),
+            "name": f.get("general.name"),
+            "file_type": file_type,
+            "file_type_name": _ftype_name(file_type),
+            "alignment": f.alignment,
+            "n_kv": len(f.kv),
+            "n_tensors": len(tensors),
+            "n_elements": n_elements,
+            "tensor_bytes": tensor_bytes,
+            "file_bytes": path.stat().st_size,
+            "bits_per_weight": tensor_bytes * 8.0 / max(1, n_elements),
+            "types": dict(sorted(types.items())),
+            "metadata": {k: _summarise(v.value) for k, v in f.kv.items()},
+            "tensors": [
+                {"name": t.name, "shape": list(t.ne[: n_dims(t.ne)]), "type": t.type.name, "offset": t.offset,
+                 "bytes": t.nbytes}
+                for t in tensors
+            ],
+        }
+        return doc
+
+
+def _ftype_name(value: Any) -> str | None:
+    from quantcli.plan import FTYPES
+
+    if value is None:
+        return None
+    for ft in FTYPES.values():
+        if ft.value == int(value):
+            return ft.name
+    return None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("inspect", help=HELP)
+    def inspect(
+        file: Path = typer.Argument(..., help="GGUF file."),
+        json_out: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
+        all_metadata: bool = typer.Option(False, "--all", help="Also list tokenizer.* keys in the table view."),
+    ) -> None:
+        doc = describe(file)
+        if json_out:
+            print(json.dumps(doc, default=str))
+            return
+        _show(doc, all_metadata)
+
+
+def _show(doc: dict[str, Any], all_metadata: bool) -> None:
+    from rich.table import Table
+
+    meta = Table(title=f"{doc['path']} (GGUF v{doc['gguf_version']})", title_justify="left")
+    meta.add_column("key")
+    meta.add_column("value", overflow="fold")
+    for key, value in doc["metadata"].items():
+        if key.startswith("tokenizer.") and not all_metadata and isinstance(value, dict):
+            value = f"[{value['array_length']} items]"
+        text = json.dumps(value, default=str) if not isinstance(value, str) else value
+        meta.add_row(key, text if len(text) < 200 else text[:197] + "...")
+    _print_wide(meta, 160)
+
+    tensors = Table(title="tensors", title_justify="left")
+    for col in ("name", "shape", "type"):
+        tensors.add_column(col)
+    tensors.add_column("bytes", justify="right")
+    for t in doc["tensors"]:
+        tensors.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}")
+    err.print(tensors)
+
+    hist = Table(title="types", title_justify="left")
+    for col in ("type", "tensors", "elements", "bytes", "bpw"):
+        hist.add_column(col, justify="right" if col != "type" else "left")
+    for name, entry in doc["types"].items():
+        hist.add_row(name, str(entry["tensors"]), f"{entry['elements']:,}", f"{entry['bytes']:,}",
+                     f"{entry['bytes'] * 8 / max(1, entry['elements']):.2f}")
+    err.print(hist)
+    err.print(
+        f"{doc['architecture']} {doc['file_type_name'] or doc['file_type']}: {doc['n_tensors']} tensors, "
+        f"{doc['n_elements']:,} weights, {doc['file_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw"
+    )
+
+
+def _print_wide(renderable: object, width: int) -> None:
+    """Not a terminal (piped, CI): print at `width` columns instead of squeezing into 80."""
+    if err.is_terminal:
+        err.print(renderable)
+        return
+    saved = err.width
+    err.width = width
+    try:
+        err.print(renderable)
+    finally:
+        err.width = saved

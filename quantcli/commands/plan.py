@@ -1,0 +1,114 @@
+"""`quantcli plan SRC --type T|--bits N`: llama-quantize's per-tensor decisions and the output size, no compute."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from quantcli.console import err
+
+HELP = """Show, before any compute, the type llama-quantize would give every tensor for a recipe, why,
+and which tensors need a fallback type (row length not a multiple of the block size), plus totals:
+bytes, bits per weight and the output file size (to the byte for a GGUF source).
+
+SRC is a GGUF file (F32/F16/BF16 weights) or a Hugging Face model directory (planned as the F16 GGUF
+llama.cpp's converter would write, then quantized).
+
+Examples:
+
+* `quantcli plan smol-f16.gguf --type Q4_K_M`
+* `quantcli plan ./SmolLM2-135M --bits 4 --json`
+* `quantcli plan smol-f16.gguf --type Q4_K_M --tensor-type 'attn_v=q8_0' --strict`
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan", help=HELP)
+    def plan(
+        source: Path = typer.Argument(..., help="GGUF file or HF model directory."),
+        qtype: str | None = typer.Option(None, "--type", "-t", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
+        bits: int | None = typer.Option(None, "--bits", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
+        imatrix: str | None = typer.Option(None, "--imatrix", help="Importance matrix (changes some rules)."),
+        include_weights: list[str] = typer.Option([], "--include-weights", help="Use imatrix entries containing this."),
+        exclude_weights: list[str] = typer.Option([], "--exclude-weights", help="Ignore imatrix entries containing this."),
+        output_tensor_type: str | None = typer.Option(None, "--output-tensor-type", help="Type for output.weight."),
+        token_embedding_type: str | None = typer.Option(None, "--token-embedding-type", help="Type for token_embd.weight."),
+        tensor_type: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE (repeatable, first match wins)."),
+        tensor_type_file: Path | None = typer.Option(None, "--tensor-type-file", help="File of REGEX=TYPE entries."),
+        leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Keep output.weight as is."),
+        pure: bool = typer.Option(False, "--pure", help="No k-quant mixture."),
+        strict: bool = typer.Option(False, "--strict", help="Exit 8 if any tensor needs a fallback type."),
+        json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
+    ) -> None:
+        from quantcli.plan.ftypes import resolve_recipe
+        from quantcli.plan.options import build_overrides
+        from quantcli.plan.source import plan_source
+        from quantcli.requantize import load_imatrix_use
+
+        ftype = resolve_recipe(qtype, bits)
+        im = load_imatrix_use(imatrix, include_weights, exclude_weights)
+        overrides = build_overrides(
+            pure=pure,
+            output_tensor_type=output_tensor_type,
+            token_embedding_type=token_embedding_type,
+            tensor_types=tensor_type,
+            tensor_type_file=tensor_type_file,
+            leave_output_tensor=leave_output_tensor,
+            has_imatrix=im is not None and bool(im.imatrix.entries),
+        )
+        planned = plan_source(source, ftype, overrides, im)
+        plan_obj = planned.plan
+        if json_out:
+            doc = {"ok": not (strict and plan_obj.n_fallback), "source": str(source), **plan_obj.to_json()}
+            doc["file_size"] = planned.file_size
+            doc["file_size_exact"] = planned.file_size_exact
+            doc["src_bytes"] = plan_obj.src_tensor_bytes
+            if not (strict and plan_obj.n_fallback):
+                print(json.dumps(doc))
+        else:
+            _show(planned)
+        if strict:
+            plan_obj.refuse_fallbacks()
+
+
+def _show(planned) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    plan = planned.plan
+    table = Table(title=f"{planned.source} -> {plan.recipe.name}", title_justify="left")
+    table.add_column("tensor", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("from")
+    table.add_column("type")
+    table.add_column("bytes", justify="right", no_wrap=True)
+    table.add_column("why")
+    table.add_column("fallback", no_wrap=True)
+    for d in plan.decisions:
+        fallback = f"[yellow]{d.fallback_from.name} -> {d.type.name}[/]" if d.fell_back and d.fallback_from else ""
+        table.add_row(
+            d.name, "x".join(str(n) for n in d.ne), d.src_type.name, d.type.name, f"{d.nbytes:,}", d.reason, fallback
+        )
+    # Not a terminal (piped, CI): do not squeeze the table into 80 columns.
+    _print_wide(table, 200)
+    hist = ", ".join(f"{k} {v}" for k, v in plan.type_histogram().items())
+    size = f"{planned.file_size:,} bytes" + ("" if planned.file_size_exact else " (KV section estimated)")
+    err.print(
+        f"{len(plan.decisions)} tensors ({hist}); {plan.n_fallback} fallback(s); {plan.n_elements:,} weights; "
+        f"tensor data {plan.src_tensor_bytes:,} -> {plan.tensor_bytes:,} bytes, {plan.bits_per_weight:.2f} bpw; "
+        f"file {size}"
+    )
+
+
+def _print_wide(renderable: object, width: int) -> None:
+    """Not a terminal (piped, CI): print at `width` columns instead of squeezing into 80."""
+    if err.is_terminal:
+        err.print(renderable)
+        return
+    saved = err.width
+    err.width = width
+    try:
+        err.print(renderable)
+    finally:
+        err.width = saved
