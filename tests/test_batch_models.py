@@ -1,16 +1,17 @@
 """Tiny random llama checkpoints and an on-disk Hugging Face hub cache, for the batch and hub tests.
 
 `tiny_llama(dir, seed)` writes an HF-style BF16 LlamaForCausalLM (hidden 64, 2 layers, tied embeddings)
-with SmolLM2's tokenizer files (taken from the SmolLM2 fixture, so the converter recognises the
-pre-tokenizer); `hub_cache(hf_home, repo, files)` lays files out exactly as huggingface_hub stores them
-(models--org--name/{blobs,refs/main,snapshots/<commit>/...}).
+with a 320-piece SentencePiece tokenizer trained here in ~30 ms (the converter's SPM path needs no
+pre-tokenizer hash), so a conversion takes ~0.1 s and needs no fixture; `hub_cache(hf_home, repo, files)`
+lays files out exactly as huggingface_hub stores them (models--org--name/{blobs,refs/main,snapshots/...}).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
-import shutil
 from pathlib import Path
 
 import ml_dtypes
@@ -18,8 +19,26 @@ import numpy as np
 
 from quantcli.loaders import open_checkpoint
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TINY = {"hidden": 64, "ffn": 128, "layers": 2, "heads": 2, "kv_heads": 1}
+SPM_VOCAB = 320
+_SPM_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Quantization maps weights to a few bits per value, block by block.",
+    "hello world 0123456789, llama.cpp and GGUF files!",
+]
+
+
+@functools.cache
+def spm_model() -> bytes:
+    """A small byte-fallback BPE SentencePiece model (single-threaded training: same bytes every time)."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_SPM_TEXT * 50), model_writer=buf, vocab_size=SPM_VOCAB, model_type="bpe",
+        num_threads=1, byte_fallback=True, character_coverage=1.0, minloglevel=2,
+    )
+    return buf.getvalue()
 
 
 def tiny_llama_config(vocab: int, architecture: str = "LlamaForCausalLM") -> dict[str, object]:
@@ -61,12 +80,11 @@ def write_bf16_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
             fh.write(data)
 
 
-def tiny_llama(directory: Path, tokenizer_dir: Path, seed: int, architecture: str = "LlamaForCausalLM") -> Path:
+def tiny_llama(directory: Path, seed: int, architecture: str = "LlamaForCausalLM") -> Path:
     """A random BF16 llama checkpoint in `directory` (created), deterministic for a given seed."""
     directory.mkdir(parents=True)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(tokenizer_dir / name, directory / name)
-    vocab = len(json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
+    (directory / "tokenizer.model").write_bytes(spm_model())
+    vocab = SPM_VOCAB
     hidden, ffn, heads, kv = TINY["hidden"], TINY["ffn"], TINY["heads"], TINY["kv_heads"]
     head_dim = hidden // heads
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
@@ -122,18 +140,13 @@ def hub_cache(hf_home: Path, repo: str, files: dict[str, Path | bytes], commit: 
 
 
 def test_tiny_llama_is_a_valid_checkpoint(tmp_path: Path) -> None:
-    tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {f"t{i}": i for i in range(100)}}}))
-    for name in TOKENIZER_FILES[1:]:
-        (tok / name).write_text("{}")
-    model = tiny_llama(tmp_path / "m", tok, seed=1)
+    model = tiny_llama(tmp_path / "m", seed=1)
     with open_checkpoint(model) as ckpt:
         assert ckpt.architecture == "LlamaForCausalLM"
-        assert ckpt.tensor_info("model.embed_tokens.weight").shape == (100, 64)
+        assert ckpt.tensor_info("model.embed_tokens.weight").shape == (SPM_VOCAB, 64)
         assert len(ckpt.tensor_names()) == 2 + 9 * 2
         assert ckpt.read("model.norm.weight").dtype == ml_dtypes.bfloat16
-    again = tiny_llama(tmp_path / "m2", tok, seed=1)
+    again = tiny_llama(tmp_path / "m2", seed=1)
     assert (again / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
-    other = tiny_llama(tmp_path / "m3", tok, seed=2)
+    other = tiny_llama(tmp_path / "m3", seed=2)
     assert (other / "model.safetensors").read_bytes() != (model / "model.safetensors").read_bytes()
