@@ -26,8 +26,8 @@ class ArchTraits:
     attn_scale_rule: str = "head_dim"  # "head_dim": 1/sqrt(head_dim); "gemma3": 27B uses n_embd/n_head
 
 
-# The runtime's reading of llama.cpp for the architectures we convert. quantcli/arch owns the conversion
-# tables; when it grows a `runtime_traits` entry point this table is only the fallback (see arch_traits).
+# Only used when quantcli/arch cannot be imported (the tables there are the source of truth); kept equal
+# to them by tests/test_runtime.py.
 _FALLBACK_TRAITS: dict[str, ArchTraits] = {
     "llama": ArchTraits(rope_neox=False),
     "mistral": ArchTraits(rope_neox=False),
@@ -45,23 +45,39 @@ _FALLBACK_TRAITS: dict[str, ArchTraits] = {
 
 
 def arch_traits(arch: str) -> ArchTraits:
-    try:
-        from quantcli import arch as arch_tables  # written by convert-core
-
-        lookup = getattr(arch_tables, "runtime_traits", None)
-        if lookup is not None:
-            found = lookup(arch)
-            if found is not None:
-                return found if isinstance(found, ArchTraits) else ArchTraits(**dict(found))
-    except ImportError:
-        pass
-    try:
+    """Traits for a GGUF architecture name, from the quantcli/arch table whose gguf_arch matches."""
+    tables = _arch_tables_traits()
+    if arch in tables:
+        return tables[arch]
+    if arch in _FALLBACK_TRAITS:
         return _FALLBACK_TRAITS[arch]
-    except KeyError:
-        supported = ", ".join(sorted(_FALLBACK_TRAITS))
-        raise Unsupported(
-            f"the runtime does not support architecture {arch!r} (supported: {supported})"
-        ) from None
+    supported = ", ".join(sorted(set(tables) | set(_FALLBACK_TRAITS)))
+    raise Unsupported(f"the runtime does not support architecture {arch!r} (supported: {supported})")
+
+
+def _arch_tables_traits() -> dict[str, ArchTraits]:
+    try:
+        from quantcli.arch import get_arch, supported_architectures
+    except ImportError:
+        return {}
+    out: dict[str, ArchTraits] = {}
+    for hf_name in supported_architectures():
+        spec = get_arch({"architectures": [hf_name]})
+        rt = spec.runtime
+        if rt.norm != "rms":
+            continue  # not a graph this runtime implements
+        out.setdefault(
+            spec.gguf_arch,
+            ArchTraits(
+                rope_neox=rt.rope_style == "neox",
+                activation="gelu" if rt.activation.startswith("gelu") else "silu",
+                embed_scale_sqrt_n_embd=rt.embedding_scale == "sqrt_hidden",
+                swa_pattern_default=int(rt.sliding_window_pattern or 0),
+                # the 27B query_pre_attn_scalar rule is not in the tables (llama.cpp keys it on n_layer)
+                attn_scale_rule="gemma3" if spec.gguf_arch == "gemma3" else "head_dim",
+            ),
+        )
+    return out
 
 
 @dataclass
