@@ -147,45 +147,73 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None) -> tu
     return scale, codes
 
 
+def refine_levels(
+    x: np.ndarray,
+    w: np.ndarray,
+    levels: np.ndarray,
+    sumlx: np.ndarray,
+    suml2: np.ndarray,
+    lo: int | None,
+    hi: int,
+    unsigned_store: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml's up to 5 coordinate-descent passes of make_q3_quants (unsigned_store=False) and make_qp_quants
+    (unsigned_store=True: levels live in uint8, clamped from above only, and `sl2 > 0` is required before
+    proposing instead of after).
+
+    Each pass visits the elements in order and re-picks level i as nearest_int(x*sl2/slx) from the sums
+    without it, keeping it only if it raises sumlx^2/suml2; the sums update immediately. A group whose pass
+    changed nothing is at a fixed point (a further pass would recompute the same values), so after each
+    pass only the groups that changed are carried on: equal to ggml's per-group early exit, and cheap.
+    """
+    n = x.shape[0]
+    wx = w * x
+    active = np.arange(x.shape[1])
+    xa, wa, wxa, la, sx, s2 = x, w, wx, levels.copy(), sumlx.copy(), suml2.copy()
+    with np.errstate(all="ignore"):
+        for _ in range(5):
+            lfa = la.astype(F32)
+            changed = np.zeros(active.size, dtype=bool)
+            for i in range(n):
+                li = lfa[i]
+                slx = sx - wxa[i] * li
+                sl2 = s2 - (wa[i] * li) * li
+                new = clamped_levels((xa[i] * sl2) / slx, lo, hi)
+                newf = new.astype(F32)
+                slx_new = slx + wxa[i] * newf
+                sl2_new = sl2 + (wa[i] * newf) * newf
+                accept = (slx > 0) & (new != la[i]) & ((slx_new * slx_new) * s2 > (sx * sx) * sl2_new)
+                accept &= (sl2 > 0) if unsigned_store else (sl2_new > 0)
+                if accept.any():
+                    stored = (new & 0xFF) if unsigned_store else new
+                    la[i] = np.where(accept, stored, la[i])
+                    lfa[i] = la[i].astype(F32)
+                    sx = np.where(accept, slx_new, sx)
+                    s2 = np.where(accept, sl2_new, s2)
+                    changed |= accept
+            levels[:, active] = la
+            sumlx[active] = sx
+            suml2[active] = s2
+            if not changed.any():
+                break
+            keep = np.flatnonzero(changed)
+            active = active[keep]
+            xa, wa, wxa, la, sx, s2 = xa[:, keep], wa[:, keep], wxa[:, keep], la[:, keep], sx[keep], s2[keep]
+    return levels, sumlx, suml2
+
+
 def make_q3_quants(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """make_q3_quants(n, nmax, x, L, do_rmse=true) (Q3_K reference). Returns (scale (B,), L (n, B) codes)."""
-    n = x.shape[0]
     amax, vmax = signed_absmax(x)
     zero = amax < GROUP_MAX_EPS
     w = x * x
-    wx = w * x
     with np.errstate(all="ignore"):
         iscale = F32(-nmax) / vmax
         lev = clamped_levels(iscale * x, -nmax, nmax - 1)
         lf = lev.astype(F32)
-        sumlx = seq_sum(wx * lf)
+        sumlx = seq_sum((w * x) * lf)
         suml2 = seq_sum((w * lf) * lf)
-        # A group whose pass changed nothing is at a fixed point, so further passes on it are no-ops:
-        # running all groups until none changes equals ggml's per-group early exit.
-        for _ in range(5):
-            changed = np.zeros(x.shape[1:], dtype=bool)
-            for i in range(n):
-                li = lf[i]
-                slx = sumlx - wx[i] * li
-                sl2 = suml2 - (w[i] * li) * li
-                new = clamped_levels((x[i] * sl2) / slx, -nmax, nmax - 1)
-                newf = new.astype(F32)
-                slx_new = slx + wx[i] * newf
-                sl2_new = sl2 + (w[i] * newf) * newf
-                accept = (
-                    (slx > 0)
-                    & (new != lev[i])
-                    & (sl2_new > 0)
-                    & ((slx_new * slx_new) * suml2 > (sumlx * sumlx) * sl2_new)
-                )
-                if accept.any():
-                    lev[i] = np.where(accept, new, lev[i])
-                    lf[i] = np.where(accept, newf, li)
-                    sumlx = np.where(accept, slx_new, sumlx)
-                    suml2 = np.where(accept, sl2_new, suml2)
-                    changed |= accept
-            if not changed.any():
-                break
+        lev, sumlx, suml2 = refine_levels(x, w, lev, sumlx, suml2, -nmax, nmax - 1, unsigned_store=False)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     codes = np.where(zero, 0, lev + nmax)
     scale = np.where(zero, F32(0), scale).astype(F32)
@@ -304,7 +332,6 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
 
     Returns (scale (B,), L (n, B) int32 holding the uint8 values ggml stores, i.e. wrapped mod 256).
     """
-    n = x.shape[0]
     mx = np.zeros(x.shape[1:], dtype=F32)
     for xi in x:
         mx = np.where(mx > xi, mx, xi)  # MAX(max, x[i])
@@ -332,32 +359,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
         lf = lev.astype(F32)
         sumlx = seq_sum(wx * lf)
         suml2 = seq_sum((qw * lf) * lf)
-        stored = lev & 0xFF
-        stored_f = stored.astype(F32)
-        for _ in range(5):
-            changed = np.zeros(x.shape[1:], dtype=bool)
-            for i in range(n):
-                li = stored_f[i]
-                slx = sumlx - wx[i] * li
-                sl2 = suml2 - (qw[i] * li) * li
-                new = clamped_levels((x[i] * sl2) / slx, None, nmax)
-                newf = new.astype(F32)
-                slx_new = slx + wx[i] * newf
-                sl2_new = sl2 + (qw[i] * newf) * newf
-                accept = (
-                    (slx > 0)
-                    & (sl2 > 0)
-                    & (new != stored[i])
-                    & ((slx_new * slx_new) * suml2 > (sumlx * sumlx) * sl2_new)
-                )
-                if accept.any():
-                    stored[i] = np.where(accept, new & 0xFF, stored[i])
-                    stored_f[i] = stored[i].astype(F32)
-                    sumlx = np.where(accept, slx_new, sumlx)
-                    suml2 = np.where(accept, sl2_new, suml2)
-                    changed |= accept
-            if not changed.any():
-                break
+        stored, sumlx, suml2 = refine_levels(x, qw, lev & 0xFF, sumlx, suml2, None, nmax, unsigned_store=True)
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     stored = np.where(zero, 0, stored)
     scale = np.where(zero, F32(0), scale).astype(F32)
