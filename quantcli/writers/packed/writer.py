@@ -14,7 +14,7 @@ import numpy as np
 from quantcli.atomic import atomic_dir
 from quantcli.console import peak_rss_bytes
 from quantcli.loaders import Checkpoint
-from quantcli.writers.packed.base import PackedFormat, Scheme
+from quantcli.writers.packed.base import MODEL_DTYPES, PackedFormat, Scheme
 from quantcli.writers.safetensors import PlannedTensor, SafetensorsStreamWriter
 
 # Small files copied next to the weights (tokenizer, generation settings, chat template).
@@ -37,6 +37,11 @@ def packed_names(fmt: type[PackedFormat], module: str, shape: tuple[int, ...], s
         PlannedTensor(f"{module}.{suffix}", dtype, shp)
         for suffix, (dtype, shp) in fmt.layout(shape[0], shape[1], scheme).items()
     ]
+
+
+def _kept_dtype(dtype: np.dtype, scheme: Scheme) -> np.dtype:
+    """Unquantized float tensors are stored in the scheme's model dtype (GPTQ models run in float16)."""
+    return np.dtype(scheme.np_dtype) if np.dtype(dtype).kind == "f" or dtype == MODEL_DTYPES["bfloat16"] else np.dtype(dtype)
 
 
 def write_packed(
@@ -63,7 +68,7 @@ def write_packed(
         if n in linear:
             plan.append((n, packed_names(fmt, n.removesuffix(".weight"), info.shape, scheme)))
         else:
-            plan.append((n, [PlannedTensor(n, np.dtype(ckpt.read(n).dtype), info.shape)]))
+            plan.append((n, [PlannedTensor(n, _kept_dtype(ckpt.read(n).dtype, scheme), info.shape)]))
 
     shards: list[list[tuple[str, list[PlannedTensor]]]] = [[]]
     size = 0
@@ -91,7 +96,8 @@ def write_packed(
                             writer.write(t.name, tensors[t.name.removeprefix(module + ".")])
                         counts["quantized"] += 1
                     else:
-                        writer.write(src, np.asarray(ckpt.read(src)))
+                        kept = np.asarray(ckpt.read(src))
+                        writer.write(src, kept.astype(_kept_dtype(kept.dtype, scheme), copy=False))
                         counts["kept"] += 1
                     for t in targets:
                         weight_map[t.name] = fname
@@ -105,6 +111,7 @@ def write_packed(
         config = dict(ckpt.config)
         config.pop("quantization_config", None)
         config.pop("quantization", None)
+        config["torch_dtype"] = scheme.dtype  # the dtype scales and kept tensors are stored in
         config.update(fmt.config(scheme, ["lm_head"]))  # the only Linear we never quantize
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for f in sorted(ckpt.directory.iterdir()):
