@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import make_tiny_llama
 
 from quantcli.loaders import open_checkpoint
 from quantcli.writers.packed import Scheme, get_format
 from quantcli.writers.packed.writer import write_packed
-from tiny_models import make_tiny_llama
 
 pytestmark = pytest.mark.slow
 PROMPT = [[1, 17, 42, 99, 255, 3, 77, 500]]
