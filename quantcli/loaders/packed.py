@@ -1,0 +1,107 @@
+"""Read packed safetensors (compressed-tensors, MLX, GPTQ v1) back as an ordinary checkpoint.
+
+Each quantized Linear's packed tensors are replaced by `<module>.weight`, dequantized on read exactly as
+the format's client does (values in the model dtype). Everything downstream (conversion to GGUF, the
+runtime) then sees a plain HF checkpoint, as llama.cpp's converter does for these formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantcli.loaders.hf import Checkpoint
+from quantcli.loaders.safetensors import TensorInfo
+from quantcli.writers.packed import PackedFormat, Scheme, detect_format
+
+_ST_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+
+class PackedCheckpoint:
+    """A `Checkpoint` look-alike whose quantized modules read as dequantized `.weight` tensors."""
+
+    def __init__(self, inner: Checkpoint, fmt: type[PackedFormat], scheme: Scheme) -> None:
+        self.inner = inner
+        self.fmt = fmt
+        self.scheme = scheme
+        self.directory: Path = inner.directory
+        self.config: dict[str, Any] = {
+            k: v for k, v in inner.config.items() if k not in ("quantization_config", "quantization")
+        }
+        names = inner.tensor_names()
+        present = set(names)
+        self._modules: dict[str, list[str]] = {}  # dequantized weight name -> its packed tensors
+        self._order: list[str] = []
+        for name in names:
+            module = name.rsplit(".", 1)[0]
+            if fmt.is_quantized(module, present):
+                weight = f"{module}.weight"
+                if weight not in self._modules:
+                    self._modules[weight] = []
+                    self._order.append(weight)
+                self._modules[weight].append(name)
+            else:
+                self._order.append(name)
+
+    @property
+    def architecture(self) -> str | None:
+        return self.inner.architecture
+
+    def tensor_names(self) -> list[str]:
+        return list(self._order)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._modules or (name in self.inner and name in self._order)
+
+    def _parts(self, weight: str) -> dict[str, np.ndarray]:
+        module = weight.removesuffix(".weight")
+        return {n.removeprefix(module + "."): self.inner.read(n) for n in self._modules[weight]}
+
+    def tensor_info(self, name: str) -> TensorInfo:
+        if name not in self._modules:
+            return self.inner.tensor_info(name)
+        parts = {n.removeprefix(name.removesuffix(".weight") + "."): self.inner.tensor_info(n) for n in self._modules[name]}
+        first = next(iter(parts.values()))
+        out, n = _logical_shape(self.fmt, parts, self.scheme)
+        dtype = _ST_DTYPE[self.scheme.dtype]
+        return replace(first, name=name, dtype=dtype, shape=(out, n), nbytes=out * n * 2 if dtype != "F32" else out * n * 4)
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._modules:
+            return self.inner.read(name)
+        weight = self.fmt.dequantize(self._parts(name), self.scheme)
+        return weight.astype(self.scheme.np_dtype)
+
+    def total_bytes(self) -> int:
+        return sum(self.tensor_info(n).nbytes for n in self._order)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> PackedCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _logical_shape(fmt: type[PackedFormat], parts: dict[str, TensorInfo], scheme: Scheme) -> tuple[int, int]:
+    """(out, in) of the dequantized weight, from the packed tensors' shapes alone (no data read)."""
+    if fmt.name == "gptq":
+        groups, out = parts["scales"].shape
+        return out, groups * scheme.group_size
+    scales = parts["weight_scale"] if "weight_scale" in parts else parts["scales"]
+    out, groups = scales.shape
+    return out, groups * scheme.group_size
+
+
+def maybe_packed(ckpt: Checkpoint) -> Checkpoint | PackedCheckpoint:
+    """Wrap `ckpt` when its config declares one of the packed formats we read; otherwise return it as is."""
+    found = detect_format(ckpt.config)
+    if found is None:
+        return ckpt
+    fmt, scheme = found
+    return PackedCheckpoint(ckpt, fmt, scheme)
