@@ -135,6 +135,26 @@ def test_quantize_matches_ggml(ggml, qtype, ncols, native, imatrix_kind):
 
 @pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
+@pytest.mark.parametrize("kind", ["all_zero", "sparse", "tiny", "huge", "signed"])
+def test_degenerate_imatrix(ggml, qtype, native, kind):
+    """Importance matrices real files can hold (unused columns, extreme ranges) and one that is invalid
+    (negative values, which ggml does not reject): same bytes as ggml, no NaN leaking into the decisions."""
+    rng = np.random.default_rng(21)
+    im = {
+        "all_zero": np.zeros(1024),
+        "sparse": np.where(rng.random(1024) < 0.05, 1.0, 0.0),
+        "tiny": np.full(1024, 1e-30),
+        "huge": np.exp(rng.uniform(60.0, 68.0, 1024)),
+        "signed": rng.standard_normal(1024),
+    }[kind].astype(np.float32)
+    x = make_rows(1024, seed=23)
+    with np.errstate(all="ignore"):
+        ours = quantize(x, qtype, im, use_native=native)
+    assert_same_bytes(ours, ggml.quantize(int(qtype), x, im), qtype, f"imatrix {kind}")
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
 def test_imatrix_changes_result(ggml, qtype, native):
     """The imatrix path really is a different algorithm (guards against silently ignoring it)."""
     x = make_rows(1024, seed=3)[:8]
