@@ -87,7 +87,7 @@ def iq4_block_scales(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
 
 def requantize(xt: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Final indices (32, B): best_index(x * (scale ? 1/scale : 0)) with the unrounded float scale."""
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         inv = np.where(scale != 0, F32(1.0) / scale, F32(0.0)).astype(F32)
     return best_index_iq4(xt * inv[None, :])
 

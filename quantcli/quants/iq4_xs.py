@@ -40,7 +40,7 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
         max_scale = scales[np.arange(scales.shape[0]), first]
         max_scale = np.where(abs_s.max(axis=1) > 0, max_scale, F32(0.0)).astype(F32)
         d = (-max_scale) / F32(32)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):
             inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
             codes = np.clip(np.rint(inv[:, None] * scales), F32(-32), F32(31))  # nearest_int, in range
         sub_scale = (d[:, None] * codes).reshape(-1)  # dl = d * l with the unrounded d

@@ -78,4 +78,5 @@ class MXFP4(QuantType, qtype=GGMLQuantizationType.MXFP4):
         blocks = data.reshape(-1, cls.type_size)
         d = e8m0_to_fp32_half(blocks[:, 0])[:, None]
         q = _KV_F32[unpack_nibbles(blocks[:, 1:])]
-        return (q * d).reshape(data.shape[0], ncols)
+        with np.errstate(over="ignore"):  # e = 255 and |q| >= 2 overflow to inf, as in C
+            return (q * d).reshape(data.shape[0], ncols)

@@ -100,6 +100,17 @@ def fix_zero_sign(values: np.ndarray, xt: np.ndarray) -> np.ndarray:
     return values
 
 
+def zero_codes_where_inverse_overflows(codes: np.ndarray, inv: np.ndarray, fill: int = 0) -> np.ndarray:
+    """A scale below ~2^-128 has an infinite float32 inverse; the C code then converts ±inf/NaN to an
+    integer, which x86-64 GCC does with cvttss2si (result 0x80000000, low byte 0): every code of such a
+    block is `fill` (0 for the (int8_t)/(uint8_t) casts). NumPy's cast of inf/NaN is undefined, so the
+    codes of those (transposed) blocks are set explicitly."""
+    overflow = ~np.isfinite(inv)
+    if overflow.any():
+        codes[:, overflow] = fill
+    return codes
+
+
 def half_bytes(values: np.ndarray) -> np.ndarray:
     """float32 (n,) -> (n, 2) uint8: the little-endian fp16 (RNE, == GGML_FP32_TO_FP16 for non-NaN)."""
     return np.ascontiguousarray(values, dtype=F32).astype("<f2").view(np.uint8).reshape(-1, 2)
@@ -202,12 +213,13 @@ def absmax_ref_codes(xt: np.ndarray, divisor: float, offset: float, top: int) ->
     """
     _, vmax = signed_absmax(xt)
     d = vmax / F32(divisor)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
     # x*id + offset is >= 0 here, so the float->int8 truncation is a truncation toward zero.
-    np.multiply(xt, inv[None, :], out=xt)
-    xt += F32(offset)
-    q = xt.astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        np.multiply(xt, inv[None, :], out=xt)
+        xt += F32(offset)
+        q = zero_codes_where_inverse_overflows(xt.astype(np.uint8), inv)
     np.minimum(q, np.uint8(top), out=q)
     return d.astype(F32), q
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from quantcli.quants._common import nearest_int
 from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
@@ -22,6 +23,7 @@ from quantcli.quants.q4_0 import (
     seq_sum,
     transposed_blocks,
     unpack_nibbles,
+    zero_codes_where_inverse_overflows,
 )
 
 
@@ -36,12 +38,13 @@ def minmax_ref_codes(xt: np.ndarray, nmax: int, clamp: bool) -> tuple[np.ndarray
     """quantize_row_q4_1_ref / q5_1_ref: d = (max-min)/nmax, q = (uint)((x-min)*id + 0.5), in place on xt."""
     mn, mx = first_min_max(xt)
     d = (mx - mn) / F32(nmax)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-    xt -= mn[None, :]
-    xt *= inv[None, :]
-    xt += F32(0.5)
-    q = xt.astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        xt -= mn[None, :]
+        xt *= inv[None, :]
+        xt += F32(0.5)
+        q = zero_codes_where_inverse_overflows(xt.astype(np.uint8), inv)
     if clamp:
         np.minimum(q, np.uint8(nmax), out=q)
     return d.astype(F32), mn, q
@@ -64,7 +67,12 @@ def make_qkx3_quants(
     fnmax = F32(nmax)
 
     def levels(iscale: np.ndarray, cur_min: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(iscale[None, :] * (xt - cur_min[None, :])), F32(0), fnmax)
+        scaled = iscale[None, :] * (xt - cur_min[None, :])
+        lv = np.rint(scaled)  # == nearest_int while |scaled| < 2^22, i.e. whenever iscale is finite
+        overflow = ~np.isfinite(iscale)  # max - min below ~2^-126: replicate the bit trick on inf/NaN
+        if overflow.any():
+            lv[:, overflow] = nearest_int(scaled[:, overflow]).astype(F32)
+        return np.clip(lv, F32(0), fnmax)
 
     def sq_error(scale: np.ndarray, cur_min: np.ndarray, lv: np.ndarray) -> np.ndarray:
         diff = (scale[None, :] * lv + cur_min[None, :]) - xt

@@ -6,7 +6,14 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.base import QuantType
-from quantcli.quants.q4_0 import F32, half_bytes, in_row_slices, read_half, transposed_blocks
+from quantcli.quants.q4_0 import (
+    F32,
+    half_bytes,
+    in_row_slices,
+    read_half,
+    transposed_blocks,
+    zero_codes_where_inverse_overflows,
+)
 
 
 def roundf_inplace(v: np.ndarray) -> np.ndarray:
@@ -53,12 +60,15 @@ class Q8_0(QuantType, qtype=GGMLQuantizationType.Q8_0):
             # + 0.0: fabsf never yields -0.0, np.maximum(+0.0, -0.0) may
             amax = np.maximum(xt.max(axis=0), -xt.min(axis=0)) + F32(0.0)
             d = amax / F32(127.0)
-            with np.errstate(divide="ignore"):
+            with np.errstate(divide="ignore", over="ignore"):
                 inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-            scaled = part.reshape(-1, 32) * inv[:, None]
+            with np.errstate(invalid="ignore"):  # 0 * inf in blocks whose inverse overflowed
+                scaled = part.reshape(-1, 32) * inv[:, None]
             out = np.empty((scaled.shape[0], cls.type_size), dtype=np.uint8)
             out[:, 0:2] = half_bytes(d)
-            out[:, 2:] = roundf_to_int8(scaled).view(np.uint8)
+            with np.errstate(invalid="ignore"):
+                codes = roundf_to_int8(scaled).view(np.uint8)
+            out[:, 2:] = zero_codes_where_inverse_overflows(codes.T, inv).T
             return out.reshape(part.shape[0], -1)
 
         return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)

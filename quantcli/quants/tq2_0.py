@@ -6,17 +6,20 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.base import QuantType
-from quantcli.quants.q4_0 import F32, as_blocks, half_bytes, read_half
+from quantcli.quants.q4_0 import F32, as_blocks, half_bytes, read_half, zero_codes_where_inverse_overflows
 from quantcli.quants.q8_0 import roundf_inplace
 
 
 def ternary_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TQ1_0/TQ2_0: d = amax, trit = lroundf(x * (d ? 1/d : 0)) + 1 in {0, 1, 2} -> (d, uint8 codes)."""
     d = np.abs(blocks).max(axis=1)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-    trits = roundf_inplace(blocks * inv[:, None]) + F32(1.0)
-    return d.astype(F32), trits.astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        trits = (roundf_inplace(blocks * inv[:, None]) + F32(1.0)).astype(np.uint8)
+    # amax below 2^-128: 1/d is inf and C's lroundf(±inf or NaN) + 1 is (LONG_MIN + 1) truncated = 1 on
+    # x86-64 glibc, i.e. the zero trit for every element (NumPy's inf->int cast is undefined).
+    return d.astype(F32), zero_codes_where_inverse_overflows(trits.T, inv, fill=1).T
 
 
 class TQ2_0(QuantType, qtype=GGMLQuantizationType.TQ2_0):
