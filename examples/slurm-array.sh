@@ -23,7 +23,7 @@ task=${SLURM_ARRAY_TASK_ID:?run me with sbatch --array=...}
 quantcli=${QUANTCLI:-quantcli}
 
 # The task's line among the non-comment, non-blank lines (1-based, like the array index).
-line=$(sed -e 's/#.*//' "$models" | grep -Ev '^[[:space:]]*$' | sed -n "${task}p")
+line=$(sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$models" | grep -Ev '^[[:space:]]*$' | sed -n "${task}p")
 if [[ -z $line ]]; then
   echo "no line $task in $models" >&2
   exit 2

@@ -20,8 +20,9 @@ quantcli=${QUANTCLI:-quantcli}          # e.g. QUANTCLI="python -m quantcli" in 
 threads=$(( $(nproc) / parallel ))
 (( threads >= 1 )) || threads=1
 
-# sed strips trailing comments; the sh -c body gets SOURCE TYPE OUTPUT as $1 $2 $3.
-sed -e 's/#.*//' "$models" | grep -Ev '^[[:space:]]*$' |
+# sed strips comments and trailing blanks (xargs -L would join a line ending in a blank with the next);
+# the sh -c body gets SOURCE TYPE OUTPUT as $1 $2 $3.
+sed -e 's/#.*//' -e 's/[[:space:]]*$//' "$models" | grep -Ev '^[[:space:]]*$' |
   xargs -P "$parallel" -L 1 sh -c '
     test -e "$3" && { echo "{\"ok\": true, \"status\": \"skipped\", \"output\": \"$3\"}"; exit 0; }
     mkdir -p "$(dirname "$3")"
