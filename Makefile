@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .cache/install.stamp
 
-.PHONY: install install-ref demo test test-fast lint bench fixture llamacpp clean
+.PHONY: install install-ref install-clients demo test test-fast lint bench fixture llamacpp clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PIP) install --quiet -e '.[dev]'
@@ -13,9 +13,19 @@ install: $(STAMP)
 
 # Reference tools for the tests: llama.cpp built from the llama-cpp-python sdist, torch (CPU build on
 # disk, pinned) and transformers for llama.cpp's own convert_hf_to_gguf.py.
-install-ref: install
-	$(PIP) install --quiet 'torch==2.13.0' 'transformers>=4.46,<5' 'protobuf>=4.21'
+CONSTRAINTS := .cache/constraints.txt
+$(CONSTRAINTS):
+	@mkdir -p .cache && echo 'torch==2.13.0' > $(CONSTRAINTS)
+
+install-ref: install $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) 'torch==2.13.0' 'transformers==5.23.0' 'protobuf>=4.21'
 	bash scripts/build_llamacpp.sh
+
+# The packed formats' real clients (tests/test_packed_clients.py) and Ray for the batch tests.
+# torch stays pinned to the CPU build: an unpinned resolver would pull CUDA wheels.
+install-clients: install-ref
+	$(PIP) install --quiet -c $(CONSTRAINTS) 'compressed-tensors==0.20.0' 'mlx[cpu]==0.32.4' 'mlx-lm==0.32.2' \
+		'optimum==2.3.0' 'gptqmodel==7.6.0' 'ray==2.60.0'
 
 fixture: install
 	$(PYTHON) scripts/make_smollm2_fixture.py
@@ -24,7 +34,7 @@ demo: install fixture
 	$(PYTHON) -m quantcli convert "$$($(PYTHON) scripts/make_smollm2_fixture.py --print-path)" \
 		--type q8_0 -o out/SmolLM2-135M-Q8_0.gguf --force
 
-test: install-ref fixture
+test: install-clients fixture
 	$(PYTHON) -m pytest -q -ra
 
 test-fast: install
