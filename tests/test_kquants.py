@@ -190,6 +190,20 @@ def test_dequantize_arbitrary_blocks(ggml, qtype):
     np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
 
 
+@pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
+def test_row_pieces(ggml, qtype, monkeypatch):
+    """The NumPy path splits a chunk into row pieces; uneven pieces must not change a byte."""
+    from quantcli.quants import _kquant_search
+
+    monkeypatch.setattr(_kquant_search, "PIECE_ELEMENTS", 3 * 256)  # 3 rows of 256 per piece: 3+3+3+...+rest
+    x = make_rows(256, seed=31)
+    assert x.shape[0] % 3 != 0
+    im = make_imatrix(256, seed=32)
+    for imatrix in (None, im):
+        ours = quantize(x, qtype, imatrix, use_native=False)
+        assert_same_bytes(ours, ggml.quantize(int(qtype), x, imatrix), qtype, f"pieces imatrix={imatrix is not None}")
+
+
 @pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
 def test_3d_expert_imatrix_slicing(ggml, qtype, native):
