@@ -34,15 +34,12 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def build_synthetic_gguf(
-    path: Path, *, seed: int = 0, tied: bool = False, n_layer: int | None = None, dtype: str = "f16",
-    n_embd: int | None = None,
-) -> Path:
+def build_synthetic_gguf(path: Path, *, seed: int = 0, tied: bool = False, dtype: str = "f16", **sizes: int) -> Path:
+    """`sizes` overrides SYNTH (n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab); dtype f16 or f32."""
     cfg = dict(SYNTH)
-    if n_layer is not None:
-        cfg["n_layer"] = n_layer
-    if n_embd is not None:
-        cfg["n_embd"] = n_embd
+    unknown = set(sizes) - set(cfg)
+    assert not unknown, f"unknown sizes {unknown}"
+    cfg.update(sizes)
     rng = np.random.default_rng(seed)
     n_embd, n_ff, n_vocab = cfg["n_embd"], cfg["n_ff"], cfg["n_vocab"]
     head_dim = n_embd // cfg["n_head"]
@@ -58,7 +55,7 @@ def build_synthetic_gguf(
     w.add_head_count_kv(cfg["n_head_kv"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
-    w.add_file_type(1 if dtype == "f16" else 32)
+    w.add_file_type(1 if dtype == "f16" else 0)
     w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")

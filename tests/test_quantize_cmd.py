@@ -1,0 +1,201 @@
+"""`quantcli quantize` == `llama-quantize`, byte for byte (sha256), for every recipe we offer.
+
+Models: the synthetic 16-layer llama of test_plan_synthetic (rows multiples of 256, every layer-position
+rule), a smaller 8-layer one for the slow NumPy IQ4 quantizers, and SmolLM2-135M (row 576: fallbacks,
+tied embeddings) converted to F16 by llama.cpp's own convert_hf_to_gguf.py; imatrix files come from
+llama-imatrix on a small text. Time budget: ~2-3 minutes on 2 cores, so SmolLM2 runs only a subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_plan_synthetic import build_synthetic_gguf
+
+from quantcli.cli import main as cli_main
+from quantcli.loaders.gguf import GGUFFile
+
+pytestmark = pytest.mark.slow
+
+ALL_RECIPES = [
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
+    "Q5_K_S", "Q5_K_M", "Q6_K", "TQ1_0", "TQ2_0", "MXFP4_MOE", "F16", "BF16", "F32",
+]  # fmt: skip
+SLOW_NUMPY_RECIPES = ["IQ4_NL", "IQ4_XS"]  # NumPy IQ4 search: run on the small model
+IMATRIX_RECIPES = [
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
+    "Q5_K_S", "Q5_K_M", "Q6_K",
+]  # fmt: skip
+TEXT = " ".join(
+    "the quick brown fox jumps over a lazy dog while seven sailors sing old songs about islands".split() * 60
+)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def llama_quantize(src: Path, out: Path, recipe: str, *options: str) -> subprocess.CompletedProcess[str]:
+    from reference import tool, tool_env
+
+    proc = subprocess.run(
+        [str(tool("llama-quantize")), *options, str(src), str(out), recipe],
+        capture_output=True, text=True, env=tool_env(),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def quantcli(*argv: str) -> int:
+    try:
+        cli_main(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def assert_same(src: Path, tmp: Path, recipe: str, *options: str) -> None:
+    ref, ours = tmp / f"ref-{recipe}.gguf", tmp / f"ours-{recipe}.gguf"
+    llama_quantize(src, ref, recipe, *options)
+    assert quantcli("quantize", str(src), str(ours), recipe, *options, "--json", "--force") == 0
+    assert ours.stat().st_size == ref.stat().st_size
+    assert sha256(ours) == sha256(ref), f"{recipe} {options}: output differs from llama-quantize"
+    ref.unlink()
+    ours.unlink()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_synthetic_gguf(tmp_path_factory.mktemp("synth") / "synth-f16.gguf", n_ff=256, n_vocab=320)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_synthetic_gguf(
+        tmp_path_factory.mktemp("small") / "small-f16.gguf", seed=1, n_layer=8, n_ff=256, n_vocab=320
+    )
+
+
+def make_imatrix(model: Path, out: Path, fmt: str = "gguf") -> Path:
+    from reference import tool, tool_env
+
+    text = out.with_suffix(".txt")
+    text.write_text(TEXT)
+    proc = subprocess.run(
+        [str(tool("llama-imatrix")), "-m", str(model), "-f", str(text), "-o", str(out), "-c", "128",
+         "--chunks", "3", "--no-ppl", "-t", "2", "--output-format", fmt],
+        capture_output=True, text=True, env=tool_env(),
+    )
+    assert proc.returncode == 0 and out.exists(), proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth_imatrix(synth: Path) -> Path:
+    return make_imatrix(synth, synth.parent / "imatrix.gguf")
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES)
+def test_synthetic_matches_llama_quantize(synth: Path, tmp_path: Path, recipe: str) -> None:
+    assert_same(synth, tmp_path, recipe)
+
+
+@pytest.mark.parametrize("recipe", SLOW_NUMPY_RECIPES)
+def test_iq4_matches_llama_quantize(small: Path, tmp_path: Path, recipe: str) -> None:
+    assert_same(small, tmp_path, recipe)
+
+
+@pytest.mark.parametrize("recipe", IMATRIX_RECIPES)
+def test_synthetic_with_imatrix_matches(synth: Path, synth_imatrix: Path, tmp_path: Path, recipe: str) -> None:
+    assert_same(synth, tmp_path, recipe, "--imatrix", str(synth_imatrix))
+
+
+def test_iq4_with_imatrix_matches(small: Path, tmp_path: Path) -> None:
+    imatrix = make_imatrix(small, tmp_path / "small-imatrix.gguf")
+    for recipe in SLOW_NUMPY_RECIPES:
+        assert_same(small, tmp_path, recipe, "--imatrix", str(imatrix))
+
+
+def test_legacy_dat_imatrix_matches(synth: Path, tmp_path: Path) -> None:
+    dat = make_imatrix(synth, tmp_path / "imatrix.dat", fmt="dat")
+    assert_same(synth, tmp_path, "Q4_K_M", "--imatrix", str(dat))
+
+
+def test_imatrix_filters_and_overrides_match(synth: Path, synth_imatrix: Path, tmp_path: Path) -> None:
+    assert_same(synth, tmp_path, "Q3_K_M", "--imatrix", str(synth_imatrix), "--include-weights", "ffn_down")
+    assert_same(synth, tmp_path, "Q4_0", "--imatrix", str(synth_imatrix), "--exclude-weights", "blk.0.")
+    assert_same(
+        synth, tmp_path, "Q4_K_M", "--tensor-type", "blk\\.1\\.=q5_0", "--tensor-type", "attn_v=q8_0",
+        "--output-tensor-type", "q4_0", "--token-embedding-type", "q8_0",
+    )
+    assert_same(synth, tmp_path, "Q5_K_M", "--pure")
+    assert_same(synth, tmp_path, "Q6_K", "--leave-output-tensor")
+
+
+def test_tied_embeddings_match(tmp_path: Path) -> None:
+    src = build_synthetic_gguf(tmp_path / "tied.gguf", tied=True, n_layer=4, n_ff=256, n_vocab=320)
+    for recipe in ("Q4_K_M", "Q8_0", "Q4_0"):
+        assert_same(src, tmp_path, recipe)
+
+
+def test_f32_source_matches(tmp_path: Path) -> None:
+    src = build_synthetic_gguf(tmp_path / "f32.gguf", dtype="f32", n_layer=2, n_ff=256, n_vocab=320)
+    for recipe in ("Q5_1", "Q6_K", "BF16"):
+        assert_same(src, tmp_path, recipe)
+
+
+# --- SmolLM2-135M (converted by llama.cpp's convert_hf_to_gguf.py) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_f16(smollm2_dir: Path) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py --outtype f16 of the fixture, cached next to the fixture."""
+    from reference import llamacpp_src
+
+    cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / "plan-tests"
+    cache.mkdir(parents=True, exist_ok=True)
+    weights = smollm2_dir / "model.safetensors"
+    stamp = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
+    out = cache / f"SmolLM2-135M-F16-{stamp}.gguf"
+    if not out.exists():
+        src = llamacpp_src()
+        tmp = out.with_suffix(".part")
+        env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
+        proc = subprocess.run(
+            [sys.executable, str(src / "convert_hf_to_gguf.py"), str(smollm2_dir), "--outtype", "f16",
+             "--outfile", str(tmp)],
+            capture_output=True, text=True, env=env,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        tmp.rename(out)
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["Q4_K_M", "Q2_K"])  # Q8_0 etc.: synthetic model
+def test_smollm2_matches_llama_quantize(smollm2_f16: Path, tmp_path: Path, recipe: str) -> None:
+    assert_same(smollm2_f16, tmp_path, recipe)
+
+
+def test_plan_on_smollm2_equals_llama_quantize(smollm2_f16: Path, smollm2_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`quantcli plan` lists llama-quantize's per-tensor types and fallback count, and the exact size."""
+    import json
+
+    ref = tmp_path / "ref.gguf"
+    proc = llama_quantize(smollm2_f16, ref, "Q4_K_M")
+    m = re.search(r"WARNING: (\d+) of (\d+) tensor\(s\) required fallback quantization", proc.stdout + proc.stderr)
+    assert m is not None
+    with GGUFFile(ref) as f:
+        ref_types = {name: t.type.name for name, t in f.tensors.items()}
+    for source in (smollm2_f16, smollm2_dir):  # the F16 GGUF, and the HF checkpoint it came from
+        capsys.readouterr()
+        assert quantcli("plan", str(source), "--type", "Q4_K_M", "--json") == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert {t["name"]: t["type"] for t in doc["tensors"]} == ref_types
+        assert doc["n_fallback"] == int(m.group(1)) > 0
+        assert doc["file_size"] == ref.stat().st_size and doc["file_size_exact"]
