@@ -1,9 +1,18 @@
-# Builds the optional C extension when a compiler is present; without one quantcli installs and runs on NumPy.
+# Builds the optional C quantizer library (quantcli_build.py) when a compiler is present. The extension is
+# optional: a failed compile prints a warning and the install continues; quantcli then runs on NumPy.
+import os
+import sys
+
 from setuptools import setup
 
-try:
-    from quantcli_build import native_extensions  # type: ignore[import-not-found]
-except ImportError:
-    native_extensions = None
+# PEP 517 builds do not put the project root on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-setup(**({"ext_modules": native_extensions(), "cmdclass": {}} if native_extensions else {}))
+try:
+    from quantcli_build import native_extensions
+except ImportError:  # a source tree without the build helper: pure NumPy install
+    ext_modules = []
+else:
+    ext_modules = native_extensions()
+
+setup(ext_modules=ext_modules)

@@ -1,16 +1,154 @@
-"""Optional C extension. Until it is built every call returns None and NumPy does the work."""
+"""Optional C quantizers (quants.c), loaded with ctypes. Byte-identical to ggml_quantize_chunk.
+
+The shared library `_quants<EXT_SUFFIX>` is built by `pip install` (setup.py -> quantcli_build.py) when a
+C compiler is present. Without it, or when it was built from other sources than the ones shipped beside it
+(a stale developer build), `available()` is False and quantcli runs on NumPy; nothing is ever compiled at
+import time. `make install` (or `pip install -e .`) rebuilds it. QUANTCLI_NATIVE=0 (checked by
+quantcli.quants.native_enabled) turns it off.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+ABI_VERSION = 1
+_DIR = Path(__file__).resolve().parent
+
+T = GGMLQuantizationType
+NATIVE_TYPES: frozenset[GGMLQuantizationType] = frozenset(
+    {
+        T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
+        T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4,
+    }
+)  # fmt: skip
+
+# Why the library is not used (None when it is); shown by `problem()` for diagnostics.
+_problem: str | None = None
+
+
+def source_hash(directory: Path = _DIR) -> str:
+    """Same digest as quantcli_build.source_hash: sha256 over the C sources' names and bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.[ch]")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _library_path() -> Path | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = _DIR / f"_quants{suffix}"
+        if candidate.is_file():
+            return candidate
+    # Editable installs may keep the built library outside the source tree; ask the import system.
+    try:
+        spec = importlib.util.find_spec(f"{__name__}._quants")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin and Path(spec.origin).is_file():
+        return Path(spec.origin)
+    return None
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL | None:
+    global _problem
+    path = _library_path()
+    if path is None:
+        _problem = "not built (run `make install` or `pip install .` with a C compiler)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+        lib.qc_abi_version.restype = ctypes.c_int
+        lib.qc_source_hash.restype = ctypes.c_char_p
+        if lib.qc_abi_version() != ABI_VERSION:
+            _problem = f"{path.name} has ABI {lib.qc_abi_version()}, expected {ABI_VERSION}: rebuild it"
+            return None
+        built_from = lib.qc_source_hash().decode()
+        if any(_DIR.glob("*.c")) and built_from != source_hash():
+            # A developer edited quants.c after the last build: old bytes must not be used silently.
+            _problem = f"{path.name} is older than quants.c: run `make install` to rebuild it"
+            print(f"quantcli: native quantizers disabled, {_problem}", file=sys.stderr)
+            return None
+    except (OSError, AttributeError) as exc:
+        _problem = f"cannot load {path}: {exc}"
+        return None
+    lib.qc_quantize.restype = ctypes.c_int
+    lib.qc_quantize.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+        ctypes.c_int,
+    ]  # fmt: skip
+    _problem = None
+    return lib
 
 
 def available() -> bool:
-    return False
+    """True when the C library is built, current and loadable."""
+    return _lib() is not None
+
+
+def problem() -> str | None:
+    """Why the C library is unavailable, or None."""
+    _lib()
+    return _problem
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def quantize_rows(
     qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None, threads: int | None
 ) -> np.ndarray | None:
-    return None
+    """float32 (nrows, ncols) -> uint8 (nrows, row_bytes), exactly ggml_quantize_chunk; None if not native.
+
+    `imatrix` is float32 (ncols,) or None (ignored by the types whose ggml quantizer ignores it). `threads`
+    None uses every CPU this process may run on; the bytes never depend on it.
+    """
+    qtype = GGMLQuantizationType(qtype)
+    lib = _lib()
+    if lib is None or qtype not in NATIVE_TYPES:
+        return None
+    x = np.ascontiguousarray(rows, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array of rows, got shape {x.shape}")
+    nrows, ncols = x.shape
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    if ncols % block:
+        raise ValueError(f"row length {ncols} is not a multiple of {qtype.name}'s block size {block}")
+    im = None
+    if imatrix is not None:
+        im = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if im.size != ncols:
+            raise ValueError(f"imatrix has {im.size} values, expected {ncols}")
+    out = np.empty((nrows, ncols // block * type_size), dtype=np.uint8)
+    if nrows == 0:
+        return out
+    n_threads = default_threads() if threads is None else max(1, int(threads))
+    rc = lib.qc_quantize(
+        int(qtype),
+        x.ctypes.data,
+        out.ctypes.data,
+        nrows,
+        ncols,
+        None if im is None else im.ctypes.data,
+        n_threads,
+    )
+    if rc == -1:
+        return None
+    if rc != 0:
+        raise RuntimeError(f"native {qtype.name} quantizer failed (code {rc})")
+    return out

@@ -242,77 +242,6 @@ static float make_q3_quants(int n, int nmax, const float *restrict x, int8_t *re
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-/* make_qkx3_quants as called by llama-quantize: weights always given, use_mad false */
-static float make_qkx3_quants(int n, int nmax, const float *restrict x, const float *restrict weights,
-                              uint8_t *restrict L, float *restrict the_min, uint8_t *restrict Laux, float rmin,
-                              float rdelta, int nstep) {
-    float min = x[0];
-    float max = x[0];
-    float sum_w = weights[0];
-    float sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max <= min) {
-        memset(L, 0, n);
-        *the_min = -min;
-        return 0.f;
-    }
-    float iscale = nmax / (max - min);
-    float scale = 1 / iscale;
-    float best_mad = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * (x[i] - min));
-        L[i] = MAX(0, MIN(nmax, l));
-        float diff = scale * L[i] + min - x[i];
-        diff = diff * diff;
-        float w = weights[i];
-        best_mad += w * diff;
-    }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale * (x[i] - min));
-            l = MAX(0, MIN(nmax, l));
-            Laux[i] = l;
-            float w = weights[i];
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
-        }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float mad = 0;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = diff * diff;
-                float w = weights[i];
-                mad += w * diff;
-            }
-            if (mad < best_mad) {
-                for (int i = 0; i < n; ++i) L[i] = Laux[i];
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *the_min = -min;
-    return scale;
-}
-
 static float make_qp_quants(int n, int nmax, const float *restrict x, uint8_t *restrict L,
                             const float *restrict quant_weights) {
     float max = 0;
@@ -504,81 +433,99 @@ static float row_sigma2(const float *x, int64_t n) {
     return sum_x2 / n;
 }
 
+/* Q4_0/Q4_1/Q5_0/Q5_1 with imatrix: per-32-block searches with weights qw*sqrt(sigma2 + x^2), run 8 blocks
+   at a time in SIMD lanes (a short last group is padded with all-zero blocks whose results are dropped). */
+static void blocks32_search(const float *restrict xb, const float *restrict qw, float sigma2, int nblk, int nmax,
+                            int asym, uint8_t *restrict L, float *restrict d, float *restrict the_min) {
+    float weight[QC_LANES * 32];
+    for (int k = 0; k < nblk * 32; ++k) weight[k] = qw[k] * sqrtf(sigma2 + xb[k] * xb[k]);
+    v8f xt[32], wt[32];
+    transpose_in_n(xb, 32, nblk, xt);
+    transpose_in_n(weight, 32, nblk, wt);
+    if (asym) qkx_search_lanes(32, nmax, xt, wt, L, d, the_min, -0.9f, 0.05f, 36, 0, 1);
+    else qx_search_lanes(32, nmax, xt, wt, (int8_t *)L, d);
+}
+
 static void q4_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     block_q4_0 *y = vy;
     if (!qw) { q4_0_ref(x, y, n); return; }
-    float weight[32];
-    int8_t L[32];
+    uint8_t L[QC_LANES * 32];
+    float d[QC_LANES], mn[QC_LANES];
     const float sigma2 = row_sigma2(x, n);
-    for (int64_t ib = 0; ib < n / 32; ++ib) {
-        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
-        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
-        float d = make_qx_quants(32, 8, xb, L, 1, weight);
-        y[ib].d = fp32_to_fp16(d);
-        for (int j = 0; j < 16; ++j) y[ib].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    const int64_t nb = n / 32;
+    for (int64_t ib = 0; ib < nb; ib += QC_LANES) {
+        const int nblk = (int)MIN(QC_LANES, nb - ib);
+        blocks32_search(x + 32 * ib, qw + 32 * ib, sigma2, nblk, 8, 0, L, d, mn);
+        for (int k = 0; k < nblk; ++k) {
+            const uint8_t *Lb = L + 32 * k;
+            y[ib + k].d = fp32_to_fp16(d[k]);
+            for (int j = 0; j < 16; ++j) y[ib + k].qs[j] = (uint8_t)(Lb[j] | (Lb[j + 16] << 4));
+        }
     }
 }
 
 static void q4_1_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     block_q4_1 *y = vy;
     if (!qw) { q4_1_ref(x, y, n); return; }
-    float weight[32];
-    uint8_t L[32], Laux[32];
+    uint8_t L[QC_LANES * 32];
+    float d[QC_LANES], mn[QC_LANES];
     const float sigma2 = row_sigma2(x, n);
-    for (int64_t ib = 0; ib < n / 32; ++ib) {
-        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
-        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
-        float min;
-        float d = make_qkx3_quants(32, 15, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36);
-        y[ib].d = fp32_to_fp16(d);
-        y[ib].m = fp32_to_fp16(-min);
-        for (int j = 0; j < 16; ++j) y[ib].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    const int64_t nb = n / 32;
+    for (int64_t ib = 0; ib < nb; ib += QC_LANES) {
+        const int nblk = (int)MIN(QC_LANES, nb - ib);
+        blocks32_search(x + 32 * ib, qw + 32 * ib, sigma2, nblk, 15, 1, L, d, mn);
+        for (int k = 0; k < nblk; ++k) {
+            const uint8_t *Lb = L + 32 * k;
+            y[ib + k].d = fp32_to_fp16(d[k]);
+            y[ib + k].m = fp32_to_fp16(-mn[k]);
+            for (int j = 0; j < 16; ++j) y[ib + k].qs[j] = (uint8_t)(Lb[j] | (Lb[j + 16] << 4));
+        }
     }
+}
+
+static void pack_q5(const uint8_t *L, uint8_t *qs, uint8_t *qh_out) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = L[j], xi1 = L[j + 16];
+        qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    memcpy(qh_out, &qh, 4);
 }
 
 static void q5_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     block_q5_0 *y = vy;
     if (!qw) { q5_0_ref(x, y, n); return; }
-    float weight[32];
-    int8_t L[32];
+    uint8_t L[QC_LANES * 32];
+    float d[QC_LANES], mn[QC_LANES];
     const float sigma2 = row_sigma2(x, n);
-    for (int64_t ib = 0; ib < n / 32; ++ib) {
-        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
-        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
-        float d = make_qx_quants(32, 16, xb, L, 1, weight);
-        y[ib].d = fp32_to_fp16(d);
-        uint32_t qh = 0;
-        for (int j = 0; j < 16; ++j) {
-            const uint8_t xi0 = L[j], xi1 = L[j + 16];
-            y[ib].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-            qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    const int64_t nb = n / 32;
+    for (int64_t ib = 0; ib < nb; ib += QC_LANES) {
+        const int nblk = (int)MIN(QC_LANES, nb - ib);
+        blocks32_search(x + 32 * ib, qw + 32 * ib, sigma2, nblk, 16, 0, L, d, mn);
+        for (int k = 0; k < nblk; ++k) {
+            y[ib + k].d = fp32_to_fp16(d[k]);
+            pack_q5(L + 32 * k, y[ib + k].qs, y[ib + k].qh);
         }
-        memcpy(y[ib].qh, &qh, 4);
     }
 }
 
 static void q5_1_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     block_q5_1 *y = vy;
     if (!qw) { q5_1_ref(x, y, n); return; }
-    float weight[32];
-    uint8_t L[32], Laux[32];
+    uint8_t L[QC_LANES * 32];
+    float d[QC_LANES], mn[QC_LANES];
     const float sigma2 = row_sigma2(x, n);
-    for (int64_t ib = 0; ib < n / 32; ++ib) {
-        const float *xb = x + 32 * ib, *w = qw + 32 * ib;
-        for (int j = 0; j < 32; ++j) weight[j] = w[j] * sqrtf(sigma2 + xb[j] * xb[j]);
-        float min;
-        float d = make_qkx3_quants(32, 31, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36);
-        y[ib].d = fp32_to_fp16(d);
-        y[ib].m = fp32_to_fp16(-min);
-        uint32_t qh = 0;
-        for (int j = 0; j < 16; ++j) {
-            const uint8_t xi0 = L[j], xi1 = L[j + 16];
-            y[ib].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-            qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    const int64_t nb = n / 32;
+    for (int64_t ib = 0; ib < nb; ib += QC_LANES) {
+        const int nblk = (int)MIN(QC_LANES, nb - ib);
+        blocks32_search(x + 32 * ib, qw + 32 * ib, sigma2, nblk, 31, 1, L, d, mn);
+        for (int k = 0; k < nblk; ++k) {
+            y[ib + k].d = fp32_to_fp16(d[k]);
+            y[ib + k].m = fp32_to_fp16(-mn[k]);
+            pack_q5(L + 32 * k, y[ib + k].qs, y[ib + k].qh);
         }
-        memcpy(y[ib].qh, &qh, 4);
     }
 }
 
@@ -1252,12 +1199,20 @@ static void *run_rows_thread(void *arg) {
     return NULL;
 }
 
-int qc_abi_version(void) { return QC_ABI_VERSION; }
+#ifndef QC_SOURCE_HASH
+#define QC_SOURCE_HASH "unknown"
+#endif
+#define QC_API __attribute__((visibility("default")))
 
-int qc_supports(int type) { return find_type(type) != NULL; }
+QC_API int qc_abi_version(void) { return QC_ABI_VERSION; }
+
+/* hash of the C sources this library was built from (quantcli_build.source_hash) */
+QC_API const char *qc_source_hash(void) { return QC_SOURCE_HASH; }
+
+QC_API int qc_supports(int type) { return find_type(type) != NULL; }
 
 /* Returns 0 on success, -1 for an unsupported type, -2 for a bad row length, -3 if threads failed. */
-int qc_quantize(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+QC_API int qc_quantize(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
                 int nthreads) {
     const qtype_info *info = find_type(type);
     if (!info) return -1;

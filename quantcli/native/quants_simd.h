@@ -181,3 +181,10 @@ static inline __attribute__((always_inline)) void transpose_in(const float *rest
     for (int i = 0; i < n; ++i)
         for (int k = 0; k < QC_LANES; ++k) dst[i][k] = src[k * n + i];
 }
+
+/* lanes >= nlanes are filled with zeros (an all-zero block: its results are ignored by the caller) */
+static inline __attribute__((always_inline)) void transpose_in_n(const float *restrict src, int n, int nlanes,
+                                                                 v8f *restrict dst) {
+    for (int i = 0; i < n; ++i)
+        for (int k = 0; k < QC_LANES; ++k) dst[i][k] = k < nlanes ? src[k * n + i] : 0.f;
+}
