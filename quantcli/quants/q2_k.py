@@ -84,6 +84,6 @@ class Q2_K(KQuantType, qtype=GGMLQuantizationType.Q2_K):
         dmin = blk[:, 82:84].copy().view("<f2").reshape(nb).astype(F32)
         dl = d[:, None] * (codes & 0xF).astype(F32)
         ml = dmin[:, None] * (codes >> 4).astype(F32)
-        qs = blk[:, 16:80].reshape(nb, 2, 1, 32).astype(np.int32)
-        q = ((qs >> (2 * np.arange(4, dtype=np.int32)).reshape(1, 1, 4, 1)) & 3).astype(F32).reshape(nb, 16, 16)
+        qs = blk[:, 16:80].reshape(nb, 2, 1, 32)
+        q = ((qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3).astype(F32).reshape(nb, 16, 16)
         return (dl[:, :, None] * q - ml[:, :, None]).reshape(nrows, ncols)

@@ -108,9 +108,10 @@ class Q3_K(KQuantType, qtype=GGMLQuantizationType.Q3_K):
         nb = blk.shape[0]
         d = blk[:, 108:110].copy().view("<f2").reshape(nb).astype(F32)
         dl = d[:, None] * unpack_q3_scales(blk[:, 96:108]).astype(F32)  # (nb, 16)
-        qs = blk[:, 32:96].reshape(nb, 2, 1, 32).astype(np.int32)
-        low = (qs >> (2 * np.arange(4, dtype=np.int32)).reshape(1, 1, 4, 1)) & 3  # (nb, 2, 4, 32)
-        hm = blk[:, 0:32].astype(np.int32)[:, None, :]  # (nb, 1, 32)
-        hbit = (hm >> np.arange(8, dtype=np.int32)[None, :, None]) & 1  # (nb, 8, 32): e = 32*m + t
-        q = (low.reshape(nb, 8, 32) - np.where(hbit != 0, 0, 4)).astype(F32).reshape(nb, 16, 16)
+        qs = blk[:, 32:96].reshape(nb, 2, 1, 32)
+        low = (qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3  # (nb, 2, 4, 32) uint8
+        hm = blk[:, 0:32][:, None, :]  # (nb, 1, 32)
+        hbit = (hm >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1  # (nb, 8, 32): e = 32*m + t
+        # level L = low | hbit<<2 in 0..7, value L - 4 (== low - (hbit ? 0 : 4))
+        q = ((low.reshape(nb, 8, 32) | (hbit << 2)).view(np.int8) - np.int8(4)).astype(F32).reshape(nb, 16, 16)
         return (dl[:, :, None] * q).reshape(nrows, ncols)

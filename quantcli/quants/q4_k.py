@@ -172,7 +172,7 @@ class Q4_K(KQuantType, qtype=GGMLQuantizationType.Q4_K):
         nb = blk.shape[0]
         d = blk[:, 0:2].copy().view("<f2").reshape(nb)
         dmin = blk[:, 2:4].copy().view("<f2").reshape(nb)
-        qs = blk[:, 16:144].reshape(nb, 4, 1, 32).astype(np.int32)
+        qs = blk[:, 16:144].reshape(nb, 4, 1, 32)
         levels = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(nb, QK_K)
         return dequantize_scale_min_blocks(d, dmin, blk[:, 4:16], levels).reshape(nrows, ncols)
 

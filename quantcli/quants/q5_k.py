@@ -20,7 +20,8 @@ from quantcli.quants.q4_k import (
 )
 
 Q5K_PARAMS = ScaleMinParams(nmax=31, ref_rmin=-0.5, ref_nstep=15, clamp_impl_codes=True)
-_GROUP_BITS = (np.int32(1) << np.arange(8, dtype=np.int32)).reshape(4, 2, 1)  # bit of (g, half) in qh[t]
+_GROUP_SHIFTS = np.arange(8, dtype=np.uint8).reshape(4, 2, 1)  # bit of (group g, half) in qh[t]
+_GROUP_BITS = np.int32(1) << _GROUP_SHIFTS.astype(np.int32)
 
 
 class Q5_K(KQuantType, qtype=GGMLQuantizationType.Q5_K):
@@ -50,9 +51,9 @@ class Q5_K(KQuantType, qtype=GGMLQuantizationType.Q5_K):
         nb = blk.shape[0]
         d = blk[:, 0:2].copy().view("<f2").reshape(nb)
         dmin = blk[:, 2:4].copy().view("<f2").reshape(nb)
-        qh = blk[:, 16:48].astype(np.int32)[:, None, None, :]  # (nb, 1, 1, 32)
-        qs = blk[:, 48:176].reshape(nb, 4, 1, 32).astype(np.int32)
-        low = np.concatenate([qs & 0xF, qs >> 4], axis=2)  # (nb, 4, 2, 32)
-        high = np.where(qh & _GROUP_BITS != 0, 16, 0)
-        levels = (low + high).reshape(nb, QK_K)
+        qh = blk[:, 16:48][:, None, None, :]  # (nb, 1, 1, 32) uint8
+        qs = blk[:, 48:176].reshape(nb, 4, 1, 32)
+        low = np.concatenate([qs & 0xF, qs >> 4], axis=2)  # (nb, 4, 2, 32) uint8
+        high = ((qh >> _GROUP_SHIFTS) & 1) << 4
+        levels = (low | high).reshape(nb, QK_K)
         return dequantize_scale_min_blocks(d, dmin, blk[:, 4:16], levels).reshape(nrows, ncols)
