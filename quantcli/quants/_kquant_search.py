@@ -11,7 +11,10 @@ Conventions that make the port exact (see /work/shared/specs/llamacpp-quants.md 
 * C's association order is kept: `w*x*l` is `(w*x)*l`, `scale*L + min - x` is `((scale*L)+min)-x`;
 * strict comparisons and first-occurrence maxima, with the signed value kept;
 * `nearest_int` is ggml's bit trick (it returns garbage rather than saturating for |v| >= 2^22 or NaN,
-  and ggml's later clamps see that garbage, so we reproduce it instead of using np.rint).
+  and ggml's later clamps see that garbage, so we reproduce it). The hot candidate loops use the cheaper
+  float `np.rint` + clamp instead, only for groups where |v| < 2^22 is proven or checked (`rint_levels`).
+* the refinement passes of make_q3_quants / make_qp_quants carry on only the groups that changed
+  (`refine_levels`); rows are processed in cache-sized pieces (`KQuantType`).
 """
 
 from __future__ import annotations
