@@ -1,7 +1,8 @@
 """Gemma 3 text (Gemma3ForCausalLM) -> GGUF "gemma3" (conversion/gemma.py Gemma3Model).
 
 HF stores RMSNorm weights as w-1 (Gemma3RMSNorm computes x*(1+w)): +1 on every `*norm.weight`.
-The embedding is truncated to the tokenizer's real vocabulary; lm_head is never written (tied).
+The embedding is truncated to the tokenizer's real vocabulary. Gemma3Model (unlike Gemma/Gemma2) does not
+drop `lm_head.weight`: a checkpoint that stores one gets an `output.weight` (usually it is tied and absent).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ GEMMA3 = register(
         tensor_names=(
             ("model.embed_tokens", "token_embd"),
             ("model.norm", "output_norm"),
+            ("lm_head", "output"),
             ("model.layers.{bid}.input_layernorm", "blk.{bid}.attn_norm"),
             ("model.layers.{bid}.self_attn.q_proj", "blk.{bid}.attn_q"),
             ("model.layers.{bid}.self_attn.k_proj", "blk.{bid}.attn_k"),
@@ -95,7 +97,6 @@ GEMMA3 = register(
             "tie_word_embeddings": True,
         },
         derive_config=lambda cfg: _gemma3_rope(cfg),
-        skip_tensors=(r"lm_head\.weight",),
         transforms=(
             TensorTransform(
                 r"embed_tokens\.weight$",

@@ -9,6 +9,7 @@ when complete (quantcli/atomic.py).
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,57 @@ def encode(
     return quants.quantize(data, qtype, name=name, threads=threads)
 
 
+# Little-endian NumPy dtypes of GGUF's numeric array element types.
+_ARRAY_DTYPES = {
+    GGUFValueType.UINT8: "<u1",
+    GGUFValueType.INT8: "<i1",
+    GGUFValueType.UINT16: "<u2",
+    GGUFValueType.INT16: "<i2",
+    GGUFValueType.UINT32: "<u4",
+    GGUFValueType.INT32: "<i4",
+    GGUFValueType.FLOAT32: "<f4",
+    GGUFValueType.UINT64: "<u8",
+    GGUFValueType.INT64: "<i8",
+    GGUFValueType.FLOAT64: "<f8",
+}
+
+
+class _Writer(gguf.GGUFWriter):
+    """GGUFWriter with a vectorised packer for long arrays (token lists, merges, scores).
+
+    The stock packer builds the bytes element by element (~2 s for a 49k-token vocabulary); this one
+    produces the same bytes, and defers to the stock code for everything else.
+    """
+
+    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None) -> bytes:
+        if (
+            vtype == GGUFValueType.ARRAY
+            and sub_type is not None
+            and self.endianess == gguf.GGUFEndian.LITTLE
+            and isinstance(val, (list, tuple))
+            and len(val) > 16
+        ):
+            head = struct.pack("<I", vtype) if add_vtype else b""
+            head += struct.pack("<IQ", sub_type, len(val))
+            if sub_type == GGUFValueType.STRING:
+                encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val]
+                lengths = np.array([len(e) for e in encoded], dtype="<u8")
+                parts = [b""] * (2 * len(encoded))
+                parts[0::2] = [n.tobytes() for n in lengths]
+                parts[1::2] = encoded
+                return head + b"".join(parts)
+            if sub_type in _ARRAY_DTYPES:
+                return head + np.asarray(val).astype(_ARRAY_DTYPES[sub_type], casting="unsafe").tobytes()
+            if sub_type == GGUFValueType.BOOL:
+                return head + np.asarray(val, dtype=bool).astype("u1").tobytes()
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 class GGUFOutput:
     """Collects KV pairs and tensor plans, then streams the file."""
 
     def __init__(self, arch: str) -> None:
-        self.writer = gguf.GGUFWriter(path=None, arch=arch)
+        self.writer = _Writer(path=None, arch=arch)
         self.tensors: list[PlannedTensor] = []
 
     def call(self, method: str, *args: Any) -> None:
