@@ -229,6 +229,27 @@ def test_floor_log2f_matches_libm_near_every_power_of_two() -> None:
     assert floor_log2f(np.array([np.nextafter(F32(8.0), F32(0.0))]))[0] == 3.0
 
 
+@pytest.mark.slow
+def test_mxfp4_block_max_just_below_powers_of_two(ggml) -> None:
+    """Blocks whose |x| max is 1..40 ulps below 2^k: log2f rounds up to k there, so the E8M0 exponent
+    differs from the frexp one (and 1 ulp above, where it does not)."""
+    rng = np.random.default_rng(11)
+    exponents = np.arange(-30, 31)
+    rows = []
+    for k in exponents:
+        top = np.ldexp(F32(1.0), int(k)).astype(F32)
+        block_max = [top, np.nextafter(top, F32(np.inf))]
+        below = top
+        for _ in range(40):
+            below = np.nextafter(below, F32(0.0))
+            block_max.append(below)
+        row = (rng.uniform(-1, 1, (len(block_max), 32)) * top * F32(0.9)).astype(F32)
+        row[:, 5] = np.array(block_max, dtype=F32) * np.where(rng.random(len(block_max)) < 0.5, -1, 1)
+        rows.append(row.reshape(-1))
+    x = np.asarray(rows, dtype=F32)
+    check_against_ggml(ggml, T.MXFP4, x, None, use_native=False)
+
+
 def test_roundf_to_int8_is_c_roundf() -> None:
     """Every float within 4 ulps of each integer and half-integer in [-127.5, 127.5], both signs."""
     base = np.concatenate([np.arange(0, 128, dtype=F32), np.arange(0, 128, dtype=F32) + F32(0.5)])

@@ -219,8 +219,9 @@ def absmax_ref_codes(xt: np.ndarray, divisor: float, offset: float, top: int) ->
     with np.errstate(invalid="ignore"):
         np.multiply(xt, inv[None, :], out=xt)
         xt += F32(offset)
+        # MIN(top, trunc(v)) == trunc(min(v, top)) for v >= 0; clamping in float32 is the faster pass
+        np.minimum(xt, F32(top), out=xt)
         q = zero_codes_where_inverse_overflows(xt.astype(np.uint8), inv)
-    np.minimum(q, np.uint8(top), out=q)
     return d.astype(F32), q
 
 

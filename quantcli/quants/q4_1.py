@@ -44,9 +44,9 @@ def minmax_ref_codes(xt: np.ndarray, nmax: int, clamp: bool) -> tuple[np.ndarray
         xt -= mn[None, :]
         xt *= inv[None, :]
         xt += F32(0.5)
+        if clamp:  # MIN(nmax, trunc(v)) == trunc(min(v, nmax)) for v >= 0
+            np.minimum(xt, F32(nmax), out=xt)
         q = zero_codes_where_inverse_overflows(xt.astype(np.uint8), inv)
-    if clamp:
-        np.minimum(q, np.uint8(nmax), out=q)
     return d.astype(F32), mn, q
 
 
