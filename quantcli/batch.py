@@ -38,6 +38,7 @@ _FALLBACK_GGUF_TYPES = (
 )
 ENTRY_KEYS = {"source", "type", "types", "bits", "format", "output", "options"}
 DEFAULT_OUTPUT = "{name}-{TYPE}{suffix}"
+DEFAULT_PACKED_OUTPUT = "{name}-{format}-w{bits}"
 
 
 def known_gguf_types() -> tuple[str, ...]:
@@ -260,7 +261,7 @@ def _expand_entry(
     if not out_dir.is_absolute():
         out_dir = base / out_dir
     if out_template is None:
-        out_template = DEFAULT_OUTPUT
+        out_template = DEFAULT_OUTPUT if fmt == "gguf" else DEFAULT_PACKED_OUTPUT
     elif len(specs) > 1 and not re.search(r"\{(type|TYPE|bits)\}", str(out_template)):
         return [], [f"output {out_template!r} is used for {len(specs)} types: put {{type}} in it"]
     jobs: list[Job] = []
@@ -308,7 +309,7 @@ def load_manifest(
                                          f"output {job.output} is also the output of entry {seen[job.output].entry}"))
         else:
             seen[job.output] = job
-        if Path(job.output).is_dir():
+        if job.format == "gguf" and Path(job.output).is_dir():
             problems.append(EntryProblem(job.entry, job.source, f"output {job.output} is a directory"))
     if problems:
         raise ManifestInvalid(sorted(problems, key=lambda p: p.entry))
@@ -321,17 +322,41 @@ def load_manifest(
 # One job (runs in the caller, a pool worker or a Ray worker: module-level and picklable)
 
 
+# Packed formats: group size when the manifest gives none (formats/packed-safetensors spec, section 6).
+DEFAULT_GROUP_SIZE = {"ct": 128, "mlx": 64, "gptq": 128}
+
+
 def _convert(source: Path, job: Job, *, force: bool, threads: int | None, tensor_cache: Any) -> dict[str, Any]:
     from quantcli.convert import convert_model
 
-    options = dict(job.options)
     if job.format != "gguf":
-        options.update(format=job.format, bits=job.bits)
+        return _convert_packed(source, job, force=force)
+    options = dict(job.options)
     if "tensor_cache" in inspect.signature(convert_model).parameters or _accepts_tensor_cache(convert_model):
         options["tensor_cache"] = tensor_cache
-    out_type = job.type if job.format == "gguf" else "auto"
-    return convert_model(source, Path(job.output), out_type=out_type, force=force, threads=threads,
+    return convert_model(source, Path(job.output), out_type=job.type, force=force, threads=threads,
                          progress=False, **options)
+
+
+def _convert_packed(source: Path, job: Job, *, force: bool) -> dict[str, Any]:
+    """Packed safetensors through quantcli.writers.packed (a directory output; no per-tensor cache)."""
+    from quantcli.errors import UsageError
+    from quantcli.loaders import open_checkpoint
+    from quantcli.writers.packed import Scheme, get_format
+    from quantcli.writers.packed.base import MODEL_DTYPES
+    from quantcli.writers.packed.writer import write_packed
+
+    options = dict(job.options)
+    group_size = int(options.pop("group_size", DEFAULT_GROUP_SIZE[job.format]))
+    with open_checkpoint(source) as ckpt:
+        # scales live in the model's dtype unless the manifest says otherwise
+        dtype = str(options.pop("dtype", None) or ckpt.config.get("torch_dtype") or "bfloat16")
+        if dtype not in MODEL_DTYPES:
+            dtype = "bfloat16"
+        if options:
+            raise UsageError(f"unknown option(s) for format {job.format}: {', '.join(sorted(options))}")
+        return write_packed(ckpt, Path(job.output), get_format(job.format),
+                            Scheme(int(job.bits or 0), group_size, dtype), force=force)
 
 
 def _accepts_tensor_cache(fn: Callable[..., Any]) -> bool:
@@ -369,8 +394,9 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
         overwrite = force
         if output.exists():
             if is_current(output, inputs=inputs, options=options):
+                recorded = read_sidecar(output)["output"]
                 return record | {"ok": True, "status": "skipped", "seconds": round(time.perf_counter() - started, 3),
-                                 "bytes": output.stat().st_size, "sha256": read_sidecar(output)["output"]["sha256"]}
+                                 "bytes": recorded["bytes"], "sha256": recorded["sha256"]}
             sidecar = read_sidecar(output)
             if sidecar is not None and (sidecar.get("output") is None or output_matches_sidecar(output, sidecar)):
                 # quantcli's own output: stale (inputs, options or version changed) or its run was killed
@@ -385,7 +411,7 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
         cache = TensorCache.for_output(output, resume=True)
         result = _convert(local, job, force=overwrite, threads=threads, tensor_cache=cache)
         write_sidecar(output, inputs=inputs, options=options, result=result)
-        cache.discard()
+        cache.discard()  # (a packed job never fills it)
         extra = {k: result[k] for k in ("bytes", "sha256", "tensor_types", "peak_rss_bytes") if k in result}
         return record | {"ok": True, "status": "converted", "seconds": round(time.perf_counter() - started, 3),
                          "tensor_cache": cache.stats()} | extra
@@ -402,10 +428,15 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
 def _remove_stale_temp_files(output: Path) -> None:
     """A job killed with SIGKILL leaves its temp file (quantcli/atomic.py names it after the output); the
     job that redoes it removes it. (Two batches writing the same output at once are not supported.)"""
+    import shutil
+
     from quantcli.atomic import TEMP_MARK
 
     for stale in output.parent.glob(f"{TEMP_MARK}*-{output.name}"):
-        stale.unlink(missing_ok=True)
+        if stale.is_dir():  # a packed output directory under construction
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _failure(job: Job, error: str, error_type: str = "WorkerDied") -> dict[str, Any]:

@@ -234,6 +234,16 @@ def inputs_fingerprint(files: Iterable[Path], mode: str = "stat") -> str:
     return hashlib.sha256(_canonical_json([file_fingerprint(Path(p), mode) for p in files])).hexdigest()
 
 
+def output_stat(output: Path) -> tuple[int, int]:
+    """(bytes, mtime_ns) of an output file, or of a packed output directory (sum of sizes, newest mtime)."""
+    output = Path(output)
+    if output.is_dir():
+        stats = [p.stat() for p in sorted(output.rglob("*")) if p.is_file()]
+        return sum(st.st_size for st in stats), max([output.stat().st_mtime_ns, *(st.st_mtime_ns for st in stats)])
+    stat = output.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 def sidecar_path(output: Path | str) -> Path:
     output = Path(output)
     return output.with_name(output.name + SIDECAR_SUFFIX)
@@ -248,9 +258,8 @@ def write_sidecar(
     output = Path(output)
     produced = None
     if result is not None:
-        stat = output.stat()
-        produced = {"name": output.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                    "sha256": result.get("sha256")}
+        size, mtime_ns = output_stat(output)
+        produced = {"name": output.name, "bytes": size, "mtime_ns": mtime_ns, "sha256": result.get("sha256")}
     record = {
         "schema": SIDECAR_SCHEMA,
         "quantcli_version": __version__,
@@ -275,11 +284,11 @@ def read_sidecar(output: Path) -> dict[str, Any] | None:
 def output_matches_sidecar(output: Path, record: dict[str, Any]) -> bool:
     """The output is still the file the sidecar describes (same size and mtime: nobody replaced it)."""
     try:
-        stat = Path(output).stat()
+        size, mtime_ns = output_stat(Path(output))
     except FileNotFoundError:
         return False
     recorded = record.get("output") or {}
-    return recorded.get("bytes") == stat.st_size and recorded.get("mtime_ns") == stat.st_mtime_ns
+    return recorded.get("bytes") == size and recorded.get("mtime_ns") == mtime_ns
 
 
 def is_current(output: Path, *, inputs: str, options: dict[str, Any]) -> bool:

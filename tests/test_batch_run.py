@@ -125,8 +125,10 @@ def test_ray_matches_sequential(ray_cluster, models, reference, tmp_path: Path) 
     results = list(run_ray(jobs, address="local"))  # uses the running instance, leaves it running
     assert sorted(r["status"] for r in results) == ["converted"] * 6, results
     _assert_matches(tmp_path / "out", reference)
-    # the same jobs again through the CLI's executor: all current, all skipped
-    assert [r["status"] for r in run_ray(jobs, address="local")] == ["skipped"] * 6
+    # the same manifest through the CLI, as another Ray driver on the same cluster: all current, all skipped
+    code, again, stderr = _batch(str(tmp_path / "jobs.yaml"), "--ray", ray_cluster, cwd=tmp_path)
+    assert code == 0, stderr
+    assert [r["status"] for r in again] == ["skipped"] * 6
 
 
 def test_failing_job_does_not_stop_the_others(models, reference, tmp_path: Path) -> None:
@@ -158,6 +160,31 @@ def test_foreign_output_needs_force(models, reference, tmp_path: Path) -> None:
     code, results, _ = _batch(str(manifest), "-o", str(out), "--force", cwd=tmp_path)
     assert code == 0 and results[0]["status"] == "converted"
     assert (out / "alpha-Q8_0.gguf").read_bytes() == reference["alpha", "q8_0"]
+
+
+def test_packed_format_job_matches_direct_write_and_reruns_skip(models, tmp_path: Path) -> None:
+    from quantcli.loaders import open_checkpoint
+    from quantcli.writers.packed import Scheme, get_format
+    from quantcli.writers.packed.writer import write_packed
+
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(f"- {{source: {models['alpha']}, format: ct, bits: 4, options: {{group_size: 32}}}}\n"
+                        f"- {{source: {models['beta']}, format: mlx, bits: 3, options: {{group_size: 32}}}}\n")
+    code, results, stderr = _batch(str(manifest), "--jobs", "2", cwd=tmp_path)
+    assert code == 0, stderr
+    assert sorted(r["status"] for r in results) == ["converted", "converted"]
+    for name, fmt, bits in (("alpha", "ct", 4), ("beta", "mlx", 3)):
+        with open_checkpoint(models[name]) as ckpt:
+            direct = tmp_path / f"direct-{name}"
+            write_packed(ckpt, direct, get_format(fmt), Scheme(bits, 32, "bfloat16"))
+        produced = tmp_path / f"{name}-{fmt}-w{bits}"
+        assert sorted(p.name for p in produced.iterdir()) == sorted(p.name for p in direct.iterdir())
+        for f in direct.iterdir():
+            assert (produced / f.name).read_bytes() == f.read_bytes(), f.name
+        assert json.loads((tmp_path / f"{name}-{fmt}-w{bits}.quantcli.json").read_text())["output"]["bytes"] == sum(
+            f.stat().st_size for f in direct.iterdir())
+    code, results, _ = _batch(str(manifest), cwd=tmp_path)
+    assert code == 0 and [r["status"] for r in results] == ["skipped", "skipped"]
 
 
 def test_killed_batch_redoes_only_unfinished_jobs(models, reference, tmp_path: Path) -> None:
