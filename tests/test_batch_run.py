@@ -301,3 +301,16 @@ def test_examples_syntax() -> None:
     assert "quantcli convert" in runs and any("upload-artifact" in step.get("uses", "") for step in job["steps"])
     for manifest in ("jobs.yaml", "models.txt"):
         assert (REPO / "examples" / manifest).is_file()
+
+
+@pytest.mark.slow
+def test_smollm2_job_in_the_pool_matches_sequential(smollm2_dir: Path, models, reference, tmp_path: Path) -> None:
+    manifest = tmp_path / "jobs.txt"
+    manifest.write_text(f"{smollm2_dir} q8_0 smol.gguf\n{models['alpha']} q8_0 alpha.gguf\n")
+    code, results, stderr = _batch(str(manifest), "--jobs", "2", cwd=tmp_path)
+    assert code == 0, stderr
+    expected = tmp_path / "expected.gguf"
+    result = convert_model(smollm2_dir, expected, out_type="q8_0")
+    assert (tmp_path / "smol.gguf").read_bytes() == expected.read_bytes()
+    assert next(r for r in results if r["output"].endswith("smol.gguf"))["sha256"] == result["sha256"]
+    assert (tmp_path / "alpha.gguf").read_bytes() == reference["alpha", "q8_0"]
