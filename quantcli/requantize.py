@@ -29,8 +29,8 @@ from quantcli.plan.ftypes import Ftype
 GGML_QNT_VERSION = 2
 ALIGNMENT = 32  # gguf_init_empty(): the output context ignores any general.alignment of the input
 _REMOVED_KEYS = ("split.no", "split.count", "split.tensors.count")
-# Rows are converted to float32 in slabs of at most this many elements (64 MiB of float32).
-_SLAB_ELEMENTS = 16 << 20
+# Rows are converted to float32 in slabs of at most this many elements (16 MiB of float32).
+_SLAB_ELEMENTS = 4 << 20
 
 _T = GGMLQuantizationType
 
@@ -202,10 +202,13 @@ def _write_tensor(
         for r0 in range(0, rows_per_matrix, step):
             r1 = min(r0 + step, rows_per_matrix)
             first = m * rows_per_matrix + r0
-            rows = _rows_to_f32(raw[first * src_row : (first + r1 - r0) * src_row], d.src_type, r1 - r0, ncols)
+            begin, end = first * src_row, (first + r1 - r0) * src_row
+            rows = _rows_to_f32(raw[begin:end], d.src_type, r1 - r0, ncols)
             out = quants.quantize(rows, d.type, im, name=d.name, threads=threads)
             fh.write(out.tobytes())
             written += out.size
+            del rows
+            src.release(d.name, begin, end)
     return written
 
 
@@ -246,6 +249,7 @@ def quantize_gguf(
                 if imatrix is not None and d.changes:
                     weights = imatrix.imatrix.weights_for(d.name, d.ne)
                 n = _write_tensor(fh, src, d, weights, threads)
+                src.release(d.name)
                 assert n == d.nbytes, f"{d.name}: wrote {n} bytes, expected {d.nbytes}"
                 fh.write(b"\0" * (pad(n, ALIGNMENT) - n))
             size = fh.tell()

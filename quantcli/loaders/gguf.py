@@ -253,6 +253,27 @@ class GGUFFile:
         start = self.data_offset + info.offset
         return np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=start)
 
+    def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
+        """Drop the tensor's pages from this process's resident set (they stay in the page cache).
+
+        Streaming a whole model through one mapping would otherwise leave every page touched so far
+        resident, so peak RSS would grow to the model size (llama-quantize unmaps each weight too).
+        """
+        advise = getattr(self._mm, "madvise", None)
+        dontneed = getattr(mmap, "MADV_DONTNEED", None)
+        if advise is None or dontneed is None:
+            return
+        info = self.tensors[name]
+        start = self.data_offset + info.offset + begin
+        stop = self.data_offset + info.offset + (info.nbytes if end is None else end)
+        first_page = start // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop <= first_page:
+            return
+        try:
+            advise(dontneed, first_page, stop - first_page)
+        except (OSError, ValueError):
+            pass
+
     def tensor_f32(self, name: str) -> np.ndarray:
         """The tensor as float32 in NumPy shape (dequantized like llama.cpp's to_float)."""
         from quantcli import quants
