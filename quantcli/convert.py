@@ -222,9 +222,9 @@ def convert_model(
         ftype = resolve_ftype(out_type, ckpt, names)
         out_path = Path(output) if output is not None else default_output_name(Path(source), ftype)
         check_output(out_path, force)
-        vocab = _vocab_entries(ckpt.directory, ckpt.config)
         cfg["__ftype__"] = ftype
         planned = plan_tensors(ckpt, spec, cfg, ftype, type_for or choose_tensor_type)
+        vocab = _vocab_entries(ckpt.directory, ckpt.config)
 
         out = GGUFOutput(spec.gguf_arch)
         for tensor in planned:
