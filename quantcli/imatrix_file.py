@@ -44,7 +44,9 @@ class Imatrix:
             entries = {k: v for k, v in entries.items() if needle not in k}
         if include:
             entries = {k: v for k, v in entries.items() if any(n in k for n in include)}
-        return Imatrix(self.path, entries, list(self.datasets), self.chunk_count, self.chunk_size, self.is_legacy)
+        return Imatrix(
+            self.path, entries, list(self.datasets), self.chunk_count, self.chunk_size, self.is_legacy
+        )
 
     def weights_for(self, name: str, ne: tuple[int, ...]) -> np.ndarray | None:
         """The weights llama-quantize passes for tensor `name` of shape `ne`, or None (no entry).
@@ -65,7 +67,9 @@ class Imatrix:
             f"(imatrix {self.path.name} was made for a different model?)"
         )
 
-    def check_against(self, tensors: Iterable[tuple[str, tuple[int, ...]]], quantized: Iterable[str]) -> list[str]:
+    def check_against(
+        self, tensors: Iterable[tuple[str, tuple[int, ...]]], quantized: Iterable[str]
+    ) -> list[str]:
         """Refuse an imatrix made for another model; return the quantized tensors it has no entry for.
 
         Different model = an entry names a tensor this model does not have, or has the wrong length

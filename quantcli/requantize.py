@@ -63,7 +63,9 @@ class ImatrixUse:
 
     def kv_pairs(self) -> list[tuple[str, bytes]]:
         im = self.imatrix
-        pairs = [("quantize.imatrix.file", encode_kv_str("quantize.imatrix.file", _c_string_127(self.path_text)))]
+        pairs = [
+            ("quantize.imatrix.file", encode_kv_str("quantize.imatrix.file", _c_string_127(self.path_text)))
+        ]
         if im.datasets:
             key = "quantize.imatrix.dataset"
             pairs.append((key, encode_kv_str(key, _c_string_127(im.datasets[0]))))
@@ -151,6 +153,13 @@ def check_plan_executable(
     if strict:
         plan.refuse_fallbacks()
     for d in plan.decisions:
+        if d.ne[0] % GGML_QUANT_SIZES[d.type][0]:
+            # Only reachable through --output-tensor-type / --token-embedding-type, which llama.cpp applies
+            # without the fallback check (llama-quantize then aborts mid-file).
+            raise UsageError(
+                f"{d.name}: row length {d.ne[0]} is not a multiple of {d.type.name}'s block size "
+                f"{GGML_QUANT_SIZES[d.type][0]} ({d.reason})"
+            )
         if d.changes:
             quants.get(d.type)  # Unsupported if no quantizer for the target type
             if d.src_type not in (_T.F32, _T.F16, _T.BF16) and not allow_requantize:
@@ -180,7 +189,11 @@ def _rows_to_f32(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols
 
 
 def _write_tensor(
-    fh, src: GGUFFile, d, weights: np.ndarray | None, threads: int | None  # noqa: ANN001
+    fh,
+    src: GGUFFile,
+    d,
+    weights: np.ndarray | None,
+    threads: int | None,  # noqa: ANN001
 ) -> int:
     raw = src.tensor_bytes(d.name)
     if not d.changes:

@@ -38,10 +38,16 @@ def log(msg: str) -> None:
 def smollm2_f16() -> Path:
     from reference import llamacpp_src
 
-    fixture = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]
+    fixture = (
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     weights = Path(fixture) / "model.safetensors"
     cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / "plan-tests"
     cache.mkdir(parents=True, exist_ok=True)
@@ -51,15 +57,27 @@ def smollm2_f16() -> Path:
         src = llamacpp_src()
         tmp = out.with_suffix(".part")
         subprocess.run(
-            [sys.executable, str(src / "convert_hf_to_gguf.py"), fixture, "--outtype", "f16", "--outfile", str(tmp)],
-            check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(src / "gguf-py")),
+            [
+                sys.executable,
+                str(src / "convert_hf_to_gguf.py"),
+                fixture,
+                "--outtype",
+                "f16",
+                "--outfile",
+                str(tmp),
+            ],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=str(src / "gguf-py")),
         )
         tmp.rename(out)
     return out
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env, check=True
+    )
     result = json.loads(proc.stdout)
     if result["rc"] != 0:
         raise SystemExit(f"{cmd[0]} failed with exit code {result['rc']}")
@@ -88,24 +106,44 @@ def main() -> int:
         log(f"llama-quantize {recipe} ...")
         r = measure([str(tool("llama-quantize")), str(src), str(ref), recipe, str(THREADS)], env=tool_env())
         log(f"quantcli quantize {recipe} ...")
-        q = measure([sys.executable, "-m", "quantcli", "quantize", str(src), str(ours), recipe,
-                     "--threads", str(THREADS)], env=dict(os.environ, PYTHONPATH=str(REPO)))
+        q = measure(
+            [
+                sys.executable,
+                "-m",
+                "quantcli",
+                "quantize",
+                str(src),
+                str(ours),
+                recipe,
+                "--threads",
+                str(THREADS),
+            ],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
         same = sha256(ref) == sha256(ours)
         rows.append((recipe, q, r, same, ours.stat().st_size))
         for p in (ref, ours):
             p.unlink(missing_ok=True)
 
     print("## quantize (GGUF -> GGUF)\n")
-    print(f"SmolLM2-135M F16 GGUF ({src.stat().st_size / 2**20:.0f} MiB, made by convert_hf_to_gguf.py) "
-          f"quantized by `quantcli quantize` and `llama-quantize`, {THREADS} threads each, one run each, "
-          "same machine, one after the other. Peak RSS is the process's maximum resident set size.\n")
-    print("| recipe | quantcli s | llama-quantize s | time ratio | quantcli peak RSS MiB | llama-quantize peak RSS MiB | output MiB | sha256 identical |")
+    print(
+        f"SmolLM2-135M F16 GGUF ({src.stat().st_size / 2**20:.0f} MiB, made by convert_hf_to_gguf.py) "
+        f"quantized by `quantcli quantize` and `llama-quantize`, {THREADS} threads each, one run each, "
+        "same machine, one after the other. Peak RSS is the process's maximum resident set size.\n"
+    )
+    print(
+        "| recipe | quantcli s | llama-quantize s | time ratio | quantcli peak RSS MiB | llama-quantize peak RSS MiB | output MiB | sha256 identical |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for recipe, q, r, same, size in rows:
-        print(f"| {recipe} | {q['seconds']:.2f} | {r['seconds']:.2f} | {q['seconds'] / r['seconds']:.1f}x | "
-              f"{q['peak_rss'] / 2**20:.0f} | {r['peak_rss'] / 2**20:.0f} | {size / 2**20:.1f} | {'yes' if same else 'NO'} |")
-    print("\nquantcli's time includes Python start-up and imports (~1 s). The quantizers run in the C "
-          "extension when it is built (QUANTCLI_NATIVE=0 forces NumPy).")
+        print(
+            f"| {recipe} | {q['seconds']:.2f} | {r['seconds']:.2f} | {q['seconds'] / r['seconds']:.1f}x | "
+            f"{q['peak_rss'] / 2**20:.0f} | {r['peak_rss'] / 2**20:.0f} | {size / 2**20:.1f} | {'yes' if same else 'NO'} |"
+        )
+    print(
+        "\nquantcli's time includes Python start-up and imports (~1 s). The quantizers run in the C "
+        "extension when it is built (QUANTCLI_NATIVE=0 forces NumPy)."
+    )
     return 0 if all(row[3] for row in rows) else 1
 
 

@@ -23,9 +23,18 @@ N_LAYER = 16
 MORE_BITS_16 = {0, 1, 4, 7, 10, 13, 14, 15}
 
 
-def llama_specs(n_layer: int = N_LAYER, n_embd: int = 256, n_ff: int = 512, kv: int = 128, tied: bool = False,
-                vocab: int = 512) -> list[TensorSpec]:
-    specs = [TensorSpec("token_embd.weight", (n_embd, vocab), T.F16), TensorSpec("output_norm.weight", (n_embd,), T.F32)]
+def llama_specs(
+    n_layer: int = N_LAYER,
+    n_embd: int = 256,
+    n_ff: int = 512,
+    kv: int = 128,
+    tied: bool = False,
+    vocab: int = 512,
+) -> list[TensorSpec]:
+    specs = [
+        TensorSpec("token_embd.weight", (n_embd, vocab), T.F16),
+        TensorSpec("output_norm.weight", (n_embd,), T.F32),
+    ]
     if not tied:
         specs.append(TensorSpec("output.weight", (n_embd, vocab), T.F16))
     # Deliberately not in llama-quantize's order: make_plan must sort (blk.10 after blk.9).
@@ -57,15 +66,42 @@ def types(plan, suffix: str) -> list[T]:  # noqa: ANN001
 def test_use_more_bits_matches_c_expression() -> None:
     assert {i for i in range(16) if use_more_bits(i, 16)} == MORE_BITS_16
     # n = 30 (SmolLM2): n/8 = 3, 7n/8 = 26 -> 0..2, 26..29 and (i-3)%3 == 2 -> 5, 8, ..., 23
-    assert {i for i in range(30) if use_more_bits(i, 30)} == {0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29}
+    assert {i for i in range(30) if use_more_bits(i, 30)} == {
+        0,
+        1,
+        2,
+        5,
+        8,
+        11,
+        14,
+        17,
+        20,
+        23,
+        26,
+        27,
+        28,
+        29,
+    }
 
 
 def test_order_is_layer_then_name() -> None:
     plan = make_plan(MODEL, llama_specs(), "Q8_0")
     names = [d.name for d in plan.decisions]
     assert names[:3] == ["output.weight", "output_norm.weight", "token_embd.weight"]
-    assert names[3:12] == [f"blk.0.{n}.weight" for n in (
-        "attn_k", "attn_norm", "attn_output", "attn_q", "attn_v", "ffn_down", "ffn_gate", "ffn_norm", "ffn_up")]
+    assert names[3:12] == [
+        f"blk.0.{n}.weight"
+        for n in (
+            "attn_k",
+            "attn_norm",
+            "attn_output",
+            "attn_q",
+            "attn_v",
+            "ffn_down",
+            "ffn_gate",
+            "ffn_norm",
+            "ffn_up",
+        )
+    ]
     assert names.index("blk.10.attn_k.weight") > names.index("blk.9.ffn_up.weight")
 
 
@@ -75,7 +111,13 @@ def test_q4_k_m_mixture() -> None:
     more = [T.Q6_K if i in MORE_BITS_16 else T.Q4_K for i in range(N_LAYER)]
     assert types(plan, "attn_v.weight") == more
     assert types(plan, "ffn_down.weight") == more
-    for suffix in ("attn_q.weight", "attn_k.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight"):
+    for suffix in (
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_output.weight",
+        "ffn_gate.weight",
+        "ffn_up.weight",
+    ):
         assert types(plan, suffix) == [T.Q4_K] * N_LAYER
     assert by["output.weight"].type == T.Q6_K
     assert by["token_embd.weight"].type == T.Q4_K
@@ -93,8 +135,12 @@ def test_q4_k_m_mixture() -> None:
         ("Q3_K_L", [T.Q5_K] * 16, [T.Q5_K] * 16, [T.Q5_K] * 16),
         ("Q4_K_S", [T.Q5_K] * 4 + [T.Q4_K] * 12, [T.Q5_K] * 2 + [T.Q4_K] * 14, [T.Q4_K] * 16),
         ("Q5_K_S", [T.Q5_K] * 16, [T.Q5_K] * 16, [T.Q5_K] * 16),
-        ("Q5_K_M", [T.Q6_K if i in MORE_BITS_16 else T.Q5_K for i in range(16)],
-         [T.Q6_K if i in MORE_BITS_16 else T.Q5_K for i in range(16)], [T.Q5_K] * 16),
+        (
+            "Q5_K_M",
+            [T.Q6_K if i in MORE_BITS_16 else T.Q5_K for i in range(16)],
+            [T.Q6_K if i in MORE_BITS_16 else T.Q5_K for i in range(16)],
+            [T.Q5_K] * 16,
+        ),
         ("Q6_K", [T.Q6_K] * 16, [T.Q6_K] * 16, [T.Q6_K] * 16),
         ("Q8_0", [T.Q8_0] * 16, [T.Q8_0] * 16, [T.Q8_0] * 16),
         ("Q4_0", [T.Q4_0] * 16, [T.Q4_0] * 16, [T.Q4_0] * 16),
@@ -168,7 +214,8 @@ def test_float_recipes_skip_mixture() -> None:
 
 def test_overrides() -> None:
     ov = build_overrides(
-        tensor_types=["attn_v=q8_0", "BLK\\.1\\.=q5_0", "attn=q6_k"], output_tensor_type="q4_0",
+        tensor_types=["attn_v=q8_0", "BLK\\.1\\.=q5_0", "attn=q6_k"],
+        output_tensor_type="q4_0",
         token_embedding_type="f16",
     )
     plan = make_plan(MODEL, llama_specs(), "Q4_K_M", ov)
@@ -226,7 +273,13 @@ def test_errors() -> None:
 
 def test_bits_recipes_and_aliases() -> None:
     assert {b: resolve_recipe(None, b).name for b in BITS_RECIPES} == {
-        8: "Q8_0", 6: "Q6_K", 5: "Q5_K_M", 4: "Q4_K_M", 3: "Q3_K_M", 2: "Q2_K"}
+        8: "Q8_0",
+        6: "Q6_K",
+        5: "Q5_K_M",
+        4: "Q4_K_M",
+        3: "Q3_K_M",
+        2: "Q2_K",
+    }
     assert parse_ftype("q4_k").name == "Q4_K_M" and parse_ftype("15").name == "Q4_K_M"
     assert parse_ftype("mxfp4_moe").value == 38
 

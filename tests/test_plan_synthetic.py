@@ -34,7 +34,9 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def build_synthetic_gguf(path: Path, *, seed: int = 0, tied: bool = False, dtype: str = "f16", **sizes: int) -> Path:
+def build_synthetic_gguf(
+    path: Path, *, seed: int = 0, tied: bool = False, dtype: str = "f16", **sizes: int
+) -> Path:
     """`sizes` overrides SYNTH (n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab); dtype f16 or f32."""
     cfg = dict(SYNTH)
     unknown = set(sizes) - set(cfg)

@@ -46,7 +46,9 @@ def llama_quantize(src: Path, out: Path, recipe: str, *options: str) -> subproce
 
     proc = subprocess.run(
         [str(tool("llama-quantize")), *options, str(src), str(out), recipe],
-        capture_output=True, text=True, env=tool_env(),
+        capture_output=True,
+        text=True,
+        env=tool_env(),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
@@ -88,9 +90,27 @@ def make_imatrix(model: Path, out: Path, fmt: str = "gguf") -> Path:
     text = out.with_suffix(".txt")
     text.write_text(TEXT)
     proc = subprocess.run(
-        [str(tool("llama-imatrix")), "-m", str(model), "-f", str(text), "-o", str(out), "-c", "128",
-         "--chunks", "3", "--no-ppl", "-t", "2", "--output-format", fmt],
-        capture_output=True, text=True, env=tool_env(),
+        [
+            str(tool("llama-imatrix")),
+            "-m",
+            str(model),
+            "-f",
+            str(text),
+            "-o",
+            str(out),
+            "-c",
+            "128",
+            "--chunks",
+            "3",
+            "--no-ppl",
+            "-t",
+            "2",
+            "--output-format",
+            fmt,
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
     )
     assert proc.returncode == 0 and out.exists(), proc.stderr[-2000:]
     return out
@@ -112,7 +132,9 @@ def test_iq4_matches_llama_quantize(small: Path, tmp_path: Path, recipe: str) ->
 
 
 @pytest.mark.parametrize("recipe", IMATRIX_RECIPES)
-def test_synthetic_with_imatrix_matches(synth: Path, synth_imatrix: Path, tmp_path: Path, recipe: str) -> None:
+def test_synthetic_with_imatrix_matches(
+    synth: Path, synth_imatrix: Path, tmp_path: Path, recipe: str
+) -> None:
     assert_same(synth, tmp_path, recipe, "--imatrix", str(synth_imatrix))
 
 
@@ -131,8 +153,17 @@ def test_imatrix_filters_and_overrides_match(synth: Path, synth_imatrix: Path, t
     assert_same(synth, tmp_path, "Q3_K_M", "--imatrix", str(synth_imatrix), "--include-weights", "ffn_down")
     assert_same(synth, tmp_path, "Q4_0", "--imatrix", str(synth_imatrix), "--exclude-weights", "blk.0.")
     assert_same(
-        synth, tmp_path, "Q4_K_M", "--tensor-type", "blk\\.1\\.=q5_0", "--tensor-type", "attn_v=q8_0",
-        "--output-tensor-type", "q4_0", "--token-embedding-type", "q8_0",
+        synth,
+        tmp_path,
+        "Q4_K_M",
+        "--tensor-type",
+        "blk\\.1\\.=q5_0",
+        "--tensor-type",
+        "attn_v=q8_0",
+        "--output-tensor-type",
+        "q4_0",
+        "--token-embedding-type",
+        "q8_0",
     )
     assert_same(synth, tmp_path, "Q5_K_M", "--pure")
     assert_same(synth, tmp_path, "Q6_K", "--leave-output-tensor")
@@ -168,9 +199,18 @@ def smollm2_f16(smollm2_dir: Path) -> Path:
         tmp = out.with_suffix(".part")
         env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
         proc = subprocess.run(
-            [sys.executable, str(src / "convert_hf_to_gguf.py"), str(smollm2_dir), "--outtype", "f16",
-             "--outfile", str(tmp)],
-            capture_output=True, text=True, env=env,
+            [
+                sys.executable,
+                str(src / "convert_hf_to_gguf.py"),
+                str(smollm2_dir),
+                "--outtype",
+                "f16",
+                "--outfile",
+                str(tmp),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         tmp.rename(out)
@@ -182,13 +222,17 @@ def test_smollm2_matches_llama_quantize(smollm2_f16: Path, tmp_path: Path, recip
     assert_same(smollm2_f16, tmp_path, recipe)
 
 
-def test_plan_on_smollm2_equals_llama_quantize(smollm2_f16: Path, smollm2_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_plan_on_smollm2_equals_llama_quantize(
+    smollm2_f16: Path, smollm2_dir: Path, tmp_path: Path, capsys
+) -> None:  # noqa: ANN001
     """`quantcli plan` lists llama-quantize's per-tensor types and fallback count, and the exact size."""
     import json
 
     ref = tmp_path / "ref.gguf"
     proc = llama_quantize(smollm2_f16, ref, "Q4_K_M")
-    m = re.search(r"WARNING: (\d+) of (\d+) tensor\(s\) required fallback quantization", proc.stdout + proc.stderr)
+    m = re.search(
+        r"WARNING: (\d+) of (\d+) tensor\(s\) required fallback quantization", proc.stdout + proc.stderr
+    )
     assert m is not None
     with GGUFFile(ref) as f:
         ref_types = {name: t.type.name for name, t in f.tensors.items()}

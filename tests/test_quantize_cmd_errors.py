@@ -40,7 +40,9 @@ def odd_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def write_gguf_imatrix(path: Path, entries: dict[str, tuple[np.ndarray, np.ndarray]], datasets=("text.txt",)) -> Path:  # noqa: ANN001
+def write_gguf_imatrix(
+    path: Path, entries: dict[str, tuple[np.ndarray, np.ndarray]], datasets=("text.txt",)
+) -> Path:  # noqa: ANN001
     w = gguf.GGUFWriter(str(path), "imatrix")
     w.add_type("imatrix")
     w.add_array("imatrix.datasets", list(datasets))
@@ -93,10 +95,14 @@ def test_strict_with_fallbacks(odd_model: Path, tmp_path: Path) -> None:
 
 def test_mismatched_imatrix(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.gguf"
-    wrong_size = write_gguf_imatrix(tmp_path / "wrong.gguf", {"blk.0.attn_q.weight": (np.ones(512), np.ones(1))})
+    wrong_size = write_gguf_imatrix(
+        tmp_path / "wrong.gguf", {"blk.0.attn_q.weight": (np.ones(512), np.ones(1))}
+    )
     proc = run_cli("quantize", str(model), str(out), "Q4_K_M", "--imatrix", str(wrong_size))
     assert_refused(proc, ExitCode.IMATRIX_MISMATCH, out, "blk.0.attn_q.weight")
-    other_model = write_gguf_imatrix(tmp_path / "other.gguf", {"blk.7.attn_q.weight": (np.ones(256), np.ones(1))})
+    other_model = write_gguf_imatrix(
+        tmp_path / "other.gguf", {"blk.7.attn_q.weight": (np.ones(256), np.ones(1))}
+    )
     proc = run_cli("quantize", str(model), str(out), "Q4_K_M", "--imatrix", str(other_model))
     assert_refused(proc, ExitCode.IMATRIX_MISMATCH, out, "different model")
 

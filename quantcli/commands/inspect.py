@@ -67,8 +67,13 @@ def describe(path: Path) -> dict[str, Any]:
             "types": dict(sorted(types.items())),
             "metadata": {k: _summarise(v.value) for k, v in f.kv.items()},
             "tensors": [
-                {"name": t.name, "shape": list(t.ne[: n_dims(t.ne)]), "type": t.type.name, "offset": t.offset,
-                 "bytes": t.nbytes}
+                {
+                    "name": t.name,
+                    "shape": list(t.ne[: n_dims(t.ne)]),
+                    "type": t.type.name,
+                    "offset": t.offset,
+                    "bytes": t.nbytes,
+                }
                 for t in tensors
             ],
         }
@@ -91,7 +96,9 @@ def register(app: typer.Typer) -> None:
     def inspect(
         file: Path = typer.Argument(..., help="GGUF file."),
         json_out: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
-        all_metadata: bool = typer.Option(False, "--all", help="Also list tokenizer.* keys in the table view."),
+        all_metadata: bool = typer.Option(
+            False, "--all", help="Also list tokenizer.* keys in the table view."
+        ),
     ) -> None:
         doc = describe(file)
         if json_out:
@@ -125,8 +132,13 @@ def _show(doc: dict[str, Any], all_metadata: bool) -> None:
     for col in ("type", "tensors", "elements", "bytes", "bpw"):
         hist.add_column(col, justify="right" if col != "type" else "left")
     for name, entry in doc["types"].items():
-        hist.add_row(name, str(entry["tensors"]), f"{entry['elements']:,}", f"{entry['bytes']:,}",
-                     f"{entry['bytes'] * 8 / max(1, entry['elements']):.2f}")
+        hist.add_row(
+            name,
+            str(entry["tensors"]),
+            f"{entry['elements']:,}",
+            f"{entry['bytes']:,}",
+            f"{entry['bytes'] * 8 / max(1, entry['elements']):.2f}",
+        )
     err.print(hist)
     err.print(
         f"{doc['architecture']} {doc['file_type_name'] or doc['file_type']}: {doc['n_tensors']} tensors, "

@@ -31,13 +31,27 @@ def register(app: typer.Typer) -> None:
         qtype: str | None = typer.Option(None, "--type", "-t", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
         bits: int | None = typer.Option(None, "--bits", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
         imatrix: str | None = typer.Option(None, "--imatrix", help="Importance matrix (changes some rules)."),
-        include_weights: list[str] = typer.Option([], "--include-weights", help="Use imatrix entries containing this."),
-        exclude_weights: list[str] = typer.Option([], "--exclude-weights", help="Ignore imatrix entries containing this."),
-        output_tensor_type: str | None = typer.Option(None, "--output-tensor-type", help="Type for output.weight."),
-        token_embedding_type: str | None = typer.Option(None, "--token-embedding-type", help="Type for token_embd.weight."),
-        tensor_type: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE (repeatable, first match wins)."),
-        tensor_type_file: Path | None = typer.Option(None, "--tensor-type-file", help="File of REGEX=TYPE entries."),
-        leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Keep output.weight as is."),
+        include_weights: list[str] = typer.Option(
+            [], "--include-weights", help="Use imatrix entries containing this."
+        ),
+        exclude_weights: list[str] = typer.Option(
+            [], "--exclude-weights", help="Ignore imatrix entries containing this."
+        ),
+        output_tensor_type: str | None = typer.Option(
+            None, "--output-tensor-type", help="Type for output.weight."
+        ),
+        token_embedding_type: str | None = typer.Option(
+            None, "--token-embedding-type", help="Type for token_embd.weight."
+        ),
+        tensor_type: list[str] = typer.Option(
+            [], "--tensor-type", help="REGEX=TYPE (repeatable, first match wins)."
+        ),
+        tensor_type_file: Path | None = typer.Option(
+            None, "--tensor-type-file", help="File of REGEX=TYPE entries."
+        ),
+        leave_output_tensor: bool = typer.Option(
+            False, "--leave-output-tensor", help="Keep output.weight as is."
+        ),
         pure: bool = typer.Option(False, "--pure", help="No k-quant mixture."),
         strict: bool = typer.Option(False, "--strict", help="Exit 8 if any tensor needs a fallback type."),
         json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
@@ -86,9 +100,17 @@ def _show(planned) -> None:  # noqa: ANN001
     table.add_column("why")
     table.add_column("fallback", no_wrap=True)
     for d in plan.decisions:
-        fallback = f"[yellow]{d.fallback_from.name} -> {d.type.name}[/]" if d.fell_back and d.fallback_from else ""
+        fallback = (
+            f"[yellow]{d.fallback_from.name} -> {d.type.name}[/]" if d.fell_back and d.fallback_from else ""
+        )
         table.add_row(
-            d.name, "x".join(str(n) for n in d.ne), d.src_type.name, d.type.name, f"{d.nbytes:,}", d.reason, fallback
+            d.name,
+            "x".join(str(n) for n in d.ne),
+            d.src_type.name,
+            d.type.name,
+            f"{d.nbytes:,}",
+            d.reason,
+            fallback,
         )
     # Not a terminal (piped, CI): do not squeeze the table into 80 columns.
     _print_wide(table, 200)

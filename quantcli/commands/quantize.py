@@ -32,20 +32,46 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., help="Input GGUF (F32/F16/BF16 weights)."),
         output: Path = typer.Argument(..., help="Output GGUF path."),
         qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
-        imatrix: str | None = typer.Option(None, "--imatrix", help="Importance matrix (llama-imatrix .gguf or .dat)."),
-        include_weights: list[str] = typer.Option([], "--include-weights", help="Use imatrix entries whose name contains this (repeatable)."),
-        exclude_weights: list[str] = typer.Option([], "--exclude-weights", help="Ignore imatrix entries whose name contains this (repeatable)."),
-        output_tensor_type: str | None = typer.Option(None, "--output-tensor-type", help="Type for output.weight."),
-        token_embedding_type: str | None = typer.Option(None, "--token-embedding-type", help="Type for token_embd.weight."),
-        tensor_type: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE for matching tensors (repeatable, first match wins)."),
-        tensor_type_file: Path | None = typer.Option(None, "--tensor-type-file", help="File of REGEX=TYPE entries."),
-        leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Keep output.weight unquantized."),
-        pure: bool = typer.Option(False, "--pure", help="No k-quant mixture: every tensor gets the recipe's type."),
-        allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Allow already-quantized input tensors."),
-        strict: bool = typer.Option(False, "--strict", help="Refuse (exit 8) if any tensor needs a fallback type."),
+        imatrix: str | None = typer.Option(
+            None, "--imatrix", help="Importance matrix (llama-imatrix .gguf or .dat)."
+        ),
+        include_weights: list[str] = typer.Option(
+            [], "--include-weights", help="Use imatrix entries whose name contains this (repeatable)."
+        ),
+        exclude_weights: list[str] = typer.Option(
+            [], "--exclude-weights", help="Ignore imatrix entries whose name contains this (repeatable)."
+        ),
+        output_tensor_type: str | None = typer.Option(
+            None, "--output-tensor-type", help="Type for output.weight."
+        ),
+        token_embedding_type: str | None = typer.Option(
+            None, "--token-embedding-type", help="Type for token_embd.weight."
+        ),
+        tensor_type: list[str] = typer.Option(
+            [], "--tensor-type", help="REGEX=TYPE for matching tensors (repeatable, first match wins)."
+        ),
+        tensor_type_file: Path | None = typer.Option(
+            None, "--tensor-type-file", help="File of REGEX=TYPE entries."
+        ),
+        leave_output_tensor: bool = typer.Option(
+            False, "--leave-output-tensor", help="Keep output.weight unquantized."
+        ),
+        pure: bool = typer.Option(
+            False, "--pure", help="No k-quant mixture: every tensor gets the recipe's type."
+        ),
+        allow_requantize: bool = typer.Option(
+            False, "--allow-requantize", help="Allow already-quantized input tensors."
+        ),
+        strict: bool = typer.Option(
+            False, "--strict", help="Refuse (exit 8) if any tensor needs a fallback type."
+        ),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
-        json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
-        threads: int | None = typer.Option(None, "--threads", min=1, help="Quantization threads (C extension)."),
+        json_out: bool = typer.Option(
+            False, "--json", help="Print one JSON object with the result on stdout."
+        ),
+        threads: int | None = typer.Option(
+            None, "--threads", min=1, help="Quantization threads (C extension)."
+        ),
     ) -> None:
         from quantcli.plan.ftypes import parse_ftype
         from quantcli.plan.options import build_overrides
@@ -68,8 +94,16 @@ def register(app: typer.Typer) -> None:
                 err.print(f"[{i + 1:4d}/{n:4d}] {name}", end="\r")
 
         result = quantize_gguf(
-            source, output, ftype, overrides, imatrix=im, strict=strict, allow_requantize=allow_requantize,
-            threads=threads, force=force, on_tensor=on_tensor,
+            source,
+            output,
+            ftype,
+            overrides,
+            imatrix=im,
+            strict=strict,
+            allow_requantize=allow_requantize,
+            threads=threads,
+            force=force,
+            on_tensor=on_tensor,
         )
         plan = result.plan
         sha = hashlib.sha256()
@@ -99,7 +133,9 @@ def register(app: typer.Typer) -> None:
         for d in plan.fallbacks:
             err.print(f"[yellow]fallback[/] {d.name}: {d.reason}")
         if result.imatrix_missing:
-            err.print(f"[yellow]imatrix has no entry for {len(result.imatrix_missing)} tensor(s)[/], e.g. {result.imatrix_missing[0]}")
+            err.print(
+                f"[yellow]imatrix has no entry for {len(result.imatrix_missing)} tensor(s)[/], e.g. {result.imatrix_missing[0]}"
+            )
         hist = ", ".join(f"{k} {v}" for k, v in summary["types"].items())
         err.print(
             f"{result.path}: {plan.recipe.name}, {summary['tensors']} tensors ({hist}), {plan.n_fallback} fallback(s), "

@@ -175,7 +175,11 @@ class GGUFFile:
         alignment = self.kv.get("general.alignment")
         self.alignment = DEFAULT_ALIGNMENT
         if alignment is not None:
-            if alignment.type != GGUFValueType.UINT32 or alignment.value <= 0 or alignment.value & (alignment.value - 1):
+            if (
+                alignment.type != GGUFValueType.UINT32
+                or alignment.value <= 0
+                or alignment.value & (alignment.value - 1)
+            ):
                 raise InputInvalid(f"{self.path}: general.alignment must be a power-of-two u32")
             self.alignment = int(alignment.value)
 
@@ -198,7 +202,9 @@ class GGUFFile:
                 raise InputInvalid(f"{self.path}: tensor {name} has shape {list(ne)}")
             block = GGML_QUANT_SIZES[qtype][0]
             if ne[0] % block:
-                raise InputInvalid(f"{self.path}: tensor {name} row length {ne[0]} is not a multiple of {block}")
+                raise InputInvalid(
+                    f"{self.path}: tensor {name} row length {ne[0]} is not a multiple of {block}"
+                )
             infos.append((name, ne, qtype, offset))
 
         self.meta_end = cur.pos

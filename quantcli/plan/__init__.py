@@ -1,8 +1,8 @@
 """The quantization plan: llama-quantize's per-tensor type decisions, before any compute.
 
-    from quantcli.plan import ModelInfo, Overrides, TensorSpec, make_plan
-    plan = make_plan(ModelInfo("llama", n_layer=30, n_head=9, n_head_kv=3), specs, "Q4_K_M", Overrides())
-    for d in plan.decisions: d.name, d.type, d.reason, d.fell_back, d.fallback_from
+from quantcli.plan import ModelInfo, Overrides, TensorSpec, make_plan
+plan = make_plan(ModelInfo("llama", n_layer=30, n_head=9, n_head_kv=3), specs, "Q4_K_M", Overrides())
+for d in plan.decisions: d.name, d.type, d.reason, d.fell_back, d.fallback_from
 """
 
 from quantcli.plan.core import (

@@ -99,7 +99,9 @@ def n_dims(ne: tuple[int, ...]) -> int:
     return dims
 
 
-def quantization_block_reason(name: str, ne: tuple[int, ...], arch: str, leave_output_tensor: bool) -> str | None:
+def quantization_block_reason(
+    name: str, ne: tuple[int, ...], arch: str, leave_output_tensor: bool
+) -> str | None:
     """None if llama-quantize may change this tensor's type, else why not (tensor_allows_quantization)."""
     if n_dims(ne) < 2:
         return "1-D tensor"
@@ -266,7 +268,9 @@ ATTN_OUTPUT_DENSE: dict[str, T] = {
 QKV_DEAD_BRANCH = "attn_qkv has its own rule in llama-quant.cpp, but the attn_v branch catches it first"
 
 
-def mixture_type(st: MixtureState, new_type: T, name: str, ne: tuple[int, ...], ftype: str, cat: Category) -> tuple[T, str]:
+def mixture_type(
+    st: MixtureState, new_type: T, name: str, ne: tuple[int, ...], ftype: str, cat: Category
+) -> tuple[T, str]:
     """llama_tensor_get_type_impl. `new_type` is the recipe's default type; returns (type, reason)."""
     m = st.model
     arch = m.arch
@@ -293,7 +297,11 @@ def mixture_type(st: MixtureState, new_type: T, name: str, ne: tuple[int, ...], 
         return new_type, f"{what}: Q8_0 recipe keeps Q8_0"
 
     if ftype == "MXFP4_MOE":
-        is_bailing_expert = arch == "bailingmoe3" and cat in (Category.FFN_UP, Category.FFN_GATE, Category.FFN_DOWN)
+        is_bailing_expert = arch == "bailingmoe3" and cat in (
+            Category.FFN_UP,
+            Category.FFN_GATE,
+            Category.FFN_DOWN,
+        )
         if len(ne) > 2 and ne[2] > 1 and (arch != "bailingmoe3" or is_bailing_expert):
             return T.MXFP4, "MXFP4_MOE: expert tensor -> MXFP4"
         return T.Q8_0, "MXFP4_MOE: non-expert tensor -> Q8_0"
@@ -399,7 +407,11 @@ def _attn_v_type(st: MixtureState, new_type: T, ftype: str) -> tuple[T, str]:
     if ftype == "IQ3_XXS":
         if gqa >= 4:
             return T.Q4_K, "IQ3_XXS gqa>=4"
-        return (T.IQ3_S, "IQ3_XXS without imatrix") if not st.has_imatrix else (T.IQ3_XXS, "IQ3_XXS with imatrix")
+        return (
+            (T.IQ3_S, "IQ3_XXS without imatrix")
+            if not st.has_imatrix
+            else (T.IQ3_XXS, "IQ3_XXS with imatrix")
+        )
     if ftype in ("IQ3_XS", "IQ3_S") and gqa >= 4:
         return T.Q4_K, f"{ftype} gqa>=4"
     if ftype == "IQ3_M":
@@ -424,7 +436,11 @@ def _ffn_down_type(st: MixtureState, new_type: T, ftype: str, i: int, n: int, fa
     if ftype == "Q2_K_S":
         return (T.Q4_K, f"Q2_K_S layer {i} < n/8") if i < eighth else (new_type, f"Q2_K_S layer {i}")
     if ftype == "IQ3_XXS" and not st.has_imatrix:
-        return (T.Q4_K, f"layer {i} < n/8 without imatrix") if i < eighth else (T.Q3_K, "IQ3_XXS without imatrix")
+        return (
+            (T.Q4_K, f"layer {i} < n/8 without imatrix")
+            if i < eighth
+            else (T.Q3_K, "IQ3_XXS without imatrix")
+        )
     if ftype == "Q3_K_M":
         if i < sixteenth:
             return T.Q5_K, f"Q3_K_M layer {i} < n/16"

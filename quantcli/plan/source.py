@@ -25,8 +25,8 @@ def plan_source(source: Path | str, ftype: Ftype, overrides: Overrides, imatrix:
     if not source.exists():
         raise InputMissing(f"{source} does not exist")
     if source.is_file() and (source.suffix.lower() == ".gguf" or _is_gguf(source)):
-        return _plan_gguf(source, ftype, overrides, imatrix)
-    return _plan_hf(source, ftype, overrides, imatrix)
+        return plan_gguf(source, ftype, overrides, imatrix)
+    return plan_hf(source, ftype, overrides, imatrix)
 
 
 def _is_gguf(path: Path) -> bool:
@@ -36,7 +36,7 @@ def _is_gguf(path: Path) -> bool:
         return fh.read(4) == b"GGUF"
 
 
-def _plan_gguf(source: Path, ftype: Ftype, overrides: Overrides, imatrix: Any) -> PlannedSource:
+def plan_gguf(source: Path, ftype: Ftype, overrides: Overrides, imatrix: Any) -> PlannedSource:
     from quantcli.loaders.gguf import GGUFFile
     from quantcli.requantize import output_kv, plan_for_gguf
 
@@ -49,7 +49,9 @@ def _plan_gguf(source: Path, ftype: Ftype, overrides: Overrides, imatrix: Any) -
 
 def _check_imatrix(plan: Plan, imatrix: Any) -> None:
     if imatrix is not None and imatrix.imatrix.entries:
-        imatrix.imatrix.check_against([(d.name, d.ne) for d in plan.decisions], [d.name for d in plan.decisions if d.changes])
+        imatrix.imatrix.check_against(
+            [(d.name, d.ne) for d in plan.decisions], [d.name for d in plan.decisions if d.changes]
+        )
 
 
 # GGUFWriter helper -> ModelInfo field, for the hyper-parameters llama-quantize's rules read.
@@ -67,7 +69,7 @@ def _first(value: Any) -> int:
     return int(value)
 
 
-def _plan_hf(source: Path, ftype: Ftype, overrides: Overrides, imatrix: Any) -> PlannedSource:
+def plan_hf(source: Path, ftype: Ftype, overrides: Overrides, imatrix: Any) -> PlannedSource:
     """HF checkpoint: the tensors/types convert's F16 output would have, then llama-quantize's rules."""
     from gguf import LlamaFileType
 
@@ -97,7 +99,9 @@ def _plan_hf(source: Path, ftype: Ftype, overrides: Overrides, imatrix: Any) -> 
     return PlannedSource(source, plan, plan.file_size(kv_bytes), exact)
 
 
-def _hf_kv_bytes(ckpt: Any, spec: Any, cfg: dict[str, Any], planned: list[Any], imatrix: Any) -> tuple[int, bool]:
+def _hf_kv_bytes(
+    ckpt: Any, spec: Any, cfg: dict[str, Any], planned: list[Any], imatrix: Any
+) -> tuple[int, bool]:
     """Encoded size of the KV section convert would write (same size after llama-quantize's rewrite:
     general.file_type and general.quantization_version stay u32), plus the imatrix keys."""
     import gguf
