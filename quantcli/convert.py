@@ -159,7 +159,15 @@ def plan_tensors(
                 shape = transform.out_shape(shape, ctx)
         qtype = type_for(TensorChoice(gguf_name, shape, ftype))
         planned.append(
-            PlannedTensor(gguf_name, shape, qtype, _producer(ckpt, spec, hf_name, ctx), hf_name, info.dtype)
+            PlannedTensor(
+                gguf_name,
+                shape,
+                qtype,
+                _producer(ckpt, spec, hf_name, ctx),
+                hf_name,
+                info.dtype,
+                release=lambda hf_name=hf_name: ckpt.release(hf_name),
+            )
         )
     if not planned:
         raise InputInvalid(f"{ckpt.directory}: no tensors to convert")

@@ -76,6 +76,10 @@ class Checkpoint:
         self.tensor_info(name)
         return self._where[name].read(name)
 
+    def release(self, name: str) -> None:
+        """Let the OS drop tensor `name`'s mapped pages from our RSS once it has been used."""
+        self._where[name].release(name)
+
     def total_bytes(self) -> int:
         return sum(info.nbytes for st in self.files for info in st.tensors.values())
 

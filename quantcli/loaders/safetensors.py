@@ -185,6 +185,19 @@ class SafetensorsFile:
         arr = np.frombuffer(self._mmap, dtype=np_dtype, count=info.n_elements, offset=info.offset)
         return arr.reshape(info.shape)
 
+    def release(self, name: str) -> None:
+        """Drop tensor `name`'s pages from this process (they stay in the page cache; re-read on access).
+
+        Without it every byte read through the map counts toward our RSS until the end of the run.
+        """
+        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        info = self.tensors[name]
+        start = info.offset - info.offset % mmap.PAGESIZE
+        length = info.offset + info.nbytes - start
+        if length > 0:
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, length)
+
     def close(self) -> None:
         # Views handed out keep the map alive (they hold a buffer reference); dropping ours is enough.
         self._mmap = None

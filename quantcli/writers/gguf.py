@@ -34,6 +34,7 @@ class PlannedTensor:
     produce: Callable[[], np.ndarray]  # float32 or float16 array of `shape`
     source_name: str = ""
     source_dtype: str = ""
+    release: Callable[[], None] | None = None  # called once the tensor is written (drop mapped pages)
 
     @property
     def nbytes(self) -> int:
@@ -77,7 +78,9 @@ class _Writer(gguf.GGUFWriter):
     produces the same bytes, and defers to the stock code for everything else.
     """
 
-    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None) -> bytes:
+    def _pack_val(
+        self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None
+    ) -> bytes:
         if (
             vtype == GGUFValueType.ARRAY
             and sub_type is not None
@@ -158,6 +161,8 @@ class GGUFOutput:
                         )
                     self.writer.write_tensor_data(encoded)
                     del encoded
+                    if tensor.release is not None:
+                        tensor.release()
                     if on_tensor is not None:
                         on_tensor(tensor)
             finally:

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Benchmark: `quantcli convert` vs llama.cpp's convert_hf_to_gguf.py on the SmolLM2-135M fixture.
+
+Each conversion runs in its own process under /usr/bin/time (wall time, peak RSS), in the same run and
+on the same machine. Also checks our memory bound: peak RSS <= 3 x (largest tensor as F32) + 150 MB.
+Markdown on stdout, progress on stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import reference_convert  # noqa: E402
+
+TYPES = ("bf16", "q8_0")
+
+
+def log(message: str) -> None:
+    print(f"[bench_convert] {message}", file=sys.stderr, flush=True)
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of `cmd`, measured by GNU time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *cmd],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stderr[-3000:]}")
+        wall, rss_kib = report.read().split()[-2:]
+    return float(wall), int(rss_kib) * 1024
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main() -> int:
+    fixture = (
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    model = Path(fixture)
+    from quantcli.loaders import open_checkpoint
+
+    with open_checkpoint(model) as ckpt:
+        infos = [ckpt.tensor_info(n) for n in ckpt.tensor_names()]
+    largest = max(infos, key=lambda i: i.n_elements)
+    bound = 3 * largest.n_elements * 4 + 150 * 10**6
+
+    src = reference_convert.llamacpp_src()
+    ref_env = dict(os.environ)
+    ref_env.pop("NO_LOCAL_GGUF", None)
+    our_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rows = []
+    worst_rss = 0
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp_name:
+        tmp = Path(tmp_name)
+        for outtype in TYPES:
+            ours = tmp / f"ours-{outtype}.gguf"
+            ref = tmp / f"ref-{outtype}.gguf"
+            log(f"quantcli convert --type {outtype}")
+            t_ours, rss_ours = timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "quantcli",
+                    "convert",
+                    str(model),
+                    "--type",
+                    outtype,
+                    "-o",
+                    str(ours),
+                    "--json",
+                ],
+                REPO,
+                our_env,
+            )
+            log(f"convert_hf_to_gguf.py --outtype {outtype}")
+            t_ref, rss_ref = timed(
+                [
+                    sys.executable,
+                    str(src / "convert_hf_to_gguf.py"),
+                    str(model),
+                    "--outtype",
+                    outtype,
+                    "--outfile",
+                    str(ref),
+                ],
+                src,
+                ref_env,
+            )
+            same = sha256(ours) == sha256(ref)
+            worst_rss = max(worst_rss, rss_ours)
+            rows.append((outtype, t_ours, rss_ours, t_ref, rss_ref, same, ours.stat().st_size))
+            ours.unlink()
+            ref.unlink()
+
+    print("## Conversion: quantcli convert vs convert_hf_to_gguf.py (SmolLM2-135M, BF16 safetensors)\n")
+    print(
+        "| --type | quantcli s | quantcli peak RSS MiB | llama.cpp s | llama.cpp peak RSS MiB | speed-up | identical bytes | size |"
+    )
+    print("|---|--:|--:|--:|--:|--:|---|--:|")
+    for outtype, t_ours, rss_ours, t_ref, rss_ref, same, size in rows:
+        print(
+            f"| {outtype} | {t_ours:.1f} | {rss_ours / 2**20:.0f} | {t_ref:.1f} | {rss_ref / 2**20:.0f} | "
+            f"{t_ref / t_ours:.1f}x | {'yes' if same else 'NO'} | {size:,} |"
+        )
+    ok = worst_rss <= bound
+    print(
+        f"\nWall time and peak RSS of each whole process (interpreter start-up and imports included; llama.cpp's "
+        f"converter imports torch), measured by GNU time, one run each, same machine, same run. "
+        f"Memory bound for quantcli: 3 x largest tensor as F32 ({largest.name}, {largest.n_elements * 4 / 1e6:.1f} MB) "
+        f"+ 150 MB = {bound / 1e6:.0f} MB; our worst peak {worst_rss / 1e6:.0f} MB: {'within' if ok else 'OVER'} the bound."
+    )
+    return 0 if ok and all(r[5] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
