@@ -243,3 +243,35 @@ def test_plan_on_smollm2_equals_llama_quantize(
         assert {t["name"]: t["type"] for t in doc["tensors"]} == ref_types
         assert doc["n_fallback"] == int(m.group(1)) > 0
         assert doc["file_size"] == ref.stat().st_size and doc["file_size_exact"]
+
+
+def test_requantize_matches(synth: Path, tmp_path: Path) -> None:
+    q8 = tmp_path / "q8.gguf"
+    llama_quantize(synth, q8, "Q8_0")
+    assert quantcli("quantize", str(q8), str(tmp_path / "refused.gguf"), "Q4_K_M") == 5
+    assert not (tmp_path / "refused.gguf").exists()
+    assert_same(q8, tmp_path, "Q4_K_M", "--allow-requantize")
+
+
+def test_plan_predicts_size_with_imatrix(synth: Path, synth_imatrix: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    out = tmp_path / "out.gguf"
+    capsys.readouterr()
+    assert quantcli("plan", str(synth), "--bits", "4", "--imatrix", str(synth_imatrix), "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert quantcli("quantize", str(synth), str(out), "Q4_K_M", "--imatrix", str(synth_imatrix)) == 0
+    assert doc["file_size"] == out.stat().st_size and doc["n_fallback"] == 0
+    with GGUFFile(out) as f:
+        assert {t["name"]: t["type"] for t in doc["tensors"]} == {
+            n: t.type.name for n, t in f.tensors.items()
+        }
+        assert f.get("quantize.imatrix.file") == str(synth_imatrix)
+        assert f.get("quantize.imatrix.chunks_count") == 3
+        assert list(f.kv)[-5:] == [
+            "general.file_type",
+            "quantize.imatrix.file",
+            "quantize.imatrix.dataset",
+            "quantize.imatrix.entries_count",
+            "quantize.imatrix.chunks_count",
+        ]
