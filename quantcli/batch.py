@@ -16,7 +16,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +332,7 @@ def _convert(source: Path, job: Job, *, force: bool, threads: int | None, tensor
     if job.format != "gguf":
         return _convert_packed(source, job, force=force)
     options = dict(job.options)
-    if "tensor_cache" in inspect.signature(convert_model).parameters or _accepts_tensor_cache(convert_model):
+    if "tensor_cache" in inspect.signature(convert_model).parameters:  # convert-core's hook (docs/batch.md)
         options["tensor_cache"] = tensor_cache
     return convert_model(source, Path(job.output), out_type=job.type, force=force, threads=threads,
                          progress=False, **options)
@@ -357,12 +357,6 @@ def _convert_packed(source: Path, job: Job, *, force: bool) -> dict[str, Any]:
             raise UsageError(f"unknown option(s) for format {job.format}: {', '.join(sorted(options))}")
         return write_packed(ckpt, Path(job.output), get_format(job.format),
                             Scheme(int(job.bits or 0), group_size, dtype), force=force)
-
-
-def _accepts_tensor_cache(fn: Callable[..., Any]) -> bool:
-    # convert-core marks the hook with a module attribute (docs/batch.md: the integration)
-    module = inspect.getmodule(fn)
-    return bool(getattr(module, "SUPPORTS_TENSOR_CACHE", False))
 
 
 def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None = None) -> dict[str, Any]:
@@ -465,7 +459,8 @@ def run_local(jobs: list[Job], *, parallel: int = 1, force: bool = False) -> Ite
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn: a clean interpreter per worker (no forked locks/threads from the parent, same on macOS/Linux)
-    pool = ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
     try:
         futures = {pool.submit(run_job, job.to_dict(), force, threads): job for job in jobs}
         for future in as_completed(futures):
@@ -476,8 +471,26 @@ def run_local(jobs: list[Job], *, parallel: int = 1, force: bool = False) -> Ite
                 yield _failure(job, "the worker process died (killed, or out of memory?)")
             except Exception as exc:  # noqa: BLE001
                 yield _failure(job, f"{type(exc).__name__}: {exc}", "InternalError")
+    except BaseException:
+        # Ctrl-C / SIGTERM of the batch: stop the running conversions too (they clean up their temp files:
+        # see _worker_init) instead of waiting for them. ProcessPoolExecutor has no public handle on its
+        # workers; `_processes` has been there since Python 3.2.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_init() -> None:
+    """Pool workers turn SIGTERM into KeyboardInterrupt, as the CLI does, so atomic outputs clean up."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def run_ray(jobs: list[Job], *, address: str, force: bool = False) -> Iterator[dict[str, Any]]:

@@ -53,8 +53,10 @@ def batch(
     import time
 
     from quantcli.batch import ManifestInvalid, load_manifest, run_local, run_ray
-    from quantcli.errors import BatchFailed
+    from quantcli.errors import BatchFailed, UsageError
 
+    if ray_address is not None and jobs != 1:
+        raise UsageError("--jobs is for the local process pool; with --ray, Ray schedules the jobs")
     type_list = [t.strip() for t in types.split(",") if t.strip()] if types else None
     try:
         job_list = load_manifest(jobs_file, output_dir=output_dir, types=type_list)
