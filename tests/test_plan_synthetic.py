@@ -13,7 +13,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-SYNTH = {"n_layer": 16, "n_embd": 256, "n_ff": 512, "n_head": 4, "n_head_kv": 2, "n_vocab": 512}
+SYNTH = {
+    "n_layer": 16,
+    "n_embd": 256,
+    "n_ff": 512,
+    "n_head": 4,
+    "n_head_kv": 2,
+    "n_vocab": 512,
+    "n_expert": 0,
+}
 
 
 def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
@@ -37,7 +45,10 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 def build_synthetic_gguf(
     path: Path, *, seed: int = 0, tied: bool = False, dtype: str = "f16", **sizes: int
 ) -> Path:
-    """`sizes` overrides SYNTH (n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab); dtype f16 or f32."""
+    """`sizes` overrides SYNTH (n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_expert); dtype f16 or f32.
+
+    n_expert > 0 makes a Mixtral-style MoE: ffn_gate_inp + 3-D ffn_{gate,up,down}_exps, 2 experts used.
+    """
     cfg = dict(SYNTH)
     unknown = set(sizes) - set(cfg)
     assert not unknown, f"unknown sizes {unknown}"
@@ -59,6 +70,9 @@ def build_synthetic_gguf(
     w.add_rope_freq_base(10000.0)
     w.add_file_type(1 if dtype == "f16" else 0)
     w.add_vocab_size(n_vocab)
+    if cfg["n_expert"]:
+        w.add_expert_count(cfg["n_expert"])
+        w.add_expert_used_count(2)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     tokens, scores, types = _vocab(n_vocab)
@@ -77,6 +91,9 @@ def build_synthetic_gguf(
         x[:, rng.integers(0, cols, 3)] *= 6
         return x.astype(np.float16) if dtype == "f16" else x
 
+    def experts(rows: int, cols: int) -> np.ndarray:
+        return np.stack([mat(rows, cols) for _ in range(cfg["n_expert"])])
+
     def norm(n: int) -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
@@ -92,6 +109,12 @@ def build_synthetic_gguf(
         w.add_tensor(p + "attn_v.weight", mat(kv_dim, n_embd))
         w.add_tensor(p + "attn_output.weight", mat(n_embd, n_embd))
         w.add_tensor(p + "ffn_norm.weight", norm(n_embd))
+        if cfg["n_expert"]:
+            w.add_tensor(p + "ffn_gate_inp.weight", mat(cfg["n_expert"], n_embd).astype(np.float32))
+            w.add_tensor(p + "ffn_gate_exps.weight", experts(n_ff, n_embd))
+            w.add_tensor(p + "ffn_up_exps.weight", experts(n_ff, n_embd))
+            w.add_tensor(p + "ffn_down_exps.weight", experts(n_embd, n_ff))
+            continue
         w.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
         w.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
         w.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff))

@@ -275,3 +275,28 @@ def test_plan_predicts_size_with_imatrix(synth: Path, synth_imatrix: Path, tmp_p
             "quantize.imatrix.entries_count",
             "quantize.imatrix.chunks_count",
         ]
+
+
+def test_moe_matches_with_expert_imatrix(tmp_path: Path) -> None:
+    """8 experts: the n_expert == 8 rules, name-parsed layers, MXFP4_MOE, per-expert imatrix slices."""
+    import numpy as np
+    from test_quantize_cmd_errors import write_gguf_imatrix
+
+    src = build_synthetic_gguf(tmp_path / "moe.gguf", n_layer=4, n_ff=256, n_vocab=320, n_expert=8)
+    rng = np.random.default_rng(3)
+    entries = {}
+    for i in range(4):
+        for name, width in (("ffn_gate_exps", 256), ("ffn_up_exps", 256), ("ffn_down_exps", 256)):
+            counts = rng.integers(0, 50, size=(8, 1)).astype(np.float32)
+            counts[i % 8] = 0  # an expert that saw no token: weights 1.0
+            entries[f"blk.{i}.{name}.weight"] = (rng.random((8, width), dtype=np.float32) * 40, counts)
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            entries[f"blk.{i}.{name}.weight"] = (
+                rng.random((1, 256), dtype=np.float32) * 9,
+                np.full((1, 1), 33.0),
+            )
+    imatrix = write_gguf_imatrix(tmp_path / "moe-imatrix.gguf", entries)
+    for recipe in ("Q4_K_M", "MXFP4_MOE", "Q3_K_S"):
+        assert_same(src, tmp_path, recipe)
+    for recipe in ("Q4_K_M", "Q5_0"):
+        assert_same(src, tmp_path, recipe, "--imatrix", str(imatrix))
