@@ -23,6 +23,11 @@ def register(app: typer.Typer) -> None:
         base: Path | None = typer.Option(
             None, "--base", help="Base model (GGUF or HF dir): also report KLD / top-1 agreement against it."
         ),
+        exact: bool = typer.Option(
+            False,
+            "--exact-activations",
+            help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Perplexity of MODEL on a text, computed as llama-perplexity does (spec §8)."""
@@ -35,16 +40,16 @@ def register(app: typer.Typer) -> None:
         if base is None:
             source = open_source(model)
             plan = plan_chunks(load_tokenizer(model, source), body, ctx, chunks)
-            result = perplexity(Model(source), plan, progress)
+            result = perplexity(Model(source, emulate_ggml=not exact), plan, progress)
         else:
             base_source = open_source(base)
             plan = plan_chunks(load_tokenizer(base, base_source), body, ctx, chunks)
             err.print(f"base: {base} ({plan.n_chunks} chunks of {plan.n_ctx})")
-            base_model = Model(base_source)
+            base_model = Model(base_source, emulate_ggml=not exact)
             coded = list(base_log_probs(base_model, plan, progress))
             del base_model, base_source
             gc.collect()
-            target = Model(open_source(model))
+            target = Model(open_source(model), emulate_ggml=not exact)
             result = kl_divergence(target, plan, coded, progress)
             result["base"] = str(base)
         result.update(

@@ -18,6 +18,11 @@ def register(app: typer.Typer) -> None:
         prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text."),
         n_predict: int = typer.Option(32, "-n", "--n-predict", help="Number of tokens to generate."),
         ctx: int = typer.Option(0, "--ctx", help="Context size (default: prompt + n)."),
+        exact: bool = typer.Option(
+            False,
+            "--exact-activations",
+            help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
+        ),
         json_out: bool = typer.Option(
             False, "--json", help="Print prompt/generated token ids and text as JSON."
         ),
@@ -28,7 +33,7 @@ def register(app: typer.Typer) -> None:
 
         if n_predict < 0:
             raise UsageError("-n must be >= 0")
-        m, tokenizer = open_model(model)
+        m, tokenizer = open_model(model, emulate_ggml=not exact)
         result = greedy(m, tokenizer, prompt, n_predict, ctx or None, stream=None if json_out else sys.stdout)
         if json_out:
             print(json.dumps({"ok": True, **result}))

@@ -22,6 +22,11 @@ def register(app: typer.Typer) -> None:
         chunks: int | None = typer.Option(None, "--chunks", help="Process at most N chunks."),
         process_output: bool = typer.Option(False, "--process-output", help="Also collect output.weight."),
         force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT."),
+        exact: bool = typer.Option(
+            False,
+            "--exact-activations",
+            help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     ) -> None:
         """Collect per-column mean squared activations of every blk.* matmul (llama-imatrix, spec §7)."""
@@ -40,7 +45,7 @@ def register(app: typer.Typer) -> None:
             if not json_out:
                 err.print(f"[{done}/{total}] ppl={info['ppl']:.4f}")
 
-        collector, stats = collect(Model(source), plan, process_output, progress)
+        collector, stats = collect(Model(source, emulate_ggml=not exact), plan, process_output, progress)
         with atomic_path(output, force) as tmp:
             collector.write_gguf(tmp, [text_name], plan.n_chunks, plan.n_ctx)
         summary = {

@@ -35,9 +35,9 @@ def load_tokenizer(path: Path | str, source: TensorSource | None = None) -> Toke
     return from_gguf_metadata(source.metadata)
 
 
-def open_model(path: Path | str) -> tuple[Model, Tokenizer]:
+def open_model(path: Path | str, emulate_ggml: bool = True) -> tuple[Model, Tokenizer]:
     source = open_source(path)
-    return Model(source), load_tokenizer(path, source)
+    return Model(source, emulate_ggml=emulate_ggml), load_tokenizer(path, source)
 
 
 __all__ = ["KVCache", "Model", "Tokenizer", "open_model", "open_source", "load_tokenizer"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from quantcli.errors import InputInvalid, Unsupported
 from quantcli.runtime.config import ModelConfig
+from quantcli.runtime.numerics import vec_dot_round_trip
 from quantcli.runtime.weights import TensorSource
 
 # An observer sees the float32 input rows of every matmul whose weight is a `blk.*` tensor (imatrix).
@@ -37,8 +38,16 @@ class KVCache:
 
 
 class Model:
-    def __init__(self, source: TensorSource, cache_budget_bytes: int = DEFAULT_CACHE_BUDGET) -> None:
+    def __init__(
+        self,
+        source: TensorSource,
+        cache_budget_bytes: int = DEFAULT_CACHE_BUDGET,
+        emulate_ggml: bool = True,
+    ) -> None:
+        """`emulate_ggml`: round activations as ggml-cpu does before each matmul (numerics.py) and keep
+        the KV cache in F16 (llama.cpp's default cache type); False = plain float32 everywhere."""
         self.source = source
+        self.emulate_ggml = emulate_ggml
         self.names = set(source.names())
         if "token_embd.weight" not in self.names:
             raise InputInvalid(f"{source.description}: no token_embd.weight tensor")
@@ -48,6 +57,7 @@ class Model:
         total = sum(int(np.prod(source.shape(n))) * 4 for n in self.names)
         self._keep_all = total <= cache_budget_bytes
         self._weights: dict[str, np.ndarray] = {}
+        self._types = {n: source.tensor_type(n) for n in self.names}
         self._check_supported()
 
     # ---- weights -------------------------------------------------------------------------------------
@@ -81,6 +91,7 @@ class Model:
     # ---- cache -----------------------------------------------------------------------------------------
     def new_cache(self, n_ctx: int) -> KVCache:
         c = self.config
+        # float32 arrays either way; with emulate_ggml the stored values are F16-rounded (on assignment)
         keys = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_k), np.float32) for _ in range(c.n_layer)]
         values = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_v), np.float32) for _ in range(c.n_layer)]
         return KVCache(keys, values, n_ctx)
@@ -121,7 +132,9 @@ class Model:
 
     def _matmul(self, x: np.ndarray, name: str, observer: MatmulObserver | None) -> np.ndarray:
         if observer is not None:
-            observer(name, x)
+            observer(name, x)  # llama-imatrix sees the F32 rows before ggml converts them
+        if self.emulate_ggml:
+            x = vec_dot_round_trip(x, self._types[name])
         y = x @ self.weight(name).T
         bias = name.removesuffix(".weight") + ".bias"
         if bias in self.names:
@@ -161,7 +174,12 @@ class Model:
         cos, sin = self._rope_tables(positions, base, scale, il)
         q = self._rope(q, cos, sin)
         k = self._rope(k, cos, sin)
+        if self.emulate_ggml:  # F16 KV cache; Q meets K as F16 (vec_dot_type of an F16 tensor)
+            q = q.astype(np.float16).astype(np.float32)
         start = cache.used
+        if self.emulate_ggml:
+            k = k.astype(np.float16).astype(np.float32)
+            v = v.astype(np.float16).astype(np.float32)
         cache.keys[il][:, start : start + n_tok] = k.transpose(1, 0, 2)
         cache.values[il][:, start : start + n_tok] = v.transpose(1, 0, 2)
         attn = self._attention(q, cache, il, positions, c.sliding_window if swa else 0)

@@ -29,20 +29,22 @@ def verify(
     n_ctx: int = 512,
     progress: Progress | None = None,
     raise_on_fail: bool = False,
+    emulate_ggml: bool = True,
 ) -> dict:
     """Compare `output` against `source`; returns a dict (see keys below); `passed` is False when the
-    mean KLD exceeds `max_kld` (None disables the gate). The tokenizer is the source's."""
+    mean KLD exceeds `max_kld` (None disables the gate). The tokenizer is the source's. `emulate_ggml`
+    rounds activations as ggml-cpu does (runtime/numerics.py) so figures track llama-perplexity's."""
     t0 = time.perf_counter()
     body, text_name = read_text(text)
     src = open_source(source)
     tokenizer = load_tokenizer(source, src)
     plan = plan_chunks(tokenizer, body, n_ctx, chunks)
-    base_model = Model(src)
+    base_model = Model(src, emulate_ggml=emulate_ggml)
     # PPL(source) is computed, as llama-perplexity's "Mean PPL(base)", from the uint16-coded log-probs.
     base = list(base_log_probs(base_model, plan, progress))
     del base_model, src
     gc.collect()
-    out_model = Model(open_source(output))
+    out_model = Model(open_source(output), emulate_ggml=emulate_ggml)
     if out_model.config.n_vocab != base[0].codes.shape[1]:
         raise InputInvalid("source and output have different vocabulary sizes")
     result = kl_divergence(out_model, plan, base, progress)
@@ -64,6 +66,7 @@ def verify(
         "rms_dp": result["rms_dp"],
         "max_kld": max_kld,
         "passed": passed,
+        "ggml_numerics": emulate_ggml,
         "seconds": time.perf_counter() - t0,
     }
     if raise_on_fail and not passed:

@@ -1,0 +1,144 @@
+"""Bench section: `quantcli eval` (NumPy runtime) vs llama-perplexity, 8 chunks of 512 on SmolLM2 F16.
+
+Both run in this process's machine one after the other on the same GGUF (made by llama.cpp's own
+convert_hf_to_gguf.py --outtype f16 from the SmolLM2 fixture) and the shipped eval text. Markdown on
+stdout, progress on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+CHUNKS = 8
+N_CTX = 512
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def f16_gguf() -> Path:
+    from reference import llamacpp_src
+
+    fixture = (
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = cache / "smollm2-f16.gguf"
+    if not out.exists():
+        _log(f"converting {fixture} -> {out} with llama.cpp's convert_hf_to_gguf.py")
+        src = llamacpp_src()
+        tmp = out.with_suffix(".part")
+        subprocess.run(
+            [
+                sys.executable,
+                str(src / "convert_hf_to_gguf.py"),
+                fixture,
+                "--outtype",
+                "f16",
+                "--outfile",
+                str(tmp),
+            ],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=str(src / "gguf-py")),
+        )
+        tmp.rename(out)
+    return out
+
+
+def main() -> int:
+    from reference import tool, tool_env
+
+    from quantcli.runtime.textdata import DEFAULT_TEXT
+
+    model = f16_gguf()
+    threads = os.cpu_count() or 1
+    _log(f"llama-perplexity, {CHUNKS} chunks of {N_CTX}, {threads} threads")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [
+            str(tool("llama-perplexity")),
+            "-m",
+            str(model),
+            "-f",
+            str(DEFAULT_TEXT),
+            "-c",
+            str(N_CTX),
+            "--chunks",
+            str(CHUNKS),
+            "-t",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
+    llama_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        _log(proc.stderr[-2000:])
+        return 1
+    llama_ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr).group(1))
+
+    _log("quantcli eval")
+    t0 = time.perf_counter()
+    ours_proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantcli",
+            "eval",
+            str(model),
+            "--ctx",
+            str(N_CTX),
+            "--chunks",
+            str(CHUNKS),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    ours_s = time.perf_counter() - t0
+    if ours_proc.returncode != 0:
+        _log(ours_proc.stderr[-2000:])
+        return 1
+    ours = json.loads(ours_proc.stdout)
+
+    mib = 1 << 20
+    print("## eval (NumPy runtime vs llama-perplexity)\n")
+    print("| tool | wall time (s) | PPL | peak RSS (MiB) |")
+    print("|---|--:|--:|--:|")
+    print(f"| llama-perplexity (-t {threads}) | {llama_s:.1f} | {llama_ppl:.4f} | — |")
+    print(f"| quantcli eval | {ours_s:.1f} | {ours['ppl']:.4f} | {ours['peak_rss_bytes'] / mib:.0f} |")
+    print()
+    print(
+        f"SmolLM2-135M F16 GGUF (llama.cpp's converter), the shipped eval text, {CHUNKS} chunks of {N_CTX} "
+        f"tokens ({ours['tokens_scored']} scored). Wall times include process start, model load and "
+        f"tokenization. quantcli/llama time ratio: {ours_s / llama_s:.2f}x (goal: within 3x). "
+        f"PPL difference: {100 * (ours['ppl'] / llama_ppl - 1):+.3f} %. The runtime is NumPy float32 with "
+        "ggml's activation rounding emulated (docs/verification.md)."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Runtime forward pass and metrics: tiny random models against transformers, metrics against scalar ports."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantcli.runtime import Model, open_source
+from quantcli.runtime.metrics import KLDAccumulator, _percentile, nll_rows, quantize_log_probs
+
+# ---- metrics against a line-by-line port of perplexity.cpp ----------------------------------------------
+
+
+def _c_nearest_int(f: np.float32) -> int:
+    val = np.float32(f) + np.float32(12582912.0)
+    i = int(np.array([val], dtype=np.float32).view(np.int32)[0])
+    return (i & 0x007FFFFF) - 0x00400000
+
+
+def _c_log_softmax_base(logits: np.ndarray) -> tuple[float, float, list[int]]:
+    """log_softmax(n_vocab, logits, log_prob, tok) of perplexity.cpp, scalar."""
+    f32 = np.float32
+    mx = mn = f32(logits[0])
+    for v in logits[1:]:
+        mx = max(mx, f32(v))
+        mn = min(mn, f32(v))
+    mn = max(mn, f32(mx - f32(16)))
+    s = 0.0
+    for v in logits:
+        s += float(np.exp(f32(f32(v) - mx)))
+    lse = f32(math.log(s))
+    min_log_prob = f32(f32(mn - mx) - lse)
+    scale = f32(f32(mx - mn) / f32(65535))
+    inv = f32(f32(1) / scale)
+    codes = [_c_nearest_int(f32(inv * f32(f32(v) - mn))) if f32(v) > mn else 0 for v in logits]
+    return float(scale), float(min_log_prob), codes
+
+
+def test_quantized_log_probs_match_perplexity_cpp() -> None:
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((6, 300)) * 4).astype(np.float32)
+    logits[1, :200] = -40.0  # many values below max-16: clipped to code 0
+    logits[2, 7] = 30.0
+    q = quantize_log_probs(logits)
+    for r in range(logits.shape[0]):
+        scale, mlp, codes = _c_log_softmax_base(logits[r])
+        assert q.scale[r] == np.float32(scale)
+        assert q.min_log_prob[r] == np.float32(mlp)
+        assert q.codes[r].tolist() == codes
+
+
+def test_kld_and_top1_match_scalar_port() -> None:
+    rng = np.random.default_rng(1)
+    base_logits = (rng.standard_normal((20, 200)) * 3).astype(np.float32)
+    logits = base_logits + (rng.standard_normal((20, 200)) * 0.3).astype(np.float32)
+    targets = rng.integers(0, 200, 20)
+    base = quantize_log_probs(base_logits)
+    acc = KLDAccumulator()
+    acc.add(logits, base, targets)
+    f32 = np.float32
+    total_kld = 0.0
+    same = 0
+    for r in range(20):
+        row = logits[r]
+        mx = f32(row.max())
+        lse = f32(math.log(sum(float(np.exp(f32(v - mx))) for v in row)))
+        shifted = f32(mx + lse)
+        kld = 0.0
+        best, ibest = None, -1
+        for i in range(200):
+            p_log_base = f32(f32(base.scale[r] * f32(base.codes[r, i])) + base.min_log_prob[r])
+            if best is None or p_log_base > best:
+                best, ibest = p_log_base, i
+            if p_log_base > f32(-16):
+                kld += float(f32(np.exp(p_log_base)) * f32(f32(p_log_base - row[i]) + shifted))
+        total_kld += kld
+        same += int(np.argmax(row) == ibest)
+    assert acc.count == 20
+    assert acc.n_same_top == same
+    assert acc.sum_kld == pytest.approx(total_kld, rel=1e-6)
+    assert 0 < acc.summary()["kld_mean"] < 1
+
+
+def test_nll_rows_is_minus_log_softmax() -> None:
+    rng = np.random.default_rng(2)
+    logits = (rng.standard_normal((5, 1000)) * 5).astype(np.float32)
+    targets = rng.integers(0, 1000, 5)
+    expected = [
+        -(
+            float(logits[r, t])
+            - float(logits[r].max())
+            - math.log(np.exp(logits[r].astype(np.float64) - logits[r].max()).sum())
+        )
+        for r, t in enumerate(targets)
+    ]
+    assert np.allclose(nll_rows(logits, targets), expected, rtol=1e-5)
+
+
+def test_percentile_interpolates_like_perplexity_cpp() -> None:
+    values = np.sort(np.array([0.0, 1.0, 2.0, 10.0], dtype=np.float32))
+    assert _percentile(values, 0.99) == pytest.approx(0.03 * 2.0 + 0.97 * 10.0, rel=1e-5)
+    assert _percentile(values, 0.5) == pytest.approx(1.5)
+
+
+# ---- tiny random models against transformers ----------------------------------------------------------
+
+TINY = {
+    "llama": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=128,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    ),
+    "qwen2": dict(
+        architectures=["Qwen2ForCausalLM"],
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=128,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    ),
+    "qwen3": dict(
+        architectures=["Qwen3ForCausalLM"],
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        num_hidden_layers=2,
+        vocab_size=128,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    ),
+    "gemma3": dict(
+        architectures=["Gemma3ForCausalLM"],
+        model_type="gemma3_text",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_hidden_layers=6,
+        vocab_size=128,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=256,
+        sliding_window=5,
+        query_pre_attn_scalar=16,
+        tie_word_embeddings=True,
+    ),
+    "phi3": dict(
+        architectures=["Phi3ForCausalLM"],
+        model_type="phi3",
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=2,
+        vocab_size=128,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        max_position_embeddings=256,
+        original_max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+}
+
+
+def _tiny_checkpoint(arch: str, directory: Path) -> object:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models
+
+    torch.manual_seed(0)
+    cfg_dict = dict(TINY[arch])
+    config = transformers.AutoConfig.for_model(**cfg_dict)
+    config._attn_implementation = "eager"
+    cls = getattr(transformers, cfg_dict["architectures"][0])
+    model = cls(config).float().eval()
+    with torch.no_grad():  # HF inits norms to 1 (or 0 for gemma): randomise them so the +1 / norms matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(directory, safe_serialization=True)
+    vocab = {f"t{i}": i for i in range(cfg_dict["vocab_size"])}
+    Tokenizer(models.WordLevel(vocab, unk_token="t0")).save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({}))
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_tiny_model_matches_transformers(arch: str, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    ref = _tiny_checkpoint(arch, tmp_path)
+    tokens = np.array([5, 17, 99, 3, 3, 64, 120, 8, 41, 77, 2, 90], dtype=np.int64)
+    with torch.no_grad():
+        expected = ref(torch.tensor(tokens)[None]).logits[0].numpy()
+    model = Model(open_source(tmp_path), emulate_ggml=False)
+    cache = model.new_cache(32)
+    got = model.forward(tokens, cache, output_rows=np.arange(tokens.size))
+    scale = float(np.abs(expected).max())
+    assert np.abs(got - expected).max() <= 2e-4 * max(1.0, scale), arch
+    # KV cache: the same sequence fed as 5 + 1 + 6 tokens gives the same last logits
+    cache2 = model.new_cache(32)
+    model.forward(tokens[:5], cache2)
+    model.forward(tokens[5:6], cache2)
+    tail = model.forward(tokens[6:], cache2, output_rows=np.arange(6))
+    assert np.abs(tail - got[6:]).max() <= 1e-4 * max(1.0, scale)
+
+
+def test_runtime_traits_come_from_arch_tables() -> None:
+    from quantcli.runtime.config import _FALLBACK_TRAITS, _arch_tables_traits
+
+    tables = _arch_tables_traits()
+    assert {"llama", "qwen2", "qwen3", "gemma3", "phi3"} <= set(tables)
+    for arch, traits in tables.items():
+        if arch in _FALLBACK_TRAITS:
+            assert traits == _FALLBACK_TRAITS[arch], arch
+
+
+def test_unsupported_gguf_tokenizer_fails_clearly() -> None:
+    from quantcli.errors import Unsupported
+    from quantcli.runtime.tokenizer import from_gguf_metadata
+
+    with pytest.raises(Unsupported, match="pre-tokenizer 'deepseek-llm'"):
+        from_gguf_metadata(
+            {
+                "tokenizer.ggml.model": "gpt2",
+                "tokenizer.ggml.tokens": ["a"],
+                "tokenizer.ggml.pre": "deepseek-llm",
+            }
+        )
+    with pytest.raises(Unsupported, match="tokenizer model 'bert'"):
+        from_gguf_metadata({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
+
+
+def test_spm_tokenizer_rebuilt_from_gguf_metadata() -> None:
+    from quantcli.runtime.tokenizer import from_gguf_metadata
+
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    words = [
+        "▁",
+        "h",
+        "e",
+        "l",
+        "o",
+        "w",
+        "r",
+        "d",
+        "he",
+        "ll",
+        "llo",
+        "▁he",
+        "▁hello",
+        "▁w",
+        "or",
+        "▁wor",
+        "ld",
+        "▁world",
+    ]
+    scores = [0.0] * len(pieces) + [-float(i) for i in range(len(words))]
+    md = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": pieces + words,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types + [1] * len(words),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    tok = from_gguf_metadata(md)
+    ids = tok.encode("hello world")
+    assert ids[0] == 1  # SPM vocabularies add BOS by default
+    assert [md["tokenizer.ggml.tokens"][i] for i in ids[1:]] == ["▁hello", "▁world"]
+    assert tok.decode(ids[1:]) == "hello world"
+    # bytes not in the vocabulary fall back to <0xXX> tokens
+    assert md["tokenizer.ggml.tokens"][tok.encode("€", add_special=False)[-1]].startswith("<0x")
