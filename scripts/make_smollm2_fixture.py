@@ -21,6 +21,7 @@ Usage: make_smollm2_fixture.py [--synthetic] [--print-path] [--force]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -209,6 +210,11 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def _atomic_build(dest: Path, force: bool, build: Callable[[Path], None]) -> Path:
+    """Build into a private temporary directory next to `dest`, then rename it into place.
+
+    Several processes may build at once (parallel test sessions): each builds its own copy; the first
+    rename wins and the others discard theirs, so readers only ever see a complete directory.
+    """
     if is_complete(dest) and not force:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -217,11 +223,16 @@ def _atomic_build(dest: Path, force: bool, build: Callable[[Path], None]) -> Pat
     try:
         build(tmp)
         (tmp / COMPLETE_MARK).write_text(FIXTURE_VERSION + "\n")
-        if dest.exists():
+        if dest.exists() and (force or not is_complete(dest)):
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(dest, old)
             shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not is_complete(dest):  # not "another process won the race": a real failure
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
