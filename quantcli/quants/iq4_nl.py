@@ -15,6 +15,7 @@ from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
     GROUP_MAX_EPS,
+    SEARCH_SLICE_ELEMENTS,
     half_bytes,
     in_row_slices,
     pack_nibbles,
@@ -106,7 +107,7 @@ class IQ4_NL(QuantType, qtype=GGMLQuantizationType.IQ4_NL):
             out[:, 2:] = pack_nibbles(requantize(xt, scale))
             return out.reshape(part.shape[0], -1)
 
-        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel, SEARCH_SLICE_ELEMENTS)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from quantcli.quants.base import QuantType
 from quantcli.quants.iq4_nl import _KV, iq4_block_scales, iq4_weights, requantize
 from quantcli.quants.q4_0 import (
     F32,
+    SEARCH_SLICE_ELEMENTS,
     half_bytes,
     in_row_slices,
     read_half,
@@ -27,7 +28,9 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
 
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), lambda part: cls._quantize_part(part, imatrix))
+        return in_row_slices(
+            rows, cls.row_bytes(rows.shape[1]), lambda part: cls._quantize_part(part, imatrix), SEARCH_SLICE_ELEMENTS
+        )
 
     @classmethod
     def _quantize_part(cls, part: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

@@ -14,6 +14,7 @@ from quantcli.quants._common import nearest_int
 from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
+    SEARCH_SLICE_ELEMENTS,
     fix_zero_sign,
     half_bytes,
     impl_weights,
@@ -21,6 +22,7 @@ from quantcli.quants.q4_0 import (
     pack_nibbles,
     read_half,
     seq_sum,
+    seq_sum_from_first,
     transposed_blocks,
     unpack_nibbles,
     zero_codes_where_inverse_overflows,
@@ -59,38 +61,50 @@ def make_qkx3_quants(
     the_min, so the stored fp16 m is `min` itself. The running min is updated whenever a candidate wins
     and later candidates use it (both in x - min and in max - min).
     """
+    n, nblocks = xt.shape
     mn, mx = first_min_max(xt)
-    sum_w = np.add.accumulate(wt, axis=0)[-1]  # C starts from w[0] (not 0.0f + w[0]): plain accumulate
-    sum_x = np.add.accumulate(wt * xt, axis=0)[-1]
+    sum_w = seq_sum_from_first(wt)  # C starts these two from w[0], w[0]*x[0] (not from 0.0f)
+    sum_x = seq_sum_from_first(wt * xt)
     mn = np.where(mn > 0, F32(0.0), mn).astype(F32)
     degenerate = mx <= mn
     fnmax = F32(nmax)
 
     def levels(iscale: np.ndarray, cur_min: np.ndarray) -> np.ndarray:
-        scaled = iscale[None, :] * (xt - cur_min[None, :])
-        lv = np.rint(scaled)  # == nearest_int while |scaled| < 2^22, i.e. whenever iscale is finite
+        """MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))."""
+        lv = xt - cur_min[None, :]
+        lv *= iscale[None, :]
         overflow = ~np.isfinite(iscale)  # max - min below ~2^-126: replicate the bit trick on inf/NaN
-        if overflow.any():
-            lv[:, overflow] = nearest_int(scaled[:, overflow]).astype(F32)
-        return np.clip(lv, F32(0), fnmax)
+        exact = nearest_int(lv[:, overflow]).astype(F32) if overflow.any() else None
+        np.rint(lv, out=lv)  # == nearest_int while |v| < 2^22, i.e. whenever iscale is finite
+        if exact is not None:
+            lv[:, overflow] = exact
+        np.minimum(lv, fnmax, out=lv)
+        return np.maximum(lv, F32(0.0), out=lv)
 
     def sq_error(scale: np.ndarray, cur_min: np.ndarray, lv: np.ndarray) -> np.ndarray:
-        diff = (scale[None, :] * lv + cur_min[None, :]) - xt
-        return seq_sum(wt * (diff * diff))
+        """Σ w * (scale*L + min - x)^2, sequential."""
+        diff = lv * scale[None, :]
+        diff += cur_min[None, :]
+        diff -= xt
+        diff *= diff
+        diff *= wt
+        return seq_sum(diff)
 
+    stacked = np.empty((n, 3, nblocks), dtype=F32)  # w*l, w*l*l, w*l*x summed in one sequential pass
     with np.errstate(all="ignore"):
         span = np.where(degenerate, F32(1.0), mx - mn)
         iscale = fnmax / span
         scale = (F32(1.0) / iscale).astype(F32)
-        best_l = levels(iscale, mn)
-        best_mad = sq_error(scale, mn, best_l)
+        # The winning L is recomputed at the end from the winning (iscale, min-at-that-time).
+        best_iscale, best_level_min = iscale, mn
+        best_mad = sq_error(scale, mn, levels(iscale, mn))
         for step in range(nstep + 1):
             iscale = ((F32(rmin) + F32(rdelta) * F32(step)) + fnmax) / (mx - mn)
             lv = levels(iscale, mn)
-            wl = wt * lv
-            sum_l = seq_sum(wl)
-            sum_l2 = seq_sum(wl * lv)
-            sum_xl = seq_sum(wl * xt)
+            np.multiply(wt, lv, out=stacked[:, 0])
+            np.multiply(stacked[:, 0], lv, out=stacked[:, 1])
+            np.multiply(stacked[:, 0], xt, out=stacked[:, 2])
+            sum_l, sum_l2, sum_xl = seq_sum(stacked)
             det = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -100,12 +114,13 @@ def make_qkx3_quants(
             mad = sq_error(this_scale, this_min, lv)
             accept = (det > 0) & (mad < best_mad) & ~degenerate
             if accept.any():
-                best_l = np.where(accept[None, :], lv, best_l)
+                best_iscale = np.where(accept, iscale, best_iscale)
+                best_level_min = np.where(accept, mn, best_level_min)
                 best_mad = np.where(accept, mad, best_mad)
                 scale = np.where(accept, this_scale, scale)
                 mn = np.where(accept, this_min, mn)
+        codes = levels(best_iscale, best_level_min).astype(np.uint8)
     scale = np.where(degenerate, F32(0.0), scale).astype(F32)
-    codes = best_l.astype(np.uint8)
     codes[:, degenerate] = 0
     return scale, mn.astype(F32), codes
 
@@ -127,7 +142,8 @@ class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
             out[:, 4:] = pack_nibbles(qt)
             return out.reshape(part.shape[0], -1)
 
-        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
+        search = None if imatrix is None else SEARCH_SLICE_ELEMENTS
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel, search)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType
 from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
+    SEARCH_SLICE_ELEMENTS,
     absmax_ref_codes,
     half_bytes,
     impl_weights,
@@ -42,7 +43,8 @@ class Q5_0(QuantType, qtype=GGMLQuantizationType.Q5_0):
             out[:, 6:] = pack_nibbles(qt)
             return out.reshape(part.shape[0], -1)
 
-        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
+        search = None if imatrix is None else SEARCH_SLICE_ELEMENTS
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel, search)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

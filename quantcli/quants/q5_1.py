@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType
 from quantcli.quants.base import QuantType
 from quantcli.quants.q4_0 import (
     F32,
+    SEARCH_SLICE_ELEMENTS,
     half_bytes,
     impl_weights,
     in_row_slices,
@@ -43,7 +44,8 @@ class Q5_1(QuantType, qtype=GGMLQuantizationType.Q5_1):
             out[:, 8:] = pack_nibbles(qt)
             return out.reshape(part.shape[0], -1)
 
-        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
+        search = None if imatrix is None else SEARCH_SLICE_ELEMENTS
+        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel, search)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
