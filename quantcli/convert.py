@@ -86,10 +86,10 @@ def choose_tensor_type(t: TensorChoice) -> GGMLQuantizationType:
     return qtype
 
 
-def default_output_name(source: Path, ftype: LlamaFileType) -> Path:
+def default_output_name(source: Path, ftype: LlamaFileType, stem: str | None = None) -> Path:
     """`<model dir name>-<TYPE>.gguf` in the current directory (never inside the input directory)."""
-    source = Path(source)
-    stem = source.name if source.is_dir() else source.parent.name
+    source = Path(source).resolve()
+    stem = stem or (source.name if source.is_dir() else source.parent.name)
     return Path.cwd() / f"{stem or 'model'}-{FTYPE_LABEL[ftype]}.gguf"
 
 
@@ -212,12 +212,18 @@ def convert_model(
     progress: bool = False,
     type_for: Callable[[TensorChoice], GGMLQuantizationType] | None = None,
     on_tensor: Callable[[PlannedTensor, int, int], None] | None = None,
+    resume: bool = False,
+    tensor_cache: Any = None,
+    output_stem: str | None = None,
     **plan_options: Any,
 ) -> dict[str, Any]:
     """Convert `source` (HF dir or .safetensors file) to GGUF at `output`; returns the --json summary.
 
     `type_for` replaces the converter's per-tensor type rule (quantcli/plan plugs in here);
-    `on_tensor(tensor, index, total)` is called after each tensor is written.
+    `on_tensor(tensor, index, total)` is called after each tensor is written. `resume` keeps quantized
+    tensors in `<output>.quantcli-cache/` (quantcli.jobstate.TensorCache) so a rerun after a crash redoes
+    only the missing ones; batch passes its own `tensor_cache`. `output_stem` names the default output
+    (`<stem>-<TYPE>.gguf`) when `output` is None (e.g. the repo name of a Hub source).
     """
     if plan_options:
         raise UsageError(f"unknown conversion option(s): {', '.join(sorted(plan_options))}")
@@ -228,8 +234,14 @@ def convert_model(
         cfg = effective_config(spec, ckpt.config)
         names = [n for n in ckpt.tensor_names() if not spec.is_skipped(n)]
         ftype = resolve_ftype(out_type, ckpt, names)
-        out_path = Path(output) if output is not None else default_output_name(Path(source), ftype)
+        out_path = (
+            Path(output) if output is not None else default_output_name(Path(source), ftype, output_stem)
+        )
         check_output(out_path, force)
+        if tensor_cache is None and resume:
+            from quantcli.jobstate import TensorCache
+
+            tensor_cache = TensorCache.for_output(out_path, resume=True)
         cfg["__ftype__"] = ftype
         planned = plan_tensors(ckpt, spec, cfg, ftype, type_for or choose_tensor_type)
         vocab = _vocab_entries(ckpt.directory, ckpt.config)
@@ -256,7 +268,11 @@ def convert_model(
                 on_tensor(tensor, done[0], total)
 
         try:
-            sha256 = out.write(out_path, force=force, threads=threads, on_tensor=tensor_done)
+            sha256 = out.write(
+                out_path, force=force, threads=threads, on_tensor=tensor_done, tensor_cache=tensor_cache
+            )
+            if resume:
+                tensor_cache.discard()
         finally:
             if bar is not None:
                 bar.close()
@@ -277,6 +293,7 @@ def convert_model(
         "parameters": int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in planned)),
         "seconds": round(time.perf_counter() - started, 3),
         "peak_rss_bytes": peak_rss_bytes(),
+        "tensor_cache": tensor_cache.stats() if tensor_cache is not None else None,
     }
 
 

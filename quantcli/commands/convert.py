@@ -21,6 +21,7 @@ Examples:
 * `quantcli convert ./SmolLM2-135M --type q8_0 -o smol-q8_0.gguf`
 * `quantcli convert ./SmolLM2-135M` (auto type, writes ./SmolLM2-135M-BF16.gguf)
 * `quantcli convert ./model/model.safetensors --type f16 --force --json`
+* `quantcli convert HuggingFaceTB/SmolLM2-135M-Instruct --type q8_0 --resume` (download; resumable)
 """
 
 
@@ -28,7 +29,8 @@ def register(app: typer.Typer) -> None:
     @app.command("convert", help=HELP)
     def convert(
         source: Path = typer.Argument(
-            ..., help="HF model directory or a .safetensors file next to config.json."
+            ...,
+            help="HF model directory, a .safetensors file next to config.json, or a Hub id org/name[@rev].",
         ),
         output: Path | None = typer.Option(None, "-o", "--output", help="Output .gguf path."),
         out_type: str = typer.Option("auto", "--type", "-t", help="auto, f32, f16, bf16 or q8_0."),
@@ -39,11 +41,26 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(
             None, "--threads", min=1, help="Quantization threads (C extension)."
         ),
+        resume: bool = typer.Option(
+            False,
+            "--resume",
+            help="Cache quantized tensors beside the output; after a crash the same command redoes only the rest.",
+        ),
     ) -> None:
         from quantcli.convert import convert_model
+        from quantcli.hub import parse_hub_id, resolve_source
 
+        # A Hub id (org/name[@rev]) is downloaded first; its default output is named after the repo.
+        hub = parse_hub_id(str(source)) if not source.exists() else None
         result = convert_model(
-            source, output, out_type=out_type, force=force, threads=threads, progress=show_progress(json_out)
+            resolve_source(source),
+            output,
+            out_type=out_type,
+            force=force,
+            threads=threads,
+            progress=show_progress(json_out),
+            resume=resume,
+            output_stem=hub[0].split("/")[-1] if hub else None,
         )
         if json_out:
             print(json.dumps(result))

@@ -104,6 +104,10 @@ class _Writer(gguf.GGUFWriter):
         return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
+# Float types are copied/cast faster than a cache entry could be hashed and read: never cached.
+_PLAIN = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+
+
 class GGUFOutput:
     """Collects KV pairs and tensor plans, then streams the file."""
 
@@ -140,8 +144,12 @@ class GGUFOutput:
         force: bool = False,
         threads: int | None = None,
         on_tensor: Callable[[PlannedTensor], None] | None = None,
+        tensor_cache: Any = None,
     ) -> str:
-        """Write atomically to `path`; returns the file's SHA-256 (hex)."""
+        """Write atomically to `path`; returns the file's SHA-256 (hex).
+
+        `tensor_cache` (quantcli.jobstate.TensorCache) keeps quantized tensors across runs (--resume).
+        """
         with atomic_path(path, force) as tmp:
             try:
                 self.writer.write_header_to_file(path=tmp)
@@ -153,7 +161,16 @@ class GGUFOutput:
                         raise InputInvalid(
                             f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}"
                         )
-                    encoded = encode(data, tensor.qtype, tensor.name, threads)
+                    key = None
+                    if tensor_cache is not None and tensor.qtype not in _PLAIN:
+                        key = tensor_cache.key(data, tensor.qtype)
+                    hit = tensor_cache.get(key) if key else None
+                    if hit is not None:
+                        encoded = np.frombuffer(hit, np.uint8)
+                    else:
+                        encoded = encode(data, tensor.qtype, tensor.name, threads)
+                        if key:
+                            tensor_cache.put(key, encoded)
                     del data
                     if encoded.nbytes != tensor.nbytes:
                         raise InputInvalid(
