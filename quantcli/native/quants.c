@@ -316,79 +316,169 @@ static float make_qp_quants(int n, int nmax, const float *restrict x, uint8_t *r
 
 /* ---------------------------------------------------------------- 32-element block types */
 
+/* The 32-element reference quantizers work inside one block with 8-wide vectors: max/min are exact in any
+   order, the index ggml's strict scan would keep is found afterwards, and the per-element arithmetic is the
+   same binary32 sequence (x*id, then + 8.5f, then truncation). */
+
+/* max |x| of a 32-block (exact: max does not round) */
+static inline __attribute__((always_inline)) v8f vmax(v8f a, v8f b) { return vsel(a > b, a, b); }
+static inline __attribute__((always_inline)) v8f vmin(v8f a, v8f b) { return vsel(a < b, a, b); }
+
+/* lane 0 of the result: max (min) over the 8 lanes, by shuffles */
+static inline __attribute__((always_inline)) float hmax(v8f m) {
+    m = vmax(m, __builtin_shuffle(m, (v8i){4, 5, 6, 7, 0, 1, 2, 3}));
+    m = vmax(m, __builtin_shuffle(m, (v8i){2, 3, 0, 1, 6, 7, 4, 5}));
+    m = vmax(m, __builtin_shuffle(m, (v8i){1, 0, 3, 2, 5, 4, 7, 6}));
+    return m[0];
+}
+static inline __attribute__((always_inline)) float hmin(v8f m) {
+    m = vmin(m, __builtin_shuffle(m, (v8i){4, 5, 6, 7, 0, 1, 2, 3}));
+    m = vmin(m, __builtin_shuffle(m, (v8i){2, 3, 0, 1, 6, 7, 4, 5}));
+    m = vmin(m, __builtin_shuffle(m, (v8i){1, 0, 3, 2, 5, 4, 7, 6}));
+    return m[0];
+}
+
+static inline __attribute__((always_inline)) float block32_amax(const v8f *v) {
+    return hmax(vmax(vmax(vabs(v[0]), vabs(v[1])), vmax(vabs(v[2]), vabs(v[3]))));
+}
+
+/* the signed value ggml's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` scan ends with */
+static inline __attribute__((always_inline)) int any_set(v8i m) {
+    uint64_t u[4];
+    memcpy(u, &m, sizeof u);
+    return (u[0] | u[1] | u[2] | u[3]) != 0;
+}
+
+/* Only +amax and -amax can be kept; when just one of them occurs no scan is needed. */
+static inline __attribute__((always_inline)) float block32_signed_max(const float *xb, const v8f *v, float amax) {
+    if (amax == 0.0f) return 0.0f; /* never updated: the initial +0.0f */
+    const v8f pos = vsplat(amax), neg = vsplat(-amax);
+    v8i has_pos = (v[0] == pos) | (v[1] == pos) | (v[2] == pos) | (v[3] == pos);
+    v8i has_neg = (v[0] == neg) | (v[1] == neg) | (v[2] == neg) | (v[3] == neg);
+    if (!any_set(has_neg)) return amax;
+    if (!any_set(has_pos)) return -amax;
+    int j = 0;
+    while (fabsf(xb[j]) != amax) ++j;
+    return xb[j];
+}
+
+/* min and max as ggml's `if (v < min) min = v; if (v > max) max = v;` scan finds them, signed zeros included */
+static inline __attribute__((always_inline)) void block32_min_max(const float *xb, const v8f *v, float *min_out,
+                                                                   float *max_out) {
+    float min = hmin(vmin(vmin(v[0], v[1]), vmin(v[2], v[3])));
+    float max = hmax(vmax(vmax(v[0], v[1]), vmax(v[2], v[3])));
+    if (min == 0.0f || max == 0.0f) { /* +0.0 and -0.0 compare equal: the first one in index order wins */
+        min = FLT_MAX;
+        max = -FLT_MAX;
+        for (int j = 0; j < 32; j++) {
+            if (xb[j] < min) min = xb[j];
+            if (xb[j] > max) max = xb[j];
+        }
+    }
+    *min_out = min;
+    *max_out = max;
+}
+
+static inline __attribute__((always_inline)) void load32(const float *xb, v8f *v) {
+    for (int k = 0; k < 4; ++k) v[k] = vloadu(xb + 8 * k);
+}
+
+typedef uint8_t v32u8 __attribute__((vector_size(32)));
+
+/* low bytes of the 16 int lanes of b0, b1 -> dst[0..15] (the int -> uint8_t stores of the C code) */
+static inline __attribute__((always_inline)) void pack16(uint8_t *dst, v8i b0, v8i b1) {
+    v32u8 r = __builtin_shuffle((v32u8)b0, (v32u8)b1,
+                                (v32u8){0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60,
+                                        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+    memcpy(dst, &r, 16);
+}
+
+/* C's (int8_t) conversion of a float already truncated to int: keep the low byte, sign-extended */
+static inline __attribute__((always_inline)) v8i as_int8(v8i t) { return (t << 24) >> 24; }
+
+/* MIN(hi, (int8_t)(v)) for v = float lanes: truncation, int8 wrap, then the min, as ggml's scalar code */
+static inline __attribute__((always_inline)) v8i q_trunc_min(v8f v, int hi) {
+    v8i t = as_int8(__builtin_convertvector(v, v8i));
+    return isel(t > isplat(hi), isplat(hi), t);
+}
+
+/* C roundf (half away from zero) then the float -> int conversion, lane-wise. For |v| < 2^23 v - trunc(v)
+   is exact; from 2^23 on v is already an integer and the truncating conversion alone gives (int)roundf(v),
+   including the x86 "integer indefinite" INT_MIN for |v| >= 2^31 and inf/NaN, which ggml's build also gets. */
+static inline __attribute__((always_inline)) v8i vroundf_int(v8f v) {
+    v8i t = __builtin_convertvector(v, v8i);
+    v8f f = v - vtof(t);
+    v8i small = vabs(v) < vsplat(8388608.f);
+    return t - ((f >= vsplat(0.5f)) & small) + ((f <= vsplat(-0.5f)) & small);
+}
+
+QC_CLONES
 static void q8_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     (void)qw;
     block_q8_0 *y = vy;
-    const int nb = (int)(n / 32);
-    for (int i = 0; i < nb; i++) {
-        float amax = 0.0f;
-        for (int j = 0; j < 32; j++) amax = MAX(amax, fabsf(x[i * 32 + j]));
+    v8f v[4];
+    for (int64_t i = 0; i < n / 32; i++) {
+        load32(x + 32 * i, v);
+        const float amax = block32_amax(v);
         const float d = amax / ((1 << 7) - 1);
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < 32; ++j) y[i].qs[j] = (int8_t)roundf(x[i * 32 + j] * id);
+        const v8f vid = vsplat(id);
+        pack16((uint8_t *)y[i].qs, vroundf_int(v[0] * vid), vroundf_int(v[1] * vid));
+        pack16((uint8_t *)y[i].qs + 16, vroundf_int(v[2] * vid), vroundf_int(v[3] * vid));
     }
 }
 
+QC_CLONES
 static void q4_0_ref(const float *restrict x, block_q4_0 *restrict y, int64_t n) {
-    const int nb = (int)(n / 32);
-    for (int i = 0; i < nb; i++) {
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            const float v = x[i * 32 + j];
-            if (amax < fabsf(v)) { amax = fabsf(v); max = v; }
-        }
+    v8f v[4];
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *xb = x + 32 * i;
+        load32(xb, v);
+        const float max = block32_signed_max(xb, v, block32_amax(v));
         const float d = max / -8;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < 16; ++j) {
-            const float x0 = x[i * 32 + j] * id;
-            const float x1 = x[i * 32 + 16 + j] * id;
-            const uint8_t xi0 = MIN(15, (int8_t)(x0 + 8.5f));
-            const uint8_t xi1 = MIN(15, (int8_t)(x1 + 8.5f));
-            y[i].qs[j] = xi0 | (uint8_t)(xi1 << 4);
-        }
+        const v8f vid = vsplat(id), c = vsplat(8.5f);
+        v8i t[4];
+        for (int k = 0; k < 4; ++k) t[k] = q_trunc_min(v[k] * vid + c, 15) & isplat(0xFF);
+        pack16(y[i].qs, t[0] | (t[2] << 4), t[1] | (t[3] << 4));
     }
 }
 
+QC_CLONES
 static void q4_1_ref(const float *restrict x, block_q4_1 *restrict y, int64_t n) {
-    const int nb = (int)(n / 32);
-    for (int i = 0; i < nb; i++) {
-        float min = FLT_MAX, max = -FLT_MAX;
-        for (int j = 0; j < 32; j++) {
-            const float v = x[i * 32 + j];
-            if (v < min) min = v;
-            if (v > max) max = v;
-        }
+    v8f v[4];
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *xb = x + 32 * i;
+        load32(xb, v);
+        float min, max;
+        block32_min_max(xb, v, &min, &max);
         const float d = (max - min) / ((1 << 4) - 1);
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);
         y[i].m = fp32_to_fp16(min);
-        for (int j = 0; j < 16; ++j) {
-            const float x0 = (x[i * 32 + j] - min) * id;
-            const float x1 = (x[i * 32 + 16 + j] - min) * id;
-            const uint8_t xi0 = MIN(15, (int8_t)(x0 + 0.5f));
-            const uint8_t xi1 = MIN(15, (int8_t)(x1 + 0.5f));
-            y[i].qs[j] = xi0 | (uint8_t)(xi1 << 4);
-        }
+        const v8f vid = vsplat(id), vmin = vsplat(min), c = vsplat(0.5f);
+        v8i t[4];
+        for (int k = 0; k < 4; ++k) t[k] = q_trunc_min((v[k] - vmin) * vid + c, 15) & isplat(0xFF);
+        pack16(y[i].qs, t[0] | (t[2] << 4), t[1] | (t[3] << 4));
     }
 }
 
+QC_CLONES
 static void q5_0_ref(const float *restrict x, block_q5_0 *restrict y, int64_t n) {
-    const int nb = (int)(n / 32);
-    for (int i = 0; i < nb; i++) {
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            const float v = x[i * 32 + j];
-            if (amax < fabsf(v)) { amax = fabsf(v); max = v; }
-        }
+    v8f v[4];
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *xb = x + 32 * i;
+        load32(xb, v);
+        const float max = block32_signed_max(xb, v, block32_amax(v));
         const float d = max / -16;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);
         uint32_t qh = 0;
         for (int j = 0; j < 16; ++j) {
-            const float x0 = x[i * 32 + j] * id;
-            const float x1 = x[i * 32 + 16 + j] * id;
+            const float x0 = xb[j] * id;
+            const float x1 = xb[16 + j] * id;
             const uint8_t xi0 = MIN(31, (int8_t)(x0 + 16.5f));
             const uint8_t xi1 = MIN(31, (int8_t)(x1 + 16.5f));
             y[i].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
@@ -399,23 +489,22 @@ static void q5_0_ref(const float *restrict x, block_q5_0 *restrict y, int64_t n)
     }
 }
 
+QC_CLONES
 static void q5_1_ref(const float *restrict x, block_q5_1 *restrict y, int64_t n) {
-    const int nb = (int)(n / 32);
-    for (int i = 0; i < nb; i++) {
-        float min = FLT_MAX, max = -FLT_MAX;
-        for (int j = 0; j < 32; j++) {
-            const float v = x[i * 32 + j];
-            if (v < min) min = v;
-            if (v > max) max = v;
-        }
+    v8f v[4];
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float *xb = x + 32 * i;
+        load32(xb, v);
+        float min, max;
+        block32_min_max(xb, v, &min, &max);
         const float d = (max - min) / ((1 << 5) - 1);
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);
         y[i].m = fp32_to_fp16(min);
         uint32_t qh = 0;
         for (int j = 0; j < 16; ++j) {
-            const float x0 = (x[i * 32 + j] - min) * id;
-            const float x1 = (x[i * 32 + 16 + j] - min) * id;
+            const float x0 = (xb[j] - min) * id;
+            const float x1 = (xb[16 + j] - min) * id;
             const uint8_t xi0 = (uint8_t)(x0 + 0.5f);
             const uint8_t xi1 = (uint8_t)(x1 + 0.5f);
             y[i].qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
@@ -562,126 +651,85 @@ static void mxfp4_row(const float *restrict x, void *restrict vy, int64_t n, con
     }
 }
 
-/* quantize_row_iq4_nl_impl with ntry = 7 (the only value llama-quantize uses) */
-static void iq4_nl_impl(const int super_block_size, const int block_size, const float *restrict x, half *dh,
-                        uint8_t *q4, uint16_t *scales_h, uint8_t *scales_l, float *scales, float *weight,
-                        uint8_t *L, const int8_t *values, const float *quant_weights) {
-    const int ntry = 7;
-    float sigma2 = 0;
-    for (int j = 0; j < super_block_size; ++j) sigma2 += x[j] * x[j];
-    sigma2 *= 2.f / super_block_size;
-
-    memset(q4, 0, super_block_size / 2);
-    dh[0] = fp32_to_fp16(0.f);
-
-    float max_scale = 0, amax_scale = 0;
-    for (int ib = 0; ib < super_block_size / block_size; ++ib) {
-        const float *xb = x + ib * block_size;
-        uint8_t *Lb = L + ib * block_size;
-        if (quant_weights) {
-            const float *qw = quant_weights + ib * block_size;
-            for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j] * xb[j]);
-        } else {
-            for (int j = 0; j < block_size; ++j) weight[j] = xb[j] * xb[j];
-        }
-        float amax = 0, max = 0;
-        for (int j = 0; j < block_size; ++j) {
-            float ax = fabsf(xb[j]);
-            if (ax > amax) { amax = ax; max = xb[j]; }
-        }
-        if (amax < GROUP_MAX_EPS) {
-            scales[ib] = 0;
-            continue;
-        }
-        float d = -max / values[0];
-        float id = 1 / d;
-        float sumqx = 0, sumq2 = 0;
-        for (int j = 0; j < block_size; ++j) {
-            float al = id * xb[j];
-            int l = best_index_int8(16, values, al);
-            Lb[j] = l;
-            float q = values[l];
-            float w = weight[j];
-            sumqx += w * q * xb[j];
-            sumq2 += w * q * q;
-        }
-        d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
-        float best = d * sumqx;
-        for (int itry = -ntry; itry <= ntry; ++itry) {
-            id = (itry + values[0]) / max;
-            sumqx = sumq2 = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float al = id * xb[j];
-                int l = best_index_int8(16, values, al);
-                float q = values[l];
-                float w = weight[j];
-                sumqx += w * q * xb[j];
-                sumq2 += w * q * q;
-            }
-            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                d = sumqx / sumq2;
-                best = d * sumqx;
-            }
-        }
-        scales[ib] = d;
-        float abs_d = fabsf(d);
-        if (abs_d > amax_scale) { amax_scale = abs_d; max_scale = d; }
-    }
-
-    if (super_block_size / block_size > 1) {
-        int nb = super_block_size / block_size;
-        memset(scales_h, 0, ((nb + 7) / 8) * sizeof(uint16_t));
-        float d = -max_scale / 32;
-        dh[0] = fp32_to_fp16(d);
-        float id = d ? 1 / d : 0.f;
-        for (int ib = 0; ib < super_block_size / block_size; ++ib) {
-            int l = nearest_int(id * scales[ib]);
-            l = MAX(-32, MIN(31, l));
-            float dl = d * l;
-            float idl = dl ? 1 / dl : 0.f;
-            uint8_t *Lb = L + ib * block_size;
-            const float *xb = x + ib * block_size;
-            for (int j = 0; j < block_size; ++j) Lb[j] = best_index_int8(16, values, idl * xb[j]);
-            l += 32;
-            uint8_t l_l = l & 0xf;
-            uint8_t l_h = l >> 4;
-            if (ib % 2 == 0) scales_l[ib / 2] = l_l;
-            else scales_l[ib / 2] |= (l_l << 4);
-            scales_h[ib / 8] |= (l_h << 2 * (ib % 8));
-        }
+/* IQ4_NL / IQ4_XS: quantize_row_iq4_nl_impl with ntry = 7 (the only value llama-quantize uses). The
+   per-32-block scale search runs 8 blocks in SIMD lanes (iq4_search_lanes), the final index assignment too. */
+static void iq4_weights(const float *restrict x, const float *restrict qw, float sigma2, int count,
+                        float *restrict weight) {
+    if (qw) {
+        for (int j = 0; j < count; ++j) weight[j] = qw[j] * sqrtf(sigma2 + x[j] * x[j]);
     } else {
-        dh[0] = fp32_to_fp16(scales[0]);
-        float id = scales[0] ? 1 / scales[0] : 0;
-        for (int j = 0; j < super_block_size; ++j) L[j] = best_index_int8(16, values, id * x[j]);
+        for (int j = 0; j < count; ++j) weight[j] = x[j] * x[j];
     }
-
-    for (int i = 0; i < super_block_size / 32; ++i)
-        for (int j = 0; j < 16; ++j) q4[16 * i + j] = L[32 * i + j] | (L[32 * i + 16 + j] << 4);
 }
 
 static void iq4_nl_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     block_iq4_nl *y = vy;
-    uint8_t L[32];
-    float weight[32];
-    uint16_t unused_h;
-    float scale;
-    for (int64_t ib = 0; ib < n / 32; ++ib)
-        iq4_nl_impl(32, 32, x + 32 * ib, &y[ib].d, y[ib].qs, &unused_h, NULL, &scale, weight, L, kvalues_iq4nl,
-                    qw ? qw + 32 * ib : NULL);
+    const int64_t nb = n / 32;
+    float weight[QC_LANES * 32], d[QC_LANES], id[QC_LANES];
+    uint8_t L[QC_LANES * 32];
+    v8f xt[32], wt[32];
+    for (int64_t ib = 0; ib < nb; ib += QC_LANES) {
+        const int nblk = (int)MIN(QC_LANES, nb - ib);
+        const float *xb = x + 32 * ib;
+        for (int k = 0; k < nblk; ++k) {
+            const float *xk = xb + 32 * k;
+            float sigma2 = 0;
+            for (int j = 0; j < 32; ++j) sigma2 += xk[j] * xk[j];
+            sigma2 *= 2.f / 32;
+            iq4_weights(xk, qw ? qw + 32 * (ib + k) : NULL, sigma2, 32, weight + 32 * k);
+        }
+        transpose_in_n(xb, 32, nblk, xt);
+        transpose_in_n(weight, 32, nblk, wt);
+        iq4_search_lanes(xt, wt, kvalues_iq4nl, d);
+        for (int k = 0; k < QC_LANES; ++k) id[k] = d[k] ? 1 / d[k] : 0;
+        iq4_assign_lanes(xt, id, kvalues_iq4nl, L, nblk);
+        for (int k = 0; k < nblk; ++k) {
+            y[ib + k].d = fp32_to_fp16(d[k]);
+            for (int j = 0; j < 16; ++j) y[ib + k].qs[j] = L[32 * k + j] | (L[32 * k + 16 + j] << 4);
+        }
+    }
 }
 
 static void iq4_xs_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
-    block_iq4_xs *y = vy;
+    uint8_t *yb = vy;
+    float weight[QK_K], scales[8], idl[8];
     uint8_t L[QK_K];
-    float weight[32];
-    float scales[QK_K / 32];
-    for (int64_t ib = 0; ib < n / QK_K; ++ib) {
-        /* scales_h is a packed, possibly unaligned uint16_t: go through a local */
-        uint16_t sh;
-        memcpy(&sh, (uint8_t *)&y[ib] + 2, 2);
-        iq4_nl_impl(QK_K, 32, x + QK_K * ib, &y[ib].d, y[ib].qs, &sh, y[ib].scales_l, scales, weight, L,
-                    kvalues_iq4nl, qw ? qw + QK_K * ib : NULL);
-        memcpy((uint8_t *)&y[ib] + 2, &sh, 2);
+    v8f xt[32], wt[32];
+    for (int64_t ibl = 0; ibl < n / QK_K; ++ibl, yb += sizeof(block_iq4_xs)) {
+        block_iq4_xs *y = (block_iq4_xs *)yb;
+        const float *xs = x + QK_K * ibl;
+        float sigma2 = 0;
+        for (int j = 0; j < QK_K; ++j) sigma2 += xs[j] * xs[j];
+        sigma2 *= 2.f / QK_K;
+        iq4_weights(xs, qw ? qw + QK_K * ibl : NULL, sigma2, QK_K, weight);
+        transpose_in(xs, 32, xt);
+        transpose_in(weight, 32, wt);
+        iq4_search_lanes(xt, wt, kvalues_iq4nl, scales);
+        float max_scale = 0, amax_scale = 0;
+        for (int ib = 0; ib < 8; ++ib) {
+            float abs_d = fabsf(scales[ib]);
+            if (abs_d > amax_scale) { amax_scale = abs_d; max_scale = scales[ib]; }
+        }
+        uint16_t scales_h = 0;
+        float d = -max_scale / 32;
+        y->d = fp32_to_fp16(d);
+        float id = d ? 1 / d : 0.f;
+        for (int ib = 0; ib < 8; ++ib) {
+            int l = nearest_int(id * scales[ib]);
+            l = MAX(-32, MIN(31, l));
+            float dl = d * l;
+            idl[ib] = dl ? 1 / dl : 0.f;
+            l += 32;
+            uint8_t l_l = l & 0xf;
+            uint8_t l_h = l >> 4;
+            if (ib % 2 == 0) y->scales_l[ib / 2] = l_l;
+            else y->scales_l[ib / 2] |= (l_l << 4);
+            scales_h |= (l_h << 2 * (ib % 8));
+        }
+        memcpy(yb + 2, &scales_h, 2);
+        iq4_assign_lanes(xt, idl, kvalues_iq4nl, L, 8);
+        for (int i = 0; i < 8; ++i)
+            for (int j = 0; j < 16; ++j) y->qs[16 * i + j] = L[32 * i + j] | (L[32 * i + 16 + j] << 4);
     }
 }
 

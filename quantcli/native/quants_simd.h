@@ -17,6 +17,10 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define QC_CLONES
 #endif
 
+/* unaligned, aliasing-safe vector load */
+typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+static inline __attribute__((always_inline)) v8f vloadu(const float *p) { return *(const v8f_unaligned *)p; }
+
 static inline __attribute__((always_inline)) v8f vsplat(float f) { return (v8f){f, f, f, f, f, f, f, f}; }
 static inline __attribute__((always_inline)) v8i isplat(int i) { return (v8i){i, i, i, i, i, i, i, i}; }
 static inline __attribute__((always_inline)) v8f vsel(v8i mask, v8f a, v8f b) { return (v8f)(((v8i)a & mask) | ((v8i)b & ~mask)); }
@@ -187,4 +191,85 @@ static inline __attribute__((always_inline)) void transpose_in_n(const float *re
                                                                  v8f *restrict dst) {
     for (int i = 0; i < n; ++i)
         for (int k = 0; k < QC_LANES; ++k) dst[i][k] = k < nlanes ? src[k * n + i] : 0.f;
+}
+
+/* best_index_int8(16, values, x) lane-wise, also returning values[result] as float. The binary search keeps
+   values[ml] <= x < values[mu]; with sorted values that is mu = 1 + #{k in 1..14 : values[k] <= x}, followed
+   by the same float tie test `x - values[mu-1] < values[mu] - x`. */
+static inline __attribute__((always_inline)) v8i vbest_index16(const v8f *restrict vals, v8f tab_lo, v8f tab_hi,
+                                                               v8f x, v8f *restrict q) {
+    v8i mu = isplat(1);
+    for (int k = 1; k < 15; ++k) mu -= (x >= vals[k]);
+    v8f lo = __builtin_shuffle(tab_lo, tab_hi, mu - isplat(1));
+    v8f hi = __builtin_shuffle(tab_lo, tab_hi, mu);
+    v8i down = x - lo < hi - x;
+    v8i r = isel(down, mu - isplat(1), mu);
+    v8f qv = vsel(down, lo, hi);
+    v8i top = x >= vals[15], bottom = x <= vals[0];
+    r = isel(top, isplat(15), r);
+    qv = vsel(top, vals[15], qv);
+    *q = vsel(bottom, vals[0], qv);
+    return isel(bottom, isplat(0), r);
+}
+
+/* The per-block scale search of quantize_row_iq4_nl_impl (ntry = 7) for 8 blocks of 32 in lanes.
+   Returns d per lane; lanes whose block has amax < GROUP_MAX_EPS get 0 (ggml: scales[ib] = 0). */
+QC_CLONES
+static void iq4_search_lanes(const v8f *restrict xt, const v8f *restrict wt, const int8_t *values,
+                             float *restrict d_out) {
+    v8f vals[16], tab_lo, tab_hi;
+    for (int k = 0; k < 16; ++k) vals[k] = vsplat((float)values[k]);
+    for (int k = 0; k < 8; ++k) tab_lo[k] = values[k], tab_hi[k] = values[k + 8];
+    v8f amax = vsplat(0.f), max = vsplat(0.f);
+    for (int j = 0; j < 32; ++j) {
+        v8f ax = vabs(xt[j]);
+        v8i gt = ax > amax;
+        amax = vsel(gt, ax, amax);
+        max = vsel(gt, xt[j], max);
+    }
+    const v8i zero_block = amax < vsplat(GROUP_MAX_EPS);
+    v8f d = -max / vals[0];
+    v8f id = vsplat(1.f) / d;
+    v8f sumqx = vsplat(0.f), sumq2 = vsplat(0.f);
+    for (int j = 0; j < 32; ++j) {
+        v8f al = id * xt[j];
+        v8f q;
+        (void)vbest_index16(vals, tab_lo, tab_hi, al, &q);
+        v8f w = wt[j];
+        sumqx += w * q * xt[j];
+        sumq2 += w * q * q;
+    }
+    d = vsel(sumq2 > vsplat(0.f), sumqx / sumq2, vsplat(0.f));
+    v8f best = d * sumqx;
+    for (int itry = -7; itry <= 7; ++itry) {
+        id = vsplat((float)(itry + values[0])) / max;
+        sumqx = sumq2 = vsplat(0.f);
+        for (int j = 0; j < 32; ++j) {
+            v8f al = id * xt[j];
+            v8f q;
+            (void)vbest_index16(vals, tab_lo, tab_hi, al, &q);
+            v8f w = wt[j];
+            sumqx += w * q * xt[j];
+            sumq2 += w * q * q;
+        }
+        v8i take = (sumq2 > vsplat(0.f)) & (sumqx * sumqx > best * sumq2);
+        v8f nd = sumqx / sumq2;
+        d = vsel(take, nd, d);
+        best = vsel(take, nd * sumqx, best);
+    }
+    for (int k = 0; k < QC_LANES; ++k) d_out[k] = zero_block[k] ? 0.f : d[k];
+}
+
+/* L[k*32 + j] = best_index_int8(16, values, id[k] * x[k*32 + j]) for 8 blocks of 32 */
+QC_CLONES
+static void iq4_assign_lanes(const v8f *restrict xt, const float *restrict id, const int8_t *values,
+                             uint8_t *restrict L, int nlanes) {
+    v8f vals[16], vid, tab_lo, tab_hi, q;
+    for (int k = 0; k < 16; ++k) vals[k] = vsplat((float)values[k]);
+    for (int k = 0; k < 8; ++k) tab_lo[k] = values[k], tab_hi[k] = values[k + 8];
+    for (int k = 0; k < QC_LANES; ++k) vid[k] = id[k];
+    for (int j = 0; j < 32; ++j) {
+        v8i l = vbest_index16(vals, tab_lo, tab_hi, vid * xt[j], &q);
+        for (int k = 0; k < nlanes; ++k) L[k * 32 + j] = (uint8_t)l[k];
+    }
 }
