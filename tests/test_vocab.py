@@ -323,9 +323,14 @@ def _train_spm(tmp: Path) -> Path:
     return tmp
 
 
+@pytest.fixture(scope="module")
+def spm_dir(tmp_path_factory) -> Path:
+    return _train_spm(tmp_path_factory.mktemp("spm") / "model")
+
+
 @pytest.mark.slow
-def test_sentencepiece_metadata_equals_converter(tmp_path):
-    model_dir = _train_spm(tmp_path / "spm")
+def test_sentencepiece_metadata_equals_converter(spm_dir, tmp_path):
+    model_dir = spm_dir
     meta = read_vocab(model_dir, json.loads((model_dir / "config.json").read_text()))
     theirs = gguf_tokenizer_fields(run_converter_vocab_only(model_dir, tmp_path / "spm-vocab.gguf"))
     assert_same_fields(ours_as_fields(meta), theirs)
@@ -341,10 +346,10 @@ def test_sentencepiece_metadata_equals_converter(tmp_path):
 
 
 @pytest.mark.slow
-def test_sentencepiece_llama_tokenize_equals_sentencepiece(tmp_path):
+def test_sentencepiece_llama_tokenize_equals_sentencepiece(spm_dir, tmp_path):
     import sentencepiece as spm
 
-    model_dir = _train_spm(tmp_path / "spm")
+    model_dir = spm_dir
     config = json.loads((model_dir / "config.json").read_text())
     model = write_vocab_only_gguf(tmp_path / "spm.gguf", config, read_vocab(model_dir, config))
     processor = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
@@ -358,6 +363,27 @@ def test_sentencepiece_llama_tokenize_equals_sentencepiece(tmp_path):
     ]:
         expected = [1, *processor.encode(text)]  # add_bos_token true
         assert llama_tokenize(model, text, tmp_path) == expected, text
+
+
+@pytest.mark.slow
+def test_gemma_recipe_equals_converter(spm_dir, tmp_path):
+    """Gemma's set_vocab: a second SpecialVocab pass (eot 107; prefix/suffix/middle/fsep have no key) and
+    add_space_prefix false at the end."""
+    import shutil
+
+    model_dir = tmp_path / "gemma"
+    shutil.copytree(spm_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config |= {"architectures": ["GemmaForCausalLM"], "model_type": "gemma", "head_dim": 32}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    meta = read_vocab(model_dir, config)
+    theirs = gguf_tokenizer_fields(run_converter_vocab_only(model_dir, tmp_path / "gemma-vocab.gguf"))
+    assert_same_fields(ours_as_fields(meta), theirs)
+    assert meta["tokenizer.ggml.eot_token_id"] == 107
+    assert (
+        meta.keys()[-1] == "tokenizer.ggml.add_space_prefix"
+        and meta["tokenizer.ggml.add_space_prefix"] is False
+    )
 
 
 # -------------------------------------------------------------------------------- tables and order
