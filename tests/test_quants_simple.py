@@ -16,6 +16,7 @@ from gguf import GGMLQuantizationType as T
 
 from quantcli import quants
 from quantcli.errors import InputInvalid
+from quantcli.quants.iq4_nl import _MIDPOINTS, best_index_iq4, best_index_iq4_literal
 from quantcli.quants.mxfp4 import floor_log2f
 from quantcli.quants.q8_0 import roundf_to_int8
 
@@ -248,6 +249,22 @@ def test_mxfp4_block_max_just_below_powers_of_two(ggml) -> None:
         rows.append(row.reshape(-1))
     x = np.asarray(rows, dtype=F32)
     check_against_ggml(ggml, T.MXFP4, x, None, use_native=False)
+
+
+def test_iq4_midpoint_index_equals_c_binary_search() -> None:
+    """The midpoint-count table lookup equals a literal port of best_index_int8 on every float within
+    256 ulps of each midpoint and table value, plus wide random values (incl. beyond the table)."""
+    anchors = np.concatenate([_MIDPOINTS, np.array([-127, -104, 1, 113], dtype=F32)])
+    values = [anchors]
+    up, down = anchors.copy(), anchors.copy()
+    for _ in range(256):
+        up, down = np.nextafter(up, F32(np.inf)), np.nextafter(down, F32(-np.inf))
+        values += [up, down]
+    rng = np.random.default_rng(5)
+    values.append((rng.standard_normal(200_000) * 80).astype(F32))
+    values.append(np.array([0.0, -0.0, 1e-30, -1e30, 1e30], dtype=F32))
+    x = np.concatenate(values)
+    np.testing.assert_array_equal(best_index_iq4(x), best_index_iq4_literal(x))
 
 
 def test_roundf_to_int8_is_c_roundf() -> None:

@@ -32,12 +32,28 @@ _KV = KVALUES_IQ4NL.astype(F32)
 NTRY = 7
 
 
+# Midpoints between neighbouring table values (exact in float32: integers and halves).
+_MIDPOINTS = ((_KV[:-1] + _KV[1:]) / F32(2)).astype(F32)
+
+
 def best_index_iq4(x: np.ndarray) -> np.ndarray:
     """best_index_int8(16, kvalues_iq4nl, x) elementwise -> uint8 index.
 
-    The C binary search ends with kv[mu-1] <= x < kv[mu], i.e. mu = searchsorted(kv, x, 'right'); it then
-    returns mu-1 iff x - kv[mu-1] < kv[mu] - x (float32), and clamps to 0 / 15 outside the table.
+    The C clamps to 0 / 15 outside the table, binary-searches kv[mu-1] <= x < kv[mu], and returns mu-1
+    iff `x - kv[mu-1] < kv[mu] - x` in float32. That is exactly "the number of midpoints <= x": near
+    every midpoint both float32 differences are exact (they lie in a binade no finer than x's), and
+    away from it rounding cannot reverse the comparison. Checked exhaustively for every float32 in
+    [-127, 127] against a literal port of the C (formats/ggml-blocks.md); the tests re-check the
+    neighbourhood of every midpoint.
     """
+    idx = (x >= _MIDPOINTS[0]).view(np.uint8).copy()
+    for mid in _MIDPOINTS[1:]:
+        idx += (x >= mid).view(np.uint8)
+    return idx
+
+
+def best_index_iq4_literal(x: np.ndarray) -> np.ndarray:
+    """A literal vectorised port of best_index_int8 (binary search + float32 comparison), for tests."""
     mu = np.clip(np.searchsorted(_KV, x, side="right"), 1, 15)
     lower = (x - _KV[mu - 1]) < (_KV[mu] - x)
     idx = (mu - lower).astype(np.uint8)
@@ -65,10 +81,15 @@ def iq4_block_scales(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
     zero = amax < GROUP_MAX_EPS
     safe_max = np.where(zero, F32(1.0), vmax)
 
+    stacked = np.empty((xt.shape[0], 2, xt.shape[1]), dtype=F32)  # w*q*x and w*q*q, summed together
+
     def sums(inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q = _KV[best_index_iq4(inv[None, :] * xt)]
-        wq = wt * q  # C: w*q*xb[j] == (w*q)*x, w*q*q == (w*q)*q
-        return seq_sum(wq * xt), seq_sum(wq * q)
+        q = _KV.take(best_index_iq4(inv[None, :] * xt))
+        np.multiply(wt, q, out=stacked[:, 1])  # C: w*q*xb[j] == (w*q)*x, w*q*q == (w*q)*q
+        np.multiply(stacked[:, 1], xt, out=stacked[:, 0])
+        stacked[:, 1] *= q
+        sumqx, sumq2 = seq_sum(stacked)
+        return sumqx, sumq2
 
     with np.errstate(all="ignore"):
         d = (-safe_max) / _KV[0]
