@@ -618,36 +618,38 @@ static void q5_1_row(const float *restrict x, void *restrict vy, int64_t n, cons
     }
 }
 
-static inline int best_index_mxfp4(float x, float e) {
-    int best_index = 0;
-    float best_err = fabsf(kvalues_mxfp4[0] * e - x);
-    for (int i = 1; i < 16; i++) {
-        float err = fabsf(kvalues_mxfp4[i] * e - x);
-        if (err < best_err) { best_index = i; best_err = err; }
-    }
-    return best_index;
-}
-
+/* MXFP4: the E8M0 exponent from max|x| (scalar, C log2f as ggml), then best_index_mxfp4 for 8 elements at a
+   time: the 16 candidate errors |kv[i]*d - x| in index order, strict < keeps the first best. */
+QC_CLONES
 static void mxfp4_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     (void)qw;
     block_mxfp4 *y = vy;
-    const int nb = (int)(n / 32);
-    for (int i = 0; i < nb; i++) {
-        float amax = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            const float v = x[i * 32 + j];
-            if (amax < fabsf(v)) amax = fabsf(v);
-        }
-        /* ggml: (uint8_t)(floorf(log2f(amax)) - 2 + 127); on x86-64 gcc converts through a 32-bit int, so
+    v8f v[4];
+    v8i cidx[16];
+    for (int c = 0; c < 16; ++c) cidx[c] = isplat(c);
+    for (int64_t i = 0; i < n / 32; i++) {
+        load32(x + 32 * i, v);
+        const float amax = block32_amax(v);
+        /* ggml: (uint8_t)(floorf(log2f(amax)) - 2 + 127); x86-64 gcc converts through a 32-bit int, so
            exponents below the E8M0 range wrap the same way here */
         const uint8_t e = amax > 0.0f ? (uint8_t)(int)(floorf(log2f(amax)) - 2 + 127) : 0;
         const float d = e8m0_to_fp32_half(e);
         y[i].e = e;
-        for (int j = 0; j < 16; ++j) {
-            const uint8_t x0 = best_index_mxfp4(x[i * 32 + j], d);
-            const uint8_t x1 = best_index_mxfp4(x[i * 32 + 16 + j], d);
-            y[i].qs[j] = x0 | (uint8_t)(x1 << 4);
+        v8f cand[16]; /* kvalues_mxfp4[c] * d, the products ggml compares against */
+        for (int c = 0; c < 16; ++c) cand[c] = vsplat(kvalues_mxfp4[c] * d);
+        v8i idx[4];
+        for (int k = 0; k < 4; ++k) {
+            v8f best = vabs(cand[0] - v[k]);
+            v8i bi = isplat(0);
+            for (int c = 1; c < 16; ++c) {
+                v8f err = vabs(cand[c] - v[k]);
+                v8i take = err < best;
+                best = vsel(take, err, best);
+                bi = isel(take, cidx[c], bi);
+            }
+            idx[k] = bi;
         }
+        pack16(y[i].qs, idx[0] | (idx[2] << 4), idx[1] | (idx[3] << 4));
     }
 }
 
@@ -735,76 +737,66 @@ static void iq4_xs_row(const float *restrict x, void *restrict vy, int64_t n, co
 
 /* ---------------------------------------------------------------- ternary */
 
+/* lroundf(x*id) + 1 for a 256-block, as int (the C code's int xi = lroundf(...) + 1), 8 lanes at a time */
+QC_CLONES
+static void ternary_trits(const float *restrict x, float *restrict d_out, int *restrict xi) {
+    v8f m = vabs(vloadu(x));
+    for (int k = 1; k < 32; ++k) m = vmax(m, vabs(vloadu(x + 8 * k)));
+    const float amax = hmax(m); /* MAX(amax, fabsf(v)) in any order: the exact maximum */
+    const float d = amax;
+    const float id = d ? 1.0f / d : 0.0f;
+    *d_out = d;
+    for (int k = 0; k < 32; ++k) {
+        /* lroundf gives LONG_MIN for |v| >= 2^63/inf/NaN, whose int truncation is 0; the 32-bit conversion here
+           gives INT_MIN. Only the low bits of xi are used (uint8 arithmetic, & 3), where both agree. */
+        v8i r = vroundf_int(vloadu(x + 8 * k) * vsplat(id)) + isplat(1);
+        memcpy(xi + 8 * k, &r, sizeof r);
+    }
+}
+
 static void tq1_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     (void)qw;
     block_tq1_0 *y = vy;
-    for (int64_t i = 0; i < n / QK_K; i++) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK_K; j++) amax = MAX(amax, fabsf(x[j]));
-        const float d = amax;
-        const float id = d ? 1.0f / d : 0.0f;
+    int xi[QK_K];
+    float d;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        ternary_trits(x, &d, xi);
         y[i].d = fp32_to_fp16(d);
-        /* 5 elements per byte along 32 bytes, then along 16 bytes (sizeof qs = 48) */
-        for (size_t j = 0; j < 32; j += 32) {
-            for (size_t m = 0; m < 32; ++m) {
-                uint8_t q = 0;
-                for (size_t k = 0; k < 5; ++k) {
-                    int xi = (int)lroundf(x[m + k * 32] * id) + 1;
-                    q *= 3;
-                    q += xi;
-                }
-                q = ((uint16_t)q * 256 + (243 - 1)) / 243;
-                y[i].qs[j + m] = q;
-            }
-            x += 5 * 32;
-        }
-        for (size_t j = 32; j < 48; j += 16) {
-            for (size_t m = 0; m < 16; ++m) {
-                uint8_t q = 0;
-                for (size_t k = 0; k < 5; ++k) {
-                    int xi = (int)lroundf(x[m + k * 16] * id) + 1;
-                    q *= 3;
-                    q += xi;
-                }
-                q = ((uint16_t)q * 256 + (243 - 1)) / 243;
-                y[i].qs[j + m] = q;
-            }
-            x += 5 * 16;
-        }
-        for (size_t j = 0; j < 4; ++j) {
+        /* 5 elements per byte along 32 bytes, then along 16 bytes (sizeof qs = 48), then 4 per byte in qh */
+        for (int m = 0; m < 32; ++m) {
             uint8_t q = 0;
-            for (size_t m = 0; m < 4; ++m) {
-                int xi = (int)lroundf(x[j + m * 4] * id) + 1;
-                q *= 3;
-                q += xi;
-            }
-            q *= 3;
-            q = ((uint16_t)q * 256 + (243 - 1)) / 243;
-            y[i].qh[j] = q;
+            for (int k = 0; k < 5; ++k) q = (uint8_t)(q * 3 + xi[m + k * 32]);
+            y[i].qs[m] = ((uint16_t)q * 256 + (243 - 1)) / 243;
         }
-        x += 16;
+        for (int m = 0; m < 16; ++m) {
+            uint8_t q = 0;
+            for (int k = 0; k < 5; ++k) q = (uint8_t)(q * 3 + xi[160 + m + k * 16]);
+            y[i].qs[32 + m] = ((uint16_t)q * 256 + (243 - 1)) / 243;
+        }
+        for (int j = 0; j < 4; ++j) {
+            uint8_t q = 0;
+            for (int m = 0; m < 4; ++m) q = (uint8_t)(q * 3 + xi[240 + j + m * 4]);
+            q *= 3;
+            y[i].qh[j] = ((uint16_t)q * 256 + (243 - 1)) / 243;
+        }
     }
 }
 
 static void tq2_0_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     (void)qw;
     block_tq2_0 *y = vy;
-    for (int64_t i = 0; i < n / QK_K; i++) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK_K; j++) amax = MAX(amax, fabsf(x[j]));
-        const float d = amax;
-        const float id = d ? 1.0f / d : 0.0f;
+    int xi[QK_K];
+    float d;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        ternary_trits(x, &d, xi);
         y[i].d = fp32_to_fp16(d);
-        for (size_t j = 0; j < 64; j += 32) {
-            for (size_t m = 0; m < 32; ++m) {
+        for (int j = 0; j < 64; j += 32) {
+            const int *xc = xi + 4 * j;
+            for (int m = 0; m < 32; ++m) {
                 uint8_t q = 0;
-                for (size_t k = 0; k < 4; ++k) {
-                    int xi = (int)lroundf(x[m + k * 32] * id) + 1;
-                    q += (xi & 3) << (2 * k);
-                }
+                for (int k = 0; k < 4; ++k) q += (xc[m + k * 32] & 3) << (2 * k);
                 y[i].qs[j + m] = q;
             }
-            x += 4 * 32;
         }
     }
 }
