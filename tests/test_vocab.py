@@ -435,3 +435,147 @@ def test_named_chat_templates():
         "tokenizer.chat_templates": ["rag", "tool_use"],
         "tokenizer.chat_template": "D",
     }
+
+
+# ------------------------------------------------- SpecialVocab port vs gguf-py's own (fast, no llama.cpp)
+
+
+def _write(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
+
+
+def _special_vocab_cases(root: Path) -> list[Path]:
+    """Tokenizer directories exercising the post-processor, normalizer, merge and template rules."""
+
+    def tokenizer_json(post_processor, normalizer=None, merges=None) -> dict:
+        added = [
+            {"id": i, "content": c, "special": True} for i, c in enumerate(["<s>", "</s>", "<pad>", "<cls>"])
+        ]
+        return {
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "post_processor": post_processor,
+            "model": {
+                "type": "BPE",
+                "vocab": {},
+                "merges": merges if merges is not None else ["a b", "ab c"],
+            },
+        }
+
+    def special(token: str) -> dict:
+        return {"SpecialToken": {"id": token, "type_id": 0}}
+
+    seq_a, seq_b = {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}
+    cases = {
+        # Llama-3 style: bos first; pair repeats it
+        "template_bos": (
+            {
+                "type": "TemplateProcessing",
+                "single": [special("<s>"), seq_a],
+                "pair": [special("<s>"), seq_a, special("<s>"), seq_b],
+            },
+            {"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{{ x }}"},
+        ),
+        # bos ... eos with a trailing token that is not the configured eos -> eot/eom juggling
+        "template_eos_mismatch": (
+            {
+                "type": "TemplateProcessing",
+                "single": [special("<s>"), seq_a, special("<pad>")],
+                "pair": [special("<s>"), seq_a, special("</s>"), seq_b, special("<pad>")],
+            },
+            {"bos_token": "<s>", "eos_token": "</s>", "add_eos_token": True},
+        ),
+        "roberta": (
+            {"type": "RobertaProcessing", "sep": ["</s>", 1], "cls": ["<cls>", 3]},
+            {"pad_token": "<pad>"},
+        ),
+        "sequence_bytelevel": (
+            {"type": "Sequence", "processors": [{"type": "ByteLevel"}]},
+            {"bos_token": {"content": "<s>"}, "unk_token": "<unk-missing>", "add_bos_token": True},
+        ),
+    }
+    dirs = []
+    for name, (post, tok_config) in cases.items():
+        d = root / name
+        _write(d / "tokenizer.json", tokenizer_json(post))
+        _write(d / "tokenizer_config.json", tok_config)
+        _write(
+            d / "config.json", {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2, "sep_token_id": 7}
+        )
+        dirs.append(d)
+    # BertNormalizer flags and [a, b] merges with a space inside a part (-> U+0120)
+    d = root / "bert_list_merges"
+    normalizer = {
+        "type": "Sequence",
+        "normalizers": [{"type": "BertNormalizer", "lowercase": True, "strip_accents": False}],
+    }
+    _write(d / "tokenizer.json", tokenizer_json(None, normalizer, [["a b", "c"], ["d", "e"]]))
+    _write(d / "tokenizer_config.json", {"cls_token": "<cls>", "sep_token": "</s>"})
+    dirs.append(d)
+    # chat_template.jinja plus named extra templates, no template in tokenizer_config; config.json text_config ids
+    d = root / "jinja_templates"
+    _write(d / "tokenizer.json", tokenizer_json(None))
+    _write(d / "tokenizer_config.json", {"eos_token": "</s>"})
+    _write(d / "chat_template.jinja", "DEFAULT")
+    _write(d / "additional_chat_templates" / "tool_use.jinja", "TOOLS")
+    _write(d / "config.json", {"text_config": {"bos_token_id": 0, "mask_token_id": 3}})
+    dirs.append(d)
+    # SentencePiece-style directory: no tokenizer.json, ids only from config.json; chat_template.json
+    d = root / "no_tokenizer_json"
+    _write(d / "tokenizer_config.json", {"add_bos_token": False, "bos_token": "<s>"})
+    _write(d / "chat_template.json", {"chat_template": "FROM JSON"})
+    _write(d / "config.json", {"bos_token_id": 1, "eos_token_id": 2, "unk_token_id": 999})
+    dirs.append(d)
+    return dirs
+
+
+_ORACLE = """
+import json, sys
+import gguf  # the vendored gguf-py (PYTHONPATH): PyPI's gguf 0.19 differs (no ByteLevel/normalizer rules)
+out = {}
+for spec in json.loads(sys.argv[1]):
+    writer = gguf.GGUFWriter(None, "llama")
+    gguf.SpecialVocab(spec["dir"], load_merges=spec["load_merges"], n_vocab=spec["n_vocab"]).add_to_gguf(
+        writer, quiet=True
+    )
+    out[spec["dir"] + str(spec["load_merges"])] = [
+        [key, value.value, int(value.type)] for key, value in writer.kv_data[0].items()
+        if key != "general.architecture"
+    ]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_special_vocab_port_equals_vendored_gguf_py(tmp_path):
+    """Our SpecialVocab port against the vendored gguf-py's SpecialVocab on crafted tokenizer directories."""
+    import os
+
+    from reference import llamacpp_src
+
+    from quantcli.vocab.special import SpecialVocab
+
+    specs = [
+        {"dir": str(d), "load_merges": load_merges, "n_vocab": 100 if d.name == "no_tokenizer_json" else None}
+        for d in _special_vocab_cases(tmp_path)
+        for load_merges in (True, False)
+    ]
+    env = {**os.environ, "PYTHONPATH": str(llamacpp_src() / "gguf-py")}
+    result = subprocess.run(
+        [sys.executable, "-c", _ORACLE, json.dumps(specs)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    theirs_by_case = json.loads(result.stdout)
+    for spec in specs:
+        meta = VocabMetadata()
+        SpecialVocab(Path(spec["dir"]), load_merges=spec["load_merges"], n_vocab=spec["n_vocab"]).add_to(meta)
+        ours = [[e.key, e.value, int(e.vtype)] for e in meta]
+        theirs = theirs_by_case[spec["dir"] + str(spec["load_merges"])]
+        assert ours == theirs, (Path(spec["dir"]).name, spec["load_merges"])
+        assert theirs
+    by_name = {Path(spec["dir"]).name: spec for spec in specs}
+    meta = VocabMetadata()
+    SpecialVocab(Path(by_name["bert_list_merges"]["dir"]), load_merges=True).add_to(meta)
+    assert meta["tokenizer.ggml.merges"] == ["a\u0120b c", "d e"]
+    assert meta["tokenizer.ggml.normalizer.lowercase"] is True

@@ -1,7 +1,7 @@
 """Special tokens, add_bos/add_eos, merges and the chat template: a port of gguf-py's `SpecialVocab`.
 
-Source: gguf-py/gguf/vocab.py in llama.cpp (vendored in llama-cpp-python 0.3.36; identical to gguf 0.19 on
-PyPI). The rules are the converter's, including its crude parsing of TemplateProcessing; they are kept
+Source: gguf-py/gguf/vocab.py in llama.cpp (vendored in llama-cpp-python 0.3.36). PyPI's gguf 0.19 is an
+older copy (no ByteLevel post-processor rule, no normalizer flags): do not use its SpecialVocab instead. The rules are the converter's, including its crude parsing of TemplateProcessing; they are kept
 as they are (not "fixed") because our output must equal the converter's key by key.
 """
 
