@@ -123,3 +123,34 @@ def test_download_patterns_select_exactly_the_conversion_files() -> None:
         "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer.model",
         "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
     }
+
+
+def test_convert_command_by_repo_id_offline(tmp_path: Path) -> None:
+    """`quantcli convert org/name` from an offline hub cache: same bytes as converting the snapshot dir."""
+    import os
+    import subprocess
+    import sys
+
+    from test_batch_models import tiny_llama
+
+    from quantcli.convert import convert_model
+
+    model = tiny_llama(tmp_path / "model", seed=3)
+    home = tmp_path / "hf"
+    snapshot = hub_cache(home, "org/tiny-llama", {p.name: p for p in model.iterdir()}, tags=("v2",))
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    env |= {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "quantcli", "convert", "org/tiny-llama@v2", "--type", "q8_0",
+                           "--json"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    produced = Path(result["output"])
+    assert produced.parent == work and "tiny-llama" in produced.name  # named after the repo, not the commit
+    convert_model(snapshot, tmp_path / "expected.gguf", out_type="q8_0")
+    assert produced.read_bytes() == (tmp_path / "expected.gguf").read_bytes()
+    missing = subprocess.run([sys.executable, "-m", "quantcli", "convert", "org/other", "--json"], cwd=work,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 3 and "HF_HUB_OFFLINE is set" in missing.stderr
