@@ -92,4 +92,6 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc(file=fh)
         _emit_error(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", ExitCode.INTERNAL, "InternalError")
         sys.exit(ExitCode.INTERNAL)
+    if rv == ExitCode.INTERRUPTED:  # Typer turns KeyboardInterrupt into Exit(130), returned here
+        _emit_error("interrupted", ExitCode.INTERRUPTED, "Interrupted")
     sys.exit(int(rv) if isinstance(rv, int) else 0)
