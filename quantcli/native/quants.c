@@ -193,55 +193,6 @@ static float make_qx_quants(int n, int nmax, const float *restrict x, int8_t *re
     return scale;
 }
 
-static float make_q3_quants(int n, int nmax, const float *restrict x, int8_t *restrict L) {
-    float max = 0;
-    float amax = 0;
-    for (int i = 0; i < n; ++i) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
-        l = MAX(-nmax, MIN(nmax - 1, l));
-        L[i] = l;
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            float w = x[i] * x[i];
-            float slx = sumlx - w * x[i] * L[i];
-            if (slx > 0) {
-                float sl2 = suml2 - w * L[i] * L[i];
-                int new_l = nearest_int(x[i] * sl2 / slx);
-                new_l = MAX(-nmax, MIN(nmax - 1, new_l));
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) break;
-    }
-    for (int i = 0; i < n; ++i) L[i] += nmax;
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
-
 static float make_qp_quants(int n, int nmax, const float *restrict x, uint8_t *restrict L,
                             const float *restrict quant_weights) {
     float max = 0;
@@ -410,6 +361,21 @@ static inline __attribute__((always_inline)) v8i vroundf_int(v8f v) {
     v8f f = v - vtof(t);
     v8i small = vabs(v) < vsplat(8388608.f);
     return t - ((f >= vsplat(0.5f)) & small) + ((f <= vsplat(-0.5f)) & small);
+}
+
+/* The k-quants' final pass for 16 elements: L = clamp(nearest_int((x + dm) / d), lo, hi) + bias, 8 lanes at a
+   time (a true division, as ggml). With_dm = 0 computes x / d (no + 0.0f, which could flip a zero's sign). */
+static inline __attribute__((always_inline)) void requant16(const float *restrict x, float d, float dm, int with_dm,
+                                                            int lo, int hi, int bias, uint8_t *restrict L) {
+    const v8f vd = vsplat(d), vdm = vsplat(dm);
+    const v8i vlo = isplat(lo), vhi = isplat(hi), vb = isplat(bias);
+    v8i r[2];
+    for (int h = 0; h < 2; ++h) {
+        v8f v = vloadu(x + 8 * h);
+        if (with_dm) v = v + vdm;
+        r[h] = iclamp(vnearest(v / vd), vlo, vhi) + vb;
+    }
+    pack16(L, r[0], r[1]);
 }
 
 QC_CLONES
@@ -820,6 +786,7 @@ static void pack_2bit(const uint8_t *L, uint8_t *qs) {
 }
 
 /* Q2_K: scales/mins from the search (16 sub-blocks of 16), then re-derive quants from the fp16 scales */
+QC_CLONES
 static void q2_K_finish(const float *restrict x, block_q2_K *restrict y, uint8_t *L, const float *scales,
                         const float *mins) {
     const float q4scale = 15.f;
@@ -847,10 +814,7 @@ static void q2_K_finish(const float *restrict x, block_q2_K *restrict y, uint8_t
         const float d = fp16_to_fp32(y->d) * (y->scales[j] & 0xF);
         if (!d) continue;
         const float dm = fp16_to_fp32(y->dmin) * (y->scales[j] >> 4);
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int((x[16 * j + ii] + dm) / d);
-            L[16 * j + ii] = MAX(0, MIN(3, l));
-        }
+        requant16(x + 16 * j, d, dm, 1, 0, 3, 0, L + 16 * j);
     }
     pack_2bit(L, y->qs);
 }
@@ -867,6 +831,7 @@ static void q2_K_ref_block(const float *restrict x, block_q2_K *restrict y) {
     q2_K_finish(x, y, L, scales, mins);
 }
 
+QC_CLONES
 static void q2_K_impl_block(const float *restrict x, block_q2_K *restrict y, const float *restrict qwb) {
     uint8_t L[QK_K], Ls[16], Lm[16];
     float mins[16], scales[16], sw[16], weight[QK_K];
@@ -896,10 +861,7 @@ static void q2_K_impl_block(const float *restrict x, block_q2_K *restrict y, con
         const float d = dm * (y->scales[j] & 0xF);
         if (!d) continue;
         const float m = mm * (y->scales[j] >> 4);
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int((x[16 * j + ii] + m) / d);
-            L[16 * j + ii] = MAX(0, MIN(3, l));
-        }
+        requant16(x + 16 * j, d, m, 1, 0, 3, 0, L + 16 * j);
     }
     pack_2bit(L, y->qs);
 }
@@ -920,17 +882,14 @@ static void q3_K_pack_scales(uint8_t *S, int j, int l) {
     S[j % 4 + 8] |= (l << (2 * (j / 4)));
 }
 
+QC_CLONES
 static void q3_K_finish(const float *restrict x, block_q3_K *restrict y, int8_t *L) {
     for (int j = 0; j < 16; ++j) {
         int8_t sc = j < 8 ? y->scales[j] & 0xF : y->scales[j - 8] >> 4;
         sc = (sc | (((y->scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
         float d = fp16_to_fp32(y->d) * sc;
         if (!d) continue;
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int(x[16 * j + ii] / d);
-            l = MAX(-4, MIN(3, l));
-            L[16 * j + ii] = l + 4;
-        }
+        requant16(x + 16 * j, d, 0.f, 0, -4, 3, 4, (uint8_t *)L + 16 * j);
     }
     memset(y->hmask, 0, QK_K / 8);
     int m = 0;
@@ -949,8 +908,12 @@ static void q3_K_ref_block(const float *restrict x, block_q3_K *restrict y) {
     int8_t L[QK_K];
     float scales[16];
     float max_scale = 0, amax = 0;
+    v8f xt[16];
+    for (int g = 0; g < 2; ++g) {
+        transpose_in(x + 128 * g, 16, xt);
+        q3_search_lanes(4, xt, L + 128 * g, scales + 8 * g);
+    }
     for (int j = 0; j < 16; ++j) {
-        scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
         float scale = fabsf(scales[j]);
         if (scale > amax) { amax = scale; max_scale = scales[j]; }
     }
@@ -1034,6 +997,7 @@ static void k45_ref_scales(uint8_t *S, half *d, half *dmin, const float *scales,
     *dmin = fp32_to_fp16(max_min / 63.f);
 }
 
+QC_CLONES
 static void k45_requantize(const float *restrict x, const uint8_t *S, half hd, half hdmin, int nmax, uint8_t *L) {
     uint8_t sc, m;
     for (int j = 0; j < 8; ++j) {
@@ -1041,10 +1005,8 @@ static void k45_requantize(const float *restrict x, const uint8_t *S, half hd, h
         const float d = fp16_to_fp32(hd) * sc;
         if (!d) continue;
         const float dm = fp16_to_fp32(hdmin) * m;
-        for (int ii = 0; ii < 32; ++ii) {
-            int l = nearest_int((x[32 * j + ii] + dm) / d);
-            L[32 * j + ii] = MAX(0, MIN(nmax, l));
-        }
+        requant16(x + 32 * j, d, dm, 1, 0, nmax, 0, L + 32 * j);
+        requant16(x + 32 * j + 16, d, dm, 1, 0, nmax, 0, L + 32 * j + 16);
     }
 }
 
@@ -1139,6 +1101,7 @@ static void q5_K_row(const float *restrict x, void *restrict vy, int64_t n, cons
 }
 
 /* Q6_K: shared tail of ref and impl once the 16 sub-block scales and search quants are known */
+QC_CLONES
 static void q6_K_finish(const float *restrict x, block_q6_K *restrict y, const float *scales, int8_t *L) {
     float max_scale = 0, max_abs_scale = 0;
     for (int ib = 0; ib < 16; ++ib) {
@@ -1156,11 +1119,7 @@ static void q6_K_finish(const float *restrict x, block_q6_K *restrict y, const f
     for (int j = 0; j < 16; ++j) {
         float d = fp16_to_fp32(y->d) * y->scales[j];
         if (!d) continue;
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int(x[16 * j + ii] / d);
-            l = MAX(-32, MIN(31, l));
-            L[16 * j + ii] = l + 32;
-        }
+        requant16(x + 16 * j, d, 0.f, 0, -32, 31, 32, (uint8_t *)L + 16 * j);
     }
     uint8_t *ql = y->ql, *qh = y->qh;
     for (int j = 0; j < QK_K; j += 128) {

@@ -273,3 +273,62 @@ static void iq4_assign_lanes(const v8f *restrict xt, const float *restrict id, c
         for (int k = 0; k < nlanes; ++k) L[k * 32 + j] = (uint8_t)l[k];
     }
 }
+
+/* make_q3_quants(16, nmax, x, L, do_rmse = true) lane-wise (Q3_K reference). A lane whose pass changed nothing
+   would change nothing in later passes either (same state, same decisions), so the lanes run until no lane
+   changes, as each scalar call breaks on its own. L is lane-major, values biased by nmax. */
+QC_CLONES
+static void q3_search_lanes(int nmax, const v8f *restrict xt, int8_t *restrict L, float *restrict scale_out) {
+    enum { n = 16 };
+    v8i Li[n];
+    v8f w[n], wx[n];
+    v8f max = vsplat(0.f), amax = vsplat(0.f);
+    for (int i = 0; i < n; ++i) {
+        v8f ax = vabs(xt[i]);
+        v8i gt = ax > amax;
+        amax = vsel(gt, ax, amax);
+        max = vsel(gt, xt[i], max);
+    }
+    const v8i zero_block = amax < vsplat(GROUP_MAX_EPS);
+    const v8i lo = isplat(-nmax), hi = isplat(nmax - 1);
+    v8f iscale = vsplat((float)-nmax) / max;
+    v8f sumlx = vsplat(0.f), suml2 = vsplat(0.f);
+    for (int i = 0; i < n; ++i) {
+        v8i l = iclamp(vnearest(iscale * xt[i]), lo, hi);
+        Li[i] = l;
+        w[i] = xt[i] * xt[i];
+        wx[i] = w[i] * xt[i];
+        v8f fl = vtof(l);
+        sumlx += wx[i] * fl;
+        suml2 += w[i] * fl * fl;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        v8i changed = isplat(0);
+        for (int i = 0; i < n; ++i) {
+            v8f fL = vtof(Li[i]);
+            v8f slx = sumlx - wx[i] * fL;
+            v8f sl2 = suml2 - w[i] * fL * fL;
+            v8i new_l = iclamp(vnearest(xt[i] * sl2 / slx), lo, hi);
+            v8f fn = vtof(new_l);
+            v8f slx2 = slx + wx[i] * fn;
+            v8f sl22 = sl2 + w[i] * fn * fn;
+            v8i take = (slx > vsplat(0.f)) & (new_l != Li[i]) & (sl22 > vsplat(0.f)) &
+                       (slx2 * slx2 * suml2 > sumlx * sumlx * sl22);
+            Li[i] = isel(take, new_l, Li[i]);
+            sumlx = vsel(take, slx2, sumlx);
+            suml2 = vsel(take, sl22, suml2);
+            changed |= take;
+        }
+        if (!any_lane(changed & ~zero_block)) break;
+    }
+    v8f scale = vsel(suml2 > vsplat(0.f), sumlx / suml2, vsplat(0.f));
+    for (int k = 0; k < QC_LANES; ++k) {
+        if (zero_block[k]) {
+            memset(L + k * n, 0, n);
+            scale_out[k] = 0.f;
+        } else {
+            for (int i = 0; i < n; ++i) L[k * n + i] = (int8_t)(Li[i][k] + nmax);
+            scale_out[k] = scale[k];
+        }
+    }
+}
