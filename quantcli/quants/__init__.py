@@ -1,8 +1,8 @@
 """GGML block quantizers: one module per type, registered by gguf.GGMLQuantizationType."""
 
-# Importing the type modules registers them. Each helper module adds itself here.
-from quantcli.quants import (  # noqa: F401,E402  # noqa: F401,E402
-    floats,  # noqa: F401,E402
+# Importing a type module registers it (QuantType.__init_subclass__).
+from quantcli.quants import (  # noqa: F401
+    floats,
     iq4_nl,
     iq4_xs,
     mxfp4,
