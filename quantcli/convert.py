@@ -139,6 +139,11 @@ def plan_tensors(
 ) -> list[PlannedTensor]:
     names = spec.name_map(cfg)
     planned: list[PlannedTensor] = []
+    for gguf_name, array in spec.extra_tensors(cfg) if spec.extra_tensors is not None else []:
+        qtype = type_for(TensorChoice(gguf_name, tuple(array.shape), ftype))
+        planned.append(
+            PlannedTensor(gguf_name, tuple(array.shape), qtype, lambda array=array: array, "", "F32")
+        )
     for hf_name in ckpt.tensor_names():
         if spec.is_skipped(hf_name):
             continue

@@ -37,6 +37,7 @@ def _input_key(model_dir: Path, outtype: str) -> str:
     import transformers
 
     digest = hashlib.sha256()
+    digest.update(model_dir.name.encode())  # general.name falls back to the directory name
     for path in sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
         digest.update(path.name.encode())
         with open(path, "rb") as fh:
@@ -175,6 +176,20 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
             tie_word_embeddings=False,
         )
         t["lm_head.weight"] = _bf16_tensor(rng, (vocab, HIDDEN))
+    elif arch == "llama3":
+        cfg.update(
+            architectures=["LlamaForCausalLM"],
+            model_type="llama",
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        )
     elif arch == "qwen2":
         cfg.update(architectures=["Qwen2ForCausalLM"], rope_theta=1e6, tie_word_embeddings=True)
     elif arch == "qwen3":
@@ -214,7 +229,7 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3", "gemma3", "phi3"])
+@pytest.mark.parametrize("arch", ["mistral", "llama3", "qwen2", "qwen3", "gemma3", "phi3"])
 def test_other_architectures_match_reference(smollm2_dir: Path, tmp_path: Path, arch: str) -> None:
     model = _synthetic(tmp_path, smollm2_dir, arch)
     outtype = "q8_0" if arch in ("qwen2", "phi3") else "bf16"

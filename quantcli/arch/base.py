@@ -81,6 +81,8 @@ class ArchSpec:
     skip_tensors: tuple[str, ...] = ()  # HF names (re.fullmatch) the converter drops
     transforms: tuple[TensorTransform, ...] = ()
     runtime: RuntimeTraits = field(default_factory=RuntimeTraits)
+    # Tensors the converter generates from the config (generate_extra_tensors), written before all others.
+    extra_tensors: Callable[[Config], list[tuple[str, np.ndarray]]] | None = None
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")

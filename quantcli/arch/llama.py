@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,7 @@ from quantcli.arch.base import (
     RuntimeTraits,
     TensorTransform,
     TransformContext,
+    full_rope,
     register,
     text_model_hparams,
 )
@@ -59,6 +61,43 @@ def _permute_k(x: np.ndarray, ctx: TransformContext) -> np.ndarray:
     return permute_rope_rows(x, n_kv)
 
 
+def llama3_rope_freqs(cfg: Config) -> list[tuple[str, np.ndarray]]:
+    """`rope_freqs.weight` for rope_type "llama3" (LlamaModel.generate_extra_tensors), in float32.
+
+    Same float32 operations as the converter's torch code, including torch's `scalar / tensor` =
+    `scalar * (1 / tensor)`. The converter's `base ** x` uses torch's vectorised powf, which can differ
+    from libm's powf by one ulp for a few (head_dim, base) pairs; for the Llama 3.1/3.2/3.3 settings the
+    values are identical (tests/test_convert_arch.py checks them against torch).
+    """
+    rope = full_rope(cfg)
+    if str(rope.get("rope_type", "")).lower() != "llama3":
+        return []
+    f32 = np.float32
+    base = rope.get("rope_theta", 10000.0)
+    dim = (
+        cfg["head_dim"]
+        if cfg.get("head_dim") is not None
+        else cfg["hidden_size"] // cfg["num_attention_heads"]
+    )
+    factor = rope.get("factor", 8.0)
+    low_freq_factor = rope.get("low_freq_factor", 1.0)
+    high_freq_factor = rope.get("high_freq_factor", 4.0)
+    old_context_len = rope.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    freqs = f32(1) * (f32(1) / (f32(base) ** (np.arange(0, dim, 2, dtype=f32) / f32(dim))))
+    wavelen = f32(2 * math.pi) * (f32(1) / freqs)
+    smooth = (f32(old_context_len) * (f32(1) / wavelen) - f32(low_freq_factor)) / f32(
+        high_freq_factor - low_freq_factor
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mid = f32(1) * (f32(1) / ((f32(1) - smooth) / f32(factor) + smooth))
+    factors = np.where(
+        wavelen < f32(high_freq_wavelen), f32(1), np.where(wavelen > f32(low_freq_wavelen), f32(factor), mid)
+    )
+    return [("rope_freqs.weight", factors.astype(np.float32))]
+
+
 def _rope_dim(cfg: Config) -> int:
     return (
         cfg["head_dim"]
@@ -92,6 +131,7 @@ LLAMA = register(
             TensorTransform(r"k_proj\.(weight|bias)$", _permute_k),
         ),
         runtime=RuntimeTraits(rope_style="normal", activation="silu"),
+        extra_tensors=llama3_rope_freqs,
     )
 )
 
