@@ -195,3 +195,22 @@ def test_expert_tensor_imatrix_slices(ggml, qtype):
     for e in range(3):
         ref = ggml.quantize(int(qtype), x[e], im[e * 512 : (e + 1) * 512])
         assert_same_bytes(out[e], ref, qtype, f"expert {e}")
+
+
+@pytest.mark.slow
+@needs_native
+@pytest.mark.parametrize("qtype", NATIVE_TYPES, ids=lambda t: t.name)
+def test_dequantize_matches_ggml(ggml, qtype):
+    """C to_float == ggml's bit for bit, on real quantized data and on random bytes (every code and scale)."""
+    rng = np.random.default_rng(int(qtype) + 100)
+    x = make_rows(1024, seed=5)
+    q = ggml.quantize(int(qtype), x, None)
+    noise = rng.integers(0, 256, q.shape, dtype=np.uint8)
+    for what, data in (("quantized", q), ("random bytes", noise)):
+        ref = ggml.dequantize(int(qtype), data, *x.shape)
+        for threads in (1, 2):
+            out = native.dequantize_rows(qtype, data, x.shape[1], threads)
+            assert out.shape == ref.shape
+            assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), (
+                f"{qtype.name} {what} threads={threads}"
+            )

@@ -88,6 +88,10 @@ def _lib() -> ctypes.CDLL | None:
         ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
         ctypes.c_int,
     ]  # fmt: skip
+    lib.qc_dequantize.restype = ctypes.c_int
+    lib.qc_dequantize.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+    ]  # fmt: skip
     _problem = None
     return lib
 
@@ -151,4 +155,32 @@ def quantize_rows(
         return None
     if rc != 0:
         raise RuntimeError(f"native {qtype.name} quantizer failed (code {rc})")
+    return out
+
+
+def dequantize_rows(
+    qtype: GGMLQuantizationType, data: np.ndarray, ncols: int, threads: int | None = None
+) -> np.ndarray | None:
+    """uint8 (nrows, row_bytes) -> float32 (nrows, ncols), bit-identical to ggml's to_float; None if not native."""
+    qtype = GGMLQuantizationType(qtype)
+    lib = _lib()
+    if lib is None or qtype not in NATIVE_TYPES:
+        return None
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    if ncols % block:
+        raise ValueError(f"row length {ncols} is not a multiple of {qtype.name}'s block size {block}")
+    raw = np.ascontiguousarray(data, dtype=np.uint8)
+    row_bytes = ncols // block * type_size
+    if raw.size % row_bytes:
+        raise ValueError(f"{raw.size} bytes is not a whole number of {qtype.name} rows of {ncols} values")
+    nrows = raw.size // row_bytes
+    out = np.empty((nrows, ncols), dtype=np.float32)
+    if nrows == 0:
+        return out
+    n_threads = default_threads() if threads is None else max(1, int(threads))
+    rc = lib.qc_dequantize(int(qtype), raw.ctypes.data, out.ctypes.data, nrows, ncols, n_threads)
+    if rc == -1:
+        return None
+    if rc != 0:
+        raise RuntimeError(f"native {qtype.name} dequantizer failed (code {rc})")
     return out

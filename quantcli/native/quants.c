@@ -1154,23 +1154,321 @@ static void q6_K_row(const float *restrict x, void *restrict vy, int64_t n, cons
     }
 }
 
+/* ---------------------------------------------------------------- dequantization (ggml's to_float) */
+/* Each is ggml's dequantize_row_<type> with the same float expressions (so the same products, rounded once). */
+
+QC_CLONES
+static void dq_q4_0(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q4_0 *x = vx;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < 16; ++j) {
+            const int x0 = (x[i].qs[j] & 0x0F) - 8;
+            const int x1 = (x[i].qs[j] >> 4) - 8;
+            y[i * 32 + j] = x0 * d;
+            y[i * 32 + j + 16] = x1 * d;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q4_1(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q4_1 *x = vx;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = fp16_to_fp32(x[i].d), m = fp16_to_fp32(x[i].m);
+        for (int j = 0; j < 16; ++j) {
+            const int x0 = x[i].qs[j] & 0x0F;
+            const int x1 = x[i].qs[j] >> 4;
+            y[i * 32 + j] = x0 * d + m;
+            y[i * 32 + j + 16] = x1 * d + m;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q5_0(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q5_0 *x = vx;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, sizeof(qh));
+        for (int j = 0; j < 16; ++j) {
+            const uint8_t xh_0 = ((qh >> (j + 0)) << 4) & 0x10;
+            const uint8_t xh_1 = ((qh >> (j + 12))) & 0x10;
+            const int32_t x0 = ((x[i].qs[j] & 0x0F) | xh_0) - 16;
+            const int32_t x1 = ((x[i].qs[j] >> 4) | xh_1) - 16;
+            y[i * 32 + j] = x0 * d;
+            y[i * 32 + j + 16] = x1 * d;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q5_1(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q5_1 *x = vx;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = fp16_to_fp32(x[i].d), m = fp16_to_fp32(x[i].m);
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, sizeof(qh));
+        for (int j = 0; j < 16; ++j) {
+            const uint8_t xh_0 = ((qh >> (j + 0)) << 4) & 0x10;
+            const uint8_t xh_1 = ((qh >> (j + 12))) & 0x10;
+            const int x0 = (x[i].qs[j] & 0x0F) | xh_0;
+            const int x1 = (x[i].qs[j] >> 4) | xh_1;
+            y[i * 32 + j] = x0 * d + m;
+            y[i * 32 + j + 16] = x1 * d + m;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q8_0(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < 32; ++j) y[i * 32 + j] = x[i].qs[j] * d;
+    }
+}
+
+QC_CLONES
+static void dq_mxfp4(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_mxfp4 *x = vx;
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float d = e8m0_to_fp32_half(x[i].e);
+        for (int j = 0; j < 16; ++j) {
+            const int8_t x0 = kvalues_mxfp4[x[i].qs[j] & 0x0F];
+            const int8_t x1 = kvalues_mxfp4[x[i].qs[j] >> 4];
+            y[i * 32 + j] = x0 * d;
+            y[i * 32 + j + 16] = x1 * d;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_iq4_nl(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_iq4_nl *x = vx;
+    for (int64_t i = 0; i < n / 32; i++, y += 32) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < 16; ++j) {
+            y[j] = d * kvalues_iq4nl[x[i].qs[j] & 0xf];
+            y[j + 16] = d * kvalues_iq4nl[x[i].qs[j] >> 4];
+        }
+    }
+}
+
+QC_CLONES
+static void dq_iq4_xs(const void *restrict vx, float *restrict y, int64_t n) {
+    const uint8_t *xb = vx;
+    for (int64_t i = 0; i < n / QK_K; i++, xb += sizeof(block_iq4_xs)) {
+        const block_iq4_xs *x = (const block_iq4_xs *)xb;
+        uint16_t scales_h;
+        memcpy(&scales_h, xb + 2, 2);
+        const uint8_t *qs = x->qs;
+        const float d = fp16_to_fp32(x->d);
+        for (int ib = 0; ib < 8; ++ib, y += 32, qs += 16) {
+            const int ls = ((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((scales_h >> 2 * ib) & 3) << 4);
+            const float dl = d * (ls - 32);
+            for (int j = 0; j < 16; ++j) {
+                y[j] = dl * kvalues_iq4nl[qs[j] & 0xf];
+                y[j + 16] = dl * kvalues_iq4nl[qs[j] >> 4];
+            }
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q2_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q2_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = fp16_to_fp32(x[i].d), min = fp16_to_fp32(x[i].dmin);
+        const uint8_t *q = x[i].qs;
+        int is = 0;
+        for (int n128 = 0; n128 < QK_K; n128 += 128) {
+            int shift = 0;
+            for (int j = 0; j < 4; ++j) {
+                uint8_t sc = x[i].scales[is++];
+                float dl = d * (sc & 0xF), ml = min * (sc >> 4);
+                for (int l = 0; l < 16; ++l) *y++ = dl * ((int8_t)((q[l] >> shift) & 3)) - ml;
+                sc = x[i].scales[is++];
+                dl = d * (sc & 0xF), ml = min * (sc >> 4);
+                for (int l = 0; l < 16; ++l) *y++ = dl * ((int8_t)((q[l + 16] >> shift) & 3)) - ml;
+                shift += 2;
+            }
+            q += 32;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q3_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q3_K *x = vx;
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+    uint32_t aux[4];
+    int8_t scales[16];
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d_all = fp16_to_fp32(x[i].d);
+        const uint8_t *q = x[i].qs, *hm = x[i].hmask;
+        uint8_t m = 1;
+        memcpy(aux, x[i].scales, 12);
+        uint32_t tmp = aux[2];
+        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+        memcpy(scales, aux, 16);
+        int is = 0;
+        for (int n128 = 0; n128 < QK_K; n128 += 128) {
+            int shift = 0;
+            for (int j = 0; j < 4; ++j) {
+                float dl = d_all * (scales[is++] - 32);
+                for (int l = 0; l < 16; ++l)
+                    *y++ = dl * ((int8_t)((q[l + 0] >> shift) & 3) - ((hm[l + 0] & m) ? 0 : 4));
+                dl = d_all * (scales[is++] - 32);
+                for (int l = 0; l < 16; ++l)
+                    *y++ = dl * ((int8_t)((q[l + 16] >> shift) & 3) - ((hm[l + 16] & m) ? 0 : 4));
+                shift += 2;
+                m <<= 1;
+            }
+            q += 32;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q4_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q4_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const uint8_t *q = x[i].qs;
+        const float d = fp16_to_fp32(x[i].d), min = fp16_to_fp32(x[i].dmin);
+        int is = 0;
+        uint8_t sc, m;
+        for (int j = 0; j < QK_K; j += 64) {
+            get_scale_min_k4(is + 0, x[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = min * m;
+            get_scale_min_k4(is + 1, x[i].scales, &sc, &m);
+            const float d2 = d * sc, m2 = min * m;
+            for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0xF) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
+            q += 32;
+            is += 2;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q5_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q5_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const uint8_t *ql = x[i].qs, *qh = x[i].qh;
+        const float d = fp16_to_fp32(x[i].d), min = fp16_to_fp32(x[i].dmin);
+        int is = 0;
+        uint8_t sc, m, u1 = 1, u2 = 2;
+        for (int j = 0; j < QK_K; j += 64) {
+            get_scale_min_k4(is + 0, x[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = min * m;
+            get_scale_min_k4(is + 1, x[i].scales, &sc, &m);
+            const float d2 = d * sc, m2 = min * m;
+            for (int l = 0; l < 32; ++l) *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+            ql += 32;
+            is += 2;
+            u1 <<= 2;
+            u2 <<= 2;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_q6_K(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_q6_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = fp16_to_fp32(x[i].d);
+        const uint8_t *ql = x[i].ql, *qh = x[i].qh;
+        const int8_t *sc = x[i].scales;
+        for (int n128 = 0; n128 < QK_K; n128 += 128) {
+            for (int l = 0; l < 32; ++l) {
+                int is = l / 16;
+                const int8_t q1 = (int8_t)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int8_t q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int8_t q3 = (int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int8_t q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l + 0] = d * sc[is + 0] * q1;
+                y[l + 32] = d * sc[is + 2] * q2;
+                y[l + 64] = d * sc[is + 4] * q3;
+                y[l + 96] = d * sc[is + 6] * q4;
+            }
+            y += 128;
+            ql += 64;
+            qh += 32;
+            sc += 8;
+        }
+    }
+}
+
+QC_CLONES
+static void dq_tq1_0(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_tq1_0 *x = vx;
+    static const uint8_t pow3[6] = {1, 3, 9, 27, 81, 243};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int k = 0; k < 5; ++k)
+            for (int m = 0; m < 32; ++m) {
+                uint8_t q = x[i].qs[m] * pow3[k];
+                int16_t xi = ((uint16_t)q * 3) >> 8;
+                *y++ = (float)(xi - 1) * d;
+            }
+        for (int k = 0; k < 5; ++k)
+            for (int m = 0; m < 16; ++m) {
+                uint8_t q = x[i].qs[32 + m] * pow3[k];
+                int16_t xi = ((uint16_t)q * 3) >> 8;
+                *y++ = (float)(xi - 1) * d;
+            }
+        for (int k = 0; k < 4; ++k)
+            for (int j = 0; j < 4; ++j) {
+                uint8_t q = x[i].qh[j] * pow3[k];
+                int16_t xi = ((uint16_t)q * 3) >> 8;
+                *y++ = (float)(xi - 1) * d;
+            }
+    }
+}
+
+QC_CLONES
+static void dq_tq2_0(const void *restrict vx, float *restrict y, int64_t n) {
+    const block_tq2_0 *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < 64; j += 32)
+            for (int l = 0; l < 4; ++l)
+                for (int m = 0; m < 32; ++m) {
+                    int8_t q = (x[i].qs[j + m] >> (l * 2)) & 3;
+                    *y++ = (float)(q - 1) * d;
+                }
+    }
+}
+
 /* ---------------------------------------------------------------- dispatch and threads */
 
 typedef void (*row_fn)(const float *restrict x, void *restrict y, int64_t n, const float *qw);
+
+typedef void (*dequant_fn)(const void *restrict x, float *restrict y, int64_t n);
 
 typedef struct {
     int type;
     int block;
     int type_size;
     row_fn fn;
+    dequant_fn deq;
 } qtype_info;
 
 static const qtype_info QTYPES[] = {
-    {T_Q4_0, 32, 18, q4_0_row},     {T_Q4_1, 32, 20, q4_1_row},     {T_Q5_0, 32, 22, q5_0_row},
-    {T_Q5_1, 32, 24, q5_1_row},     {T_Q8_0, 32, 34, q8_0_row},     {T_Q2_K, 256, 84, q2_K_row},
-    {T_Q3_K, 256, 110, q3_K_row},   {T_Q4_K, 256, 144, q4_K_row},   {T_Q5_K, 256, 176, q5_K_row},
-    {T_Q6_K, 256, 210, q6_K_row},   {T_IQ4_NL, 32, 18, iq4_nl_row}, {T_IQ4_XS, 256, 136, iq4_xs_row},
-    {T_TQ1_0, 256, 54, tq1_0_row},  {T_TQ2_0, 256, 66, tq2_0_row},  {T_MXFP4, 32, 17, mxfp4_row},
+    {T_Q4_0, 32, 18, q4_0_row, dq_q4_0},         {T_Q4_1, 32, 20, q4_1_row, dq_q4_1},
+    {T_Q5_0, 32, 22, q5_0_row, dq_q5_0},         {T_Q5_1, 32, 24, q5_1_row, dq_q5_1},
+    {T_Q8_0, 32, 34, q8_0_row, dq_q8_0},         {T_Q2_K, 256, 84, q2_K_row, dq_q2_K},
+    {T_Q3_K, 256, 110, q3_K_row, dq_q3_K},       {T_Q4_K, 256, 144, q4_K_row, dq_q4_K},
+    {T_Q5_K, 256, 176, q5_K_row, dq_q5_K},       {T_Q6_K, 256, 210, q6_K_row, dq_q6_K},
+    {T_IQ4_NL, 32, 18, iq4_nl_row, dq_iq4_nl},   {T_IQ4_XS, 256, 136, iq4_xs_row, dq_iq4_xs},
+    {T_TQ1_0, 256, 54, tq1_0_row, dq_tq1_0},     {T_TQ2_0, 256, 66, tq2_0_row, dq_tq2_0},
+    {T_MXFP4, 32, 17, mxfp4_row, dq_mxfp4},
 };
 
 static const qtype_info *find_type(int type) {
@@ -1181,16 +1479,20 @@ static const qtype_info *find_type(int type) {
 
 typedef struct {
     const qtype_info *info;
-    const float *src;
+    const float *src; /* quantize: float rows in; dequantize: float rows out (fdst) */
     uint8_t *dst;
+    const uint8_t *qsrc;
+    float *fdst;
     int64_t row0, row1, n_per_row;
     size_t row_size;
     const float *qw;
 } job;
 
 static void run_rows(const job *j) {
-    for (int64_t r = j->row0; r < j->row1; ++r)
-        j->info->fn(j->src + r * j->n_per_row, j->dst + r * j->row_size, j->n_per_row, j->qw);
+    for (int64_t r = j->row0; r < j->row1; ++r) {
+        if (j->fdst) j->info->deq(j->qsrc + r * j->row_size, j->fdst + r * j->n_per_row, j->n_per_row);
+        else j->info->fn(j->src + r * j->n_per_row, j->dst + r * j->row_size, j->n_per_row, j->qw);
+    }
 }
 
 static void *run_rows_thread(void *arg) {
@@ -1210,26 +1512,20 @@ QC_API const char *qc_source_hash(void) { return QC_SOURCE_HASH; }
 
 QC_API int qc_supports(int type) { return find_type(type) != NULL; }
 
-/* Returns 0 on success, -1 for an unsupported type, -2 for a bad row length, -3 if threads failed. */
-QC_API int qc_quantize(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
-                int nthreads) {
-    const qtype_info *info = find_type(type);
-    if (!info) return -1;
-    if (n_per_row <= 0 || n_per_row % info->block) return -2;
-    const size_t row_size = (size_t)(n_per_row / info->block) * info->type_size;
-    /* types whose ggml quantizer ignores the imatrix */
-    if (type == T_Q8_0 || type == T_TQ1_0 || type == T_TQ2_0 || type == T_MXFP4) imatrix = NULL;
+/* Splits rows [0, nrows) over nthreads pthreads (the calling thread takes the first share). */
+static void run_threads(job proto, int64_t nrows, int nthreads) {
     if (nthreads < 1) nthreads = 1;
+    if (nthreads > 256) nthreads = 256;
     if (nthreads > nrows) nthreads = (int)(nrows > 0 ? nrows : 1);
     job jobs[256];
-    if (nthreads > 256) nthreads = 256;
     for (int t = 0; t < nthreads; ++t) {
-        jobs[t] = (job){info, src, dst, nrows * t / nthreads, nrows * (t + 1) / nthreads, n_per_row, row_size,
-                        imatrix};
+        jobs[t] = proto;
+        jobs[t].row0 = nrows * t / nthreads;
+        jobs[t].row1 = nrows * (t + 1) / nthreads;
     }
     if (nthreads == 1) {
         run_rows(&jobs[0]);
-        return 0;
+        return;
     }
     pthread_t tids[256];
     int started[256] = {0};
@@ -1239,5 +1535,30 @@ QC_API int qc_quantize(int type, const float *src, void *dst, int64_t nrows, int
         if (started[t]) pthread_join(tids[t], NULL);
         else run_rows(&jobs[t]); /* no thread could be started: do its share here */
     }
+}
+
+/* Quantize nrows rows of n_per_row floats. Returns 0 on success, -1 for an unsupported type, -2 for a row
+   length that is not a multiple of the block size. */
+QC_API int qc_quantize(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
+                       int nthreads) {
+    const qtype_info *info = find_type(type);
+    if (!info) return -1;
+    if (n_per_row <= 0 || n_per_row % info->block) return -2;
+    /* types whose ggml quantizer ignores the imatrix */
+    if (type == T_Q8_0 || type == T_TQ1_0 || type == T_TQ2_0 || type == T_MXFP4) imatrix = NULL;
+    job proto = {info, src, dst, NULL, NULL, 0, 0, n_per_row, (size_t)(n_per_row / info->block) * info->type_size,
+                 imatrix};
+    run_threads(proto, nrows, nthreads);
+    return 0;
+}
+
+/* The type's to_float on nrows rows: same return codes as qc_quantize. */
+QC_API int qc_dequantize(int type, const void *src, float *dst, int64_t nrows, int64_t n_per_row, int nthreads) {
+    const qtype_info *info = find_type(type);
+    if (!info) return -1;
+    if (n_per_row <= 0 || n_per_row % info->block) return -2;
+    job proto = {info, NULL, NULL, src, dst, 0, 0, n_per_row, (size_t)(n_per_row / info->block) * info->type_size,
+                 NULL};
+    run_threads(proto, nrows, nthreads);
     return 0;
 }
