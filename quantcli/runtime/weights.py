@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType
 
-from quantcli.errors import InputInvalid, InputMissing, Unsupported
+from quantcli.errors import InputMissing, Unsupported
 
 
 class TensorSource(Protocol):
@@ -32,53 +32,41 @@ class TensorSource(Protocol):
     def tensor_type(self, name: str) -> GGMLQuantizationType: ...
 
 
-def _field_value(field: Any) -> Any:
-    kind = field.types[0] if field.types else None
-    if kind == GGUFValueType.ARRAY:
-        # Token lists are large: decode them once here, as Python lists.
-        sub = field.types[1] if len(field.types) > 1 else None
-        if sub == GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if kind == GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-    return field.parts[field.data[0]].tolist()[0]
-
-
 class GGUFSource:
-    """A GGUF file of any tensor type we (or llama.cpp) write, memory-mapped; dequantized per tensor."""
+    """A GGUF file of any tensor type we (or llama.cpp) write, memory-mapped; dequantized per tensor.
+
+    Read with quantcli.loaders.gguf (gguf.GGUFReader builds one NumPy object per vocabulary string and
+    takes seconds on a 49k vocab; this reader validates offsets and keeps arrays as arrays)."""
 
     def __init__(self, path: Path | str) -> None:
+        from quantcli.loaders.gguf import read_gguf
+
         self.path = Path(path)
         if not self.path.is_file():
             raise InputMissing(f"{self.path} does not exist")
-        try:
-            self.reader = GGUFReader(str(self.path))
-        except Exception as exc:  # gguf raises ValueError/struct.error/... on malformed files
-            raise InputInvalid(f"{self.path}: not a readable GGUF file ({exc})") from None
-        self.metadata: dict[str, Any] = {}
-        for key, field in self.reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            self.metadata[key] = _field_value(field)
-        self._tensors = {t.name: t for t in self.reader.tensors}
+        self.file = read_gguf(self.path)
+        self.metadata: dict[str, Any] = {
+            key: (kv.value.tolist() if isinstance(kv.value, np.ndarray) else kv.value)
+            for key, kv in self.file.kv.items()
+        }
         self.description = f"GGUF {self.path.name}"
 
     def names(self) -> Iterable[str]:
-        return self._tensors.keys()
+        return self.file.tensors.keys()
 
     def tensor_type(self, name: str) -> GGMLQuantizationType:
-        return GGMLQuantizationType(int(self._tensors[name].tensor_type))
+        return GGMLQuantizationType(int(self.file.tensors[name].type))
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(n) for n in reversed(self._tensors[name].shape.tolist()))
+        return tuple(int(n) for n in self.file.tensors[name].numpy_shape)
 
     def load(self, name: str) -> np.ndarray:
-        tensor = self._tensors[name]
-        shape = self.shape(name)
-        qtype = self.tensor_type(name)
-        raw = np.ascontiguousarray(tensor.data).reshape(-1).view(np.uint8)
-        return dequantize_bytes(raw, qtype, shape, name)
+        raw = self.file.tensor_bytes(name)
+        out = dequantize_bytes(raw, self.tensor_type(name), self.shape(name), name)
+        if np.shares_memory(out, raw):
+            out = out.copy()  # F32 tensors come back as views of the mapping
+        self.file.release(name)  # the float32 copy is what the model keeps; drop the mapped pages
+        return out
 
 
 def dequantize_bytes(
