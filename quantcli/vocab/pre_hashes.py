@@ -2,7 +2,8 @@
 
 Ported from `get_vocab_base_pre` in llama.cpp's conversion/base.py (the tree vendored in llama-cpp-python
 0.3.36, generated there by convert_hf_to_gguf_update.py). Where a hash appears twice in the converter's
-if-chain the later name wins, as it does there. Regenerate with scripts/../tests/test_vocab.py's check.
+if-chain the later name wins, as it does there. tests/test_vocab.py::test_pre_hash_table_is_the_converters
+re-parses the converter and fails when this table falls out of step.
 """
 
 from __future__ import annotations
