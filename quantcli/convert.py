@@ -252,6 +252,8 @@ def convert_model(
         vocab = _vocab_entries(ckpt.directory, ckpt.config)
 
         out = GGUFOutput(spec.gguf_arch)
+        for method, value in hparam_values(spec, cfg, early=True):
+            out.call(method, value)
         for tensor in planned:
             out.add_tensor(tensor)
         _general_metadata(out, ckpt.directory)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import reference_convert  # noqa: E402
 
+from quantcli.arch import get_arch  # noqa: E402
 from quantcli.convert import convert_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -148,7 +149,7 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
         t[p + "post_attention_layernorm.weight"] = _bf16_tensor(rng, (HIDDEN,))
         t[p + "self_attn.o_proj.weight"] = _bf16_tensor(rng, (HIDDEN, HEADS * head_dim))
         t[p + "mlp.down_proj.weight"] = _bf16_tensor(rng, (HIDDEN, FFN))
-        if arch == "phi3":
+        if arch.startswith("phi3"):
             t[p + "self_attn.qkv_proj.weight"] = _bf16_tensor(
                 rng, ((HEADS + 2 * KV_HEADS) * head_dim, HIDDEN)
             )
@@ -215,7 +216,7 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
         )
         t["model.embed_tokens.weight"] = _bf16_tensor(rng, (vocab + 64, HIDDEN))
         t["lm_head.weight"] = t["model.embed_tokens.weight"]
-    elif arch == "phi3":
+    elif arch.startswith("phi3"):
         cfg.update(
             architectures=["Phi3ForCausalLM"],
             rope_theta=10000.0,
@@ -224,15 +225,27 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
             sliding_window=2047,
         )
         t["lm_head.weight"] = _bf16_tensor(rng, (vocab, HIDDEN))
+        if arch == "phi3-long":  # Phi-3-128k style: rope factor tensors + attention factor key
+            # model_type needed: transformers 5.23 cannot standardise rope scaling of a typeless config
+            cfg.update(
+                model_type="phi3",
+                max_position_embeddings=131072,
+                rope_scaling={
+                    "type": "longrope",
+                    "long_factor": [1.0 + 0.37 * i for i in range(head_dim // 2)],
+                    "short_factor": [1.0 + 0.01 * i for i in range(head_dim // 2)],
+                },
+            )
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     save_file({k: v.contiguous().clone() for k, v in t.items()}, str(out / "model.safetensors"))
     return out
 
 
-@pytest.mark.parametrize("arch", ["mistral", "llama3", "qwen2", "qwen3", "gemma3", "phi3"])
+@pytest.mark.parametrize("arch", ["mistral", "llama3", "qwen2", "qwen3", "gemma3", "phi3", "phi3-long"])
 def test_other_architectures_match_reference(smollm2_dir: Path, tmp_path: Path, arch: str) -> None:
     model = _synthetic(tmp_path, smollm2_dir, arch)
     outtype = "q8_0" if arch in ("qwen2", "phi3") else "bf16"
+    assert get_arch(json.loads((model / "config.json").read_text())) is not None
     ref = reference_gguf(model, outtype)
     ours = tmp_path / "ours.gguf"
     convert_model(model, ours, out_type=outtype)

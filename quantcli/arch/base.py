@@ -83,6 +83,8 @@ class ArchSpec:
     runtime: RuntimeTraits = field(default_factory=RuntimeTraits)
     # Tensors the converter generates from the config (generate_extra_tensors), written before all others.
     extra_tensors: Callable[[Config], list[tuple[str, np.ndarray]]] | None = None
+    # Keys the converter adds while generating those tensors: they land right after general.architecture.
+    early_hparams: tuple[HParam, ...] = ()
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")
@@ -268,10 +270,10 @@ def text_model_hparams() -> tuple[HParam, ...]:
     )
 
 
-def hparam_values(spec: ArchSpec, cfg: Config) -> list[tuple[str, Any]]:
-    """[(writer method, value)] in write order, skipping absent ones."""
+def hparam_values(spec: ArchSpec, cfg: Config, early: bool = False) -> list[tuple[str, Any]]:
+    """[(writer method, value)] in write order, skipping absent ones (`early`: spec.early_hparams)."""
     out = []
-    for hp in spec.hparams:
+    for hp in spec.early_hparams if early else spec.hparams:
         try:
             value = hp.value(cfg)
         except KeyError as exc:

@@ -5,7 +5,57 @@ The fused qkv_proj and gate_up_proj are written as they are (attn_qkv, ffn_up), 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from quantcli.arch.base import FILE_TYPE, ArchSpec, Config, HParam, RuntimeTraits, full_rope, register
+from quantcli.errors import InputInvalid, Unsupported
+
+
+def _long_rope(cfg: Config) -> tuple[list[float], list[float], float] | None:
+    """(long factors, short factors, attention factor) for long-context Phi-3 configs, else None."""
+    rope = full_rope(cfg)
+    long_factors = rope.get("long_factor")
+    if not long_factors:
+        return None
+    short_factors = rope.get("short_factor")
+    max_pos = cfg.get("n_positions", cfg.get("max_position_embeddings"))
+    orig = rope["original_max_position_embeddings"]
+    scale = max_pos / orig
+    kind = str(rope.get("rope_type", "")).lower()
+    if kind in ("su", "longrope"):
+        attn_factor = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+    elif kind == "yarn":
+        attn_factor = 0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0
+    else:
+        raise Unsupported(f"config.json: Phi-3 rope scaling type {kind!r} is not supported")
+    if (
+        not short_factors
+        or len(long_factors) != len(short_factors)
+        or len(long_factors) != _rope_dims(cfg) / 2
+    ):
+        raise InputInvalid(
+            f"config.json: rope long/short factors must both have {_rope_dims(cfg) // 2} values "
+            f"(long {len(long_factors)}, short {len(short_factors or [])})"
+        )
+    return long_factors, short_factors, attn_factor
+
+
+def _rope_factor_tensors(cfg: Config) -> list[tuple[str, np.ndarray]]:
+    found = _long_rope(cfg)
+    if found is None:
+        return []
+    long_factors, short_factors, _ = found
+    return [
+        ("rope_factors_long.weight", np.array(long_factors, dtype=np.float32)),
+        ("rope_factors_short.weight", np.array(short_factors, dtype=np.float32)),
+    ]
+
+
+def _attn_factor(cfg: Config) -> float | None:
+    found = _long_rope(cfg)
+    return None if found is None else found[2]
 
 
 def _rope_dims(cfg: Config) -> int:
@@ -59,5 +109,8 @@ PHI3 = register(
         },
         derive_config=lambda cfg: cfg.setdefault("num_key_value_heads", cfg.get("num_attention_heads")),
         runtime=RuntimeTraits(rope_style="neox", fused_qkv=True, fused_gate_up=True),
+        # Phi-3 128k / Phi-3.5: per-dimension rope factors as tensors, attention factor as a key.
+        extra_tensors=_rope_factor_tensors,
+        early_hparams=(HParam("add_rope_scaling_attn_factors", _attn_factor),),
     )
 )
