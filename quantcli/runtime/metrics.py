@@ -75,6 +75,14 @@ class KLDAccumulator:
     p_diff_values: list[np.ndarray] = field(default_factory=list)
 
     def add(self, logits: np.ndarray, base: QuantizedLogProbs, targets: np.ndarray) -> None:
+        # Row blocks bound the float32 temporaries (rows x n_vocab each) for 256k-token vocabularies.
+        step = max(1, (1 << 24) // max(1, logits.shape[1]))
+        for r0 in range(0, len(targets), step):
+            r1 = min(len(targets), r0 + step)
+            part = QuantizedLogProbs(base.scale[r0:r1], base.min_log_prob[r0:r1], base.codes[r0:r1])
+            self._add_rows(logits[r0:r1], part, targets[r0:r1])
+
+    def _add_rows(self, logits: np.ndarray, base: QuantizedLogProbs, targets: np.ndarray) -> None:
         rows = np.arange(len(targets))
         mx = logits.max(axis=1).astype(np.float32)
         imax = logits.argmax(axis=1)
