@@ -9,6 +9,7 @@ time in row slabs, so memory stays bounded whatever the model size; the output i
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quantcli import quants
 from quantcli.atomic import atomic_path, check_output
-from quantcli.errors import Unsupported, UsageError
+from quantcli.errors import InputInvalid, Unsupported, UsageError
 from quantcli.imatrix_file import Imatrix, load_imatrix
 from quantcli.loaders.gguf import GGUFFile
 from quantcli.plan import ModelInfo, Overrides, Plan, TensorSpec, make_plan, n_dims, pad
@@ -113,6 +114,12 @@ def source_specs(src: GGUFFile) -> list[TensorSpec]:
 
 
 def plan_for_gguf(src: GGUFFile, ftype: Ftype, overrides: Overrides) -> Plan:
+    # llama-quantize loads the model's hyper-parameters first: refuse what it could not load.
+    arch = src.architecture
+    if not src.tensors:
+        raise InputInvalid(f"{src.path}: the file has no tensors")
+    if not isinstance(src.get(f"{arch}.block_count"), int):
+        raise InputInvalid(f"{src.path}: {arch}.block_count is missing")
     model = ModelInfo.from_metadata({k: v.value for k, v in src.kv.items()})
     return make_plan(model, source_specs(src), ftype, overrides)
 
@@ -202,7 +209,7 @@ def _write_tensor(
     ne = d.ne
     ncols = ne[0]
     rows_per_matrix = ne[1] if len(ne) > 1 else 1
-    n_matrices = int(np.prod(ne[2:], dtype=np.int64)) if len(ne) > 2 else 1
+    n_matrices = math.prod(ne[2:])
     block, size = GGML_QUANT_SIZES[d.src_type]
     src_row = ncols // block * size
     per_expert_weights = weights is not None and len(ne) > 2 and weights.size == ncols * ne[2]

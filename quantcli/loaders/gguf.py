@@ -8,6 +8,7 @@ build one NumPy object per vocabulary string (GGUFReader takes seconds on a 150k
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64))
+        return math.prod(self.ne)
 
     @property
     def numpy_shape(self) -> tuple[int, ...]:
@@ -82,7 +83,7 @@ class TensorInfo:
 
 def type_nbytes(qtype: GGMLQuantizationType, ne: tuple[int, ...]) -> int:
     block, size = GGML_QUANT_SIZES[qtype]
-    n_rows = int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
+    n_rows = math.prod(ne[1:])
     return n_rows * (ne[0] // block) * size
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
@@ -48,7 +48,7 @@ class TensorSpec:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64))
+        return math.prod(self.ne)
 
 
 @dataclass
@@ -87,7 +87,7 @@ class TensorDecision:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.ne, dtype=np.int64))
+        return math.prod(self.ne)
 
     @property
     def src_nbytes(self) -> int:
@@ -113,7 +113,7 @@ class TensorDecision:
 
 def tensor_nbytes(qtype: T, ne: tuple[int, ...]) -> int:
     block, size = GGML_QUANT_SIZES[qtype]
-    rows = int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
+    rows = math.prod(ne[1:])
     return rows * (ne[0] // block) * size
 
 
