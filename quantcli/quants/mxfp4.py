@@ -49,10 +49,13 @@ def best_index_fp4(xt: np.ndarray, d: np.ndarray) -> np.ndarray:
     """best_index_mxfp4: first index minimising |kv[i]*d - x| (strict <) for every element."""
     best_err = np.abs(_KV_F32[0] * d - xt)
     best = np.zeros(xt.shape, dtype=np.uint8)
+    err = np.empty_like(best_err)
+    better = np.empty(xt.shape, dtype=bool)
     for i in range(1, 16):
-        err = np.abs(_KV_F32[i] * d - xt)
-        better = err < best_err
-        best[better] = i
+        np.subtract(_KV_F32[i] * d, xt, out=err)
+        np.abs(err, out=err)
+        np.less(err, best_err, out=better)
+        np.copyto(best, np.uint8(i), where=better)
         np.minimum(best_err, err, out=best_err)
     return best
 
