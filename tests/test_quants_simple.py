@@ -134,6 +134,25 @@ def test_bytes_equal_ggml(ggml, qtype: T, ncols: int, with_imatrix: bool, use_na
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("use_native", ENGINES)
+@pytest.mark.parametrize("seed", range(6))
+def test_random_matrices_all_types(ggml, seed: int, use_native: bool) -> None:
+    """Extra random shapes and distributions (heavy tails with random dof, bf16 grids, huge imatrix range)."""
+    rng = np.random.default_rng(100 + seed)
+    ncols = int(rng.choice([512, 768, 1536, 2048]))
+    if seed % 2:
+        dof = rng.uniform(1.5, 6)
+        x = rng.standard_t(dof, (24, ncols)) * np.exp(rng.uniform(-8, 3, (24, 1)))
+    else:
+        x = bf16_round((rng.standard_normal((24, ncols)) * rng.uniform(1e-3, 5)).astype(F32))
+    x = x.astype(F32)
+    im = np.exp(rng.uniform(-12, 12, ncols)).astype(F32)
+    for qtype in ALL_TYPES:
+        for imatrix in (None, im):
+            check_against_ggml(ggml, qtype, x, imatrix, use_native)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda q: q.name)
 def test_dequantize_random_blocks(ggml, qtype: T) -> None:
     """Every code value and scale pattern (not only those our quantizer emits) decodes like to_float."""
