@@ -276,3 +276,54 @@ def quantize_gguf(
             expected = plan.file_size(sum(len(raw) for _, raw in kv))
             assert size == expected, f"wrote {size} bytes, plan predicted {expected}"
     return QuantizeResult(out_path, plan, size, time.perf_counter() - t0, missing)
+
+
+def quantize_checkpoint(
+    source: str | Path,
+    out_path: str | Path,
+    ftype: Ftype,
+    overrides: Overrides | None = None,
+    *,
+    imatrix: ImatrixUse | None = None,
+    strict: bool = False,
+    threads: int | None = None,
+    force: bool = False,
+    on_tensor: Callable[[int, int, str], None] | None = None,
+) -> QuantizeResult:
+    """HF checkpoint -> llama-quantize recipe, byte-identical to
+    `convert_hf_to_gguf.py --outtype f16` followed by `llama-quantize F16.gguf OUT TYPE`.
+
+    The plan (and every check: types, patterns, --strict, imatrix fit) runs on the checkpoint first;
+    then `quantcli convert --type f16` writes a temporary F16 GGUF next to the output (same bytes as
+    llama.cpp's converter), which is quantized and removed. Disk: the F16 model, temporarily.
+    """
+    import secrets
+
+    from quantcli.atomic import TEMP_MARK
+    from quantcli.convert import convert_model
+    from quantcli.plan.source import plan_hf
+
+    out_path = Path(out_path)
+    overrides = overrides or Overrides()
+    if imatrix is not None and not imatrix.imatrix.entries:
+        imatrix = None
+    overrides.has_imatrix = imatrix is not None
+    check_output(out_path, force)
+    planned = plan_hf(Path(source), ftype, overrides, imatrix)
+    check_plan_executable(planned.plan, imatrix, allow_requantize=False, strict=strict)
+    tmp = out_path.with_name(f"{TEMP_MARK}{secrets.token_hex(4)}-f16-{out_path.name}")
+    try:
+        convert_model(source, tmp, out_type="f16", force=True, threads=threads)
+        return quantize_gguf(
+            tmp,
+            out_path,
+            ftype,
+            overrides,
+            imatrix=imatrix,
+            strict=strict,
+            threads=threads,
+            force=force,
+            on_tensor=on_tensor,
+        )
+    finally:
+        tmp.unlink(missing_ok=True)

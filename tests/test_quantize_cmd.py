@@ -222,9 +222,16 @@ def smollm2_f16(smollm2_dir: Path) -> Path:
     return out
 
 
-def test_smollm2_matches_llama_quantize(smollm2_f16: Path, tmp_path: Path) -> None:
+def test_smollm2_matches_llama_quantize(smollm2_f16: Path, smollm2_dir: Path, tmp_path: Path) -> None:
     # One recipe on the real model (Q5_0/Q8_0 fallbacks, tied Q8_0 embedding); the rest on synthetic models.
-    assert_same(smollm2_f16, tmp_path, "Q4_K_M")
+    ref, ours, direct = tmp_path / "ref.gguf", tmp_path / "ours.gguf", tmp_path / "direct.gguf"
+    llama_quantize(smollm2_f16, ref, "Q4_K_M")
+    assert quantcli("quantize", str(smollm2_f16), str(ours), "Q4_K_M") == 0
+    assert sha256(ours) == sha256(ref)
+    # From the HF checkpoint directly: == convert_hf_to_gguf.py --outtype f16 + llama-quantize.
+    assert quantcli("quantize", str(smollm2_dir), str(direct), "q4_k_m", "--json") == 0
+    assert sha256(direct) == sha256(ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.gguf", "ours.gguf", "ref.gguf"]
 
 
 def test_plan_on_smollm2_equals_llama_quantize(

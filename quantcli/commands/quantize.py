@@ -11,7 +11,8 @@ import typer
 from quantcli.console import err, peak_rss_bytes, show_progress
 
 HELP = """Quantize a GGUF file (F32/F16/BF16 weights) to TYPE, byte-identical to llama.cpp's
-`llama-quantize IN OUT TYPE` with the same options.
+`llama-quantize IN OUT TYPE` with the same options. IN may also be a Hugging Face model directory: the
+result is then byte-identical to `convert_hf_to_gguf.py --outtype f16` followed by `llama-quantize`.
 
 TYPE is a llama-quantize recipe: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S
 Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0 MXFP4_MOE F16 BF16 F32 (aliases Q3_K, Q4_K, Q5_K;
@@ -29,7 +30,7 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("quantize", help=HELP)
     def quantize(
-        source: Path = typer.Argument(..., help="Input GGUF (F32/F16/BF16 weights)."),
+        source: Path = typer.Argument(..., help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
         output: Path = typer.Argument(..., help="Output GGUF path."),
         qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
         imatrix: str | None = typer.Option(
@@ -75,7 +76,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from quantcli.plan.ftypes import parse_ftype
         from quantcli.plan.options import build_overrides
-        from quantcli.requantize import load_imatrix_use, quantize_gguf
+        from quantcli.plan.source import is_gguf_source
+        from quantcli.requantize import load_imatrix_use, quantize_checkpoint, quantize_gguf
 
         ftype = parse_ftype(qtype)
         im = load_imatrix_use(imatrix, include_weights, exclude_weights)
@@ -93,18 +95,31 @@ def register(app: typer.Typer) -> None:
             if progress:
                 err.print(f"[{i + 1:4d}/{n:4d}] {name}", end="\r")
 
-        result = quantize_gguf(
-            source,
-            output,
-            ftype,
-            overrides,
-            imatrix=im,
-            strict=strict,
-            allow_requantize=allow_requantize,
-            threads=threads,
-            force=force,
-            on_tensor=on_tensor,
-        )
+        if is_gguf_source(source):
+            result = quantize_gguf(
+                source,
+                output,
+                ftype,
+                overrides,
+                imatrix=im,
+                strict=strict,
+                allow_requantize=allow_requantize,
+                threads=threads,
+                force=force,
+                on_tensor=on_tensor,
+            )
+        else:  # an HF checkpoint: convert to F16 as llama.cpp's converter does, then quantize
+            result = quantize_checkpoint(
+                source,
+                output,
+                ftype,
+                overrides,
+                imatrix=im,
+                strict=strict,
+                threads=threads,
+                force=force,
+                on_tensor=on_tensor,
+            )
         plan = result.plan
         sha = hashlib.sha256()
         with open(result.path, "rb") as fh:

@@ -20,11 +20,17 @@ class PlannedSource:
     file_size_exact: bool
 
 
+def is_gguf_source(source: Path | str) -> bool:
+    """A file named *.gguf or starting with the GGUF magic (anything else is an HF checkpoint)."""
+    source = Path(source)
+    return source.is_file() and (source.suffix.lower() == ".gguf" or _is_gguf(source))
+
+
 def plan_source(source: Path | str, ftype: Ftype, overrides: Overrides, imatrix: Any = None) -> PlannedSource:
     source = Path(source)
     if not source.exists():
         raise InputMissing(f"{source} does not exist")
-    if source.is_file() and (source.suffix.lower() == ".gguf" or _is_gguf(source)):
+    if is_gguf_source(source):
         return plan_gguf(source, ftype, overrides, imatrix)
     return plan_hf(source, ftype, overrides, imatrix)
 
