@@ -10,6 +10,7 @@ time in row slabs, so memory stays bounded whatever the model size; the output i
 from __future__ import annotations
 
 import math
+import dataclasses
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -251,7 +252,7 @@ def quantize_gguf(
     overrides = overrides or Overrides()
     if imatrix is not None and not imatrix.imatrix.entries:
         imatrix = None  # llama-quantize: an imatrix with no (remaining) entries is not used at all
-    overrides.has_imatrix = imatrix is not None
+    overrides = dataclasses.replace(overrides, has_imatrix=imatrix is not None)  # the caller's stays as is
     check_output(out_path, force)
     with GGUFFile(src_path) as src:
         if Path(src_path).resolve() == out_path.resolve():
@@ -307,7 +308,7 @@ def quantize_checkpoint(
     overrides = overrides or Overrides()
     if imatrix is not None and not imatrix.imatrix.entries:
         imatrix = None
-    overrides.has_imatrix = imatrix is not None
+    overrides = dataclasses.replace(overrides, has_imatrix=imatrix is not None)  # the caller's stays as is
     check_output(out_path, force)
     planned = plan_hf(Path(source), ftype, overrides, imatrix)
     check_plan_executable(planned.plan, imatrix, allow_requantize=False, strict=strict)
