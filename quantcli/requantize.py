@@ -9,8 +9,8 @@ time in row slabs, so memory stays bounded whatever the model size; the output i
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 import struct
 import time
 from collections.abc import Callable, Sequence
