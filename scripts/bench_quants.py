@@ -1,8 +1,8 @@
 """Quantizer throughput: our NumPy path, our C path, ggml's own kernel and gguf-py, from one run.
 
 Prints a Markdown section on stdout (progress on stderr). Input: a 4096x1024 float32 tensor of N(0, 1) values
-(16 MB), the shape of a small model's projection matrix. MB/s = MB of float32 input per second of wall
-time, best of a few repeats. ggml = `ggml_quantize_chunk` from the reference libggml-base (single-threaded by
+(16 MB), the shape of a small model's projection matrix. MB/s = MB of float32 input per second (single-thread
+columns: this thread's CPU time; the all-threads column: wall time), best of a few repeats. ggml = `ggml_quantize_chunk` from the reference libggml-base (single-threaded by
 construction); gguf-py = `gguf.quants.quantize` (NumPy, no imatrix support). Slow NumPy quantizers are timed
 on fewer rows (the row count is given in the cell); all quantizers are row-local, so MB/s carries over.
 """
@@ -37,13 +37,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def best_time(fn, min_total: float = 0.4, max_repeats: int = 5) -> float:
-    """Best wall time of `fn()` over up to `max_repeats` runs (stops once `min_total` seconds were spent)."""
+def best_time(fn, min_total: float = 0.4, max_repeats: int = 5, clock=time.thread_time) -> float:
+    """Best time of `fn()` over up to `max_repeats` runs (stops once `min_total` seconds were spent).
+
+    Single-threaded work is timed with this thread's CPU time (`time.thread_time`), so other processes on a
+    shared machine do not distort the ratios; the multi-threaded column passes `clock=time.perf_counter`.
+    """
     best, spent, n = float("inf"), 0.0, 0
     while n < max_repeats and (n == 0 or spent < min_total):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         best, spent, n = min(best, dt), spent + dt, n + 1
     return best
 
@@ -91,7 +95,9 @@ def measure(
         ref = ggml.quantize(int(qtype), x, im)
     if native.available():
         c1 = mbps(x.nbytes, best_time(lambda: native.quantize_rows(qtype, x, im, 1)))
-        cn = mbps(x.nbytes, best_time(lambda: native.quantize_rows(qtype, x, im, threads)))
+        cn = mbps(
+            x.nbytes, best_time(lambda: native.quantize_rows(qtype, x, im, threads), clock=time.perf_counter)
+        )
         if ref is not None and not np.array_equal(native.quantize_rows(qtype, x, im, threads), ref):
             log(f"WARNING: C {label} bytes differ from ggml")
             c1 = cn = None
@@ -131,7 +137,9 @@ def main() -> int:
             lines.append(measure(qtype, im, x, ggml, threads, slowest_numpy))
     print("## Quantizers (`scripts/bench_quants.py`)\n")
     print(
-        f"MB/s of float32 input, {ROWS}x{COLS} N(0,1) tensor ({x.nbytes / 1e6:.0f} MB), best of up to 5 runs. "
+        f"MB/s (10^6 bytes) of float32 input, {ROWS}x{COLS} N(0,1) tensor ({x.nbytes / 2**20:.0f} MiB), best of up "
+        "to 5 runs. Single-thread columns are timed in this thread's CPU time (robust on a shared machine), the "
+        "last column in wall time. "
         f"C = quantcli's optional C library ({'loaded' if native.available() else 'NOT available: ' + str(native.problem())}); "
         f"C/ggml compares single-thread speed. Last column: C with {threads} threads "
         f"(`os.sched_getaffinity`). Every C result was checked byte-identical to ggml in the same run.\n"
@@ -145,7 +153,39 @@ def main() -> int:
         " never uses an imatrix; a failing implementation is also shown as '—' and logged on stderr)."
     )
     print(f"\nCPU threads available: {threads}; machine: {os.uname().machine}.")
+    print_dequant_table(x, ggml)
     return 0
+
+
+def print_dequant_table(x: np.ndarray, ggml) -> None:
+    """Second table: dequantization (to_float) speed, MB/s of float32 output, single thread."""
+    lines = [dequant_row(qtype, x, ggml) for qtype in TYPES]
+    print("\n### Dequantization (to_float)\n")
+    print(
+        "MB/s of float32 output for the same tensor, single thread (CPU time): `quantcli.quants.dequantize` "
+        "(NumPy), `quantcli.native.dequantize_rows`, ggml's type traits `to_float`. All three give identical bits.\n"
+    )
+    print("| type | NumPy | C, 1 thread | ggml, 1 thread | C / ggml |")
+    print("|---|---:|---:|---:|---:|")
+    print("\n".join(lines))
+
+
+def dequant_row(qtype: GGMLQuantizationType, x: np.ndarray, ggml) -> str:
+    from quantcli.quants import dequantize
+
+    log(f"bench dequantize {qtype.name}")
+    data = quantize(x, qtype)
+    npy = c1 = g = None
+    try:
+        npy = mbps(x.nbytes, best_time(lambda: dequantize(data, qtype, x.shape), max_repeats=3))
+    except Exception as exc:
+        log(f"NumPy dequantize {qtype.name} failed: {type(exc).__name__}: {exc}")
+    if native.available():
+        c1 = mbps(x.nbytes, best_time(lambda: native.dequantize_rows(qtype, data, COLS, 1)))
+    if ggml is not None:
+        g = mbps(x.nbytes, best_time(lambda: ggml.dequantize(int(qtype), data, ROWS, COLS)))
+    ratio = f"{c1 / g:.2f}×" if c1 and g else "—"
+    return f"| {qtype.name} | {fmt(npy)} | {fmt(c1)} | {fmt(g)} | {ratio} |"
 
 
 if __name__ == "__main__":

@@ -1155,7 +1155,16 @@ static void q6_K_row(const float *restrict x, void *restrict vy, int64_t n, cons
 }
 
 /* ---------------------------------------------------------------- dequantization (ggml's to_float) */
-/* Each is ggml's dequantize_row_<type> with the same float expressions (so the same products, rounded once). */
+/* Each is ggml's dequantize_row_<type> with the same float expressions (so the same products, rounded once).
+   Some build a small table of the possible products per block instead of multiplying per element. */
+
+/* (float)v hidden from the optimiser: with a known constant level GCC may rewrite scale * -4.f as
+   -(scale * 4.f), which flips the sign bit of a NaN scale; ggml multiplies by a runtime value. */
+static inline float opaque_level(int v) {
+    float f = (float)v;
+    __asm__("" : "+m"(f));
+    return f;
+}
 
 QC_CLONES
 static void dq_q4_0(const void *restrict vx, float *restrict y, int64_t n) {
@@ -1235,11 +1244,11 @@ static void dq_mxfp4(const void *restrict vx, float *restrict y, int64_t n) {
     const block_mxfp4 *x = vx;
     for (int64_t i = 0; i < n / 32; i++) {
         const float d = e8m0_to_fp32_half(x[i].e);
+        float t[16]; /* the 16 possible products kvalues_mxfp4[c] * d, looked up per element */
+        for (int c = 0; c < 16; ++c) t[c] = opaque_level(kvalues_mxfp4[c]) * d;
         for (int j = 0; j < 16; ++j) {
-            const int8_t x0 = kvalues_mxfp4[x[i].qs[j] & 0x0F];
-            const int8_t x1 = kvalues_mxfp4[x[i].qs[j] >> 4];
-            y[i * 32 + j] = x0 * d;
-            y[i * 32 + j + 16] = x1 * d;
+            y[i * 32 + j] = t[x[i].qs[j] & 0x0F];
+            y[i * 32 + j + 16] = t[x[i].qs[j] >> 4];
         }
     }
 }
@@ -1249,9 +1258,11 @@ static void dq_iq4_nl(const void *restrict vx, float *restrict y, int64_t n) {
     const block_iq4_nl *x = vx;
     for (int64_t i = 0; i < n / 32; i++, y += 32) {
         const float d = fp16_to_fp32(x[i].d);
+        float t[16]; /* d * kvalues_iq4nl[c] for every code */
+        for (int c = 0; c < 16; ++c) t[c] = d * opaque_level(kvalues_iq4nl[c]);
         for (int j = 0; j < 16; ++j) {
-            y[j] = d * kvalues_iq4nl[x[i].qs[j] & 0xf];
-            y[j + 16] = d * kvalues_iq4nl[x[i].qs[j] >> 4];
+            y[j] = t[x[i].qs[j] & 0xf];
+            y[j + 16] = t[x[i].qs[j] >> 4];
         }
     }
 }
@@ -1268,9 +1279,11 @@ static void dq_iq4_xs(const void *restrict vx, float *restrict y, int64_t n) {
         for (int ib = 0; ib < 8; ++ib, y += 32, qs += 16) {
             const int ls = ((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((scales_h >> 2 * ib) & 3) << 4);
             const float dl = d * (ls - 32);
+            float t[16];
+            for (int c = 0; c < 16; ++c) t[c] = dl * opaque_level(kvalues_iq4nl[c]);
             for (int j = 0; j < 16; ++j) {
-                y[j] = dl * kvalues_iq4nl[qs[j] & 0xf];
-                y[j + 16] = dl * kvalues_iq4nl[qs[j] >> 4];
+                y[j] = t[qs[j] & 0xf];
+                y[j + 16] = t[qs[j] >> 4];
             }
         }
     }
@@ -1320,12 +1333,14 @@ static void dq_q3_K(const void *restrict vx, float *restrict y, int64_t n) {
         for (int n128 = 0; n128 < QK_K; n128 += 128) {
             int shift = 0;
             for (int j = 0; j < 4; ++j) {
+                /* dl * v for the 8 possible v = low2 - (hbit ? 0 : 4), indexed by low2 + (hbit ? 4 : 0) */
+                float t[8];
                 float dl = d_all * (scales[is++] - 32);
-                for (int l = 0; l < 16; ++l)
-                    *y++ = dl * ((int8_t)((q[l + 0] >> shift) & 3) - ((hm[l + 0] & m) ? 0 : 4));
+                for (int c = 0; c < 8; ++c) t[c] = dl * opaque_level(c - 4);
+                for (int l = 0; l < 16; ++l) *y++ = t[((q[l + 0] >> shift) & 3) | ((hm[l + 0] & m) ? 4 : 0)];
                 dl = d_all * (scales[is++] - 32);
-                for (int l = 0; l < 16; ++l)
-                    *y++ = dl * ((int8_t)((q[l + 16] >> shift) & 3) - ((hm[l + 16] & m) ? 0 : 4));
+                for (int c = 0; c < 8; ++c) t[c] = dl * opaque_level(c - 4);
+                for (int l = 0; l < 16; ++l) *y++ = t[((q[l + 16] >> shift) & 3) | ((hm[l + 16] & m) ? 4 : 0)];
                 shift += 2;
                 m <<= 1;
             }
