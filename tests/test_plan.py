@@ -242,6 +242,27 @@ def test_manual_overrides_do_not_advance_counters() -> None:
     assert types(plan, "attn_v.weight")[:4] == [T.Q8_0, T.Q5_K, T.Q5_K, T.Q4_K]
 
 
+def test_which_tensors_are_never_quantized() -> None:
+    specs = llama_specs(n_layer=1) + [
+        TensorSpec("blk.0.attn_q.bias", (256, 2), T.F32),  # 2-D but not a weight
+        TensorSpec("abcde", (256, 2), T.F32),  # C quirk: 5-character names pass the "ends with weight" test
+        TensorSpec("blk.0.ssm_conv1d.weight", (256, 4), T.F32),
+        TensorSpec("position_embd.weight", (256, 64), T.F16),
+        TensorSpec("blk.0.attn_q_norm.weight", (256, 4), T.F32),
+        TensorSpec("rope_freqs.weight", (32, 1, 1), T.F32),  # trailing 1s: 1-D for ggml_n_dims
+    ]
+    by = make_plan(ModelInfo("llama", 1, 4, 2), specs, "Q8_0").by_name()
+    kept = {n for n, d in by.items() if not d.changes}
+    assert {
+        "blk.0.attn_q.bias",
+        "blk.0.ssm_conv1d.weight",
+        "position_embd.weight",
+        "blk.0.attn_q_norm.weight",
+        "rope_freqs.weight",
+    } <= kept
+    assert by["abcde"].type == T.Q8_0
+
+
 def test_mxfp4_moe() -> None:
     specs = [
         TensorSpec("token_embd.weight", (256, 64), T.F16),

@@ -43,7 +43,13 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 
 def build_synthetic_gguf(
-    path: Path, *, seed: int = 0, tied: bool = False, dtype: str = "f16", **sizes: int
+    path: Path,
+    *,
+    seed: int = 0,
+    tied: bool = False,
+    dtype: str = "f16",
+    extra: dict[str, np.ndarray] | None = None,
+    **sizes: int,
 ) -> Path:
     """`sizes` overrides SYNTH (n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, n_expert); dtype f16 or f32.
 
@@ -118,6 +124,8 @@ def build_synthetic_gguf(
         w.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
         w.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
         w.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff))
+    for name, value in (extra or {}).items():
+        w.add_tensor(name, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -167,6 +167,23 @@ def test_imatrix_filters_and_overrides_match(small: Path, small_imatrix: Path, t
     assert_same(small, tmp_path, "Q6_K", "--leave-output-tensor")
 
 
+def test_odd_tensors_match(tmp_path: Path) -> None:
+    """Tensors at the edges of tensor_allows_quantization: a 2-D bias, a 5-character name (C's rfind quirk
+    quantizes it), rope_freqs stored with trailing 1-dims (written back 1-D), an F16 1-D tensor."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    extra = {
+        "abcde": rng.standard_normal((2, 256)).astype(np.float16),
+        "blk.0.attn_q.bias": rng.standard_normal((2, 256)).astype(np.float16),
+        "rope_freqs.weight": rng.standard_normal((1, 1, 32)).astype(np.float32),
+        "blk.1.extra_gate.weight": rng.standard_normal(256).astype(np.float16),
+    }
+    src = build_synthetic_gguf(tmp_path / "odd-names.gguf", n_layer=2, n_ff=256, n_vocab=320, extra=extra)
+    for recipe in ("Q8_0", "Q4_K_M"):
+        assert_same(src, tmp_path, recipe)
+
+
 def test_fallbacks_match(tmp_path: Path) -> None:
     """Row length 320: K/IQ types fall back (Q4_0, Q5_1, Q8_0, IQ4_NL, F16 for 32-indivisible rows)."""
     src = build_synthetic_gguf(tmp_path / "odd.gguf", n_layer=2, n_embd=320, n_ff=256, n_vocab=320)

@@ -105,7 +105,9 @@ def quantization_block_reason(
     """None if llama-quantize may change this tensor's type, else why not (tensor_allows_quantization)."""
     if n_dims(ne) < 2:
         return "1-D tensor"
-    if not name.endswith("weight"):
+    # C: `name.rfind("weight") == name.size() - 6`; for a 5-character name both sides are npos, so
+    # llama-quantize treats it as a weight too.
+    if not (name.endswith("weight") or len(name) == 5):
         return "not a weight"
     if leave_output_tensor and name == "output.weight":
         return "output.weight: --leave-output-tensor"
