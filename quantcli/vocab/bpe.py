@@ -9,12 +9,12 @@ such models ship tokenizer.model and take the SentencePiece path anyway.
 
 from __future__ import annotations
 
-import json
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported
+from quantcli.vocab.metadata import read_json_object
 from quantcli.vocab.pre_hashes import CHKTXT, PRE_TOKENIZER_BY_HASH
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -67,8 +67,7 @@ def _tokenizer_config(model_dir: Path) -> dict:
     path = model_dir / "tokenizer_config.json"
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    return read_json_object(path)
 
 
 def _looks_special(token: str) -> bool:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gguf import GGUFValueType
+
+from quantcli.errors import InputInvalid
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A tokenizer-side JSON file that must hold an object; anything else is InputInvalid naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputInvalid(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputInvalid(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quantcli.errors import InputInvalid, InputMissing, Unsupported
+from quantcli.errors import InputMissing, Unsupported
 from quantcli.vocab.bpe import vocab_base
-from quantcli.vocab.metadata import VocabMetadata
+from quantcli.vocab.metadata import VocabMetadata, read_json_object
 from quantcli.vocab.special import SpecialVocab
 from quantcli.vocab.spm import vocab_sentencepiece
 
@@ -37,11 +36,7 @@ def _tokenizer_config(model_dir: Path) -> dict[str, Any] | None:
     path = model_dir / "tokenizer_config.json"
     if not path.is_file():
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InputInvalid(f"{path}: not valid JSON ({exc})") from None
+    return read_json_object(path)
 
 
 def _set_vocab_gpt2(model_dir: Path, hp: dict[str, Any], meta: VocabMetadata) -> None:
@@ -101,8 +96,7 @@ def _is_llama_hf_bpe(model_dir: Path) -> bool:
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         return False
-    with open(path, encoding="utf-8") as fh:
-        tokenizer = json.load(fh)
+    tokenizer = read_json_object(path)
     model = tokenizer.get("model", {})
     is_llama3 = (
         model.get("type") == "BPE"

@@ -7,12 +7,11 @@ as they are (not "fixed") because our output must equal the converter's key by k
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from quantcli.vocab.metadata import VocabMetadata
+from quantcli.vocab.metadata import VocabMetadata, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,7 @@ ADD_TOKEN_KEYS = {
 
 
 def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    return read_json_object(path)
 
 
 class SpecialVocab:

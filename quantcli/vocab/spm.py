@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from quantcli.errors import InputInvalid
 from quantcli.vocab.bpe import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, _looks_special
+from quantcli.vocab.metadata import read_json_object
 
 
 def vocab_sentencepiece(
@@ -50,12 +50,11 @@ def vocab_sentencepiece(
 
     added_tokens_file = model_dir / "added_tokens.json"
     if added_tokens_file.is_file():
-        with open(added_tokens_file, encoding="utf-8") as fh:
-            for key, token_id in json.load(fh).items():
-                if token_id < vocab_size:
-                    tokens[token_id] = key
-                    scores[token_id] = -1000.0
-                    types[token_id] = USER_DEFINED
+        for key, token_id in read_json_object(added_tokens_file).items():
+            if token_id < vocab_size:
+                tokens[token_id] = key
+                scores[token_id] = -1000.0
+                types[token_id] = USER_DEFINED
 
     if phi3_rules:
         _phi3_added_tokens(model_dir, tokens, scores, types)
@@ -63,8 +62,7 @@ def vocab_sentencepiece(
 
     config_file = model_dir / "tokenizer_config.json"
     if config_file.is_file():
-        with open(config_file, encoding="utf-8") as fh:
-            decoder = json.load(fh).get("added_tokens_decoder", {})
+        decoder = read_json_object(config_file).get("added_tokens_decoder", {})
         for key, data in decoder.items():
             token_id = int(key)
             if token_id >= vocab_size:
@@ -85,13 +83,11 @@ def _phi3_added_tokens(model_dir: Path, tokens: list[str], scores: list[float], 
     sources: list[list[dict]] = []
     config_file = model_dir / "tokenizer_config.json"
     if config_file.is_file():
-        with open(config_file, encoding="utf-8") as fh:
-            decoder = json.load(fh).get("added_tokens_decoder", {})
+        decoder = read_json_object(config_file).get("added_tokens_decoder", {})
         sources.append([{"id": int(key), **data} for key, data in decoder.items()])
     tokenizer_file = model_dir / "tokenizer.json"
     if tokenizer_file.is_file():
-        with open(tokenizer_file, encoding="utf-8") as fh:
-            sources.append(json.load(fh).get("added_tokens", []))
+        sources.append(read_json_object(tokenizer_file).get("added_tokens", []))
     for added_tokens in sources:
         for data in added_tokens:
             token_id = int(data["id"])
