@@ -124,7 +124,8 @@ class ModelConfig:
         head_dim_v = int(key("attention.value_length", head_dim_k))
         scaling = key("rope.scaling.type", "none")
         factor = float(key("rope.scaling.factor", 1.0) or 1.0)
-        if scaling not in ("none", "linear") and factor != 1.0:
+        if scaling not in ("none", "linear") and (factor != 1.0 or scaling == "longrope"):
+            # YaRN / longrope change the attention factor as well as the angles: not implemented
             raise Unsupported(f"rope scaling {scaling!r} is not implemented in the runtime")
         sliding_window = int(key("attention.sliding_window", 0) or 0)
         swa_layers = [False] * n_layer
