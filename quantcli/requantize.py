@@ -92,7 +92,9 @@ def load_imatrix_use(
     return ImatrixUse(load_imatrix(path_text).filtered(include, exclude), path_text)
 
 
-def output_kv(src: GGUFFile, ftype: Ftype, imatrix: ImatrixUse | None) -> list[tuple[str, bytes]]:
+def output_kv(
+    src: GGUFFile, ftype: Ftype, imatrix: ImatrixUse | None, kv_overrides: Sequence = ()
+) -> list[tuple[str, bytes]]:
     """The output KV section as (key, encoded bytes), in llama-quantize's order (gguf_set_* = remove+append)."""
     kv: dict[str, bytes] = {key: item.raw for key, item in src.kv.items()}
 
@@ -104,6 +106,8 @@ def output_kv(src: GGUFFile, ftype: Ftype, imatrix: ImatrixUse | None) -> list[t
     set_kv("general.file_type", encode_kv_u32("general.file_type", ftype.value))
     for key in _REMOVED_KEYS:
         kv.pop(key, None)
+    for override in kv_overrides:  # --override-kv, then the imatrix keys (quantize.cpp's kv_overrides order)
+        set_kv(override.key, override.encode())
     if imatrix is not None:
         for key, raw in imatrix.kv_pairs():
             set_kv(key, raw)
@@ -121,12 +125,15 @@ def plan_for_gguf(src: GGUFFile, ftype: Ftype, overrides: Overrides) -> Plan:
         raise InputInvalid(f"{src.path}: the file has no tensors")
     if not isinstance(src.get(f"{arch}.block_count"), int):
         raise InputInvalid(f"{src.path}: {arch}.block_count is missing")
-    model = ModelInfo.from_metadata({k: v.value for k, v in src.kv.items()})
+    metadata = {k: v.value for k, v in src.kv.items()}
+    for override in overrides.kv_overrides:  # the loader reads hyper-parameters through the overrides
+        metadata[override.key] = override.loader_value
+    model = ModelInfo.from_metadata(metadata)
     return make_plan(model, source_specs(src), ftype, overrides)
 
 
 def predicted_file_size(src: GGUFFile, plan: Plan, imatrix: ImatrixUse | None) -> int:
-    kv = output_kv(src, plan.recipe, imatrix)
+    kv = output_kv(src, plan.recipe, imatrix, plan.overrides.kv_overrides)
     return plan.file_size(sum(len(raw) for _, raw in kv))
 
 
@@ -259,7 +266,7 @@ def quantize_gguf(
             raise UsageError("input and output files are the same")
         plan = plan_for_gguf(src, ftype, overrides)
         missing = check_plan_executable(plan, imatrix, allow_requantize, strict)
-        kv = output_kv(src, ftype, imatrix)
+        kv = output_kv(src, ftype, imatrix, overrides.kv_overrides)
         meta = metadata_bytes(kv, plan)
         with atomic_path(out_path, force) as tmp, open(tmp, "wb") as fh:
             fh.write(meta)

@@ -167,6 +167,16 @@ def test_imatrix_filters_and_overrides_match(small: Path, small_imatrix: Path, t
     assert_same(small, tmp_path, "Q6_K", "--leave-output-tensor")
 
 
+def test_override_kv_matches(small: Path, small_imatrix: Path, tmp_path: Path) -> None:
+    # block_count=6 also changes the layer rules (the loader reads hyper-parameters through overrides).
+    assert_same(
+        small, tmp_path, "Q4_K_M", "--imatrix", str(small_imatrix),
+        "--override-kv", "general.name=str:renamed", "--override-kv", "llama.context_length=int:-77",
+        "--override-kv", "x.f=float:1.3e2junk", "--override-kv", "x.b=bool:true",
+        "--override-kv", "llama.block_count=int:6",
+    )  # fmt: skip
+
+
 def test_odd_tensors_match(tmp_path: Path) -> None:
     """Tensors at the edges of tensor_allows_quantization: a 2-D bias, a 5-character name (C's rfind quirk
     quantizes it), rope_freqs stored with trailing 1-dims (written back 1-D), an F16 1-D tensor."""

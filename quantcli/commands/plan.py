@@ -46,6 +46,11 @@ def register(app: typer.Typer) -> None:
         tensor_type: list[str] = typer.Option(
             [], "--tensor-type", help="REGEX=TYPE (repeatable, first match wins)."
         ),
+        override_kv: list[str] = typer.Option(
+            [],
+            "--override-kv",
+            help="KEY=TYPE:VALUE metadata override (int, float, bool, str), as llama-quantize.",
+        ),
         tensor_type_file: Path | None = typer.Option(
             None, "--tensor-type-file", help="File of REGEX=TYPE entries."
         ),
@@ -70,6 +75,7 @@ def register(app: typer.Typer) -> None:
             tensor_types=tensor_type,
             tensor_type_file=tensor_type_file,
             leave_output_tensor=leave_output_tensor,
+            override_kv=override_kv,
             has_imatrix=im is not None and bool(im.imatrix.entries),
         )
         planned = plan_source(source, ftype, overrides, im)

@@ -51,6 +51,11 @@ def register(app: typer.Typer) -> None:
         tensor_type: list[str] = typer.Option(
             [], "--tensor-type", help="REGEX=TYPE for matching tensors (repeatable, first match wins)."
         ),
+        override_kv: list[str] = typer.Option(
+            [],
+            "--override-kv",
+            help="KEY=TYPE:VALUE metadata override (int, float, bool, str), as llama-quantize.",
+        ),
         tensor_type_file: Path | None = typer.Option(
             None, "--tensor-type-file", help="File of REGEX=TYPE entries."
         ),
@@ -88,6 +93,7 @@ def register(app: typer.Typer) -> None:
             tensor_types=tensor_type,
             tensor_type_file=tensor_type_file,
             leave_output_tensor=leave_output_tensor,
+            override_kv=override_kv,
         )
         progress = show_progress(json_out)
 

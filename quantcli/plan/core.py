@@ -61,6 +61,7 @@ class Overrides:
     tensor_types: list[tuple[str, T]] = field(default_factory=list)  # (--tensor-type REGEX, TYPE), CLI order
     leave_output_tensor: bool = False
     has_imatrix: bool = False  # an imatrix is given (after --include/--exclude-weights filtering)
+    kv_overrides: list = field(default_factory=list)  # --override-kv (plan.options.KvOverride), CLI order
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,70 @@
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.errors import UsageError
 from quantcli.plan.core import Overrides
 from quantcli.plan.ftypes import parse_ggml_type
+
+_ATOL = re.compile(r"\s*([+-]?\d+)")
+_ATOF = re.compile(r"\s*([+-]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class KvOverride:
+    """`--override-kv KEY=TYPE:VALUE` as common's string_parse_kv_override reads it and llama-quantize
+    writes it: int -> u32 of |value|, float -> f32, bool, str (<= 127 bytes)."""
+
+    key: str
+    tag: str  # "int" | "float" | "bool" | "str"
+    value: int | float | bool | str
+
+    def encode(self) -> bytes:
+        key = self.key.encode("utf-8")
+        head = struct.pack("<Q", len(key)) + key
+        if self.tag == "int":
+            return head + struct.pack("<iI", 4, abs(int(self.value)) & 0xFFFFFFFF)  # gguf_set_val_u32
+        if self.tag == "float":
+            return head + struct.pack("<i", 6) + np.float32(self.value).tobytes()  # gguf_set_val_f32
+        if self.tag == "bool":
+            return head + struct.pack("<i?", 7, bool(self.value))
+        raw = str(self.value).encode("utf-8")
+        return head + struct.pack("<iQ", 8, len(raw)) + raw
+
+    @property
+    def loader_value(self) -> int | float | bool | str:
+        """The value the model loader sees when it reads this key for the hyper-parameters."""
+        return self.value
+
+
+def parse_kv_override(text: str) -> KvOverride:
+    key, sep, rest = text.partition("=")
+    if not sep or len(key.encode("utf-8")) >= 128:
+        raise UsageError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE (int, float, bool, str)")
+    tag, colon, value = rest.partition(":")
+    if not colon or tag not in ("int", "float", "bool", "str"):
+        raise UsageError(f"--override-kv {text!r}: TYPE must be int, float, bool or str")
+    if tag == "int":
+        m = _ATOL.match(value)  # std::atol: leading integer, else 0
+        return KvOverride(key, tag, int(m.group(1)) if m else 0)
+    if tag == "float":
+        m = _ATOF.match(value)  # std::atof
+        return KvOverride(key, tag, float(m.group(1)) if m else 0.0)
+    if tag == "bool":
+        if value not in ("true", "false"):
+            raise UsageError(f"--override-kv {text!r}: bool must be true or false")
+        return KvOverride(key, tag, value == "true")
+    if len(value.encode("utf-8")) > 127:
+        raise UsageError(f"--override-kv {text!r}: a string value cannot exceed 127 bytes")
+    return KvOverride(key, tag, value.split("\0", 1)[0])
 
 
 def parse_tensor_type(text: str) -> tuple[str, GGMLQuantizationType]:
@@ -33,6 +89,7 @@ def build_overrides(
     tensor_type_file: Path | None = None,
     leave_output_tensor: bool = False,
     has_imatrix: bool = False,
+    override_kv: Sequence[str] = (),
 ) -> Overrides:
     specs = list(tensor_types)
     if tensor_type_file is not None:
@@ -47,4 +104,5 @@ def build_overrides(
         tensor_types=[parse_tensor_type(s) for s in specs],
         leave_output_tensor=leave_output_tensor,
         has_imatrix=has_imatrix,
+        kv_overrides=[parse_kv_override(s) for s in override_kv],
     )

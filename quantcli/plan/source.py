@@ -49,7 +49,7 @@ def plan_gguf(source: Path, ftype: Ftype, overrides: Overrides, imatrix: Any) ->
     with GGUFFile(source) as src:
         plan = plan_for_gguf(src, ftype, overrides)
         _check_imatrix(plan, imatrix)
-        kv = output_kv(src, ftype, imatrix)
+        kv = output_kv(src, ftype, imatrix, overrides.kv_overrides)
         return PlannedSource(source, plan, plan.file_size(sum(len(raw) for _, raw in kv)), True)
 
 
