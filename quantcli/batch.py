@@ -39,6 +39,10 @@ _FALLBACK_GGUF_TYPES = (
 ENTRY_KEYS = {"source", "type", "types", "bits", "format", "output", "options"}
 DEFAULT_OUTPUT = "{name}-{TYPE}{suffix}"
 DEFAULT_PACKED_OUTPUT = "{name}-{format}-w{bits}"
+# A manifest lists jobs: anything bigger is a mistake or an attack. YAML aliases make a small file expand
+# into an exponential number of values ("billion laughs"), so the parsed document is bounded too.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_MANIFEST_VALUES = 1_000_000
 
 
 def known_gguf_types() -> tuple[str, ...]:
@@ -116,6 +120,8 @@ def _model_name(source: str) -> str:
 def _raw_entries(path: Path) -> tuple[list[Any], dict[str, Any]]:
     """(entries, defaults) from a YAML manifest or a text manifest."""
     try:
+        if path.is_file() and path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise InputInvalid(f"{path}: manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputMissing(f"{path}: manifest not found") from None
@@ -126,8 +132,30 @@ def _raw_entries(path: Path) -> tuple[list[Any], dict[str, Any]]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise InputInvalid(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except RecursionError:
+            raise InputInvalid(f"{path}: not valid YAML (nested too deeply)") from None
+        if not _fewer_values_than(data, MAX_MANIFEST_VALUES):
+            raise InputInvalid(
+                f"{path}: manifest expands to more than {MAX_MANIFEST_VALUES:,} values (YAML aliases?)"
+            )
         return _yaml_entries(path, data)
     return _text_entries(text), {}
+
+
+def _fewer_values_than(data: Any, limit: int) -> bool:
+    """Count the values of a parsed YAML document as if aliases were expanded, stopping at `limit`."""
+    stack, seen = [data], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def _yaml_entries(path: Path, data: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -140,11 +168,15 @@ def _yaml_entries(path: Path, data: Any) -> tuple[list[Any], dict[str, Any]]:
     unknown = set(data) - {"jobs", "models", "types", "defaults", "output_dir"}
     if unknown:
         raise InputInvalid(f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
-    defaults = dict(data.get("defaults") or {})
     if not isinstance(data.get("defaults") or {}, dict):
         raise InputInvalid(f"{path}: `defaults:` must be a mapping")
+    defaults = dict(data.get("defaults") or {})
     if "output_dir" in data:
+        if not isinstance(data["output_dir"], str):
+            raise InputInvalid(f"{path}: `output_dir:` must be a path")
         defaults["output_dir"] = data["output_dir"]
+    if not isinstance(data.get("jobs") or [], list):
+        raise InputInvalid(f"{path}: `jobs:` must be a list of jobs")
     entries: list[Any] = list(data.get("jobs") or [])
     models = data.get("models") or []
     if not isinstance(models, list):
