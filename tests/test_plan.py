@@ -292,6 +292,23 @@ def test_errors() -> None:
         resolve_recipe(None, 7)
 
 
+def test_kv_override_parsing() -> None:
+    from quantcli.plan.options import parse_kv_override
+
+    assert parse_kv_override("a.b=int:-12abc").value == -12  # std::atol
+    assert parse_kv_override("a.b=int:x").value == 0
+    assert parse_kv_override("a.b=float:2.5e1q").value == 25.0  # std::atof
+    assert parse_kv_override("a.b=bool:false").value is False
+    assert parse_kv_override("a.b=str:x=y").value == "x=y"
+    # int overrides are written as u32 of the absolute value (gguf_set_val_u32(abs(v)))
+    assert parse_kv_override("k=int:-5").encode() == b"\x01" + b"\0" * 7 + b"k" + bytes(
+        [4, 0, 0, 0, 5, 0, 0, 0]
+    )
+    for bad in ("no-equals", "k=long:1", "k=bool:yes", "k=str:" + "x" * 128, "k" * 128 + "=int:1"):
+        with pytest.raises(UsageError):
+            parse_kv_override(bad)
+
+
 def test_bits_recipes_and_aliases() -> None:
     assert {b: resolve_recipe(None, b).name for b in BITS_RECIPES} == {
         8: "Q8_0",

@@ -13,6 +13,8 @@ from enum import Enum
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
+from quantcli.errors import InputInvalid
+
 
 class Category(Enum):  # tensor_category
     TOKEN_EMBD = "token_embd"
@@ -192,9 +194,12 @@ class ModelInfo:
             value = kv.get(f"{arch}.{key}")
             if value is None:
                 return default
-            if hasattr(value, "__len__") and not isinstance(value, str):
-                return int(value[0]) if len(value) else default  # per-layer arrays: llama-quant uses layer 0
-            return int(value)  # type: ignore[call-overload]
+            try:
+                if hasattr(value, "__len__") and not isinstance(value, str):
+                    return int(value[0]) if len(value) else default  # per-layer arrays: layer 0 is used
+                return int(value)  # type: ignore[call-overload]
+            except (TypeError, ValueError):
+                raise InputInvalid(f"{arch}.{key} is not an integer: {value!r}") from None
 
         n_head = first("attention.head_count", 0)
         return cls(
