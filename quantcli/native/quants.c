@@ -277,15 +277,15 @@ static inline __attribute__((always_inline)) v8f vmin(v8f a, v8f b) { return vse
 
 /* lane 0 of the result: max (min) over the 8 lanes, by shuffles */
 static inline __attribute__((always_inline)) float hmax(v8f m) {
-    m = vmax(m, __builtin_shuffle(m, (v8i){4, 5, 6, 7, 0, 1, 2, 3}));
-    m = vmax(m, __builtin_shuffle(m, (v8i){2, 3, 0, 1, 6, 7, 4, 5}));
-    m = vmax(m, __builtin_shuffle(m, (v8i){1, 0, 3, 2, 5, 4, 7, 6}));
+    m = vmax(m, QC_SHUF8(m, 4, 5, 6, 7, 0, 1, 2, 3));
+    m = vmax(m, QC_SHUF8(m, 2, 3, 0, 1, 6, 7, 4, 5));
+    m = vmax(m, QC_SHUF8(m, 1, 0, 3, 2, 5, 4, 7, 6));
     return m[0];
 }
 static inline __attribute__((always_inline)) float hmin(v8f m) {
-    m = vmin(m, __builtin_shuffle(m, (v8i){4, 5, 6, 7, 0, 1, 2, 3}));
-    m = vmin(m, __builtin_shuffle(m, (v8i){2, 3, 0, 1, 6, 7, 4, 5}));
-    m = vmin(m, __builtin_shuffle(m, (v8i){1, 0, 3, 2, 5, 4, 7, 6}));
+    m = vmin(m, QC_SHUF8(m, 4, 5, 6, 7, 0, 1, 2, 3));
+    m = vmin(m, QC_SHUF8(m, 2, 3, 0, 1, 6, 7, 4, 5));
+    m = vmin(m, QC_SHUF8(m, 1, 0, 3, 2, 5, 4, 7, 6));
     return m[0];
 }
 
@@ -338,9 +338,8 @@ typedef uint8_t v32u8 __attribute__((vector_size(32)));
 
 /* low bytes of the 16 int lanes of b0, b1 -> dst[0..15] (the int -> uint8_t stores of the C code) */
 static inline __attribute__((always_inline)) void pack16(uint8_t *dst, v8i b0, v8i b1) {
-    v32u8 r = __builtin_shuffle((v32u8)b0, (v32u8)b1,
-                                (v32u8){0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60,
-                                        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+    v32u8 r = QC_SHUF2((v32u8)b0, (v32u8)b1, v32u8, 0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 0,
+                       0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     memcpy(dst, &r, 16);
 }
 

@@ -17,6 +17,16 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define QC_CLONES
 #endif
 
+/* Shuffles: GCC's __builtin_shuffle vs Clang's __builtin_shufflevector (constant indices). Both take lane
+   indices into the concatenation of their two operands. */
+#if defined(__clang__)
+#define QC_SHUF8(v, ...) __builtin_shufflevector((v), (v), __VA_ARGS__)
+#define QC_SHUF2(a, b, T, ...) __builtin_shufflevector((a), (b), __VA_ARGS__)
+#else
+#define QC_SHUF8(v, ...) __builtin_shuffle((v), (v8i){__VA_ARGS__})
+#define QC_SHUF2(a, b, T, ...) __builtin_shuffle((a), (b), (T){__VA_ARGS__})
+#endif
+
 /* unaligned, aliasing-safe vector load */
 typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 static inline __attribute__((always_inline)) v8f vloadu(const float *p) { return *(const v8f_unaligned *)p; }
@@ -200,8 +210,18 @@ static inline __attribute__((always_inline)) v8i vbest_index16(const v8f *restri
                                                                v8f x, v8f *restrict q) {
     v8i mu = isplat(1);
     for (int k = 1; k < 15; ++k) mu -= (x >= vals[k]);
+#if defined(__clang__) /* no variable two-vector shuffle: per-lane table look-ups */
+    v8f lo, hi;
+    for (int k = 0; k < QC_LANES; ++k) {
+        lo[k] = vals[mu[k] - 1][0];
+        hi[k] = vals[mu[k]][0];
+    }
+    (void)tab_lo;
+    (void)tab_hi;
+#else
     v8f lo = __builtin_shuffle(tab_lo, tab_hi, mu - isplat(1));
     v8f hi = __builtin_shuffle(tab_lo, tab_hi, mu);
+#endif
     v8i down = x - lo < hi - x;
     v8i r = isel(down, mu - isplat(1), mu);
     v8f qv = vsel(down, lo, hi);
