@@ -22,6 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from quantcli import quants
 from quantcli.atomic import atomic_path
 from quantcli.errors import InputInvalid
+from quantcli.quants.floats import f32_to_bf16_bits
 
 
 @dataclass
@@ -51,6 +52,17 @@ def encode(
         return np.ascontiguousarray(data, dtype="<f4")
     if qtype == GGMLQuantizationType.F16:
         return np.ascontiguousarray(data, dtype="<f2")  # same RNE cast as torch/NumPy
+    if qtype == GGMLQuantizationType.BF16:
+        # Round-to-nearest-even of the float32 bits, NaN kept quiet (gguf-py's and ggml's rule). Like
+        # the converter, non-finite values pass through; chunked to bound the uint32 temporaries.
+        flat = data.reshape(-1)
+        out = np.empty(flat.size, dtype="<u2")
+        step = 1 << 22
+        for start in range(0, flat.size, step):
+            out[start : start + step] = f32_to_bf16_bits(
+                np.asarray(flat[start : start + step], dtype=np.float32)
+            )
+        return out.reshape(data.shape)
     if data.size == 0:
         return np.zeros(0, dtype=np.uint8)
     return quants.quantize(data, qtype, name=name, threads=threads)
