@@ -101,10 +101,12 @@ def test_auto_keeps_bf16(smollm2_dir: Path, tmp_path: Path) -> None:
 HIDDEN, FFN, HEADS, KV_HEADS, LAYERS = 64, 128, 4, 2, 2
 
 
-def _bf16_tensor(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 0.05):
+def _bf16_tensor(
+    rng: np.random.Generator, shape: tuple[int, ...], scale: float = 0.05, dtype: str = "bfloat16"
+):
     import torch
 
-    return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32)).to(getattr(torch, dtype))
 
 
 def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
@@ -116,6 +118,7 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
     model_type AutoConfig fails and the converter reads config.json as is, so those configs spell out
     every value the converter reads (no reliance on transformers' class defaults).
     """
+    import torch
     from safetensors.torch import save_file
 
     rng = np.random.default_rng(zlib.crc32(arch.encode()))
@@ -163,10 +166,10 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
         if arch == "qwen2":
             for proj, rows in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
                 t[p + f"self_attn.{proj}_proj.bias"] = _bf16_tensor(rng, (rows * head_dim,))
-        if arch in ("qwen3", "gemma3"):
+        if arch in ("qwen3", "gemma3", "gemma3-f16"):
             t[p + "self_attn.q_norm.weight"] = _bf16_tensor(rng, (head_dim,))
             t[p + "self_attn.k_norm.weight"] = _bf16_tensor(rng, (head_dim,))
-        if arch == "gemma3":
+        if arch.startswith("gemma3"):
             t[p + "pre_feedforward_layernorm.weight"] = _bf16_tensor(rng, (HIDDEN,))
             t[p + "post_feedforward_layernorm.weight"] = _bf16_tensor(rng, (HIDDEN,))
     if arch == "mistral":
@@ -201,7 +204,7 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
             tie_word_embeddings=True,
             # (yarn scaling is not tested: transformers 5.23's AutoTokenizer crashes on it without model_type)
         )
-    elif arch == "gemma3":
+    elif arch.startswith("gemma3"):
         cfg.update(
             architectures=["Gemma3ForCausalLM"],
             head_dim=head_dim,
@@ -236,17 +239,64 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
                     "short_factor": [1.0 + 0.01 * i for i in range(head_dim // 2)],
                 },
             )
+    if arch.endswith("-f16"):  # an F16 checkpoint: auto picks F16, gemma's +1 is done in float16
+        t = {k: v.to(torch.float16) for k, v in t.items()}
+        cfg["torch_dtype"] = "float16"
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     save_file({k: v.contiguous().clone() for k, v in t.items()}, str(out / "model.safetensors"))
     return out
 
 
-@pytest.mark.parametrize("arch", ["mistral", "llama3", "qwen2", "qwen3", "gemma3", "phi3", "phi3-long"])
+@pytest.mark.parametrize(
+    "arch", ["mistral", "llama3", "qwen2", "qwen3", "gemma3", "gemma3-f16", "phi3", "phi3-long"]
+)
 def test_other_architectures_match_reference(smollm2_dir: Path, tmp_path: Path, arch: str) -> None:
     model = _synthetic(tmp_path, smollm2_dir, arch)
-    outtype = "q8_0" if arch in ("qwen2", "phi3") else "bf16"
+    outtype = {"qwen2": "q8_0", "phi3": "q8_0", "gemma3-f16": "auto"}.get(arch, "bf16")
     assert get_arch(json.loads((model / "config.json").read_text())) is not None
     ref = reference_gguf(model, outtype)
     ours = tmp_path / "ours.gguf"
     convert_model(model, ours, out_type=outtype)
+    _assert_same(ours, ref)
+
+
+def _write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:
+    """Raw safetensors writer (keeps BF16 bytes as they are): name -> (dtype, shape, data)."""
+    header: dict = {}
+    offset = 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    with open(path, "wb") as fh:
+        fh.write(len(blob).to_bytes(8, "little") + blob)
+        for _, _, data in tensors.values():
+            fh.write(data)
+
+
+def test_sharded_checkpoint_matches_reference(smollm2_dir: Path, tmp_path: Path) -> None:
+    """SmolLM2 split into 3 shards (+ index) in an interleaved way: the converter's shard-then-name order."""
+    from quantcli.loaders import open_checkpoint
+
+    model = tmp_path / "SmolLM2-sharded"
+    model.mkdir()
+    for path in smollm2_dir.iterdir():
+        if path.is_file() and path.suffix == ".json" or path.name == "tokenizer.json":
+            shutil.copy(path, model / path.name)
+    shards: dict[str, dict] = {f"model-0000{i}-of-00003.safetensors": {} for i in (1, 2, 3)}
+    weight_map = {}
+    with open_checkpoint(smollm2_dir) as ckpt:
+        for i, name in enumerate(ckpt.tensor_names()):
+            shard = f"model-0000{3 - i % 3}-of-00003.safetensors"
+            info = ckpt.tensor_info(name)
+            shards[shard][name] = (info.dtype, info.shape, ckpt.read(name).tobytes())
+            weight_map[name] = shard
+    for shard, tensors in shards.items():
+        _write_safetensors(model / shard, tensors)
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    ref = reference_gguf(model, "q8_0")
+    ours = tmp_path / "ours.gguf"
+    convert_model(model, ours, out_type="q8_0")
     _assert_same(ours, ref)
