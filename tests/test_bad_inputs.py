@@ -166,6 +166,8 @@ def test_bad_input(case: Case, bases: Bases, tmp_path: Path) -> None:
 
 def test_corpus_size() -> None:
     assert len(CASES) >= 60
+    doc = (REPO / "docs" / "hardening.md").read_text()
+    assert f"| **total** | **{len(CASES)}** |" in doc, "docs/hardening.md's corpus table is out of date"
     categories = {c.category.split()[0] for c in CASES}
     assert {"safetensors", "GGUF", "imatrix", "config.json", "tokenizer", "manifest", "NaN/Inf"} <= categories
 
