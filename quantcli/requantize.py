@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -25,7 +26,7 @@ from quantcli.atomic import atomic_path, check_output
 from quantcli.errors import InputInvalid, Unsupported, UsageError
 from quantcli.imatrix_file import Imatrix, load_imatrix
 from quantcli.loaders.gguf import GGUFFile
-from quantcli.plan import ModelInfo, Overrides, Plan, TensorSpec, make_plan, n_dims, pad
+from quantcli.plan import ModelInfo, Overrides, Plan, TensorDecision, TensorSpec, make_plan, n_dims, pad
 from quantcli.plan.ftypes import Ftype
 
 GGML_QNT_VERSION = 2
@@ -204,12 +205,10 @@ def _rows_to_f32(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols
 
 
 def _write_tensor(
-    fh,
-    src: GGUFFile,
-    d,
-    weights: np.ndarray | None,
-    threads: int | None,  # noqa: ANN001
+    fh: BinaryIO, src: GGUFFile, d: TensorDecision, weights: np.ndarray | None, threads: int | None
 ) -> int:
+    """Write one tensor's new bytes (without padding): copied if its type stays, else re-encoded in
+    row slabs (per expert for 3-D tensors, each with its own imatrix slice)."""
     raw = src.tensor_bytes(d.name)
     if not d.changes:
         fh.write(raw)
