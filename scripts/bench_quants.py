@@ -152,7 +152,11 @@ def main() -> int:
         f" ({', '.join(slowest_numpy) or 'none'}). '—': not available (gguf-py has no quantizer for the type and"
         " never uses an imatrix; a failing implementation is also shown as '—' and logged on stderr)."
     )
-    print(f"\nCPU threads available: {threads}; machine: {os.uname().machine}.")
+    print(
+        f"\nCPU threads available: {threads}; machine: {os.uname().machine}. The all-threads column is wall time and"
+        " shows the real speed-up only on an otherwise idle machine (on a busy one it can even be below the"
+        " single-thread CPU-time figure)."
+    )
     print_dequant_table(x, ggml)
     return 0
 
