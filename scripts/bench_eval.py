@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -93,6 +94,8 @@ def main() -> int:
         env=tool_env(),
     )
     llama_s = time.perf_counter() - t0
+    # the only child waited for so far: its peak RSS (Linux reports KiB)
+    llama_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     if proc.returncode != 0:
         _log(proc.stderr[-2000:])
         return 1
@@ -127,7 +130,7 @@ def main() -> int:
     print("## eval (NumPy runtime vs llama-perplexity)\n")
     print("| tool | wall time (s) | PPL | peak RSS (MiB) |")
     print("|---|--:|--:|--:|")
-    print(f"| llama-perplexity (-t {threads}) | {llama_s:.1f} | {llama_ppl:.4f} | — |")
+    print(f"| llama-perplexity (-t {threads}) | {llama_s:.1f} | {llama_ppl:.4f} | {llama_rss / mib:.0f} |")
     print(f"| quantcli eval | {ours_s:.1f} | {ours['ppl']:.4f} | {ours['peak_rss_bytes'] / mib:.0f} |")
     print()
     print(
