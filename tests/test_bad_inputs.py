@@ -284,3 +284,13 @@ def test_internal_error_names_traceback_file(bases: Bases, tmp_path: Path, monke
     doc = json.loads(stdout.strip().splitlines()[-1])
     assert doc == {"ok": False, "error": lines[0][len("error: "):], "error_type": "InternalError", "exit_code": 1}
     assert not out.exists()
+
+
+def test_no_unvalidated_gguf_reader_in_quantcli() -> None:
+    """gguf.GGUFReader trusts header counts (see docs/hardening.md): quantcli reads GGUF only through
+    quantcli.loaders.gguf, which bounds every count and length by the file size first."""
+    offenders = [
+        str(path.relative_to(REPO)) for path in (REPO / "quantcli").rglob("*.py")
+        if "GGUFReader(" in path.read_text(encoding="utf-8")
+    ]
+    assert offenders == []
