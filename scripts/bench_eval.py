@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +66,35 @@ def f16_gguf() -> Path:
     return out
 
 
+def run_sampling_rss(cmd: list[str], **kw) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `cmd`, sampling its resident set size every 20 ms; (result, peak RSS bytes)."""
+    import psutil
+
+    peak = 0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw) as popen:
+        ps = psutil.Process(popen.pid)
+        out_parts: list[str] = []
+
+        def drain(stream, sink: list[str]) -> None:
+            sink.append(stream.read())
+
+        readers = [
+            threading.Thread(target=drain, args=(popen.stdout, out_parts)),
+            threading.Thread(target=drain, args=(popen.stderr, out_parts)),
+        ]
+        for r in readers:
+            r.start()
+        while popen.poll() is None:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.Error:
+                break
+            time.sleep(0.02)
+        for r in readers:
+            r.join()
+    return subprocess.CompletedProcess(cmd, popen.returncode, "".join(out_parts), ""), peak
+
+
 def main() -> int:
     from reference import tool, tool_env
 
@@ -75,31 +104,13 @@ def main() -> int:
     threads = os.cpu_count() or 1
     _log(f"llama-perplexity, {CHUNKS} chunks of {N_CTX}, {threads} threads")
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [
-            str(tool("llama-perplexity")),
-            "-m",
-            str(model),
-            "-f",
-            str(DEFAULT_TEXT),
-            "-c",
-            str(N_CTX),
-            "--chunks",
-            str(CHUNKS),
-            "-t",
-            str(threads),
-        ],
-        capture_output=True,
-        text=True,
-        env=tool_env(),
-    )
+    cmd = [str(tool("llama-perplexity")), "-m", str(model), "-f", str(DEFAULT_TEXT), "-c", str(N_CTX)]
+    proc, llama_rss = run_sampling_rss([*cmd, "--chunks", str(CHUNKS), "-t", str(threads)], env=tool_env())
     llama_s = time.perf_counter() - t0
-    # the only child waited for so far: its peak RSS (Linux reports KiB)
-    llama_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     if proc.returncode != 0:
-        _log(proc.stderr[-2000:])
+        _log(proc.stdout[-2000:])
         return 1
-    llama_ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr).group(1))
+    llama_ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout).group(1))
 
     _log("quantcli eval")
     t0 = time.perf_counter()

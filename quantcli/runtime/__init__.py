@@ -29,7 +29,15 @@ def open_source(path: Path | str) -> TensorSource:
 def load_tokenizer(path: Path | str, source: TensorSource | None = None) -> Tokenizer:
     path = Path(path)
     if path.is_dir():
-        return from_hf_dir(path)
+        tokenizer = from_hf_dir(path)
+        # The GGUF converter's decision (quantcli.vocab, via HFSource) wins, so that an HF directory and
+        # its conversion tokenize the same way.
+        md = source.metadata if source is not None else {}
+        if isinstance(md.get("tokenizer.ggml.bos_token_id"), int):
+            tokenizer.bos_id = md["tokenizer.ggml.bos_token_id"]
+        if isinstance(md.get("tokenizer.ggml.add_bos_token"), bool):
+            tokenizer.add_bos = md["tokenizer.ggml.add_bos_token"] and tokenizer.bos_id is not None
+        return tokenizer
     if source is None:
         source = open_source(path)
     return from_gguf_metadata(source.metadata)

@@ -111,6 +111,10 @@ def base_log_probs(
 def kl_divergence(
     model: Model, plan: ChunkPlan, base: list[QuantizedLogProbs], progress: Progress | None = None
 ) -> dict:
+    if base and base[0].codes.shape[1] != model.config.n_vocab:
+        raise InputInvalid(
+            f"the base model has {base[0].codes.shape[1]} vocabulary entries, this model {model.config.n_vocab}"
+        )
     acc = KLDAccumulator()
     t0 = time.perf_counter()
     for i in range(plan.n_chunks):
