@@ -748,6 +748,45 @@ case("eval_string_len_2_40", "GGUF header", gguf_bytes_case(lambda b: crafted(gg
 case("eval_tensor_offset_past_eof", "GGUF header",
      gguf_edited(_patch_tensor_info("output_norm.weight", offset=2**40), "eval"), X.INPUT_INVALID, "bad.gguf")
 
+# --- the same bad checkpoints through `plan` and `eval` (HF directory sources) ----------------------------
+def _on_model(command: str, mutate: Callable[[Path], None]) -> Callable:
+    def build(inp: Path, out: Path, bases: Bases) -> list[str]:
+        model = copy_model(bases, inp)
+        mutate(model)
+        if command == "plan":
+            return ["plan", str(model), "--type", "Q4_K_M", "--json"]
+        return ["eval", str(model), "--chunks", "1", "--ctx", "16"]
+
+    return build
+
+
+def _truncate_weights(model: Path) -> None:
+    path = model / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+case("plan_hf_truncated_safetensors", "HF dir via plan/eval", _on_model("plan", _truncate_weights), X.INPUT_INVALID,
+     "model.safetensors")
+case("plan_hf_config_is_list", "HF dir via plan/eval", _on_model("plan", lambda m: (m / "config.json").write_text("[]")),
+     X.INPUT_INVALID, "config.json")
+case("plan_hf_dtype_i16", "HF dir via plan/eval", _on_model("plan", lambda m: write_safetensors(
+    m / "model.safetensors", *((lambda h, d: (_update(h, UP0, dtype="I16"), d))(*read_safetensors(m / "model.safetensors"))))),
+     X.UNSUPPORTED, "I16")
+case("eval_hf_truncated_safetensors", "HF dir via plan/eval", _on_model("eval", _truncate_weights), X.INPUT_INVALID,
+     "model.safetensors")
+case("eval_hf_overlapping_spans", "HF dir via plan/eval", _on_model("eval", lambda m: write_safetensors(
+    m / "model.safetensors", *((lambda h, d: (_update(h, UP0, data_offsets=list(h[GATE0]["data_offsets"])), d))(
+        *read_safetensors(m / "model.safetensors"))))), X.INPUT_INVALID, "overlap")
+
+# --- option files ---------------------------------------------------------------------------------------
+case("tensor_type_file_not_utf8", "option files", lambda inp, out, b: (
+    (inp / "types.txt").write_bytes(b"\xff\xfe\x00attn_v=q8_0"),
+    quantize_argv(b.gguf, out, "--tensor-type-file", str(inp / "types.txt")))[1], X.INPUT_INVALID, "types.txt",
+     bug="F14")
+case("tensor_type_file_bad_regex", "option files", lambda inp, out, b: (
+    (inp / "types.txt").write_text("(unclosed=q8_0\n"),
+    quantize_argv(b.gguf, out, "--tensor-type-file", str(inp / "types.txt")))[1], X.USAGE, "regular expression")
+
 # --- imatrix: legacy .dat ----------------------------------------------------------------------------------
 case("dat_empty", "imatrix .dat", imatrix_case(dat_bytes(lambda b: b"")), X.INPUT_INVALID, "bad.dat")
 case("dat_zero_entries", "imatrix .dat", imatrix_case(dat_bytes(lambda b: struct.pack("<i", 0))), X.INPUT_INVALID, "bad.dat")
