@@ -591,7 +591,7 @@ case("st_shape_overflows_int64", "safetensors shape/size", st_case(_set(UP0, "sh
      X.INPUT_INVALID, UP0)
 case("st_zero_span_overflowing_shape", "safetensors shape/size",
      st_case(lambda h, d: ({**h, NORM: {"dtype": "BF16", "shape": [2**32, 2**32, 2**32], "data_offsets": [0, 0]}}, d)),
-     X.INPUT_INVALID, NORM, bug="F1")
+     X.INPUT_INVALID, NORM)
 case("st_overlapping_spans", "safetensors shape/size",
      st_case(lambda h, d: (_update(h, UP0, data_offsets=list(h[GATE0]["data_offsets"])), d)),
      X.INPUT_INVALID, "overlap")
@@ -639,7 +639,7 @@ case("cfg_unknown_architecture", "config.json", model_file_case("config.json", c
 case("cfg_architectures_not_list", "config.json", model_file_case("config.json", config_edit(architectures=5)),
      X.UNSUPPORTED, "architectures")
 case("cfg_deep_nesting", "config.json", model_file_case("config.json", "[" * 100_000 + "]" * 100_000), X.INPUT_INVALID,
-     "config.json", bug="F4")
+     "config.json")
 case("cfg_hidden_size_string", "config.json", model_file_case("config.json", config_edit(hidden_size="64")),
      X.INPUT_INVALID, "hidden_size", bug="F4")
 case("cfg_heads_zero", "config.json", model_file_case("config.json", config_edit(num_attention_heads=0)),

@@ -31,6 +31,8 @@ def _load_json(path: Path, what: str) -> Any:
         raise InputMissing(f"{path}: {what} not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputInvalid(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputInvalid(f"{path}: not valid JSON (nested too deeply)") from None
     except OSError as exc:
         raise InputMissing(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
@@ -129,6 +131,7 @@ def _shard_files_from_index(directory: Path) -> list[SafetensorsFile]:
 
 
 def open_checkpoint(source: Path | str) -> Checkpoint:
+    # (a PackedCheckpoint, which reads like a Checkpoint, when config.json declares a packed format)
     """Open and validate an HF checkpoint directory or a single .safetensors file (see module doc)."""
     source = Path(source)
     if not source.exists():
@@ -163,4 +166,6 @@ def open_checkpoint(source: Path | str) -> Checkpoint:
                     )
                 raise InputMissing(f"{directory}: no model.safetensors (or shards with {INDEX_NAME}) found")
             files = [SafetensorsFile(directory / n) for n in names]
-    return Checkpoint(directory, config, files)
+    from quantcli.loaders.packed import maybe_packed  # packed safetensors read back dequantized
+
+    return maybe_packed(Checkpoint(directory, config, files))

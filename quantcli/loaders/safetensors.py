@@ -8,6 +8,7 @@ returned as `ml_dtypes.bfloat16` (the `safetensors` NumPy API cannot represent i
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -154,7 +155,8 @@ class SafetensorsFile:
         if begin < 0 or end < begin:
             raise self._fail(f"{where}: data_offsets [{begin}, {end}] are not an increasing pair")
         itemsize = DTYPES[dtype][0]
-        expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+        # Python ints: an int64 product wraps (2**32 x 2**32 x 2**32 -> 0) and would match an empty span.
+        expected = math.prod(shape) * itemsize
         if end - begin != expected:
             raise self._fail(
                 f"{where}: data_offsets span {end - begin} bytes but shape {shape} x {dtype} needs {expected}"
