@@ -5,6 +5,7 @@ Also the imatrix readers against hand-made files (no llama.cpp needed).
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -167,3 +168,27 @@ def test_imatrix_without_metadata_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InputInvalid, match="missing imatrix metadata"):
         load_imatrix(tmp_path / "plain.gguf")
+
+
+def test_sigterm_leaves_nothing(tmp_path: Path) -> None:
+    """Interrupted mid-write: exit 130, neither the output nor the temporary file remains."""
+    import signal
+    import time
+
+    src = build_synthetic_gguf(tmp_path / "m.gguf", n_layer=16, n_ff=512, n_vocab=320)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "q.gguf"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantcli", "quantize", str(src), str(out), "IQ4_XS"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "QUANTCLI_NATIVE": "0"},  # slow NumPy IQ4: time to interrupt
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".quantcli-tmp-") for p in out_dir.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "quantize ended before it was interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    assert list(out_dir.iterdir()) == []
