@@ -75,6 +75,10 @@ class PackedCheckpoint:
         weight = self.fmt.dequantize(self._parts(name), self.scheme)
         return weight.astype(self.scheme.np_dtype)
 
+    def release(self, name: str) -> None:
+        for part in self._modules.get(name, [name]):
+            self.inner.release(part)
+
     def total_bytes(self) -> int:
         return sum(self.tensor_info(n).nbytes for n in self._order)
 

@@ -1,0 +1,1 @@
+"""Package data: the evaluation text shipped for `eval` / `convert --verify`."""

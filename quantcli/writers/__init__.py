@@ -1,0 +1,1 @@
+"""Writers: GGUF (through the gguf package), packed safetensors, streaming safetensors."""
