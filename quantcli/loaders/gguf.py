@@ -27,6 +27,7 @@ MAX_DIMS = 4
 _MAX_STRING = 1 << 30
 _MAX_NAME = 1 << 16
 
+_U64 = struct.Struct("<Q")
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",
     GGUFValueType.INT8: "<b",
@@ -233,14 +234,37 @@ class GGUFFile:
         if array_type == GGUFValueType.ARRAY:
             raise Unsupported(f"{self.path}: nested arrays ({key!r}) are not supported")
         if array_type == GGUFValueType.STRING:
-            if n > len(self._buf):
-                raise InputInvalid(f"{self.path}: array {key!r} length {n} is implausible")
-            return [cur.string(f"element of {key!r}") for _ in range(n)]
+            return self._read_strings(cur, key, n)
         dtype = np.dtype(_NUMPY_DTYPES[array_type])
         cur.need(n * dtype.itemsize, f"array {key!r}")
         arr = np.frombuffer(self._buf, dtype=dtype, count=n, offset=cur.pos).copy()
         cur.pos += n * dtype.itemsize
         return arr.astype(bool) if array_type == GGUFValueType.BOOL else arr
+
+    def _read_strings(self, cur: _Cursor, key: str, n: int) -> list[str]:
+        """A string array, in one tight loop (vocabularies have 10^5 entries; a hostile file may claim
+        millions of empty strings, each still needs its 8-byte length, so n is bounded by the file)."""
+        buf, pos, end = self._buf, cur.pos, len(self._buf)
+        if n > (end - pos) // 8:
+            raise InputInvalid(f"{self.path}: array {key!r} claims {n} strings, more than the file can hold")
+        unpack = _U64.unpack_from
+        out: list[str] = [""] * n
+        try:
+            for i in range(n):
+                (length,) = unpack(buf, pos)
+                pos += 8
+                stop = pos + length
+                if stop > end:
+                    raise InputInvalid(f"{self.path}: truncated GGUF (element {i} of {key!r})")
+                if length:
+                    out[i] = buf[pos:stop].decode("utf-8")
+                pos = stop
+        except struct.error:
+            raise InputInvalid(f"{self.path}: truncated GGUF (array {key!r})") from None
+        except UnicodeDecodeError:
+            raise InputInvalid(f"{self.path}: an element of {key!r} is not valid UTF-8") from None
+        cur.pos = pos
+        return out
 
     # --- access --------------------------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
