@@ -145,6 +145,12 @@ def test_kld_and_top1_of_q4_k_m_match_llama_perplexity(
     log = proc.stdout + proc.stderr
     ref_kld = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", log).group(1))
     ref_top = float(re.search(r"Same top p:\s+([0-9.]+)", log).group(1)) / 100
+    ref_ppl_base = float(re.search(r"Mean PPL\(base\)\s+:\s+([0-9.]+)", log).group(1))
+    # our runtime on Q4_K_M against llama.cpp's own base file: PPL(base) comes from the file alone
+    against_file = _cli_json(["eval", q4km_gguf, "--base", base])
+    assert against_file["chunks"] == CHUNKS
+    assert against_file["ppl_base"] == pytest.approx(ref_ppl_base, rel=1e-5)
+    assert abs(against_file["kld_mean"] / ref_kld - 1) < 0.10
     ours = verify(f16_gguf, q4km_gguf, chunks=CHUNKS, max_kld=None)
     assert abs(ours["kld_mean"] / ref_kld - 1) < 0.10, (ours["kld_mean"], ref_kld)
     assert abs(ours["top1_agreement"] - ref_top) <= 0.01, (ours["top1_agreement"], ref_top)

@@ -21,7 +21,10 @@ def register(app: typer.Typer) -> None:
         ctx: int = typer.Option(512, "--ctx", help="Context size per chunk (llama-perplexity -c)."),
         chunks: int | None = typer.Option(None, "--chunks", help="Evaluate at most N chunks."),
         base: Path | None = typer.Option(
-            None, "--base", help="Base model (GGUF or HF dir): also report KLD / top-1 agreement against it."
+            None,
+            "--base",
+            help="Base model (GGUF, HF dir, or a llama-perplexity --kl-divergence-base file): also report KLD / "
+            "top-1 agreement against it.",
         ),
         exact: bool = typer.Option(
             False,
@@ -32,7 +35,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Perplexity of MODEL on a text, computed as llama-perplexity does (spec §8)."""
         from quantcli.runtime import Model, load_tokenizer, open_source
-        from quantcli.runtime.evaluate import base_log_probs, kl_divergence, perplexity, plan_chunks
+        from quantcli.runtime.evaluate import (
+            base_log_probs,
+            is_llama_kl_base,
+            kl_divergence,
+            perplexity,
+            plan_chunks,
+            read_llama_kl_base,
+        )
         from quantcli.runtime.textdata import read_text
 
         body, text_name = read_text(text)
@@ -41,6 +51,12 @@ def register(app: typer.Typer) -> None:
             source = open_source(model)
             plan = plan_chunks(load_tokenizer(model, source), body, ctx, chunks)
             result = perplexity(Model(source, emulate_ggml=not exact), plan, progress)
+        elif is_llama_kl_base(base):  # llama-perplexity --kl-divergence-base output
+            source = open_source(model)
+            plan, coded = read_llama_kl_base(base, load_tokenizer(model, source), chunks)
+            err.print(f"base: llama.cpp log-probs {base} ({plan.n_chunks} chunks of {plan.n_ctx})")
+            result = kl_divergence(Model(source, emulate_ggml=not exact), plan, coded, progress)
+            result["base"] = str(base)
         else:
             base_source = open_source(base)
             plan = plan_chunks(load_tokenizer(base, base_source), body, ctx, chunks)

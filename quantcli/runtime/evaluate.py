@@ -99,6 +99,45 @@ def perplexity(model: Model, plan: ChunkPlan, progress: Progress | None = None) 
     }
 
 
+LOGITS_MAGIC = b"_logits_"
+
+
+def is_llama_kl_base(path) -> bool:
+    """A file written by `llama-perplexity --kl-divergence-base` (magic "_logits_")."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == LOGITS_MAGIC
+    except (IsADirectoryError, FileNotFoundError, PermissionError):
+        return False
+
+
+def read_llama_kl_base(
+    path, tokenizer: Tokenizer, chunks: int | None
+) -> tuple[ChunkPlan, list[QuantizedLogProbs]]:
+    """Tokens and uint16-coded base log-probs of a llama-perplexity --kl-divergence-base file (spec §8.2)."""
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    header = np.frombuffer(raw[8:20].tobytes(), dtype="<i4")
+    n_ctx, n_vocab, n_chunk = (int(v) for v in header)
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    first = n_ctx // 2
+    rows = n_ctx - 1 - first
+    tok_end = 20 + 4 * n_ctx * n_chunk
+    expected = tok_end + 2 * rows * nv * n_chunk
+    if n_ctx < 8 or n_vocab < 1 or n_chunk < 1 or raw.size < expected:
+        raise InputInvalid(f"{path}: truncated or malformed --kl-divergence-base file")
+    tokens = np.frombuffer(raw[20:tok_end].tobytes(), dtype="<i4").astype(np.int64)
+    n_use = n_chunk if chunks is None or chunks < 0 else min(int(chunks), n_chunk)
+    records = np.frombuffer(raw[tok_end : tok_end + 2 * rows * nv * n_use].tobytes(), dtype="<u2")
+    records = records.reshape(n_use, rows, nv)
+    base = []
+    for i in range(n_use):
+        head = np.ascontiguousarray(records[i, :, :4]).view("<f4")  # (rows, 2): scale, min_log_prob
+        base.append(
+            QuantizedLogProbs(head[:, 0].copy(), head[:, 1].copy(), records[i, :, 4 : 4 + n_vocab].copy())
+        )
+    return ChunkPlan(tokens, n_ctx, n_use, tokenizer.add_bos, tokenizer.bos_id), base
+
+
 def base_log_probs(
     model: Model, plan: ChunkPlan, progress: Progress | None = None
 ) -> Iterator[QuantizedLogProbs]:
