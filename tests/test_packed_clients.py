@@ -144,3 +144,55 @@ def test_golden_vectors_still_match_clients() -> None:
     proc = subprocess.run([sys.executable, str(repo / "scripts" / "make_packed_goldens.py"), "--check"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _ct_library_checkpoint(directory: Path) -> None:
+    """A W4A16 checkpoint written by compressed-tensors' own ModelCompressor (min-max scales)."""
+    torch = require("torch")
+    require("compressed_tensors")
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (
+        QuantizationConfig,
+        apply_quantization_config,
+        preset_name_to_scheme,
+    )
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    apply_quantization_config(
+        model, QuantizationConfig(config_groups={"group_0": preset_name_to_scheme("W4A16", ["Linear"])}, ignore=["lm_head"])
+    )
+    for module in model.modules():
+        if hasattr(module, "quantization_scheme") and hasattr(module, "weight_scale"):
+            args = module.quantization_scheme.weights
+            groups = module.weight.data.reshape(module.weight.shape[0], -1, args.group_size)
+            scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
+            module.weight_scale.data.copy_(scale)
+            module.weight_zero_point.data.copy_(zero)
+    compressor = ModelCompressor.from_pretrained_model(model)
+    compressor.compress_model(model)
+    model.save_pretrained(directory)
+    compressor.update_config(directory)
+
+
+def test_reads_checkpoint_written_by_compressed_tensors(tmp_path: Path) -> None:
+    torch = require("torch")
+    from transformers import AutoModelForCausalLM
+
+    from quantcli.loaders.packed import PackedCheckpoint
+
+    _ct_library_checkpoint(tmp_path / "ct")
+    ckpt = open_checkpoint(tmp_path / "ct")
+    assert isinstance(ckpt, PackedCheckpoint) and ckpt.scheme == Scheme(4, 128, "bfloat16")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype=torch.bfloat16)
+    with torch.no_grad():
+        model(torch.tensor(PROMPT))  # compressed-tensors decompresses on the first forward
+    for layer in range(2):
+        for m in MODULES:
+            name = f"model.layers.{layer}.{m}"
+            client = model.get_submodule(name).weight.detach().float().numpy()
+            assert np.array_equal(np.asarray(ckpt.read(f"{name}.weight"), dtype=np.float32), client), name
