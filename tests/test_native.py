@@ -131,7 +131,7 @@ def test_bad_row_length_raises():
 @pytest.mark.parametrize("imatrix_kind", ["none", "positive", "with_zeros"])
 @pytest.mark.parametrize("qtype", NATIVE_TYPES, ids=lambda t: t.name)
 def test_matches_ggml(ggml, qtype, imatrix_kind):
-    for ncols in (256, 1024, 4096):
+    for ncols in (256, 768, 1024, 4096):  # 768: an odd number of super-blocks (unpaired last one)
         x = make_rows(ncols, seed=ncols + int(qtype))
         im = None if imatrix_kind == "none" else make_imatrix(ncols, ncols, imatrix_kind == "with_zeros")
         ref = ggml.quantize(int(qtype), x, im)

@@ -821,12 +821,10 @@ static void q2_K_finish(const float *restrict x, block_q2_K *restrict y, uint8_t
 static void q2_K_ref_block(const float *restrict x, block_q2_K *restrict y) {
     uint8_t L[QK_K];
     float scales[16], mins[16];
-    v8f xt[16], wt[16];
-    for (int g = 0; g < 2; ++g) {
-        transpose_in(x + 128 * g, 16, xt);
-        for (int i = 0; i < 16; ++i) wt[i] = vabs(xt[i]);
-        qkx_search_lanes(16, 3, xt, wt, L + 128 * g, scales + 8 * g, mins + 8 * g, -0.5f, 0.1f, 15, 1, 0);
-    }
+    v8f xt[32], wt[32]; /* two groups of 8 sub-blocks, searched together */
+    for (int g = 0; g < 2; ++g) transpose_in(x + 128 * g, 16, xt + 16 * g);
+    for (int i = 0; i < 32; ++i) wt[i] = vabs(xt[i]);
+    qkx_search_lanes2(16, 3, xt, wt, L, scales, mins, -0.5f, 0.1f, 15, 1, 0);
     q2_K_finish(x, y, L, scales, mins);
 }
 
@@ -834,7 +832,7 @@ QC_CLONES
 static void q2_K_impl_block(const float *restrict x, block_q2_K *restrict y, const float *restrict qwb) {
     uint8_t L[QK_K], Ls[16], Lm[16];
     float mins[16], scales[16], sw[16], weight[QK_K];
-    v8f xt[16], wt[16];
+    v8f xt[32], wt[32];
     float sumx2 = 0;
     for (int j = 0; j < QK_K; ++j) sumx2 += x[j] * x[j];
     float sigma2 = sumx2 / QK_K;
@@ -845,10 +843,10 @@ static void q2_K_impl_block(const float *restrict x, block_q2_K *restrict y, con
         for (int l = 0; l < 16; ++l) sw[j] += w[l];
     }
     for (int g = 0; g < 2; ++g) {
-        transpose_in(x + 128 * g, 16, xt);
-        transpose_in(weight + 128 * g, 16, wt);
-        qkx_search_lanes(16, 3, xt, wt, L + 128 * g, scales + 8 * g, mins + 8 * g, -0.9f, 0.05f, 36, 0, 1);
+        transpose_in(x + 128 * g, 16, xt + 16 * g);
+        transpose_in(weight + 128 * g, 16, wt + 16 * g);
     }
+    qkx_search_lanes2(16, 3, xt, wt, L, scales, mins, -0.9f, 0.05f, 36, 0, 1);
     float dm = make_qp_quants(16, 15, scales, Ls, sw);
     float mm = make_qp_quants(16, 15, mins, Lm, sw);
     y->d = fp32_to_fp16(dm);
@@ -1035,67 +1033,93 @@ static void q5_K_pack(block_q5_K *y, const uint8_t *L) {
     }
 }
 
-/* Q4_K/Q5_K with imatrix (quantize_row_q{4,5}_K_impl); returns nothing, fills S/d/dmin/L */
-/* Q4_K/Q5_K with imatrix (quantize_row_q{4,5}_K_impl): fills S/d/dmin and the final quants L */
-static void k45_impl_block(const float *restrict x, const float *restrict qwb, int nmax, uint8_t *S, half *hd,
-                           half *hdmin, uint8_t *L) {
-    uint8_t Ls[8], Lm[8];
-    float weights[QK_K], sw[8], mins[8], scales[8];
-    v8f xt[32], wt[32];
-    float sum_x2 = 0;
-    for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
-    float sigma2 = 2 * sum_x2 / QK_K;
-    for (int j = 0; j < 8; ++j) {
-        float *w = weights + 32 * j;
-        for (int l = 0; l < 32; ++l) w[l] = qwb[32 * j + l] * sqrtf(sigma2 + x[32 * j + l] * x[32 * j + l]);
-        float sumw = 0;
-        for (int l = 0; l < 32; ++l) sumw += w[l];
-        sw[j] = sumw;
+/* Q4_K/Q5_K searches for nsb (1 or 2) adjacent super-blocks (8 sub-blocks of 32 each, one group of 8 lanes
+   per super-block; two groups run interleaved). With imatrix (quantize_row_q{4,5}_K_impl): make_qkx3_quants
+   with w = qw*sqrt(sigma2 + x^2), sigma2 per super-block; without (quantize_row_q{4,5}_K_ref):
+   make_qkx2_quants with w = sqrt(mean32 x^2) + |x|. */
+static void k45_search(const float *restrict x, const float *restrict qw, int nsb, int nmax, float rmin, int nstep,
+                       uint8_t *restrict L, float *restrict scales, float *restrict mins, float *restrict sw) {
+    v8f xt[64], wt[64];
+    for (int s = 0; s < nsb; ++s) transpose_in(x + QK_K * s, 32, xt + 32 * s);
+    if (qw) {
+        float weights[2 * QK_K];
+        for (int s = 0; s < nsb; ++s) {
+            const float *xs = x + QK_K * s;
+            float sum_x2 = 0;
+            for (int l = 0; l < QK_K; ++l) sum_x2 += xs[l] * xs[l];
+            float sigma2 = 2 * sum_x2 / QK_K;
+            for (int j = 0; j < 8; ++j) {
+                float *w = weights + QK_K * s + 32 * j;
+                const float *q = qw + QK_K * s + 32 * j;
+                for (int l = 0; l < 32; ++l) w[l] = q[l] * sqrtf(sigma2 + xs[32 * j + l] * xs[32 * j + l]);
+                float sumw = 0;
+                for (int l = 0; l < 32; ++l) sumw += w[l];
+                sw[8 * s + j] = sumw;
+            }
+            transpose_in(weights + QK_K * s, 32, wt + 32 * s);
+        }
+        if (nsb == 2) qkx_search_lanes2(32, nmax, xt, wt, L, scales, mins, -0.9f, 0.05f, 36, 0, 1);
+        else qkx_search_lanes(32, nmax, xt, wt, L, scales, mins, -0.9f, 0.05f, 36, 0, 1);
+    } else {
+        for (int s = 0; s < nsb; ++s) {
+            v8f sum_x2 = vsplat(0.f);
+            for (int i = 0; i < 32; ++i) sum_x2 += xt[32 * s + i] * xt[32 * s + i];
+            v8f av_x;
+            for (int k = 0; k < QC_LANES; ++k) av_x[k] = sqrtf(sum_x2[k] / 32);
+            for (int i = 0; i < 32; ++i) wt[32 * s + i] = av_x + vabs(xt[32 * s + i]);
+        }
+        if (nsb == 2) qkx_search_lanes2(32, nmax, xt, wt, L, scales, mins, rmin, 0.1f, nstep, 0, 0);
+        else qkx_search_lanes(32, nmax, xt, wt, L, scales, mins, rmin, 0.1f, nstep, 0, 0);
     }
-    transpose_in(x, 32, xt);
-    transpose_in(weights, 32, wt);
-    qkx_search_lanes(32, nmax, xt, wt, L, scales, mins, -0.9f, 0.05f, 36, 0, 1);
-    float d_block = make_qp_quants(8, 63, scales, Ls, sw);
-    float m_block = make_qp_quants(8, 63, mins, Lm, sw);
-    for (int j = 0; j < 8; ++j) k4_pack_scales(S, j, MIN(63, Ls[j]), MIN(63, Lm[j]));
-    *hd = fp32_to_fp16(d_block);
-    *hdmin = fp32_to_fp16(m_block);
-    k45_requantize(x, S, *hd, *hdmin, nmax, L);
 }
 
-/* Q4_K/Q5_K without imatrix (quantize_row_q{4,5}_K_ref): make_qkx2_quants with w = sqrt(mean32 x^2) + |x| */
-static void k45_ref_block(const float *restrict x, int nmax, float rmin, int nstep, uint8_t *S, half *hd,
-                          half *hdmin, uint8_t *L) {
-    float scales[8], mins[8];
-    v8f xt[32], wt[32];
-    transpose_in(x, 32, xt);
-    v8f sum_x2 = vsplat(0.f);
-    for (int i = 0; i < 32; ++i) sum_x2 += xt[i] * xt[i];
-    v8f av_x;
-    for (int k = 0; k < QC_LANES; ++k) av_x[k] = sqrtf(sum_x2[k] / 32);
-    for (int i = 0; i < 32; ++i) wt[i] = av_x + vabs(xt[i]);
-    qkx_search_lanes(32, nmax, xt, wt, L, scales, mins, rmin, 0.1f, nstep, 0, 0);
-    k45_ref_scales(S, hd, hdmin, scales, mins);
+/* scale/min codes for one super-block from its search results, then the final quants L */
+static void k45_finish(const float *restrict x, int with_imatrix, int nmax, const float *scales, const float *mins,
+                       const float *sw, uint8_t *S, half *hd, half *hdmin, uint8_t *L) {
+    if (with_imatrix) {
+        uint8_t Ls[8], Lm[8];
+        float d_block = make_qp_quants(8, 63, scales, Ls, sw);
+        float m_block = make_qp_quants(8, 63, mins, Lm, sw);
+        for (int j = 0; j < 8; ++j) k4_pack_scales(S, j, MIN(63, Ls[j]), MIN(63, Lm[j]));
+        *hd = fp32_to_fp16(d_block);
+        *hdmin = fp32_to_fp16(m_block);
+    } else {
+        k45_ref_scales(S, hd, hdmin, scales, mins);
+    }
     k45_requantize(x, S, *hd, *hdmin, nmax, L);
 }
 
 static void q4_K_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     block_q4_K *y = vy;
-    uint8_t L[QK_K];
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        if (qw) k45_impl_block(x + QK_K * i, qw + QK_K * i, 15, y[i].scales, &y[i].d, &y[i].dmin, L);
-        else k45_ref_block(x + QK_K * i, 15, -1.f, 20, y[i].scales, &y[i].d, &y[i].dmin, L);
-        q4_K_pack(y + i, L);
+    uint8_t L[2 * QK_K];
+    float scales[16], mins[16], sw[16];
+    const int64_t nb = n / QK_K;
+    for (int64_t i = 0; i < nb; i += 2) {
+        const int nsb = (int)MIN(2, nb - i);
+        k45_search(x + QK_K * i, qw ? qw + QK_K * i : NULL, nsb, 15, -1.f, 20, L, scales, mins, sw);
+        for (int s = 0; s < nsb; ++s) {
+            block_q4_K *b = y + i + s;
+            k45_finish(x + QK_K * (i + s), qw != NULL, 15, scales + 8 * s, mins + 8 * s, sw + 8 * s, b->scales,
+                       &b->d, &b->dmin, L + QK_K * s);
+            q4_K_pack(b, L + QK_K * s);
+        }
     }
 }
 
 static void q5_K_row(const float *restrict x, void *restrict vy, int64_t n, const float *qw) {
     block_q5_K *y = vy;
-    uint8_t L[QK_K];
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        if (qw) k45_impl_block(x + QK_K * i, qw + QK_K * i, 31, y[i].scales, &y[i].d, &y[i].dmin, L);
-        else k45_ref_block(x + QK_K * i, 31, -0.5f, 15, y[i].scales, &y[i].d, &y[i].dmin, L);
-        q5_K_pack(y + i, L);
+    uint8_t L[2 * QK_K];
+    float scales[16], mins[16], sw[16];
+    const int64_t nb = n / QK_K;
+    for (int64_t i = 0; i < nb; i += 2) {
+        const int nsb = (int)MIN(2, nb - i);
+        k45_search(x + QK_K * i, qw ? qw + QK_K * i : NULL, nsb, 31, -0.5f, 15, L, scales, mins, sw);
+        for (int s = 0; s < nsb; ++s) {
+            block_q5_K *b = y + i + s;
+            k45_finish(x + QK_K * (i + s), qw != NULL, 31, scales + 8 * s, mins + 8 * s, sw + 8 * s, b->scales,
+                       &b->d, &b->dmin, L + QK_K * s);
+            q5_K_pack(b, L + QK_K * s);
+        }
     }
 }
 

@@ -352,3 +352,121 @@ static void q3_search_lanes(int nmax, const v8f *restrict xt, int8_t *restrict L
         }
     }
 }
+
+/*
+ * qkx_search_lanes for two groups of 8 sub-blocks at once (16 sub-blocks). Each group's state and sums are
+ * separate; interleaving the two groups gives the CPU two independent chains of sequential additions
+ * (the single-group search is latency bound). xt/wt: group g's element i at [g*n + i]; outputs: group g's
+ * lanes at L + 8*n*g, scale_out + 8*g, the_min_out + 8*g.
+ */
+QC_CLONES
+static void qkx_search_lanes2(int n, int nmax, const v8f *restrict xt, const v8f *restrict wt, uint8_t *restrict L,
+                              float *restrict scale_out, float *restrict the_min_out, float rmin, float rdelta,
+                              int nstep, int use_mad, int le_degenerate) {
+    enum { G = 2 };
+    v8i Lb[G][32], La[G][32];
+    v8f min[G], max[G], sum_w[G], sum_x[G], scale[G], best_error[G], span[G];
+    v8i degenerate[G];
+    const v8i lo = isplat(0), hi = isplat(nmax);
+    const v8f fnmax = vsplat((float)nmax);
+    for (int g = 0; g < G; ++g) {
+        const v8f *x = xt + g * n, *w = wt + g * n;
+        min[g] = x[0];
+        max[g] = x[0];
+        sum_w[g] = w[0];
+        sum_x[g] = sum_w[g] * x[0];
+    }
+    for (int i = 1; i < n; ++i) {
+        for (int g = 0; g < G; ++g) {
+            const v8f xi = xt[g * n + i], wi = wt[g * n + i];
+            min[g] = vsel(xi < min[g], xi, min[g]);
+            max[g] = vsel(xi > max[g], xi, max[g]);
+            sum_w[g] += wi;
+            sum_x[g] += wi * xi;
+        }
+    }
+    v8f iscale[G];
+    for (int g = 0; g < G; ++g) {
+        min[g] = vsel(min[g] > vsplat(0.f), vsplat(0.f), min[g]);
+        degenerate[g] = le_degenerate ? (max[g] <= min[g]) : (max[g] == min[g]);
+        iscale[g] = fnmax / (max[g] - min[g]);
+        scale[g] = vsplat(1.f) / iscale[g];
+        best_error[g] = vsplat(0.f);
+    }
+    for (int i = 0; i < n; ++i) {
+        for (int g = 0; g < G; ++g) {
+            const v8f xi = xt[g * n + i];
+            v8i l = iclamp(vnearest(iscale[g] * (xi - min[g])), lo, hi);
+            Lb[g][i] = l;
+            v8f diff = scale[g] * vtof(l) + min[g] - xi;
+            diff = use_mad ? vabs(diff) : diff * diff;
+            best_error[g] += wt[g * n + i] * diff;
+        }
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        const v8f numer = vsplat(rmin + rdelta * is + nmax);
+        v8f sum_l[G], sum_l2[G], sum_xl[G];
+        for (int g = 0; g < G; ++g) {
+            span[g] = max[g] - min[g];
+            iscale[g] = numer / span[g];
+            sum_l[g] = sum_l2[g] = sum_xl[g] = vsplat(0.f);
+        }
+        for (int i = 0; i < n; ++i) {
+            for (int g = 0; g < G; ++g) {
+                const v8f xi = xt[g * n + i], w = wt[g * n + i];
+                v8i l = iclamp(vnearest(iscale[g] * (xi - min[g])), lo, hi);
+                La[g][i] = l;
+                v8f fl = vtof(l);
+                sum_l[g] += w * fl;
+                sum_l2[g] += w * fl * fl;
+                sum_xl[g] += w * fl * xi;
+            }
+        }
+        v8i ok[G], any_ok = isplat(0);
+        v8f this_scale[G], this_min[G], cur_error[G];
+        for (int g = 0; g < G; ++g) {
+            v8f D = sum_w[g] * sum_l2[g] - sum_l[g] * sum_l[g];
+            ok[g] = (D > vsplat(0.f)) & ~degenerate[g];
+            any_ok |= ok[g];
+            this_scale[g] = (sum_w[g] * sum_xl[g] - sum_x[g] * sum_l[g]) / D;
+            this_min[g] = (sum_l2[g] * sum_x[g] - sum_l[g] * sum_xl[g]) / D;
+            v8i pos = this_min[g] > vsplat(0.f);
+            this_min[g] = vsel(pos, vsplat(0.f), this_min[g]);
+            this_scale[g] = vsel(pos, sum_xl[g] / sum_l2[g], this_scale[g]);
+            cur_error[g] = vsplat(0.f);
+        }
+        if (!any_lane(any_ok)) continue;
+        for (int i = 0; i < n; ++i) {
+            for (int g = 0; g < G; ++g) {
+                v8f diff = this_scale[g] * vtof(La[g][i]) + this_min[g] - xt[g * n + i];
+                diff = use_mad ? vabs(diff) : diff * diff;
+                cur_error[g] += wt[g * n + i] * diff;
+            }
+        }
+        v8i take[G], any_take = isplat(0);
+        for (int g = 0; g < G; ++g) {
+            take[g] = ok[g] & (cur_error[g] < best_error[g]);
+            any_take |= take[g];
+        }
+        if (!any_lane(any_take)) continue;
+        for (int g = 0; g < G; ++g) {
+            for (int i = 0; i < n; ++i) Lb[g][i] = isel(take[g], La[g][i], Lb[g][i]);
+            best_error[g] = vsel(take[g], cur_error[g], best_error[g]);
+            scale[g] = vsel(take[g], this_scale[g], scale[g]);
+            min[g] = vsel(take[g], this_min[g], min[g]);
+        }
+    }
+    for (int g = 0; g < G; ++g) {
+        uint8_t *Lg = L + QC_LANES * n * g;
+        for (int k = 0; k < QC_LANES; ++k) {
+            if (degenerate[g][k]) {
+                memset(Lg + k * n, 0, n);
+                scale_out[QC_LANES * g + k] = 0.f;
+            } else {
+                for (int i = 0; i < n; ++i) Lg[k * n + i] = (uint8_t)Lb[g][i][k];
+                scale_out[QC_LANES * g + k] = scale[g][k];
+            }
+            the_min_out[QC_LANES * g + k] = -min[g][k];
+        }
+    }
+}
