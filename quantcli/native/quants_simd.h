@@ -148,7 +148,7 @@ static void qx_search_lanes(int n, int nmax, const v8f *restrict xt, const v8f *
     }
     const v8i zero_block = amax < vsplat(GROUP_MAX_EPS);
     const v8i lo = isplat(-nmax), hi = isplat(nmax - 1);
-    v8f iscale = vsplat((float)-nmax) / max;
+    const v8f iscale = vsplat((float)-nmax) / max;
     v8f sumlx = vsplat(0.f), suml2 = vsplat(0.f);
     for (int i = 0; i < n; ++i) {
         v8i l = iclamp(vnearest(iscale * xt[i]), lo, hi);
@@ -160,24 +160,33 @@ static void qx_search_lanes(int n, int nmax, const v8f *restrict xt, const v8f *
     v8i nz = suml2 != vsplat(0.f);
     v8f scale = vsel(nz, sumlx / suml2, vsplat(0.f));
     v8f best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -vsplat(nmax + 0.1f * is) / max;
-        v8i La[32];
-        sumlx = suml2 = vsplat(0.f);
-        for (int i = 0; i < n; ++i) {
-            v8i l = iclamp(vnearest(iscale * xt[i]), lo, hi);
-            La[i] = l;
-            v8f fl = vtof(l);
-            sumlx += wt[i] * xt[i] * fl;
-            suml2 += wt[i] * fl * fl;
+    /* The 18 candidate scales do not depend on each other's outcome (only on max), so their sums are computed two
+       at a time (two independent chains); acceptance is then applied in ggml's order, is = -9 .. 9. */
+    static const int cands[18] = {-9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    for (int c = 0; c < 18; c += 2) {
+        v8i La[2][32];
+        v8f slx[2], sl2[2], isc[2];
+        for (int p = 0; p < 2; ++p) {
+            isc[p] = -vsplat(nmax + 0.1f * cands[c + p]) / max;
+            slx[p] = sl2[p] = vsplat(0.f);
         }
-        v8i take = (suml2 > vsplat(0.f)) & (sumlx * sumlx > best * suml2);
-        if (!any_lane(take)) continue;
-        for (int i = 0; i < n; ++i) Lb[i] = isel(take, La[i], Lb[i]);
-        v8f new_scale = sumlx / suml2;
-        scale = vsel(take, new_scale, scale);
-        best = vsel(take, new_scale * sumlx, best);
+        for (int i = 0; i < n; ++i) {
+            for (int p = 0; p < 2; ++p) {
+                v8i l = iclamp(vnearest(isc[p] * xt[i]), lo, hi);
+                La[p][i] = l;
+                v8f fl = vtof(l);
+                slx[p] += wt[i] * xt[i] * fl;
+                sl2[p] += wt[i] * fl * fl;
+            }
+        }
+        for (int p = 0; p < 2; ++p) {
+            v8i take = (sl2[p] > vsplat(0.f)) & (slx[p] * slx[p] > best * sl2[p]);
+            if (!any_lane(take)) continue;
+            for (int i = 0; i < n; ++i) Lb[i] = isel(take, La[p][i], Lb[i]);
+            v8f new_scale = slx[p] / sl2[p];
+            scale = vsel(take, new_scale, scale);
+            best = vsel(take, new_scale * slx[p], best);
+        }
     }
     for (int k = 0; k < QC_LANES; ++k) {
         if (zero_block[k]) {
