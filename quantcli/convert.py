@@ -23,7 +23,15 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 
-from quantcli.arch import ArchSpec, TransformContext, effective_config, get_arch, hparam_values
+from quantcli.arch import (
+    ArchSpec,
+    TransformContext,
+    check_layer_count,
+    check_tensors,
+    effective_config,
+    get_arch,
+    hparam_values,
+)
 from quantcli.atomic import check_output
 from quantcli.console import peak_rss_bytes
 from quantcli.errors import InputInvalid, Unsupported, UsageError
@@ -137,7 +145,10 @@ def plan_tensors(
     ftype: LlamaFileType,
     type_for: Callable[[TensorChoice], GGMLQuantizationType] = choose_tensor_type,
 ) -> list[PlannedTensor]:
+    shapes = {n: ckpt.tensor_info(n).shape for n in ckpt.tensor_names() if not spec.is_skipped(n)}
+    check_layer_count(spec, cfg, len(shapes))
     names = spec.name_map(cfg)
+    check_tensors(spec, cfg, shapes, names, str(ckpt.directory))
     planned: list[PlannedTensor] = []
     for gguf_name, array in spec.extra_tensors(cfg) if spec.extra_tensors is not None else []:
         qtype = type_for(TensorChoice(gguf_name, tuple(array.shape), ftype))

@@ -10,7 +10,9 @@ writes; `effective_config` stands in for AutoConfig.to_dict().
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +87,9 @@ class ArchSpec:
     extra_tensors: Callable[[Config], list[tuple[str, np.ndarray]]] | None = None
     # Keys the converter adds while generating those tensors: they land right after general.architecture.
     early_hparams: tuple[HParam, ...] = ()
+    # Every layer has the same tensors with the same shapes (checked by `check_tensors` before converting);
+    # False for families whose layers differ (mixed dense/MoE layers, per-layer head counts).
+    uniform_layers: bool = True
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")
@@ -148,6 +153,85 @@ def get_arch(config: Config, where: str = "config.json") -> ArchSpec:
         ) from None
 
 
+# config.json values that size tensors. When present they must be positive integers: a string, 0, a float
+# or null would otherwise crash deep in a transform (ZeroDivisionError, TypeError) as an internal error.
+# null is accepted only where transformers derives a default from the other keys.
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+             "num_hidden_layers", "vocab_size", "head_dim")
+NULLABLE_SIZE_KEYS = ("num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")
+# GGUF tensors whose length / row length is hidden_size in every family we support.
+HIDDEN_SIZED = ("token_embd.weight", "output.weight", "output_norm.weight")
+HIDDEN_SIZED_PER_LAYER = re.compile(r"blk\.\d+\.(attn_norm|ffn_norm)\.weight")
+
+
+def check_size_keys(cfg: Config) -> None:
+    for key in SIZE_KEYS:
+        if key not in cfg or (cfg[key] is None and key in NULLABLE_SIZE_KEYS):
+            continue
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InputInvalid(f"config.json: {key} is {value!r}, expected a positive integer")
+
+
+def check_layer_count(spec: ArchSpec, cfg: Config, n_tensors: int) -> None:
+    """Bound num_hidden_layers by the checkpoint before building per-layer tables from it."""
+    n_layers = spec.block_count(cfg)
+    if n_layers > n_tensors:
+        raise InputInvalid(
+            f"config.json: num_hidden_layers is {n_layers} but the checkpoint has only {n_tensors} tensors"
+        )
+
+
+def check_tensors(
+    spec: ArchSpec, cfg: Config, shapes: dict[str, tuple[int, ...]], names: dict[str, str], where: str
+) -> None:
+    """Refuse a checkpoint that cannot be the model config.json describes, before any weight is read.
+
+    No empty tensors; with `uniform_layers`, a tensor that one layer has must exist in every layer
+    0..num_hidden_layers-1 with the same shape; embeddings, output and the hidden-size norms must be
+    hidden_size wide.
+    """
+    for name, shape in shapes.items():
+        if math.prod(shape) == 0:
+            raise InputInvalid(f"{where}: tensor {name!r} has shape {list(shape)} (no elements)")
+    if spec.uniform_layers:
+        n_layers = spec.block_count(cfg)
+        patterns = [
+            (hf_t, re.compile(re.escape(hf_t).replace(r"\{bid\}", r"(\d+)") + r"\.(weight|bias)"))
+            for hf_t, _ in spec.tensor_names
+            if "{bid}" in hf_t
+        ]
+        by_template: dict[tuple[str, str], dict[int, tuple[int, ...]]] = {}
+        for name, shape in shapes.items():
+            for hf_t, pattern in patterns:
+                match = pattern.fullmatch(name)
+                if match:
+                    by_template.setdefault((hf_t, match.group(2)), {})[int(match.group(1))] = shape
+                    break
+        for (hf_t, suffix), by_layer in by_template.items():
+            missing = [bid for bid in range(n_layers) if bid not in by_layer]
+            if missing:
+                raise InputInvalid(
+                    f"{where}: tensor {hf_t.format(bid=missing[0])}.{suffix} is missing (other layers have it; "
+                    f"config.json says num_hidden_layers {n_layers})"
+                )
+            common = Counter(by_layer.values()).most_common(1)[0][0]
+            for bid, shape in sorted(by_layer.items()):
+                if shape != common:
+                    raise InputInvalid(
+                        f"{where}: tensor {hf_t.format(bid=bid)}.{suffix} has shape {list(shape)} but the same "
+                        f"tensor of other layers has {list(common)}"
+                    )
+    hidden = cfg.get("hidden_size")
+    if isinstance(hidden, int):
+        for name, shape in shapes.items():
+            gguf_name = names.get(name, "")
+            if (gguf_name in HIDDEN_SIZED or HIDDEN_SIZED_PER_LAYER.fullmatch(gguf_name)) and shape[-1] != hidden:
+                raise InputInvalid(
+                    f"{where}: tensor {name!r} has shape {list(shape)} but config.json says hidden_size {hidden}"
+                )
+
+
 def effective_config(spec: ArchSpec, config: Config) -> Config:
     """config.json as transformers' AutoConfig(...).to_dict() would present it to the converter.
 
@@ -158,6 +242,7 @@ def effective_config(spec: ArchSpec, config: Config) -> Config:
     cfg.update({k: v for k, v in config.items() if v is not None or k not in cfg})
     if isinstance(config.get("text_config"), dict):
         cfg.update(config["text_config"])
+    check_size_keys(cfg)
     if spec.derive_config is not None:
         spec.derive_config(cfg)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
