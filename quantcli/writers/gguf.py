@@ -120,6 +120,21 @@ class _Writer(gguf.GGUFWriter):
 _PLAIN = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 
+def _os_error_behind(tmp: Path, short_write: OSError) -> OSError:
+    """The OS error (ENOSPC, EFBIG, EIO, ...) behind numpy's errno-less short write, found by writing on.
+
+    The file is a temporary that atomic_path deletes, so appending to it is harmless.
+    """
+    try:
+        with open(tmp, "ab", buffering=0) as fh:
+            for _ in range(4):  # a write that still fits partly returns a short count; the next one fails
+                fh.write(b"\0" * 65536)
+    except OSError as probe:
+        if probe.errno is not None:
+            return OSError(probe.errno, probe.strerror)
+    return short_write
+
+
 class GGUFOutput:
     """Collects KV pairs and tensor plans, then streams the file."""
 
@@ -194,6 +209,10 @@ class GGUFOutput:
                         tensor.release()
                     if on_tensor is not None:
                         on_tensor(tensor)
+            except OSError as exc:
+                if exc.errno is None:  # ndarray.tofile: "N requested and M written", no reason given
+                    raise _os_error_behind(tmp, exc) from None
+                raise
             finally:
                 self.writer.close()
             digest = hashlib.sha256()
