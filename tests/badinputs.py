@@ -783,8 +783,9 @@ case("eval_hf_overlapping_spans", "HF dir via plan/eval", _on_model("eval", lamb
 # --- option files ---------------------------------------------------------------------------------------
 case("tensor_type_file_not_utf8", "option files", lambda inp, out, b: (
     (inp / "types.txt").write_bytes(b"\xff\xfe\x00attn_v=q8_0"),
-    quantize_argv(b.gguf, out, "--tensor-type-file", str(inp / "types.txt")))[1], X.INPUT_INVALID, "types.txt",
-     bug="F14")
+    quantize_argv(b.gguf, out, "--tensor-type-file", str(inp / "types.txt")))[1], X.INPUT_INVALID, "types.txt")
+case("tensor_type_file_missing", "option files", lambda inp, out, b: quantize_argv(
+    b.gguf, out, "--tensor-type-file", str(inp / "types.txt")), X.INPUT_MISSING, "types.txt")
 case("tensor_type_file_bad_regex", "option files", lambda inp, out, b: (
     (inp / "types.txt").write_text("(unclosed=q8_0\n"),
     quantize_argv(b.gguf, out, "--tensor-type-file", str(inp / "types.txt")))[1], X.USAGE, "regular expression")

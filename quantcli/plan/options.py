@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.errors import UsageError
+from quantcli.errors import InputInvalid, InputMissing, UsageError
 from quantcli.plan.core import Overrides
 from quantcli.plan.ftypes import parse_ggml_type
 
@@ -94,7 +94,11 @@ def build_overrides(
     specs = list(tensor_types)
     if tensor_type_file is not None:
         try:
-            specs += Path(tensor_type_file).read_text().split()
+            specs += Path(tensor_type_file).read_text(encoding="utf-8").split()
+        except FileNotFoundError:
+            raise InputMissing(f"--tensor-type-file {tensor_type_file}: no such file") from None
+        except UnicodeDecodeError:
+            raise InputInvalid(f"--tensor-type-file {tensor_type_file}: not UTF-8 text") from None
         except OSError as exc:
             raise UsageError(f"--tensor-type-file {tensor_type_file}: {exc.strerror}") from None
     return Overrides(
