@@ -5,7 +5,7 @@ STAMP := .cache/install.stamp
 
 .PHONY: install install-ref install-clients demo test test-fast lint bench fixture llamacpp clean
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py quantcli_build.py quantcli/native/quants.c quantcli/native/quants_simd.h
 	$(PIP) install --quiet -e '.[dev]'
 	@mkdir -p .cache && touch $(STAMP)
 

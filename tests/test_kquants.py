@@ -26,7 +26,7 @@ KQUANTS = [
     GGMLQuantizationType.Q6_K,
 ]
 # Which implementation quantize() runs: the NumPy path. When the C extension is in, add True here.
-NATIVE = [False]
+NATIVE = [False, True]
 ROW_LENGTHS = [256, 1024, 4096]
 
 

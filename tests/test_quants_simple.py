@@ -28,7 +28,7 @@ ALL_TYPES = TYPES_32 + TYPES_256
 IMATRIX_IGNORED = {T.Q8_0, T.TQ1_0, T.TQ2_0, T.MXFP4}
 
 # use_native values to test; the C path belongs to quantcli.native (add True here to cover it too).
-ENGINES = [False]
+ENGINES = [False, True]
 
 # Offsets of the fp16 fields of each block (randomised dequantization inputs must keep them finite).
 HALF_FIELDS = {

@@ -1080,7 +1080,9 @@ static void k45_finish(const float *restrict x, int with_imatrix, int nmax, cons
         uint8_t Ls[8], Lm[8];
         float d_block = make_qp_quants(8, 63, scales, Ls, sw);
         float m_block = make_qp_quants(8, 63, mins, Lm, sw);
-        for (int j = 0; j < 8; ++j) k4_pack_scales(S, j, MIN(63, Ls[j]), MIN(63, Lm[j]));
+        /* ggml clamps the codes to 63 in quantize_row_q5_K_impl only; Q4_K stores them unclamped */
+        for (int j = 0; j < 8; ++j)
+            k4_pack_scales(S, j, nmax == 31 ? MIN(63, Ls[j]) : Ls[j], nmax == 31 ? MIN(63, Lm[j]) : Lm[j]);
         *hd = fp32_to_fp16(d_block);
         *hdmin = fp32_to_fp16(m_block);
     } else {

@@ -147,9 +147,18 @@ def _quantize_chunk(
     return cls.quantize_rows(rows, imatrix)
 
 
-def dequantize(data: np.ndarray, qtype: GGMLQuantizationType | int | str, shape: tuple[int, ...]) -> np.ndarray:
+def dequantize(
+    data: np.ndarray,
+    qtype: GGMLQuantizationType | int | str,
+    shape: tuple[int, ...],
+    *,
+    threads: int | None = None,
+    use_native: bool | None = None,
+) -> np.ndarray:
     """Inverse of `quantize`: uint8 bytes of a tensor of logical `shape` -> float32 array of `shape`."""
     cls = get(qtype)
+    if use_native is None:
+        use_native = native_enabled()
     shape = tuple(int(s) for s in shape)
     ncols = shape[-1]
     nrows = int(np.prod(shape[:-1], dtype=np.int64))
@@ -161,5 +170,17 @@ def dequantize(data: np.ndarray, qtype: GGMLQuantizationType | int | str, shape:
     out = np.empty((nrows, ncols), dtype=np.float32)
     step = max(1, _CHUNK_ELEMENTS // ncols)
     for r0 in range(0, nrows, step):
-        out[r0 : r0 + step] = cls.dequantize_rows(raw[r0 : r0 + step], ncols)
+        out[r0 : r0 + step] = _dequantize_chunk(cls, raw[r0 : r0 + step], ncols, use_native, threads)
     return out.reshape(shape)
+
+
+def _dequantize_chunk(
+    cls: type[QuantType], raw: np.ndarray, ncols: int, use_native: bool, threads: int | None
+) -> np.ndarray:
+    if use_native:
+        from quantcli import native
+
+        result = native.dequantize_rows(cls.qtype, raw, ncols, threads)
+        if result is not None:
+            return result
+    return cls.dequantize_rows(raw, ncols)
