@@ -186,7 +186,10 @@ def _rebuild_bpe(md: dict[str, Any], tokens: list[str], pre: str) -> Any:
             raise InputInvalid(f"malformed BPE merge {m!r}")
         merges.append((a, b))
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    backend = HFTokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))
+    try:
+        backend = HFTokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))
+    except Exception as exc:  # tokenizers raises a bare Exception, e.g. for a merge of unknown tokens
+        raise InputInvalid(f"cannot rebuild the BPE tokenizer from GGUF metadata ({exc})") from None
     steps = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
     steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
     backend.pre_tokenizer = pre_tokenizers.Sequence(steps)

@@ -1,0 +1,214 @@
+"""Tokenizers rebuilt from GGUF metadata against llama-tokenize on vocab-only GGUFs written here.
+
+Synthetic vocabularies (byte-level BPE with a few merges; a SentencePiece vocab with byte fallback)
+exercise the pre-tokenizer regexes (digit grouping, contractions, newlines, runs of spaces) that differ
+between `gpt-2`, `smollm`, `llama-bpe` and `qwen2`, and SentencePiece's space prefix and byte fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from gguf import GGUFWriter
+
+from quantcli.runtime.tokenizer import from_gguf_metadata
+
+pytestmark = pytest.mark.slow
+
+TEXT = (
+    "Hello world! I'M here, you're there.\n\n  Numbers: 12345 and 7 or 3.14159;   spaces\tand tabs\n"
+    "Ünïcödé café — naïve 日本語 テスト 🙂\r\nthe theater they'll   THE end 2024-11-23."
+)
+
+
+def _byte_alphabet() -> list[str]:
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs, strict=True))
+    return [chr(table[b]) for b in range(256)]
+
+
+BPE_MERGES = [
+    "Ġ t",
+    "h e",
+    "Ġt he",
+    "Ġthe r",
+    "1 2",
+    "12 3",
+    "Ġ w",
+    "o r",
+    "Ġw or",
+    "l d",
+    "Ġwor ld",
+    "e r",
+    "Ġ a",
+    "n d",
+    "Ġa nd",
+    "' s",
+    "' m",
+    "r e",
+    "' re",
+    "l l",
+    "' ll",
+    "Ġ Ġ",
+    "ĠĠ Ġ",
+    "Ċ Ċ",
+    "H e",
+    "He l",
+    "Hel l",
+    "Hell o",
+    "Ġthe a",
+    "Ġthea t",
+    "Ġtheat er",
+]
+
+
+def _bpe_tokens() -> list[str]:
+    tokens = ["<|endoftext|>", "<|begin|>"] + _byte_alphabet()
+    for m in BPE_MERGES:
+        a, b = m.split(" ")
+        if a + b not in tokens:
+            tokens.append(a + b)
+    # whole words with no merge path: only reachable through llama-bpe's ignore_merges
+    tokens += ["Ġend", "ĠTHE"]
+    assert len(set(tokens)) == len(tokens)
+    return tokens
+
+
+def _vocab_only_gguf(path: Path, md: dict) -> None:
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(8)
+    w.add_head_count(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model(md["tokenizer.ggml.model"])
+    if "tokenizer.ggml.pre" in md:
+        w.add_tokenizer_pre(md["tokenizer.ggml.pre"])
+    w.add_token_list(md["tokenizer.ggml.tokens"])
+    w.add_token_types(md["tokenizer.ggml.token_type"])
+    if "tokenizer.ggml.scores" in md:
+        w.add_token_scores(md["tokenizer.ggml.scores"])
+    if "tokenizer.ggml.merges" in md:
+        w.add_token_merges(md["tokenizer.ggml.merges"])
+    w.add_bos_token_id(md["tokenizer.ggml.bos_token_id"])
+    w.add_eos_token_id(md["tokenizer.ggml.eos_token_id"])
+    if "tokenizer.ggml.add_bos_token" in md:
+        w.add_add_bos_token(md["tokenizer.ggml.add_bos_token"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _llama_ids(model: Path, text_file: Path) -> list[int]:
+    import subprocess
+
+    from reference import tool, tool_env
+
+    proc = subprocess.run(
+        [
+            str(tool("llama-tokenize")),
+            "-m",
+            str(model),
+            "-f",
+            str(text_file),
+            "--ids",
+            "--no-escape",
+            "--log-disable",
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+def test_bpe_rebuild_matches_llama_tokenize(pre: str, tmp_path: Path) -> None:
+    tokens = _bpe_tokens()
+    md = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3, 3] + [1] * (len(tokens) - 2),
+        "tokenizer.ggml.merges": BPE_MERGES,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 0,
+        "tokenizer.ggml.add_bos_token": pre == "llama-bpe",
+    }
+    model, text = tmp_path / "vocab.gguf", tmp_path / "text.txt"
+    _vocab_only_gguf(model, md)
+    text.write_text(TEXT, encoding="utf-8")
+    ref = _llama_ids(model, text)
+    ours = from_gguf_metadata(md).encode(TEXT)
+    assert ours == ref, pre
+    assert len(ref) < len(TEXT.encode("utf-8"))  # the merges were used
+
+
+def test_spm_rebuild_matches_llama_tokenize(tmp_path: Path) -> None:
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    words = [
+        "▁",
+        "e",
+        "h",
+        "l",
+        "o",
+        "r",
+        "w",
+        "d",
+        "t",
+        "a",
+        "n",
+        "s",
+        "he",
+        "ll",
+        "llo",
+        "▁he",
+        "▁hello",
+        "▁w",
+        "or",
+        "▁wor",
+        "ld",
+        "▁world",
+        "▁t",
+        "▁the",
+        "er",
+        "▁a",
+        "nd",
+        "▁and",
+        "1",
+        "2",
+        "3",
+        "12",
+    ]
+    scores = [0.0] * len(pieces) + [-float(i) for i in range(len(words))]
+    md = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": pieces + words,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types + [1] * len(words),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    model, text = tmp_path / "spm.gguf", tmp_path / "text.txt"
+    _vocab_only_gguf(model, md)
+    sample = "hello world and the  hello\nworld 123 café 🙂"
+    text.write_text(sample, encoding="utf-8")
+    ref = _llama_ids(model, text)
+    assert from_gguf_metadata(md).encode(sample) == ref
