@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
                 "text": text_name,
                 "tokens_total": int(plan.tokens.size),
                 "peak_rss_bytes": peak_rss_bytes(),
+                "ggml_numerics": not exact,
             }
         )
         if json_out:
