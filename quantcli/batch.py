@@ -405,6 +405,8 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
     )
 
     job = Job.from_dict(job_data)
+    output: Path | None = None
+    cache: TensorCache | None = None
     started = time.perf_counter()
     record: dict[str, Any] = {"entry": job.entry, "source": job.source, "type": job.type, "format": job.format,
                               "output": job.output}
@@ -442,6 +444,7 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
         return record | {"ok": True, "status": "converted", "seconds": round(time.perf_counter() - started, 3),
                          "tensor_cache": cache.stats()} | extra
     except QuantcliError as exc:
+        _tidy_after_failure(output, cache)
         return record | {"ok": False, "status": "failed", "error": str(exc), "error_type": type(exc).__name__,
                          "exit_code": int(exc.exit_code), "seconds": round(time.perf_counter() - started, 3)}
     except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the others
@@ -449,6 +452,20 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
                          "error_type": "InternalError", "exit_code": int(ExitCode.INTERNAL),
                          "traceback": traceback.format_exc(limit=8),
                          "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _tidy_after_failure(output: Path | None, cache: Any) -> None:
+    """After a failed job whose output does not exist: drop its "in progress" sidecar (it describes no
+    file) and its tensor cache if the cache is empty. A cache with entries stays, for the re-run."""
+    from quantcli.jobstate import read_sidecar, sidecar_path
+
+    if output is None or output.exists():
+        return
+    sidecar = read_sidecar(output)
+    if sidecar is not None and sidecar.get("output") is None:
+        sidecar_path(output).unlink(missing_ok=True)
+    if cache is not None and cache.directory.is_dir() and not any(cache.directory.iterdir()):
+        cache.discard()
 
 
 def _remove_stale_temp_files(output: Path) -> None:
