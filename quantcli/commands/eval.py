@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
             plan = plan_chunks(load_tokenizer(base, base_source), body, ctx, chunks)
             err.print(f"base: {base} ({plan.n_chunks} chunks of {plan.n_ctx})")
             base_model = Model(base_source, emulate_ggml=not exact)
-            coded = list(base_log_probs(base_model, plan, progress))
+            coded = list(base_log_probs(base_model, plan, _progress(json_out, "base chunk")))
             del base_model, base_source
             gc.collect()
             target = Model(open_source(model), emulate_ggml=not exact)
@@ -85,10 +85,10 @@ def register(app: typer.Typer) -> None:
     return None
 
 
-def _progress(json_mode: bool):
+def _progress(json_mode: bool, label: str = "chunk"):
     def show(done: int, total: int, info: dict) -> None:
         extra = " ".join(f"{k}={v:.4f}" for k, v in info.items())
-        err.print(f"[{done}/{total}] {extra}", highlight=False)
+        err.print(f"{label} {done}/{total} {extra}", highlight=False)
 
     return None if json_mode else show
 
@@ -96,7 +96,7 @@ def _progress(json_mode: bool):
 def _print(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"eval {result['model']}", show_header=False)
+    table = Table(title=f"eval {Path(result['model']).name}", show_header=False)
     for key, label, fmt in [
         ("ppl", "PPL", "{:.4f}"),
         ("ppl_uncertainty", "PPL ±", "{:.5f}"),
