@@ -218,46 +218,51 @@ def _vocab_entries(directory: Path, config: dict[str, Any]) -> list[Any]:
     return list(read_vocab(directory, config).entries)
 
 
-def convert_model(
-    source: Path | str,
-    output: Path | str | None = None,
-    *,
-    out_type: str = "auto",
-    force: bool = False,
-    threads: int | None = None,
-    progress: bool = False,
-    type_for: Callable[[TensorChoice], GGMLQuantizationType] | None = None,
-    on_tensor: Callable[[PlannedTensor, int, int], None] | None = None,
-    resume: bool = False,
-    tensor_cache: Any = None,
-    output_stem: str | None = None,
-    **plan_options: Any,
-) -> dict[str, Any]:
-    """Convert `source` (HF dir or .safetensors file) to GGUF at `output`; returns the --json summary.
+def source_ftype(ckpt: Checkpoint, names: list[str]) -> LlamaFileType:
+    """The converter --outtype that stores the checkpoint's weights without rounding: bf16 when every
+    weight matrix is BF16, f16 when every one is F16, else f32 (F32 or mixed checkpoints)."""
+    dtypes = {ckpt.tensor_info(n).dtype for n in names if len(ckpt.tensor_info(n).shape) >= 2}
+    if dtypes == {"BF16"}:
+        return LlamaFileType.MOSTLY_BF16
+    if dtypes == {"F16"}:
+        return LlamaFileType.MOSTLY_F16
+    return LlamaFileType.ALL_F32
 
-    `type_for` replaces the converter's per-tensor type rule (quantcli/plan plugs in here);
-    `on_tensor(tensor, index, total)` is called after each tensor is written. `resume` keeps quantized
-    tensors in `<output>.quantcli-cache/` (quantcli.jobstate.TensorCache) so a rerun after a crash redoes
-    only the missing ones; batch passes its own `tensor_cache`. `output_stem` names the default output
-    (`<stem>-<TYPE>.gguf`) when `output` is None (e.g. the repo name of a Hub source).
-    """
-    if plan_options:
-        raise UsageError(f"unknown conversion option(s): {', '.join(sorted(plan_options))}")
-    started = time.perf_counter()
+
+@dataclass
+class ConverterView:
+    """What convert_hf_to_gguf.py would write for a checkpoint, before any weight is read: every tensor
+    (name, shape, type, producer) and the complete GGUF metadata. Holds the open checkpoint."""
+
+    ckpt: Checkpoint
+    spec: ArchSpec
+    cfg: dict[str, Any]
+    ftype: LlamaFileType
+    planned: list[PlannedTensor]
+    output: GGUFOutput
+
+    @property
+    def label(self) -> str:
+        return FTYPE_LABEL[self.ftype]
+
+
+def converter_view(
+    source: Path | str,
+    out_type: str = "auto",
+    type_for: Callable[[TensorChoice], GGMLQuantizationType] | None = None,
+    before_plan: Callable[[Checkpoint, LlamaFileType], None] | None = None,
+) -> ConverterView:
+    """Open `source` and plan the converter's output for `out_type` ("source" = the lossless type of
+    `source_ftype`). `before_plan(ckpt, ftype)` runs once the type is known, before the tensors and the
+    tokenizer are read (the CLI checks the output path there). The caller closes `view.ckpt`."""
     ckpt = open_checkpoint(source)
     try:
         spec = get_arch(ckpt.config, where=str(ckpt.directory / "config.json"))
         cfg = effective_config(spec, ckpt.config)
         names = [n for n in ckpt.tensor_names() if not spec.is_skipped(n)]
-        ftype = resolve_ftype(out_type, ckpt, names)
-        out_path = (
-            Path(output) if output is not None else default_output_name(Path(source), ftype, output_stem)
-        )
-        check_output(out_path, force)
-        if tensor_cache is None and resume:
-            from quantcli.jobstate import TensorCache
-
-            tensor_cache = TensorCache.for_output(out_path, resume=True)
+        ftype = source_ftype(ckpt, names) if out_type == "source" else resolve_ftype(out_type, ckpt, names)
+        if before_plan is not None:
+            before_plan(ckpt, ftype)
         cfg["__ftype__"] = ftype
         planned = plan_tensors(ckpt, spec, cfg, ftype, type_for or choose_tensor_type)
         vocab = _vocab_entries(ckpt.directory, ckpt.config)
@@ -273,6 +278,72 @@ def convert_model(
         out.writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for entry in vocab:
             out.add_kv(entry.key, entry.value, entry.vtype, entry.sub_type)
+    except BaseException:
+        ckpt.close()
+        raise
+    return ConverterView(ckpt, spec, cfg, ftype, planned, out)
+
+
+def convert_model(source: Path | str, output: Path | str | None = None, **options: Any) -> dict[str, Any]:
+    """Convert `source` (HF dir, .safetensors file) to GGUF or packed safetensors; returns the --json summary.
+
+    `out_type` "auto"/"f32"/"f16"/"bf16"/"q8_0" is convert_hf_to_gguf.py (`convert_exact`); any other
+    llama-quantize recipe name, or `bits=N`, is the one-pass llama-quantize-exact path; `format="ct"|"mlx"|
+    "gptq"` writes packed safetensors. Options: see quantcli.pipeline.convert.
+    """
+    from quantcli.pipeline import convert
+
+    return convert(source, output, **options)
+
+
+def convert_exact(
+    source: Path | str,
+    output: Path | str | None = None,
+    *,
+    out_type: str = "auto",
+    force: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+    type_for: Callable[[TensorChoice], GGMLQuantizationType] | None = None,
+    on_tensor: Callable[[PlannedTensor, int, int], None] | None = None,
+    resume: bool = False,
+    tensor_cache: Any = None,
+    output_stem: str | None = None,
+    strict: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Convert `source` (HF dir or .safetensors file) to GGUF at `output` exactly as convert_hf_to_gguf.py.
+
+    `type_for` replaces the converter's per-tensor type rule; `on_tensor(tensor, index, total)` is called
+    after each tensor is written. `resume` keeps quantized tensors in `<output>.quantcli-cache/`
+    (quantcli.jobstate.TensorCache) so a rerun after a crash redoes only the missing ones; batch passes
+    its own `tensor_cache`. `output_stem` names the default output (`<stem>-<TYPE>.gguf`) when `output` is
+    None (e.g. the repo name of a Hub source). `strict` refuses a Q8_0 plan with F16 fallbacks (exit 8);
+    `dry_run` returns the plan (`converter_plan`) and writes nothing.
+    """
+    started = time.perf_counter()
+    paths: list[Path] = []
+
+    def check_path(ckpt: Checkpoint, ftype: LlamaFileType) -> None:
+        out_path = Path(output) if output is not None else default_output_name(Path(source), ftype, output_stem)
+        if not dry_run:
+            check_output(out_path, force)
+        paths.append(out_path)
+
+    view = converter_view(source, out_type, type_for, check_path)
+    out_path = paths[0]
+    ckpt, spec, ftype, planned, out = view.ckpt, view.spec, view.ftype, view.planned, view.output
+    try:
+        if strict or dry_run:
+            plan = converter_plan(view)
+            if strict:
+                plan.refuse_fallbacks()
+            if dry_run:
+                return plan_summary(plan, source, out_path, plan.file_size(sum(len(r) for _, r in out.encoded_kv())))
+        if tensor_cache is None and resume:
+            from quantcli.jobstate import TensorCache
+
+            tensor_cache = TensorCache.for_output(out_path, resume=True)
 
         total = len(planned)
         done = [0]
@@ -302,17 +373,70 @@ def convert_model(
         "ok": True,
         "source": str(Path(source)),
         "output": str(out_path),
+        "format": "gguf",
         "architecture": spec.gguf_arch,
         "file_type": FTYPE_LABEL[ftype],
+        "pipeline": f"convert_hf_to_gguf.py --outtype {FTYPE_LABEL[ftype].lower()}",
         "bytes": out_path.stat().st_size,
         "sha256": sha256,
         "tensors": len(planned),
         "tensor_types": dict(sorted(counts.items())),
+        "fallbacks": sum(_fell_back(t, ftype) for t in planned),
         "parameters": int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in planned)),
         "seconds": round(time.perf_counter() - started, 3),
         "peak_rss_bytes": peak_rss_bytes(),
         "tensor_cache": tensor_cache.stats() if tensor_cache is not None else None,
     }
+
+
+_DTYPE_TYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16, "BF16": GGMLQuantizationType.BF16}
+
+
+def _fell_back(t: PlannedTensor, ftype: LlamaFileType) -> bool:
+    """The converter's only fallback: a Q8_0 matrix whose rows are not a multiple of 32 is written F16."""
+    return ftype == LlamaFileType.MOSTLY_Q8_0 and t.qtype == GGMLQuantizationType.F16
+
+
+def converter_plan(view: ConverterView) -> Any:
+    """The converter's per-tensor decisions as a quantcli.plan.Plan (for --dry-run and --strict)."""
+    from quantcli.plan import FTYPES, ModelInfo, Plan, TensorDecision
+    from quantcli.plan.core import Overrides
+
+    label = FTYPE_LABEL[view.ftype]
+    decisions = []
+    for t in view.planned:
+        ne = tuple(int(n) for n in reversed(t.shape))
+        src = _DTYPE_TYPES.get(t.source_dtype, GGMLQuantizationType.F32)
+        fell_back = _fell_back(t, view.ftype)
+        if fell_back:
+            reason = f"converter --outtype {label.lower()}: row {ne[0]} not a multiple of 32"
+        elif t.qtype == FTYPE_TENSOR_TYPE[view.ftype]:
+            reason = f"converter --outtype {label.lower()}"
+        else:
+            reason = "converter: kept F32 (1-D, norm, bias or always-F32 tensor)"
+        decisions.append(
+            TensorDecision(
+                t.name, ne, src, t.qtype, reason, fell_back, GGMLQuantizationType.Q8_0 if fell_back else None
+            )
+        )
+    model = ModelInfo.from_metadata(view.output.kv_values())
+    return Plan(recipe=FTYPES[label], model=model, decisions=decisions, overrides=Overrides())
+
+
+def plan_summary(plan: Any, source: Path | str, output: Path | str, file_size: int, **extra: Any) -> dict[str, Any]:
+    """The --dry-run result: the plan (every tensor with type, reason, fallback) and the exact file size."""
+    doc = {
+        "ok": True,
+        "dry_run": True,
+        "source": str(source),
+        "output": str(output),
+        **extra,
+        **plan.to_json(),
+        "file_size": file_size,
+        "file_size_exact": True,
+        "src_bytes": plan.src_tensor_bytes,
+    }
+    return doc
 
 
 class _progress_bar:

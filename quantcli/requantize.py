@@ -1,4 +1,6 @@
-"""GGUF -> GGUF quantization, byte-identical to `llama-quantize IN OUT TYPE` (llama_model_quantize_impl).
+"""llama-quantize's output, byte for byte: GGUF -> GGUF (`quantize_gguf`, = `llama-quantize IN OUT TYPE`,
+llama_model_quantize_impl) and HF checkpoint -> GGUF in one pass (`quantize_checkpoint`, = the converter at
+the checkpoint's precision followed by llama-quantize). Both feed one writer, `write_gguf`.
 
 Output layout (spec §5.7): the input's KV pairs in input order, minus `general.quantization_version`,
 `general.file_type` and the split keys, then `general.quantization_version` (u32 2) and
@@ -10,13 +12,14 @@ time in row slabs, so memory stays bounded whatever the model size; the output i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -25,9 +28,11 @@ from quantcli import quants
 from quantcli.atomic import atomic_path, check_output
 from quantcli.errors import InputInvalid, Unsupported, UsageError
 from quantcli.imatrix_file import Imatrix, load_imatrix
+from quantcli.loaders import Checkpoint
 from quantcli.loaders.gguf import GGUFFile
 from quantcli.plan import ModelInfo, Overrides, Plan, TensorDecision, TensorSpec, make_plan, n_dims, pad
 from quantcli.plan.ftypes import Ftype
+from quantcli.writers.gguf import PlannedTensor, encode
 
 GGML_QNT_VERSION = 2
 ALIGNMENT = 32  # gguf_init_empty(): the output context ignores any general.alignment of the input
@@ -94,10 +99,11 @@ def load_imatrix_use(
 
 
 def output_kv(
-    src: GGUFFile, ftype: Ftype, imatrix: ImatrixUse | None, kv_overrides: Sequence = ()
+    src_kv: Iterable[tuple[str, bytes]], ftype: Ftype, imatrix: ImatrixUse | None, kv_overrides: Sequence = ()
 ) -> list[tuple[str, bytes]]:
-    """The output KV section as (key, encoded bytes), in llama-quantize's order (gguf_set_* = remove+append)."""
-    kv: dict[str, bytes] = {key: item.raw for key, item in src.kv.items()}
+    """The output KV section as (key, encoded bytes), in llama-quantize's order (gguf_set_* = remove+append),
+    from the source's KV pairs (key, encoded bytes) in file order."""
+    kv: dict[str, bytes] = dict(src_kv)
 
     def set_kv(key: str, raw: bytes) -> None:
         kv.pop(key, None)
@@ -113,6 +119,11 @@ def output_kv(
         for key, raw in imatrix.kv_pairs():
             set_kv(key, raw)
     return list(kv.items())
+
+
+def gguf_kv(src: GGUFFile) -> list[tuple[str, bytes]]:
+    """A GGUF file's KV pairs as (key, encoded bytes), in file order."""
+    return [(key, item.raw) for key, item in src.kv.items()]
 
 
 def source_specs(src: GGUFFile) -> list[TensorSpec]:
@@ -134,7 +145,7 @@ def plan_for_gguf(src: GGUFFile, ftype: Ftype, overrides: Overrides) -> Plan:
 
 
 def predicted_file_size(src: GGUFFile, plan: Plan, imatrix: ImatrixUse | None) -> int:
-    kv = output_kv(src, plan.recipe, imatrix, plan.overrides.kv_overrides)
+    kv = output_kv(gguf_kv(src), plan.recipe, imatrix, plan.overrides.kv_overrides)
     return plan.file_size(sum(len(raw) for _, raw in kv))
 
 
@@ -159,6 +170,7 @@ class QuantizeResult:
     file_size: int
     seconds: float
     imatrix_missing: list[str] = field(default_factory=list)
+    sha256: str = ""
 
 
 def check_plan_executable(
@@ -204,8 +216,67 @@ def _rows_to_f32(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols
     return quants.dequantize(raw, qtype, (nrows, ncols))
 
 
+class TensorBytes(Protocol):
+    """Where the writer gets each source tensor's stored bytes: a GGUF file (`GGUFFile`), or an HF checkpoint
+    producing, one tensor at a time, the bytes convert_hf_to_gguf.py would store (`CheckpointTensors`)."""
+
+    def tensor_bytes(self, name: str) -> np.ndarray: ...
+
+    def release(self, name: str, begin: int = 0, end: int | None = None) -> None: ...
+
+
+class CheckpointTensors:
+    """The tensors of the GGUF convert_hf_to_gguf.py writes at the checkpoint's own precision, made in memory
+    one at a time: read -> architecture transform -> float32 -> encoded as the converter stores it.
+
+    The writer then sees exactly the bytes llama-quantize would read from that file (BF16 keeps every BF16
+    value, so decoding them gives the same float32 inputs the two-step pipeline quantizes), and no
+    intermediate file exists. Only the current tensor is held.
+    """
+
+    def __init__(self, planned: Sequence[PlannedTensor]) -> None:
+        self.by_name = {t.name: t for t in planned}
+        self._name: str | None = None
+        self._raw: np.ndarray | None = None
+
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        if self._name == name and self._raw is not None:
+            return self._raw
+        self._drop()
+        tensor = self.by_name[name]
+        data = tensor.produce()
+        if tuple(data.shape) != tensor.shape:
+            raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
+        raw = encode(data, tensor.qtype, tensor.name)
+        del data
+        if tensor.release is not None:
+            tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
+        self._name, self._raw = name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+        return self._raw
+
+    def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
+        if end is None and begin == 0 and self._name == name:  # the whole tensor is written
+            self._drop()
+
+    def _drop(self) -> None:
+        self._name, self._raw = None, None
+
+
+def _rows_to_f32(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:
+    if qtype == _T.F32:
+        return raw.view("<f4").reshape(nrows, ncols)
+    if qtype == _T.F16:
+        return raw.view("<f2").astype(np.float32).reshape(nrows, ncols)
+    return quants.dequantize(raw, qtype, (nrows, ncols))
+
+
 def _write_tensor(
-    fh: BinaryIO, src: GGUFFile, d: TensorDecision, weights: np.ndarray | None, threads: int | None
+    fh: BinaryIO,
+    src: TensorBytes,
+    d: TensorDecision,
+    weights: np.ndarray | None,
+    threads: int | None,
+    tensor_cache: Any = None,
 ) -> int:
     """Write one tensor's new bytes (without padding): copied if its type stays, else re-encoded in
     row slabs (per expert for 3-D tensors, each with its own imatrix slice)."""
@@ -213,6 +284,13 @@ def _write_tensor(
     if not d.changes:
         fh.write(raw)
         return raw.size
+    key = None
+    if tensor_cache is not None:  # --resume: the quantized bytes depend on the source bytes, type, imatrix
+        key = tensor_cache.key(raw, d.type, weights, ne=list(d.ne), src_type=d.src_type.name)
+        hit = tensor_cache.get(key)
+        if hit is not None:
+            fh.write(hit)
+            return len(hit)
     ne = d.ne
     ncols = ne[0]
     rows_per_matrix = ne[1] if len(ne) > 1 else 1
@@ -222,6 +300,7 @@ def _write_tensor(
     per_expert_weights = weights is not None and len(ne) > 2 and weights.size == ncols * ne[2]
     step = max(1, _SLAB_ELEMENTS // ncols)
     written = 0
+    parts: list[bytes] | None = [] if key is not None else None
     for m in range(n_matrices):
         im = weights
         if per_expert_weights:
@@ -232,11 +311,70 @@ def _write_tensor(
             begin, end = first * src_row, (first + r1 - r0) * src_row
             rows = _rows_to_f32(raw[begin:end], d.src_type, r1 - r0, ncols)
             out = quants.quantize(rows, d.type, im, name=d.name, threads=threads)
-            fh.write(out.tobytes())
+            encoded = out.tobytes()
+            fh.write(encoded)
+            if parts is not None:
+                parts.append(encoded)
             written += out.size
             del rows
             src.release(d.name, begin, end)
+    if key is not None and parts is not None:
+        tensor_cache.put(key, b"".join(parts))
     return written
+
+
+class _HashingFile:
+    """A binary file that hashes what is written to it (the --json sha256 without reading the file back)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
+        view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(
+            np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        )
+        self.digest.update(view)
+        return self.fh.write(view)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+
+def write_gguf(
+    out_path: Path,
+    kv: Sequence[tuple[str, bytes]],
+    plan: Plan,
+    src: TensorBytes,
+    *,
+    imatrix: ImatrixUse | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    on_tensor: Callable[[TensorDecision, int, int], None] | None = None,
+    tensor_cache: Any = None,
+) -> tuple[int, str]:
+    """llama-quantize's output file for `plan`: metadata, then every tensor in plan order, each padded to
+    32 bytes; written atomically. The one writer for GGUF and HF sources. Returns (size, sha256)."""
+    meta = metadata_bytes(kv, plan)
+    total = len(plan.decisions)
+    with atomic_path(out_path, force) as tmp, open(tmp, "wb") as raw_fh:
+        fh = _HashingFile(raw_fh)
+        fh.write(meta)
+        for i, d in enumerate(plan.decisions):
+            weights = None
+            if imatrix is not None and d.changes:
+                weights = imatrix.imatrix.weights_for(d.name, d.ne)
+            n = _write_tensor(fh, src, d, weights, threads, tensor_cache)  # type: ignore[arg-type]
+            src.release(d.name)
+            assert n == d.nbytes, f"{d.name}: wrote {n} bytes, expected {d.nbytes}"
+            fh.write(b"\0" * (pad(n, ALIGNMENT) - n))
+            if on_tensor is not None:
+                on_tensor(d, i + 1, total)
+        size = fh.tell()
+        expected = plan.file_size(sum(len(raw) for _, raw in kv))
+        assert size == expected, f"wrote {size} bytes, plan predicted {expected}"
+        sha256 = fh.digest.hexdigest()
+    return size, sha256
 
 
 def quantize_gguf(
@@ -250,7 +388,7 @@ def quantize_gguf(
     allow_requantize: bool = False,
     threads: int | None = None,
     force: bool = False,
-    on_tensor: Callable[[int, int, str], None] | None = None,
+    on_tensor: Callable[[TensorDecision, int, int], None] | None = None,
 ) -> QuantizeResult:
     """Quantize a GGUF file like llama-quantize. All checks run before the output is created."""
     t0 = time.perf_counter()
@@ -265,24 +403,64 @@ def quantize_gguf(
             raise UsageError("input and output files are the same")
         plan = plan_for_gguf(src, ftype, overrides)
         missing = check_plan_executable(plan, imatrix, allow_requantize, strict)
-        kv = output_kv(src, ftype, imatrix, overrides.kv_overrides)
-        meta = metadata_bytes(kv, plan)
-        with atomic_path(out_path, force) as tmp, open(tmp, "wb") as fh:
-            fh.write(meta)
-            for i, d in enumerate(plan.decisions):
-                if on_tensor is not None:
-                    on_tensor(i, len(plan.decisions), d.name)
-                weights = None
-                if imatrix is not None and d.changes:
-                    weights = imatrix.imatrix.weights_for(d.name, d.ne)
-                n = _write_tensor(fh, src, d, weights, threads)
-                src.release(d.name)
-                assert n == d.nbytes, f"{d.name}: wrote {n} bytes, expected {d.nbytes}"
-                fh.write(b"\0" * (pad(n, ALIGNMENT) - n))
-            size = fh.tell()
-            expected = plan.file_size(sum(len(raw) for _, raw in kv))
-            assert size == expected, f"wrote {size} bytes, plan predicted {expected}"
-    return QuantizeResult(out_path, plan, size, time.perf_counter() - t0, missing)
+        kv = output_kv(gguf_kv(src), ftype, imatrix, overrides.kv_overrides)
+        size, sha256 = write_gguf(
+            out_path, kv, plan, src, imatrix=imatrix, threads=threads, force=force, on_tensor=on_tensor
+        )
+    return QuantizeResult(out_path, plan, size, time.perf_counter() - t0, missing, sha256)
+
+
+@dataclass
+class CheckpointPlan:
+    """An HF checkpoint planned as the GGUF convert_hf_to_gguf.py writes at its own precision, then
+    through llama-quantize's rules: the plan, the output KV section and the tensor producers. Holds the
+    open checkpoint: use as a context manager."""
+
+    ckpt: Checkpoint
+    arch: str
+    source_type: str  # the converter --outtype this stands for: "bf16", "f16" or "f32"
+    planned: list[PlannedTensor]
+    plan: Plan
+    kv: list[tuple[str, bytes]]
+    imatrix: ImatrixUse | None
+
+    @property
+    def file_size(self) -> int:
+        return self.plan.file_size(sum(len(raw) for _, raw in self.kv))
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+    def __enter__(self) -> CheckpointPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def plan_checkpoint(
+    source: str | Path, ftype: Ftype, overrides: Overrides, imatrix: ImatrixUse | None
+) -> CheckpointPlan:
+    """Open and plan an HF checkpoint (no weight is read). `overrides.has_imatrix` must already say
+    whether `imatrix` is used."""
+    from quantcli.convert import converter_view
+
+    view = converter_view(source, "source")
+    try:
+        raw_kv = view.output.encoded_kv()
+        metadata = view.output.kv_values()
+        for override in overrides.kv_overrides:  # the loader reads hyper-parameters through the overrides
+            metadata[override.key] = override.loader_value
+        model = ModelInfo.from_metadata(metadata)
+        specs = [TensorSpec.from_numpy_shape(t.name, t.shape, t.qtype) for t in view.planned]
+        plan = make_plan(model, specs, ftype, overrides)
+        kv = output_kv(raw_kv, ftype, imatrix, overrides.kv_overrides)
+    except BaseException:
+        view.ckpt.close()
+        raise
+    return CheckpointPlan(
+        view.ckpt, view.spec.gguf_arch, view.label.lower(), view.planned, plan, kv, imatrix
+    )
 
 
 def quantize_checkpoint(
@@ -295,42 +473,36 @@ def quantize_checkpoint(
     strict: bool = False,
     threads: int | None = None,
     force: bool = False,
-    on_tensor: Callable[[int, int, str], None] | None = None,
+    on_tensor: Callable[[TensorDecision, int, int], None] | None = None,
+    tensor_cache: Any = None,
 ) -> QuantizeResult:
-    """HF checkpoint -> llama-quantize recipe, byte-identical to
-    `convert_hf_to_gguf.py --outtype f16` followed by `llama-quantize F16.gguf OUT TYPE`.
+    """HF checkpoint -> llama-quantize recipe in one pass, byte-identical to
+    `convert_hf_to_gguf.py --outtype <source precision>` followed by `llama-quantize F.gguf OUT TYPE`.
 
-    The plan (and every check: types, patterns, --strict, imatrix fit) runs on the checkpoint first;
-    then `quantcli convert --type f16` writes a temporary F16 GGUF next to the output (same bytes as
-    llama.cpp's converter), which is quantized and removed. Disk: the F16 model, temporarily.
+    The source precision is the checkpoint's (bf16 for BF16 weights, f16 for F16, f32 otherwise): that
+    intermediate is lossless, so quantizing straight from the checkpoint's values is the two-step
+    pipeline. Every check (types, patterns, --strict, imatrix fit) runs before the output is created;
+    then each tensor is read, transformed, quantized and written in turn: no intermediate file, memory
+    bounded by the largest tensor.
     """
-    import secrets
-
-    from quantcli.atomic import TEMP_MARK
-    from quantcli.convert import convert_model
-    from quantcli.plan.source import plan_hf
-
+    t0 = time.perf_counter()
     out_path = Path(out_path)
     overrides = overrides or Overrides()
     if imatrix is not None and not imatrix.imatrix.entries:
         imatrix = None
     overrides = dataclasses.replace(overrides, has_imatrix=imatrix is not None)  # the caller's stays as is
     check_output(out_path, force)
-    planned = plan_hf(Path(source), ftype, overrides, imatrix)
-    check_plan_executable(planned.plan, imatrix, allow_requantize=False, strict=strict)
-    tmp = out_path.with_name(f"{TEMP_MARK}{secrets.token_hex(4)}-f16-{out_path.name}")
-    try:
-        convert_model(source, tmp, out_type="f16", force=True, threads=threads)
-        return quantize_gguf(
-            tmp,
+    with plan_checkpoint(source, ftype, overrides, imatrix) as cp:
+        missing = check_plan_executable(cp.plan, imatrix, allow_requantize=False, strict=strict)
+        size, sha256 = write_gguf(
             out_path,
-            ftype,
-            overrides,
+            cp.kv,
+            cp.plan,
+            CheckpointTensors(cp.planned),
             imatrix=imatrix,
-            strict=strict,
             threads=threads,
             force=force,
             on_tensor=on_tensor,
+            tensor_cache=tensor_cache,
         )
-    finally:
-        tmp.unlink(missing_ok=True)
+    return QuantizeResult(out_path, cp.plan, size, time.perf_counter() - t0, missing, sha256)

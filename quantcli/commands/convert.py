@@ -1,4 +1,4 @@
-"""`quantcli convert`: HF checkpoint -> GGUF (F32, F16, BF16, Q8_0), same bytes as convert_hf_to_gguf.py."""
+"""`quantcli convert MODEL --bits 4`: HF checkpoint -> quantized GGUF (llama.cpp-exact) or packed safetensors."""
 
 from __future__ import annotations
 
@@ -9,19 +9,31 @@ import typer
 
 from quantcli.console import err, show_progress
 
-HELP = """Convert a Hugging Face checkpoint (directory with config.json + safetensors, or one .safetensors file
-next to its config.json) to a GGUF file that llama.cpp loads.
+HELP = """Convert a Hugging Face checkpoint (directory with config.json + safetensors, a .safetensors file
+next to its config.json, or a Hub id) to a quantized GGUF file that llama.cpp loads, or to packed
+safetensors (compressed-tensors, MLX, GPTQ).
 
-The output is tensor-for-tensor and key-for-key what llama.cpp's `convert_hf_to_gguf.py --outtype TYPE`
-writes. `--type auto` keeps BF16 checkpoints in BF16 and F16 ones in F16 (F32 checkpoints become F16,
-as in llama.cpp). Without `-o`, the file is `<model dir>-<TYPE>.gguf` in the current directory.
+* `--bits N` / `--type RECIPE` (Q4_K_M, Q6_K, Q2_K, ... any llama-quantize recipe, case-insensitive): the
+  same bytes as `convert_hf_to_gguf.py --outtype bf16` (the checkpoint's precision: bf16, f16 or f32)
+  followed by `llama-quantize`, made in one pass with no intermediate file. --bits: 8 Q8_0, 6 Q6_K,
+  5 Q5_K_M, 4 Q4_K_M, 3 Q3_K_M, 2 Q2_K.
+* `--type auto|f32|f16|bf16|q8_0`: what `convert_hf_to_gguf.py --outtype TYPE` writes, byte for byte
+  (its q8_0 keeps token embeddings and output in Q8_0 rules of the converter, not llama-quantize's Q8_0
+  recipe: use `--bits 8` for that; see docs/recipes.md).
+* `--format ct|mlx|gptq --bits N`: a packed safetensors directory (`<model>-<FORMAT>-<N>bit`).
+
+`--dry-run` prints every tensor's type and why, and the exact output size, without writing. `--verify`
+runs the source and the output on a text afterwards and fails (exit 9) if the mean KLD is above
+`--max-kld`. Without `-o`, the output is `<model>-<TYPE>.gguf` in the current directory.
 
 Examples:
 
-* `quantcli convert ./SmolLM2-135M --type q8_0 -o smol-q8_0.gguf`
-* `quantcli convert ./SmolLM2-135M` (auto type, writes ./SmolLM2-135M-BF16.gguf)
-* `quantcli convert ./model/model.safetensors --type f16 --force --json`
-* `quantcli convert HuggingFaceTB/SmolLM2-135M-Instruct --type q8_0 --resume` (download; resumable)
+* `quantcli convert ./SmolLM2-135M --bits 4` (writes ./SmolLM2-135M-Q4_K_M.gguf)
+* `quantcli convert ./SmolLM2-135M --type q6_k --verify --json`
+* `quantcli convert ./SmolLM2-135M --bits 4 --imatrix imatrix.gguf --tensor-type 'attn_v=q8_0' --dry-run`
+* `quantcli convert ./SmolLM2-135M --type q8_0 -o smol-q8_0.gguf` (the converter's own Q8_0)
+* `quantcli convert ./SmolLM2-135M --format mlx --bits 4`
+* `quantcli convert HuggingFaceTB/SmolLM2-135M-Instruct --bits 4 --resume` (download; resumable)
 """
 
 
@@ -32,9 +44,74 @@ def register(app: typer.Typer) -> None:
             ...,
             help="HF model directory, a .safetensors file next to config.json, or a Hub id org/name[@rev].",
         ),
-        output: Path | None = typer.Option(None, "-o", "--output", help="Output .gguf path."),
-        out_type: str = typer.Option("auto", "--type", "-t", help="auto, f32, f16, bf16 or q8_0."),
-        force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+        output: Path | None = typer.Option(
+            None, "-o", "--output", help="Output .gguf path (a directory for packed formats)."
+        ),
+        out_type: str | None = typer.Option(
+            None,
+            "--type",
+            "-t",
+            help="auto, f32, f16, bf16, q8_0 (converter) or a llama-quantize recipe such as Q4_K_M.",
+        ),
+        bits: int | None = typer.Option(
+            None, "--bits", help="8 6 5 4 3 2 (GGUF recipe, docs/recipes.md) or a packed format's bit width."
+        ),
+        fmt: str = typer.Option("gguf", "--format", help="gguf, ct (compressed-tensors), mlx or gptq."),
+        group_size: int | None = typer.Option(
+            None, "--group-size", help="Packed formats: weights per scale (default 128 ct/gptq, 64 mlx)."
+        ),
+        max_shard_size: str | None = typer.Option(
+            None, "--max-shard-size", help="Packed formats: largest safetensors shard, e.g. 5GB (default)."
+        ),
+        imatrix: str | None = typer.Option(
+            None, "--imatrix", help="Importance matrix (llama-imatrix .gguf or .dat)."
+        ),
+        include_weights: list[str] = typer.Option(
+            [], "--include-weights", help="Use imatrix entries whose name contains this (repeatable)."
+        ),
+        exclude_weights: list[str] = typer.Option(
+            [], "--exclude-weights", help="Ignore imatrix entries whose name contains this (repeatable)."
+        ),
+        output_tensor_type: str | None = typer.Option(
+            None, "--output-tensor-type", help="Type for output.weight."
+        ),
+        token_embedding_type: str | None = typer.Option(
+            None, "--token-embedding-type", help="Type for token_embd.weight."
+        ),
+        tensor_type: list[str] = typer.Option(
+            [], "--tensor-type", help="REGEX=TYPE for matching tensors (repeatable, first match wins)."
+        ),
+        tensor_type_file: Path | None = typer.Option(
+            None, "--tensor-type-file", help="File of REGEX=TYPE entries."
+        ),
+        override_kv: list[str] = typer.Option(
+            [], "--override-kv", help="KEY=TYPE:VALUE metadata override, as llama-quantize."
+        ),
+        leave_output_tensor: bool = typer.Option(
+            False, "--leave-output-tensor", help="Keep output.weight unquantized."
+        ),
+        pure: bool = typer.Option(
+            False, "--pure", help="No k-quant mixture: every tensor gets the recipe's type."
+        ),
+        strict: bool = typer.Option(
+            False, "--strict", help="Refuse (exit 8) before any compute if any tensor needs a fallback type."
+        ),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Print the per-tensor plan and the output size; write nothing."
+        ),
+        verify: bool = typer.Option(
+            False, "--verify", help="After writing, compare output and source on a text (exit 9 if worse)."
+        ),
+        max_kld: float | None = typer.Option(
+            None, "--max-kld", help="--verify: largest mean KL divergence that passes (default 0.1)."
+        ),
+        eval_text: Path | None = typer.Option(
+            None, "--eval-text", help="--verify: text file to evaluate on (default: the bundled text)."
+        ),
+        verify_chunks: int | None = typer.Option(
+            None, "--verify-chunks", min=1, help="--verify: number of 512-token chunks (default 4)."
+        ),
+        force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
         json_out: bool = typer.Option(
             False, "--json", help="Print one JSON object with the result on stdout."
         ),
@@ -47,38 +124,135 @@ def register(app: typer.Typer) -> None:
             help="Cache quantized tensors beside the output; after a crash the same command redoes only the rest.",
         ),
     ) -> None:
-        from quantcli.convert import convert_model
+        from quantcli.errors import VerifyFailed
         from quantcli.hub import parse_hub_id, resolve_source
+        from quantcli.pipeline import convert as run_convert
+        from quantcli.pipeline import resolve_target
 
+        # Option combinations are refused before a Hub download or any file is opened.
+        resolve_target(out_type, bits, fmt, group_size, max_shard_size)
         # A Hub id (org/name[@rev]) is downloaded first; its default output is named after the repo.
         hub = parse_hub_id(str(source)) if not source.exists() else None
-        result = convert_model(
-            resolve_source(source),
-            output,
-            out_type=out_type,
-            force=force,
-            threads=threads,
-            progress=show_progress(json_out),
-            resume=resume,
-            output_stem=hub[0].split("/")[-1] if hub else None,
-        )
+        local = resolve_source(source)
+        try:
+            result = run_convert(
+                local,
+                output,
+                out_type=out_type,
+                bits=bits,
+                format=fmt,
+                group_size=group_size,
+                max_shard_size=max_shard_size,
+                force=force,
+                threads=threads,
+                progress=show_progress(json_out),
+                resume=resume,
+                output_stem=hub[0].split("/")[-1] if hub else None,
+                strict=strict,
+                dry_run=dry_run,
+                verify=verify,
+                max_kld=max_kld,
+                eval_text=eval_text,
+                verify_chunks=verify_chunks,
+                imatrix=imatrix,
+                include_weights=include_weights,
+                exclude_weights=exclude_weights,
+                pure=pure,
+                output_tensor_type=output_tensor_type,
+                token_embedding_type=token_embedding_type,
+                tensor_types=tensor_type,
+                tensor_type_file=tensor_type_file,
+                leave_output_tensor=leave_output_tensor,
+                override_kv=override_kv,
+            )
+        except VerifyFailed as exc:
+            result = getattr(exc, "result", None)
+            if result is None:
+                raise
+            if not json_out:
+                _summary(result)
+                raise
+            # One JSON document on stdout (the result, "ok": false, with the figures), the reason on stderr.
+            print(json.dumps(result))
+            err.print(f"error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(int(exc.exit_code)) from None
         if json_out:
             print(json.dumps(result))
+        elif result.get("dry_run"):
+            _show_plan(result)
         else:
             _summary(result)
+
+
+def _show_plan(doc: dict) -> None:
+    """The --dry-run table: what `quantcli plan` shows, for any convert output."""
+    from rich.table import Table
+
+    from quantcli.commands.plan import _print_wide
+
+    title = f"{doc['source']} -> {doc['output']}"
+    if doc.get("pipeline"):
+        title += f" ({doc['pipeline']})"
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("tensor", "left"), ("shape", "left"), ("from", "left"), ("type", "left"),
+                            ("bytes", "right"), ("why", "left"), ("fallback", "left")):  # fmt: skip
+        table.add_column(column, justify=justify, no_wrap=column in ("tensor", "shape", "bytes"))
+    for t in doc["tensors"]:
+        fallback = f"[yellow]{t['fallback_from']} -> {t['type']}[/]" if t.get("fell_back") else ""
+        table.add_row(
+            t["name"], "x".join(str(n) for n in t["shape"]), t["src_type"], t["type"], f"{t['bytes']:,}",
+            t["reason"], fallback,
+        )  # fmt: skip
+    _print_wide(table, 200)
+    if "file_size" in doc:
+        hist = ", ".join(f"{k} {v}" for k, v in doc["types"].items())
+        err.print(
+            f"{doc['n_tensors']} tensors ({hist}); {doc['n_fallback']} fallback(s); {doc['n_elements']:,} weights; "
+            f"tensor data {doc['src_bytes']:,} -> {doc['tensor_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw; "
+            f"file {doc['file_size']:,} bytes; nothing written (--dry-run)"
+        )
+    else:
+        err.print(
+            f"{doc['n_tensors']} tensors; packed tensor data {doc['tensor_bytes']:,} bytes "
+            f"(plus safetensors headers and small files); nothing written (--dry-run)"
+        )
 
 
 def _summary(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{result['output']}", title_justify="left")
-    table.add_column("type")
-    table.add_column("tensors", justify="right")
-    for qtype, count in result["tensor_types"].items():
-        table.add_row(qtype, str(count))
-    err.print(table)
-    err.print(
-        f"{result['architecture']} {result['file_type']}: {result['tensors']} tensors, "
-        f"{result['parameters']:,} parameters, {result['bytes']:,} bytes in {result['seconds']:.1f} s, "
-        f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
-    )
+    if result.get("format", "gguf") != "gguf":
+        counts = result.get("tensors", {})
+        err.print(
+            f"{result['output']}: {result['format']} {result['bits']}-bit, group {result['group_size']}, "
+            f"{counts.get('quantized', 0)} quantized + {counts.get('kept', 0)} kept tensors, "
+            f"{len(result['files'])} files, {result['bytes']:,} bytes in {result['seconds']:.1f} s, "
+            f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
+        )
+    else:
+        table = Table(title=f"{result['output']}", title_justify="left")
+        table.add_column("type")
+        table.add_column("tensors", justify="right")
+        for qtype, count in result["tensor_types"].items():
+            table.add_row(qtype, str(count))
+        err.print(table)
+        extra = ""
+        if result.get("fallbacks"):
+            extra = f", {result['fallbacks']} fallback(s)"
+        if result.get("bits_per_weight") is not None:
+            extra += f", {result['bits_per_weight']:.2f} bpw"
+        err.print(
+            f"{result['architecture']} {result['file_type']} ({result.get('pipeline', '')}): "
+            f"{result['tensors']} tensors{extra}, {result['parameters']:,} parameters, "
+            f"{result['bytes']:,} bytes in {result['seconds']:.1f} s, "
+            f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
+        )
+    report = result.get("verify")
+    if report:
+        verdict = "[green]passed[/]" if report["passed"] else "[red]FAILED[/]"
+        err.print(
+            f"verify ({report['chunks']} x {report['n_ctx']} tokens of {report['text']}): "
+            f"PPL source {report['ppl_source']:.3f}, output {report['ppl_output']:.3f} "
+            f"(ratio {report['ppl_ratio']:.4f}); KLD mean {report['kld_mean']:.4f}, p99 {report['kld_p99']:.4f}; "
+            f"top-1 {100 * report['top1_agreement']:.1f}%; gate mean KLD <= {report['max_kld']}: {verdict}"
+        )

@@ -13,8 +13,8 @@ HELP = """Show, before any compute, the type llama-quantize would give every ten
 and which tensors need a fallback type (row length not a multiple of the block size), plus totals:
 bytes, bits per weight and the output file size (to the byte for a GGUF source).
 
-SRC is a GGUF file (F32/F16/BF16 weights) or a Hugging Face model directory (planned as the F16 GGUF
-llama.cpp's converter would write, then quantized).
+SRC is a GGUF file (F32/F16/BF16 weights) or a Hugging Face model directory (planned as the GGUF
+llama.cpp's converter writes at the checkpoint's precision, e.g. --outtype bf16, then quantized).
 
 Examples:
 

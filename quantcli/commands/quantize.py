@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from quantcli.console import err, peak_rss_bytes, show_progress
 
 HELP = """Quantize a GGUF file (F32/F16/BF16 weights) to TYPE, byte-identical to llama.cpp's
 `llama-quantize IN OUT TYPE` with the same options. IN may also be a Hugging Face model directory: the
-result is then byte-identical to `convert_hf_to_gguf.py --outtype f16` followed by `llama-quantize`.
+result is then byte-identical to `convert_hf_to_gguf.py --outtype bf16` (the checkpoint's own precision:
+bf16, f16 or f32) followed by `llama-quantize`, made in one pass (see also `quantcli convert --bits N`).
 
 TYPE is a llama-quantize recipe: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S
 Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS TQ1_0 TQ2_0 MXFP4_MOE F16 BF16 F32 (aliases Q3_K, Q4_K, Q5_K;
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
             None, "--threads", min=1, help="Quantization threads (C extension)."
         ),
     ) -> None:
+        from quantcli.plan import TensorDecision
         from quantcli.plan.ftypes import parse_ftype
         from quantcli.plan.options import build_overrides
         from quantcli.plan.source import is_gguf_source
@@ -97,9 +98,9 @@ def register(app: typer.Typer) -> None:
         )
         progress = show_progress(json_out)
 
-        def on_tensor(i: int, n: int, name: str) -> None:
+        def on_tensor(d: TensorDecision, i: int, n: int) -> None:
             if progress:
-                err.print(f"[{i + 1:4d}/{n:4d}] {name}", end="\r")
+                err.print(f"[{i:4d}/{n:4d}] {d.name}", end="\r")
 
         if is_gguf_source(source):
             result = quantize_gguf(
@@ -114,7 +115,7 @@ def register(app: typer.Typer) -> None:
                 force=force,
                 on_tensor=on_tensor,
             )
-        else:  # an HF checkpoint: convert to F16 as llama.cpp's converter does, then quantize
+        else:  # an HF checkpoint: one pass, as llama.cpp's converter at its precision + llama-quantize
             result = quantize_checkpoint(
                 source,
                 output,
@@ -127,10 +128,6 @@ def register(app: typer.Typer) -> None:
                 on_tensor=on_tensor,
             )
         plan = result.plan
-        sha = hashlib.sha256()
-        with open(result.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                sha.update(block)
         summary = {
             "ok": True,
             "output": str(result.path),
@@ -146,7 +143,7 @@ def register(app: typer.Typer) -> None:
             "imatrix_missing": result.imatrix_missing,
             "seconds": round(result.seconds, 3),
             "peak_rss_bytes": peak_rss_bytes(),
-            "sha256": sha.hexdigest(),
+            "sha256": result.sha256,
         }
         if json_out:
             print(json.dumps(summary))

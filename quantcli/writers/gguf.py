@@ -164,6 +164,21 @@ class GGUFOutput:
     def keys(self) -> list[str]:
         return list(self.writer.kv_data[0])
 
+    def encoded_kv(self) -> list[tuple[str, bytes]]:
+        """The KV section as (key, encoded bytes) in file order, exactly as `write` stores it."""
+        w = self.writer
+        return [
+            (
+                key,
+                w._pack_val(key, GGUFValueType.STRING, add_vtype=False)
+                + w._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type),
+            )
+            for key, val in w.kv_data[0].items()
+        ]
+
+    def kv_values(self) -> dict[str, Any]:
+        return {key: val.value for key, val in self.writer.kv_data[0].items()}
+
     def write(
         self,
         path: Path,
