@@ -255,12 +255,13 @@ def test_memory_limit_is_real(tmp_path: Path) -> None:
 
 
 def test_internal_error_names_traceback_file(bases: Bases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import quantcli.convert
+    from quantcli.loaders.safetensors import SafetensorsFile
 
-    def broken(*args: object, **kwargs: object) -> None:
+    def broken(self: object) -> None:
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(quantcli.convert, "convert_model", broken)
+    # A method on a class: found at call time whatever module imported the loader by name.
+    monkeypatch.setattr(SafetensorsFile, "_parse", broken)
     out = tmp_path / "x.gguf"
     code, stdout, stderr = run_cli_in_process(["convert", str(bases.model), "-o", str(out), "--json"])
     assert code == ExitCode.INTERNAL
