@@ -790,6 +790,29 @@ case("tensor_type_file_bad_regex", "option files", lambda inp, out, b: (
     (inp / "types.txt").write_text("(unclosed=q8_0\n"),
     quantize_argv(b.gguf, out, "--tensor-type-file", str(inp / "types.txt")))[1], X.USAGE, "regular expression")
 
+# --- an output path that is one of the inputs (--force must not destroy the source) -----------------------
+def _output_over_input(target: str, *extra: str) -> Callable:
+    def build(inp: Path, out: Path, bases: Bases) -> list[str]:
+        model = copy_model(bases, inp)
+        return ["convert", str(model), "-o", str(model / target) if target else str(model), *extra, "--force"]
+
+    return build
+
+
+def _quantize_in_place(inp: Path, out: Path, bases: Bases) -> list[str]:
+    src = inp / "model.gguf"
+    shutil.copy(bases.gguf, src)
+    return ["quantize", str(src), str(src), "Q8_0", "--force"]
+
+
+case("output_is_input_quantize", "output over input", _quantize_in_place, X.USAGE, "same")
+case("output_is_input_safetensors", "output over input", _output_over_input("model.safetensors", "--type", "q8_0"),
+     X.USAGE, "model.safetensors", bug="F15")
+case("output_is_input_config", "output over input", _output_over_input("config.json", "--type", "Q4_K_M"),
+     X.USAGE, "config.json", bug="F15")
+case("output_is_input_dir_packed", "output over input", _output_over_input("", "--format", "ct", "--bits", "4"),
+     X.OUTPUT_EXISTS, "is a directory")
+
 # --- imatrix: legacy .dat ----------------------------------------------------------------------------------
 case("dat_empty", "imatrix .dat", imatrix_case(dat_bytes(lambda b: b"")), X.INPUT_INVALID, "bad.dat")
 case("dat_zero_entries", "imatrix .dat", imatrix_case(dat_bytes(lambda b: struct.pack("<i", 0))), X.INPUT_INVALID, "bad.dat")
