@@ -109,6 +109,21 @@ def _lround(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x.astype(np.float64)) + 0.5)
 
 
+_INTEGER_TYPES = (
+    GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16, GGUFValueType.UINT32,
+    GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64,
+)
+
+
+def _u32(kv: object, path: Path) -> int:
+    """imatrix.chunk_count / chunk_size: llama-imatrix writes u32 (and the count is copied into the output
+    as u32), so a string, a float or a value outside 0..2^32-1 is a malformed file, not a crash."""
+    value = getattr(kv, "value", None)
+    if getattr(kv, "type", None) not in _INTEGER_TYPES or not 0 <= int(value) < 1 << 32:
+        raise InputInvalid(f"{path}: {kv.key} is {value!r}, expected an unsigned 32-bit integer")  # type: ignore[attr-defined]
+    return int(value)
+
+
 def _load_gguf(path: Path) -> Imatrix:
     from quantcli.loaders.gguf import GGUFFile
 
@@ -146,7 +161,7 @@ def _load_gguf(path: Path) -> Imatrix:
             positive = counts > 0
             weights[positive] = per_matrix[positive] / counts[positive, None]
             entries[name] = weights.reshape(-1)
-        return Imatrix(path, entries, datasets, int(chunk_count.value), int(chunk_size.value), False)
+        return Imatrix(path, entries, datasets, _u32(chunk_count, path), _u32(chunk_size, path), False)
 
 
 def _load_legacy(path: Path) -> Imatrix:

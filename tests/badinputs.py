@@ -433,6 +433,31 @@ def _imatrix_without_meta(bases: Bases, inp: Path) -> Path:
     return path
 
 
+def _imatrix_kv_types(chunk_count: object, chunk_size: int) -> Callable[[Bases, Path], Path]:
+    """An imatrix whose chunk_count / chunk_size have the wrong GGUF type or range."""
+
+    def make(bases: Bases, inp: Path) -> Path:
+        path = inp / "kv-types.gguf"
+        w = gguf.GGUFWriter(str(path), "imatrix")
+        w.add_array("imatrix.datasets", ["x"])
+        if isinstance(chunk_count, str):
+            w.add_string("imatrix.chunk_count", chunk_count)
+        elif isinstance(chunk_count, float):
+            w.add_float32("imatrix.chunk_count", chunk_count)
+        else:
+            w.add_uint32("imatrix.chunk_count", chunk_count)
+        w.add_int32("imatrix.chunk_size", chunk_size)
+        w.add_tensor("blk.0.attn_q.weight.in_sum2", np.ones(64, dtype=np.float32))
+        w.add_tensor("blk.0.attn_q.weight.counts", np.ones(1, dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return path
+
+    return make
+
+
 def _imatrix_counts_f16(bases: Bases, inp: Path) -> Path:
     path = inp / "f16-counts.gguf"
     w = gguf.GGUFWriter(str(path), "imatrix")
@@ -851,6 +876,12 @@ case("imatrix_gguf_sums_without_counts", "imatrix GGUF", imatrix_case(_imatrix_g
 case("imatrix_gguf_sums_counts_mismatch", "imatrix GGUF", imatrix_case(_imatrix_gguf_with(
     lambda b: {"blk.0.attn_q.weight": (np.ones(63), np.ones(2))})), X.INPUT_INVALID, "blk.0.attn_q.weight")
 case("imatrix_gguf_counts_f16", "imatrix GGUF", imatrix_case(_imatrix_counts_f16), X.INPUT_INVALID, "F32")
+case("imatrix_gguf_chunk_count_string", "imatrix GGUF", imatrix_case(_imatrix_kv_types("abc", 64)), X.INPUT_INVALID,
+     "imatrix.chunk_count")
+case("imatrix_gguf_chunk_size_negative", "imatrix GGUF", imatrix_case(_imatrix_kv_types(3, -5)), X.INPUT_INVALID,
+     "imatrix.chunk_size")
+case("imatrix_gguf_chunk_count_float", "imatrix GGUF", imatrix_case(_imatrix_kv_types(1.5e30, 64)), X.INPUT_INVALID,
+     "imatrix.chunk_count")
 case("imatrix_gguf_nan_sums", "imatrix GGUF", imatrix_case(_imatrix_gguf_with(
     lambda b: {"blk.0.attn_q.weight": (np.full(64, np.nan), np.ones(1))})), X.INPUT_INVALID, "non-finite")
 case("imatrix_gguf_wrong_length", "imatrix GGUF", imatrix_case(_imatrix_gguf_with(
