@@ -838,6 +838,22 @@ case("output_is_input_config", "output over input", _output_over_input("config.j
 case("output_is_input_dir_packed", "output over input", _output_over_input("", "--format", "ct", "--bits", "4"),
      X.OUTPUT_EXISTS, "is a directory")
 
+# --- GGUF hyper-parameters that disagree with the tensors (the NumPy runtime builds the model from them) ---
+def _patch_u32_kv(key: str, value: int) -> Callable[[bytearray, Path], None]:
+    def edit(blob: bytearray, path: Path) -> None:
+        encoded = gguf_str(key)
+        pos = bytes(blob).index(encoded) + len(encoded)
+        assert struct.unpack_from("<i", blob, pos)[0] == int(gguf.GGUFValueType.UINT32)
+        struct.pack_into("<I", blob, pos + 4, value)
+
+    return edit
+
+
+for key, value in (("llama.block_count", 2**31), ("llama.attention.head_count", 0),
+                   ("llama.attention.head_count", 3), ("llama.attention.head_count_kv", 0)):
+    case(f"eval_{key.split('.', 1)[1].replace('.', '_')}_{value}", "GGUF hyper-parameters via eval",
+         gguf_edited(_patch_u32_kv(key, value), "eval"), X.INPUT_INVALID, key.split(".")[-1], bug="F17")
+
 # --- imatrix: legacy .dat ----------------------------------------------------------------------------------
 case("dat_empty", "imatrix .dat", imatrix_case(dat_bytes(lambda b: b"")), X.INPUT_INVALID, "bad.dat")
 case("dat_zero_entries", "imatrix .dat", imatrix_case(dat_bytes(lambda b: struct.pack("<i", 0))), X.INPUT_INVALID, "bad.dat")
