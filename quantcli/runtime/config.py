@@ -104,7 +104,10 @@ class ModelConfig:
     traits: ArchTraits = field(default_factory=lambda: ArchTraits(rope_neox=False))
 
     @classmethod
-    def from_metadata(cls, md: dict[str, Any], n_vocab_tensor: int) -> ModelConfig:
+    def from_metadata(
+        cls, md: dict[str, Any], n_vocab_tensor: int, n_layer_tensors: int | None = None
+    ) -> ModelConfig:
+        """`n_layer_tensors`: how many `blk.N` layers the file holds (block_count must not exceed it)."""
         arch = md.get("general.architecture")
         if not isinstance(arch, str):
             raise InputInvalid("model has no general.architecture")
@@ -114,14 +117,30 @@ class ModelConfig:
             value = md.get(f"{arch}.{name}", default)
             if value is None and required:
                 raise InputInvalid(f"model metadata lacks {arch}.{name}")
+            if isinstance(value, (bool, str, bytes)) and name not in _STRING_KEYS:
+                raise InputInvalid(f"{arch}.{name} is {value!r}, expected a number")
             return value
 
-        n_layer = int(key("block_count", required=True))
-        n_embd = int(key("embedding_length", required=True))
-        n_head = _per_layer_scalar(key("attention.head_count", required=True), "head_count")
-        n_head_kv = _per_layer_scalar(key("attention.head_count_kv", n_head), "head_count_kv")
-        head_dim_k = int(key("attention.key_length", n_embd // n_head))
-        head_dim_v = int(key("attention.value_length", head_dim_k))
+        def positive(name: str, value: Any) -> int:
+            n = _per_layer_scalar(value, f"{arch}.{name}")
+            if n <= 0:
+                raise InputInvalid(f"{arch}.{name} is {n}, expected a positive integer")
+            return n
+
+        n_layer = positive("block_count", key("block_count", required=True))
+        if n_layer_tensors is not None and n_layer > n_layer_tensors:
+            raise InputInvalid(
+                f"{arch}.block_count is {n_layer}, but the file has tensors for {n_layer_tensors} layers"
+            )
+        n_embd = positive("embedding_length", key("embedding_length", required=True))
+        n_head = positive("attention.head_count", key("attention.head_count", required=True))
+        n_head_kv = positive("attention.head_count_kv", key("attention.head_count_kv", n_head))
+        if n_head % n_head_kv:
+            raise InputInvalid(
+                f"{arch}.attention.head_count {n_head} is not a multiple of attention.head_count_kv {n_head_kv}"
+            )
+        head_dim_k = positive("attention.key_length", key("attention.key_length", n_embd // n_head or 1))
+        head_dim_v = positive("attention.value_length", key("attention.value_length", head_dim_k))
         scaling = key("rope.scaling.type", "none")
         factor = float(key("rope.scaling.factor", 1.0) or 1.0)
         if scaling not in ("none", "linear") and (factor != 1.0 or scaling == "longrope"):
@@ -148,7 +167,7 @@ class ModelConfig:
             arch=arch,
             n_layer=n_layer,
             n_embd=n_embd,
-            n_ff=_per_layer_scalar(ff, "feed_forward_length"),
+            n_ff=positive("feed_forward_length", ff),
             n_head=n_head,
             n_head_kv=n_head_kv,
             head_dim_k=head_dim_k,
@@ -156,7 +175,7 @@ class ModelConfig:
             n_vocab=n_vocab_tensor,
             norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_base=float(key("rope.freq_base", 10000.0)),
-            rope_dim=int(key("rope.dimension_count", head_dim_k)),
+            rope_dim=_rope_dim(arch, key("rope.dimension_count", head_dim_k), head_dim_k),
             rope_freq_scale=1.0 / factor,
             rope_base_swa=float(key("rope.freq_base_swa", 10000.0)),
             sliding_window=sliding_window,
@@ -168,9 +187,25 @@ class ModelConfig:
         )
 
 
+_STRING_KEYS = ("rope.scaling.type",)
+
+
+def _rope_dim(arch: str, value: Any, head_dim: int) -> int:
+    n = _per_layer_scalar(value, f"{arch}.rope.dimension_count")
+    if n <= 0 or n % 2 or n > head_dim:
+        raise InputInvalid(
+            f"{arch}.rope.dimension_count is {n}, expected an even number <= head size {head_dim}"
+        )
+    return n
+
+
 def _per_layer_scalar(value: Any, what: str) -> int:
     if isinstance(value, list):
-        if len(set(value)) != 1:
+        if not value or len(set(value)) != 1:
             raise Unsupported(f"per-layer {what} values are not supported by the runtime")
-        return int(value[0])
+        value = value[0]
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float)):
+        raise InputInvalid(f"{what} is {value!r}, expected an integer")
+    if isinstance(value, float) and not value.is_integer():
+        raise InputInvalid(f"{what} is {value!r}, expected an integer")
     return int(value)

@@ -28,6 +28,7 @@ class HFSource:
         self.checkpoint = open_checkpoint(self.directory)
         spec = get_arch(self.checkpoint.config, where=str(self.directory / "config.json"))
         cfg = effective_config(spec, self.checkpoint.config)
+        _check_numbers(cfg, self.directory / "config.json")
         cfg["__ftype__"] = LlamaFileType.ALL_F32
         planned = plan_tensors(
             self.checkpoint, spec, cfg, LlamaFileType.ALL_F32, lambda t: GGMLQuantizationType.F32
@@ -54,6 +55,35 @@ class HFSource:
         if data.shape != self.shape(name):
             raise InputInvalid(f"{name}: produced shape {data.shape}, planned {self.shape(name)}")
         return data
+
+
+# config.json keys the runtime turns into numbers (the converter would write them as GGUF ints/floats).
+_NUMERIC_CONFIG_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "head_dim",
+    "vocab_size",
+    "max_position_embeddings",
+    "rope_theta",
+    "rms_norm_eps",
+    "sliding_window",
+    "query_pre_attn_scalar",
+    "rope_local_base_freq",
+    "final_logit_softcapping",
+    "attn_logit_softcapping",
+)
+
+
+def _check_numbers(cfg: dict[str, Any], where: Path) -> None:
+    for key in _NUMERIC_CONFIG_KEYS:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputInvalid(f"{where}: {key} is {value!r}, expected a number")
 
 
 def _plain(value: Any) -> Any:

@@ -52,7 +52,10 @@ class Model:
         if "token_embd.weight" not in self.names:
             raise InputInvalid(f"{source.description}: no token_embd.weight tensor")
         n_vocab = int(source.shape("token_embd.weight")[0])
-        self.config = ModelConfig.from_metadata(source.metadata, n_vocab)
+        layers = {
+            int(n.split(".")[1]) for n in self.names if n.startswith("blk.") and n.split(".")[1].isdigit()
+        }
+        self.config = ModelConfig.from_metadata(source.metadata, n_vocab, max(layers) + 1 if layers else 0)
         self.output_name = "output.weight" if "output.weight" in self.names else "token_embd.weight"
         total = sum(int(np.prod(source.shape(n))) * 4 for n in self.names)
         self._keep_all = total <= cache_budget_bytes
@@ -62,15 +65,54 @@ class Model:
 
     # ---- weights -------------------------------------------------------------------------------------
     def _check_supported(self) -> None:
+        """Hyper-parameters against tensor shapes, before any weight is read (a bad header must be an
+        input error naming the key, not a crash deep inside the forward pass)."""
         c = self.config
-        needed = ["output_norm.weight", "blk.0.attn_norm.weight", "blk.0.ffn_down.weight"]
-        for name in needed:
-            if name not in self.names:
-                raise InputInvalid(f"{self.source.description}: missing tensor {name}")
+        where = self.source.description
         if any(".ffn_gate_exps." in n for n in self.names):
             raise Unsupported("mixture-of-experts models are not supported by the runtime")
-        if c.rope_dim % 2:
-            raise InputInvalid(f"odd rope dimension {c.rope_dim}")
+        needed = ["output_norm.weight"]
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            needed += [
+                p + "attn_norm.weight",
+                p + "ffn_norm.weight",
+                p + "ffn_down.weight",
+                p + "attn_output.weight",
+            ]
+            needed += (
+                [p + "ffn_up.weight"] if not self.has(p + "ffn_gate.weight") else [p + "ffn_gate.weight"]
+            )
+            if not self.has(p + "attn_qkv.weight"):
+                needed += [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
+        for name in needed:
+            if name not in self.names:
+                raise InputInvalid(f"{where}: missing tensor {name}")
+        a = c.arch
+
+        def expect(name: str, shape: tuple[int, ...], key: str) -> None:
+            got = tuple(self.source.shape(name))
+            if got != shape:
+                raise InputInvalid(f"{where}: {name} has shape {got}, but {a}.{key} implies {shape}")
+
+        expect("token_embd.weight", (c.n_vocab, c.n_embd), "embedding_length")
+        q_rows, kv_rows = c.n_head * c.head_dim_k, c.n_head_kv * c.head_dim_k
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            if self.has(p + "attn_qkv.weight"):
+                fused = q_rows + kv_rows + c.n_head_kv * c.head_dim_v
+                expect(p + "attn_qkv.weight", (fused, c.n_embd), "attention.head_count")
+            else:
+                expect(p + "attn_q.weight", (q_rows, c.n_embd), "attention.head_count")
+                expect(p + "attn_k.weight", (kv_rows, c.n_embd), "attention.head_count_kv")
+                expect(p + "attn_v.weight", (c.n_head_kv * c.head_dim_v, c.n_embd), "attention.head_count_kv")
+            expect(p + "attn_output.weight", (c.n_embd, c.n_head * c.head_dim_v), "attention.head_count")
+            expect(p + "ffn_down.weight", (c.n_embd, c.n_ff), "feed_forward_length")
+            if self.has(p + "ffn_gate.weight"):
+                expect(p + "ffn_gate.weight", (c.n_ff, c.n_embd), "feed_forward_length")
+                expect(p + "ffn_up.weight", (c.n_ff, c.n_embd), "feed_forward_length")
+            else:
+                expect(p + "ffn_up.weight", (2 * c.n_ff, c.n_embd), "feed_forward_length")
 
     def has(self, name: str) -> bool:
         return name in self.names
