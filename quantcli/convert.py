@@ -12,6 +12,7 @@ build the metadata, then stream: read one tensor (memory map), transform, encode
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -246,6 +247,19 @@ class ConverterView:
         return FTYPE_LABEL[self.ftype]
 
 
+def _check_encodable(out: GGUFOutput, config_path: Path) -> None:
+    """Every value taken from config.json must fit its GGUF type now, not fail as struct.error while the
+    file is written (rope_theta "x" for a FLOAT32, max_position_embeddings -1 for a UINT32)."""
+    writer = out.writer
+    for key, item in writer.kv_data[0].items():
+        try:
+            writer._pack_val(item.value, item.type, add_vtype=True, sub_type=item.sub_type)
+        except (struct.error, TypeError, ValueError, OverflowError):
+            raise InputInvalid(
+                f"{config_path}: {item.value!r} is not a valid {item.type.name.lower()} for GGUF key {key}"
+            ) from None
+
+
 def converter_view(
     source: Path | str,
     out_type: str = "auto",
@@ -276,6 +290,7 @@ def converter_view(
         for method, value in hparam_values(spec, cfg):
             out.call(method, value)
         out.writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _check_encodable(out, ckpt.directory / "config.json")
         for entry in vocab:
             out.add_kv(entry.key, entry.value, entry.vtype, entry.sub_type)
     except BaseException:

@@ -675,6 +675,18 @@ case("cfg_heads_null", "config.json", model_file_case("config.json", config_edit
      X.INPUT_INVALID, "num_attention_heads")
 case("cfg_layers_huge", "config.json", model_file_case("config.json", config_edit(num_hidden_layers=10**12)),
      X.INPUT_INVALID, "num_hidden_layers")
+case("cfg_heads_do_not_split_q", "config.json", model_file_case("config.json", config_edit(num_attention_heads=3)),
+     X.INPUT_INVALID, "num_attention_heads")
+case("cfg_kv_heads_do_not_split_k", "config.json", model_file_case("config.json", config_edit(num_key_value_heads=3),
+                                                                   qtype="Q4_K_M"), X.INPUT_INVALID, "num_key_value_heads")
+case("cfg_vocab_size_huge", "config.json", model_file_case("config.json", config_edit(vocab_size=10**9)),
+     X.INPUT_INVALID, "vocab_size")
+case("cfg_rope_theta_string", "config.json", model_file_case("config.json", config_edit(rope_theta="x")),
+     X.INPUT_INVALID, "llama.rope.freq_base")
+case("cfg_context_negative", "config.json", model_file_case("config.json", config_edit(max_position_embeddings=-1),
+                                                            qtype="Q4_K_M"), X.INPUT_INVALID, "llama.context_length")
+case("cfg_rope_scaling_factor_string", "config.json", model_file_case("config.json", config_edit(
+    rope_scaling={"type": "linear", "factor": "x"})), X.INPUT_INVALID, "llama.rope.scaling.factor")
 case("cfg_hidden_size_disagrees", "config.json", model_file_case("config.json", config_edit(hidden_size=128)),
      X.INPUT_INVALID, "hidden_size")
 case("cfg_more_layers_than_tensors", "config.json", model_file_case("config.json", config_edit(num_hidden_layers=3)),
@@ -804,6 +816,9 @@ case("eval_hf_truncated_safetensors", "HF dir via plan/eval", _on_model("eval", 
 case("eval_hf_overlapping_spans", "HF dir via plan/eval", _on_model("eval", lambda m: write_safetensors(
     m / "model.safetensors", *((lambda h, d: (_update(h, UP0, data_offsets=list(h[GATE0]["data_offsets"])), d))(
         *read_safetensors(m / "model.safetensors"))))), X.INPUT_INVALID, "overlap")
+
+case("eval_hf_rope_theta_string", "HF dir via plan/eval", _on_model("eval", config_edit(rope_theta="x")),
+     X.INPUT_INVALID, "rope_theta", bug="F17")
 
 # --- option files ---------------------------------------------------------------------------------------
 case("tensor_type_file_not_utf8", "option files", lambda inp, out, b: (

@@ -193,7 +193,7 @@ def test_failure_mid_write_leaves_nothing(smollm2_dir: Path, tmp_path: Path) -> 
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(smollm2_dir / name, model / name)
     rng = np.random.default_rng(1)
-    embed = rng.standard_normal((256, 64)).astype(np.float32)
+    embed = rng.standard_normal((49152, 64)).astype(np.float16)  # as many rows as vocab_size
     q = rng.standard_normal((64, 64)).astype(np.float32)
     q[3, 5] = np.inf
     save_file(

@@ -222,6 +222,13 @@ def check_tensors(
                         f"{where}: tensor {hf_t.format(bid=bid)}.{suffix} has shape {list(shape)} but the same "
                         f"tensor of other layers has {list(common)}"
                     )
+    vocab = cfg.get("vocab_size")
+    embedding = next((shapes[n] for n, g in names.items() if g == "token_embd.weight" and n in shapes), None)
+    if isinstance(vocab, int) and embedding is not None and vocab > embedding[0]:
+        # The converter pads the token list up to vocab_size: a lying value would allocate that many.
+        raise InputInvalid(
+            f"config.json: vocab_size is {vocab} but the embedding has {embedding[0]} rows"
+        )
     hidden = cfg.get("hidden_size")
     if isinstance(hidden, int):
         for name, shape in shapes.items():

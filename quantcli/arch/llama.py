@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -18,6 +19,7 @@ from quantcli.arch.base import (
     register,
     text_model_hparams,
 )
+from quantcli.errors import InputInvalid
 
 # Shared by every llama-like family (qwen2/qwen3 add to it).
 DECODER_TENSORS: tuple[tuple[str, str], ...] = (
@@ -49,6 +51,21 @@ def permute_rope_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
         .swapaxes(1, 2)
         .reshape(weights.shape)
     )
+
+
+def _rope_rows_fit(n_head_key: str) -> Callable[[tuple[int, ...], TransformContext], tuple[int, ...]]:
+    """Plan-time check for the permutations below: the rows must split into heads of an even size."""
+
+    def check(shape: tuple[int, ...], ctx: TransformContext) -> tuple[int, ...]:
+        n_head = ctx.config.get(n_head_key) or ctx.config["num_attention_heads"]
+        if shape[0] % (2 * n_head):
+            raise InputInvalid(
+                f"{ctx.hf_name}: {shape[0]} rows do not split into {n_head} heads of an even size "
+                f"(config.json {n_head_key} is {n_head})"
+            )
+        return shape
+
+    return check
 
 
 def _permute_q(x: np.ndarray, ctx: TransformContext) -> np.ndarray:
@@ -127,8 +144,8 @@ LLAMA = register(
         config_defaults=LLAMA_DEFAULTS,
         derive_config=derive_head_dim,
         transforms=(
-            TensorTransform(r"q_proj\.(weight|bias)$", _permute_q),
-            TensorTransform(r"k_proj\.(weight|bias)$", _permute_k),
+            TensorTransform(r"q_proj\.(weight|bias)$", _permute_q, _rope_rows_fit("num_attention_heads")),
+            TensorTransform(r"k_proj\.(weight|bias)$", _permute_k, _rope_rows_fit("num_key_value_heads")),
         ),
         runtime=RuntimeTraits(rope_style="normal", activation="silu"),
         extra_tensors=llama3_rope_freqs,
