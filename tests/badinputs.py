@@ -820,6 +820,27 @@ case("eval_hf_overlapping_spans", "HF dir via plan/eval", _on_model("eval", lamb
 case("eval_hf_rope_theta_string", "HF dir via plan/eval", _on_model("eval", config_edit(rope_theta="x")),
      X.INPUT_INVALID, "rope_theta", bug="F17")
 
+# --- packed safetensors outputs (quantized: must refuse non-finite weights like the GGUF types) --------
+def _packed_nan(fmt: str, bits: int, group: int) -> Callable:
+    def build(inp: Path, out: Path, bases: Bases) -> list[str]:
+        model = copy_model(bases, inp)
+        header, data = read_safetensors(model / "model.safetensors")
+        header, data = _poke(UP0, b"\xc0\x7f")(header, data)
+        write_safetensors(model / "model.safetensors", header, data)
+        return ["convert", str(model), "-o", str(out / "packed"), "--format", fmt, "--bits", str(bits),
+                "--group-size", str(group)]
+
+    return build
+
+
+case("packed_truncated_safetensors", "packed outputs", lambda inp, out, b: (
+    _truncate_weights(copy_model(b, inp)),
+    ["convert", str(inp / "model"), "-o", str(out / "packed"), "--format", "ct", "--bits", "4"])[1],
+     X.INPUT_INVALID, "model.safetensors")
+case("packed_nan_weight_mlx", "packed outputs", _packed_nan("mlx", 4, 64), X.INPUT_INVALID, "non-finite", bug="F19")
+case("packed_nan_weight_ct", "packed outputs", _packed_nan("ct", 4, 32), X.INPUT_INVALID, "non-finite", bug="F19")
+case("packed_nan_weight_gptq", "packed outputs", _packed_nan("gptq", 8, 32), X.INPUT_INVALID, "non-finite", bug="F19")
+
 # --- option files ---------------------------------------------------------------------------------------
 case("tensor_type_file_not_utf8", "option files", lambda inp, out, b: (
     (inp / "types.txt").write_bytes(b"\xff\xfe\x00attn_v=q8_0"),
