@@ -358,7 +358,6 @@ def _convert_packed(
     strict: bool,
     dry_run: bool,
 ) -> dict[str, Any]:
-    from quantcli.atomic import check_output
     from quantcli.loaders import open_checkpoint
     from quantcli.writers.packed import Scheme
     from quantcli.writers.packed.base import MODEL_DTYPES
@@ -367,7 +366,7 @@ def _convert_packed(
     shard = parse_size(max_shard_size) if max_shard_size is not None else DEFAULT_MAX_SHARD
     out_path = Path(output) if output is not None else default_output(Path(source), target, output_stem)
     if not dry_run:
-        check_output(out_path, force)
+        _check_output_dir(out_path, force)
     with open_checkpoint(source) as ckpt:
         # scales (and the tensors kept as they are) live in the model's dtype
         dtype = str(ckpt.config.get("torch_dtype") or "bfloat16")
@@ -420,6 +419,21 @@ def _convert_packed(
     result["dtype"] = scheme.dtype
     result["tensor_cache"] = None  # packed outputs are rewritten whole (atomic directory); no tensor cache
     return result
+
+
+def _check_output_dir(path: Path, force: bool) -> None:
+    """atomic_dir's checks, made before any work: exists without --force, parent missing or read-only."""
+    import os
+
+    from quantcli.errors import OutputExists, OutputFailed
+
+    if path.exists() and not force:
+        raise OutputExists(f"{path} already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputFailed(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFailed(f"output directory {parent} is not writable")
 
 
 def _kept_bytes(info: Any, scheme: Any) -> int:
