@@ -818,7 +818,7 @@ case("eval_hf_overlapping_spans", "HF dir via plan/eval", _on_model("eval", lamb
         *read_safetensors(m / "model.safetensors"))))), X.INPUT_INVALID, "overlap")
 
 case("eval_hf_rope_theta_string", "HF dir via plan/eval", _on_model("eval", config_edit(rope_theta="x")),
-     X.INPUT_INVALID, "rope_theta", bug="F17")
+     X.INPUT_INVALID, "rope_theta")
 
 # --- packed safetensors outputs (quantized: must refuse non-finite weights like the GGUF types) --------
 def _packed_nan(fmt: str, bits: int, group: int) -> Callable:
@@ -871,8 +871,8 @@ case("output_is_input_safetensors", "output over input", _output_over_input("mod
      X.USAGE, "model.safetensors", bug="F15")
 case("output_is_input_config", "output over input", _output_over_input("config.json", "--type", "Q4_K_M"),
      X.USAGE, "config.json", bug="F15")
-case("output_is_input_dir_packed", "output over input", _output_over_input("", "--format", "ct", "--bits", "4"),
-     X.OUTPUT_EXISTS, "is a directory")
+case("output_is_input_dir_packed", "output over input", _output_over_input("", "--format", "ct", "--bits", "4", "--group-size", "32"),
+     X.USAGE, "model", bug="F15")
 
 # --- GGUF hyper-parameters that disagree with the tensors (the NumPy runtime builds the model from them) ---
 def _patch_u32_kv(key: str, value: int) -> Callable[[bytearray, Path], None]:
@@ -888,7 +888,7 @@ def _patch_u32_kv(key: str, value: int) -> Callable[[bytearray, Path], None]:
 for key, value in (("llama.block_count", 2**31), ("llama.attention.head_count", 0),
                    ("llama.attention.head_count", 3), ("llama.attention.head_count_kv", 0)):
     case(f"eval_{key.split('.', 1)[1].replace('.', '_')}_{value}", "GGUF hyper-parameters via eval",
-         gguf_edited(_patch_u32_kv(key, value), "eval"), X.INPUT_INVALID, key.split(".")[-1], bug="F17")
+         gguf_edited(_patch_u32_kv(key, value), "eval"), X.INPUT_INVALID, key.split(".")[-1])
 
 # --- imatrix: legacy .dat ----------------------------------------------------------------------------------
 case("dat_empty", "imatrix .dat", imatrix_case(dat_bytes(lambda b: b"")), X.INPUT_INVALID, "bad.dat")
