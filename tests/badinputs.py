@@ -841,6 +841,28 @@ case("packed_nan_weight_mlx", "packed outputs", _packed_nan("mlx", 4, 64), X.INP
 case("packed_nan_weight_ct", "packed outputs", _packed_nan("ct", 4, 32), X.INPUT_INVALID, "non-finite", bug="F19")
 case("packed_nan_weight_gptq", "packed outputs", _packed_nan("gptq", 8, 32), X.INPUT_INVALID, "non-finite", bug="F19")
 
+# --- filesystem oddities in a model directory -------------------------------------------------------------
+def _replace_with(rel: str, make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def edit(model: Path) -> None:
+        (model / rel).unlink()
+        make(model / rel)
+
+    return edit
+
+
+case("fs_safetensors_is_directory", "filesystem oddities", model_file_case(
+    "model.safetensors", _replace_with("model.safetensors", lambda p: p.mkdir())), X.INPUT_INVALID, "directory")
+case("fs_safetensors_symlink_loop", "filesystem oddities", model_file_case(
+    "model.safetensors", _replace_with("model.safetensors", lambda p: p.symlink_to(p.name))), X.INPUT_MISSING,
+     "model.safetensors")
+case("fs_safetensors_is_dev_zero", "filesystem oddities", model_file_case(
+    "model.safetensors", _replace_with("model.safetensors", lambda p: p.symlink_to("/dev/zero"))), X.INPUT_INVALID,
+     "model.safetensors")
+case("fs_config_is_directory", "filesystem oddities", model_file_case(
+    "config.json", _replace_with("config.json", lambda p: p.mkdir())), X.INPUT_MISSING, "config.json")
+case("fs_config_is_dev_zero", "filesystem oddities", model_file_case(
+    "config.json", _replace_with("config.json", lambda p: p.symlink_to("/dev/zero"))), X.INPUT_MISSING, "config.json")
+
 # --- option files ---------------------------------------------------------------------------------------
 case("tensor_type_file_not_utf8", "option files", lambda inp, out, b: (
     (inp / "types.txt").write_bytes(b"\xff\xfe\x00attn_v=q8_0"),

@@ -107,6 +107,8 @@ class SafetensorsFile:
             raise InputInvalid(f"{self.path}: is a directory, expected a .safetensors file") from None
         except PermissionError:
             raise InputMissing(f"{self.path}: permission denied") from None
+        except OSError as exc:  # a symlink loop, an I/O error: the file cannot be read
+            raise InputMissing(f"{self.path}: cannot read ({exc.strerror or exc})") from None
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except _DuplicateKey as exc:
