@@ -704,6 +704,13 @@ case("tok_config_not_json", "tokenizer", model_file_case("tokenizer_config.json"
 case("tok_json_not_json", "tokenizer", model_file_case("tokenizer.json", lambda m: (
     (m / "tokenizer.model").unlink(), (m / "tokenizer.json").write_text("{not json"))), X.INPUT_INVALID,
      "tokenizer.json")
+case("tok_json_model_not_object", "tokenizer", model_file_case("tokenizer.json", lambda m: (
+    (m / "tokenizer.model").unlink(), (m / "tokenizer.json").write_text('{"model": 5}'))), X.INPUT_INVALID,
+     "tokenizer.json")
+case("tok_json_decoder_not_object", "tokenizer", model_file_case("tokenizer.json", lambda m: (
+    (m / "tokenizer.model").unlink(),
+    (m / "tokenizer.json").write_text('{"model": {"type": "BPE", "byte_fallback": true}, "decoder": 7}'))),
+     X.INPUT_INVALID, "tokenizer.json")
 case("tok_config_is_list", "tokenizer", model_file_case("tokenizer_config.json", "[]"), X.INPUT_INVALID,
      "tokenizer_config.json")
 case("tok_added_tokens_is_list", "tokenizer", model_file_case("added_tokens.json", "[1]"), X.INPUT_INVALID,
@@ -767,6 +774,10 @@ case("gguf_no_tensors", "GGUF header", gguf_bytes_case(lambda b: crafted(gguf_he
      "no tensors")
 case("gguf_no_architecture", "GGUF header", gguf_bytes_case(lambda b: crafted(gguf_header(
     1, 0, tensor_info("token_embd.weight", (32, 4), F32, 0)))), X.INPUT_INVALID, "architecture")
+case("gguf_weight_dtype_i16", "GGUF header", gguf_edited(_patch_tensor_info(
+    "blk.0.ffn_up.weight", ggml_type=int(gguf.GGMLQuantizationType.I16))), X.UNSUPPORTED, "I16")
+case("eval_norm_dtype_i32", "GGUF header", gguf_edited(_patch_tensor_info(
+    "output_norm.weight", ggml_type=int(gguf.GGMLQuantizationType.I32)), "eval"), X.UNSUPPORTED, "I32")
 case("gguf_nan_weight", "NaN/Inf weights", gguf_edited(_gguf_poke_nan), X.INPUT_INVALID, "non-finite")
 case("gguf_inf_weight", "NaN/Inf weights", gguf_edited(_gguf_poke_inf), X.INPUT_INVALID, "non-finite")
 case("gguf_flip_fixed_header", "GGUF random flips", _gguf_flip(11, "fixed"), FLIP_CODES, flips=True)

@@ -97,7 +97,9 @@ def _is_llama_hf_bpe(model_dir: Path) -> bool:
     if not path.is_file():
         return False
     tokenizer = read_json_object(path)
-    model = tokenizer.get("model", {})
+    model = tokenizer.get("model")
+    if not isinstance(model, dict):  # malformed: the tokenizers library reports it when the vocab is read
+        return False
     is_llama3 = (
         model.get("type") == "BPE"
         and model.get("ignore_merges", False)
@@ -109,6 +111,7 @@ def _is_llama_hf_bpe(model_dir: Path) -> bool:
     return (
         model.get("type") == "BPE"
         and bool(model.get("byte_fallback", False))
+        and isinstance(decoder, dict)
         and decoder.get("type") == "Sequence"
     )
 
