@@ -24,7 +24,7 @@ MODULES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 
 def _ours(out_dir: Path, fmt: str, scheme: Scheme) -> dict[str, np.ndarray]:
-    ckpt = open_checkpoint(out_dir)
+    ckpt = open_checkpoint(out_dir, dequantize_packed=False)
     f = get_format(fmt)
     weights = {}
     for layer in range(ckpt.config["num_hidden_layers"]):

@@ -130,8 +130,9 @@ def _shard_files_from_index(directory: Path) -> list[SafetensorsFile]:
     return files
 
 
-def open_checkpoint(source: Path | str) -> Checkpoint:
-    # (a PackedCheckpoint, which reads like a Checkpoint, when config.json declares a packed format)
+def open_checkpoint(source: Path | str, *, dequantize_packed: bool = True) -> Checkpoint:
+    # (a PackedCheckpoint, which reads like a Checkpoint, when config.json declares a packed format,
+    # unless dequantize_packed=False asks for the stored tensors as they are)
     """Open and validate an HF checkpoint directory or a single .safetensors file (see module doc)."""
     source = Path(source)
     if not source.exists():
@@ -168,4 +169,5 @@ def open_checkpoint(source: Path | str) -> Checkpoint:
             files = [SafetensorsFile(directory / n) for n in names]
     from quantcli.loaders.packed import maybe_packed  # packed safetensors read back dequantized
 
-    return maybe_packed(Checkpoint(directory, config, files))
+    ckpt = Checkpoint(directory, config, files)
+    return maybe_packed(ckpt) if dequantize_packed else ckpt
