@@ -12,6 +12,8 @@ multiplied by `ncall`). llama-quantize (tools/quantize/quantize.cpp `load_imatri
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from quantcli.errors import ImatrixMismatch, InputInvalid, InputMissing, UsageError
 
 IN_SUM2 = ".in_sum2"
+# Tensor names are < 64 bytes in ggml (GGML_MAX_NAME); a longer one is a corrupt length field, not a name
+# to copy (the GGUF reader uses the same bound).
+MAX_NAME_BYTES = 1 << 16
 COUNTS = ".counts"
 
 
@@ -165,7 +170,16 @@ def _load_gguf(path: Path) -> Imatrix:
 
 
 def _load_legacy(path: Path) -> Imatrix:
-    data = path.read_bytes()
+    # Memory-mapped, not read whole: only the bytes the entries describe are touched, so a huge (or
+    # sparse) file given as --imatrix costs nothing before its counts are checked against its size.
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return _parse_legacy(path, b"")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _parse_legacy(path, data)
+
+
+def _parse_legacy(path: Path, data: bytes | mmap.mmap) -> Imatrix:
     pos = 0
 
     def take(fmt: str, what: str) -> int:
@@ -183,7 +197,7 @@ def _load_legacy(path: Path) -> Imatrix:
     entries: dict[str, np.ndarray] = {}
     for i in range(n_entries):
         n = take("<i", f"name length of entry {i + 1}")
-        if n < 0 or pos + n > len(data):
+        if n < 0 or n > MAX_NAME_BYTES or pos + n > len(data):
             raise InputInvalid(f"{path}: not an imatrix (bad name length in entry {i + 1})")
         name = data[pos : pos + n].split(b"\0", 1)[0].decode("utf-8", errors="replace")
         pos += n
@@ -202,7 +216,7 @@ def _load_legacy(path: Path) -> Imatrix:
         chunk_count = take("<i", "chunk count")
         if pos + 4 <= len(data):
             n = take("<i", "dataset length")
-            if n > 0 and pos + n <= len(data):
+            if 0 < n <= MAX_NAME_BYTES and pos + n <= len(data):  # a path; a larger count is corrupt
                 datasets.append(data[pos : pos + n].split(b"\0", 1)[0].decode("utf-8", errors="replace"))
     entries = dict(sorted(entries.items(), key=lambda kv: kv[0].encode()))
     return Imatrix(path, entries, datasets, chunk_count, 0, True)

@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import signal
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -287,3 +288,36 @@ def test_no_unvalidated_gguf_reader_in_quantcli() -> None:
         if "GGUFReader(" in path.read_text(encoding="utf-8")
     ]
     assert offenders == []
+
+
+def test_huge_sparse_imatrix_is_not_read_whole(tmp_path: Path) -> None:
+    """A 4 GiB (sparse) legacy imatrix whose second entry lies: refused (exit 4) without reading 4 GiB.
+
+    The file is memory-mapped, so the parse touches only the bytes its counts point at; the child's peak
+    RSS stays far below the file size (reading it whole would need > 4 GiB).
+    """
+    from badinputs import NAME, dat_entry
+
+    path = tmp_path / "huge.dat"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<i", 2) + dat_entry(NAME, 1, [1.0] * 64) + struct.pack("<i", 2**31 - 1) + NAME)
+        fh.truncate(4 << 30)
+    script = (
+        "import resource, sys\n"
+        "from quantcli.errors import InputInvalid\n"
+        "from quantcli.imatrix_file import load_imatrix\n"
+        "try:\n"
+        "    load_imatrix(sys.argv[1])\n"
+        "except InputInvalid as exc:\n"
+        "    print('refused', exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+    )
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=REPO,
+                              timeout=120)
+    finally:
+        path.unlink()
+    assert proc.returncode == 0, proc.stderr
+    refused, peak = proc.stdout.strip().splitlines()
+    assert refused.startswith("refused") and "bad name length" in refused, refused
+    assert int(peak) < 1 << 30, f"peak RSS {int(peak) >> 20} MiB for a 4 GiB sparse file"
