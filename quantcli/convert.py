@@ -299,16 +299,34 @@ def converter_view(
     return ConverterView(ckpt, spec, cfg, ftype, planned, out)
 
 
-def convert_model(source: Path | str, output: Path | str | None = None, **options: Any) -> dict[str, Any]:
+def convert_model(
+    source: Path | str,
+    output: Path | str | None = None,
+    *,
+    out_type: str | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+    on_tensor: Callable[..., None] | None = None,
+    resume: bool = False,
+    tensor_cache: Any = None,
+    output_stem: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Convert `source` (HF dir, .safetensors file) to GGUF or packed safetensors; returns the --json summary.
 
     `out_type` "auto"/"f32"/"f16"/"bf16"/"q8_0" is convert_hf_to_gguf.py (`convert_exact`); any other
     llama-quantize recipe name, or `bits=N`, is the one-pass llama-quantize-exact path; `format="ct"|"mlx"|
-    "gptq"` writes packed safetensors. Options: see quantcli.pipeline.convert.
+    "gptq"` writes packed safetensors. `on_tensor(tensor, index, total)` runs after each tensor is written
+    (`tensor.name` for every path). More options (bits, format, imatrix, strict, dry_run, verify, ...):
+    quantcli.pipeline.convert.
     """
     from quantcli.pipeline import convert
 
-    return convert(source, output, **options)
+    return convert(
+        source, output, out_type=out_type, force=force, threads=threads, progress=progress, on_tensor=on_tensor,
+        resume=resume, tensor_cache=tensor_cache, output_stem=output_stem, **options,
+    )  # fmt: skip
 
 
 def convert_exact(

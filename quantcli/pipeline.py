@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from quantcli.errors import Unsupported, UsageError, VerifyFailed
@@ -406,7 +407,7 @@ def _convert_packed(
             if bar is not None:
                 bar.advance(name)
             if on_tensor is not None:
-                on_tensor(name, done[0], total)
+                on_tensor(SimpleNamespace(name=name), done[0], total)
 
         try:
             result = write_packed(

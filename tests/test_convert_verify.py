@@ -45,7 +45,7 @@ def test_verify_passes_for_good_recipes(
     assert report["output"] == str(out) and report["max_kld"] == 0.1
     assert 0 < report["kld_mean"] < 0.1 and report["kld_p99"] >= report["kld_mean"]
     assert 0.99 < report["ppl_ratio"] < (1.03 if bits == "8" else 1.15)
-    assert report["top1_agreement"] > (0.95 if bits == "8" else 0.75)
+    assert report["top1_agreement"] > (0.93 if bits == "8" else 0.75)
     assert abs(report["ppl_output"] / report["ppl_source"] - report["ppl_ratio"]) < 1e-9
 
 
