@@ -853,6 +853,13 @@ case("packed_nan_weight_ct", "packed outputs", _packed_nan("ct", 4, 32), X.INPUT
 case("packed_nan_weight_gptq", "packed outputs", _packed_nan("gptq", 8, 32), X.INPUT_INVALID, "non-finite", bug="F19")
 
 # --- filesystem oddities in a model directory -------------------------------------------------------------
+def _sparse(path: Path, size: int) -> None:
+    """`path` as a file of `size` bytes that occupies no disk (a hole after a "{")."""
+    with open(path, "wb") as fh:
+        fh.write(b"{")
+        fh.truncate(size)
+
+
 def _replace_with(rel: str, make: Callable[[Path], None]) -> Callable[[Path], None]:
     def edit(model: Path) -> None:
         (model / rel).unlink()
@@ -869,6 +876,11 @@ case("fs_safetensors_symlink_loop", "filesystem oddities", model_file_case(
 case("fs_safetensors_is_dev_zero", "filesystem oddities", model_file_case(
     "model.safetensors", _replace_with("model.safetensors", lambda p: p.symlink_to("/dev/zero"))), X.INPUT_INVALID,
      "model.safetensors")
+case("fs_config_sparse_257_mib", "filesystem oddities", model_file_case(
+    "config.json", lambda m: _sparse(m / "config.json", 257 << 20)), X.INPUT_INVALID, "MiB of JSON")
+case("fs_tokenizer_config_sparse_257_mib", "filesystem oddities", model_file_case(
+    "tokenizer_config.json", lambda m: _sparse(m / "tokenizer_config.json", 257 << 20)), X.INPUT_INVALID,
+     "MiB of JSON")
 case("fs_config_is_directory", "filesystem oddities", model_file_case(
     "config.json", _replace_with("config.json", lambda p: p.mkdir())), X.INPUT_MISSING, "config.json")
 case("fs_config_is_dev_zero", "filesystem oddities", model_file_case(

@@ -23,8 +23,14 @@ from quantcli.loaders.safetensors import SafetensorsFile, TensorInfo
 INDEX_NAME = "model.safetensors.index.json"
 
 
+# config.json and the shard index are kilobytes; json.load reads the whole file, so bound it first.
+MAX_JSON_BYTES = 256 << 20
+
+
 def _load_json(path: Path, what: str) -> Any:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise InputInvalid(f"{path}: {path.stat().st_size:,} bytes, more than {MAX_JSON_BYTES >> 20} MiB of JSON")
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:

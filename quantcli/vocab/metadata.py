@@ -12,9 +12,15 @@ from gguf import GGUFValueType
 
 from quantcli.errors import InputInvalid
 
+# The largest tokenizer.json files are tens of MB; json.load reads the whole file (and builds objects several
+# times its size), so a larger one is refused before it is read.
+MAX_JSON_BYTES = 256 << 20
+
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """A tokenizer-side JSON file that must hold an object; anything else is InputInvalid naming the file."""
+    if Path(path).stat().st_size > MAX_JSON_BYTES:
+        raise InputInvalid(f"{path}: {Path(path).stat().st_size:,} bytes, more than {MAX_JSON_BYTES >> 20} MiB of JSON")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
