@@ -2,7 +2,8 @@
 
 compressed-tensors → transformers, MLX → mlx_lm on the CPU backend, GPTQ v1 → transformers + gptqmodel.
 Each client's dequantized weights must equal ours bit for bit (in the model dtype), and its logits must
-match a float32 forward pass over our dequantized weights within the model dtype's noise.
+match our NumPy runtime's (itself checked against transformers' float32 forward on the same
+weights) within the model dtype's noise.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ def _reference_logits(src: Path, weights: dict[str, np.ndarray]) -> np.ndarray:
         return model(torch.tensor(PROMPT)).logits[0].numpy()
 
 
+def _runtime_logits(packed: Path) -> np.ndarray:
+    """quantcli's own NumPy runtime on the packed checkpoint (read back dequantized), float32 math."""
+    from quantcli.runtime import open_source
+    from quantcli.runtime.model import Model
+
+    model = Model(open_source(packed), emulate_ggml=False)
+    tokens = np.array(PROMPT[0])
+    return model.forward(tokens, model.new_cache(64), output_rows=np.arange(tokens.size))
+
+
+def _reference(src: Path, packed: Path, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """Our runtime's logits, after checking them against transformers' float32 forward on the same weights."""
+    ours = _runtime_logits(packed)
+    ref = _reference_logits(src, weights)
+    assert np.abs(ours - ref).max() < 1e-3 * np.abs(ref).max()
+    return ours
+
+
 def _write(tmp_path: Path, fmt: str, scheme: Scheme) -> tuple[Path, Path]:
     src = make_tiny_llama(tmp_path / "src", layers=2)
     out = tmp_path / f"{fmt}{scheme.bits}"
@@ -89,7 +108,7 @@ def test_compressed_tensors_in_transformers(tmp_path: Path, bits: int) -> None:
     for module, w in ours.items():
         client_w = model.get_submodule(module).weight.detach().float().numpy()
         assert np.array_equal(client_w, w), module
-    _close(logits, _reference_logits(src, ours))
+    _close(logits, _reference(src, out, ours))
 
 
 @pytest.mark.parametrize("bits", [4, 3, 8])
@@ -108,7 +127,7 @@ def test_mlx_in_mlx_lm(tmp_path: Path, bits: int) -> None:
         assert type(layer).__name__ == "QuantizedLinear"
         client_w = mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=64, bits=bits)
         assert np.array_equal(np.array(client_w.astype(mx.float32)), w), module
-    ref = _reference_logits(src, ours)
+    ref = _reference(src, out, ours)
     # mlx_lm computes every activation in bf16 (transformers' CT path keeps more in float32): measured
     # max |Δ| ~5 % of the largest logit here, ~1.2 % once MLX runs in float32.
     _close(np.array(model(mx.array(PROMPT)).astype(mx.float32))[0], ref, rel=0.08)
@@ -131,7 +150,7 @@ def test_gptq_in_transformers_gptqmodel(tmp_path: Path, bits: int) -> None:
             client_w = model.get_submodule(module).dequantize_weight().float().numpy().T  # (in, out) → (out, in)
             assert np.array_equal(client_w, w), module
         logits = model(torch.tensor(PROMPT)).logits[0].float().numpy()
-    _close(logits, _reference_logits(src, ours))
+    _close(logits, _reference(src, out, ours))
 
 
 def test_golden_vectors_still_match_clients() -> None:
