@@ -848,9 +848,9 @@ case("packed_truncated_safetensors", "packed outputs", lambda inp, out, b: (
     _truncate_weights(copy_model(b, inp)),
     ["convert", str(inp / "model"), "-o", str(out / "packed"), "--format", "ct", "--bits", "4"])[1],
      X.INPUT_INVALID, "model.safetensors")
-case("packed_nan_weight_mlx", "packed outputs", _packed_nan("mlx", 4, 64), X.INPUT_INVALID, "non-finite", bug="F19")
-case("packed_nan_weight_ct", "packed outputs", _packed_nan("ct", 4, 32), X.INPUT_INVALID, "non-finite", bug="F19")
-case("packed_nan_weight_gptq", "packed outputs", _packed_nan("gptq", 8, 32), X.INPUT_INVALID, "non-finite", bug="F19")
+case("packed_nan_weight_mlx", "packed outputs", _packed_nan("mlx", 4, 64), X.INPUT_INVALID, "non-finite")
+case("packed_nan_weight_ct", "packed outputs", _packed_nan("ct", 4, 32), X.INPUT_INVALID, "non-finite")
+case("packed_nan_weight_gptq", "packed outputs", _packed_nan("gptq", 8, 32), X.INPUT_INVALID, "non-finite")
 
 # --- filesystem oddities in a model directory -------------------------------------------------------------
 def _sparse(path: Path, size: int) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from quantcli.atomic import atomic_dir
 from quantcli.console import peak_rss_bytes
+from quantcli.errors import InputInvalid
 from quantcli.loaders import Checkpoint
 from quantcli.writers.packed.base import MODEL_DTYPES, PackedFormat, Scheme
 from quantcli.writers.safetensors import PlannedTensor, SafetensorsStreamWriter
@@ -42,6 +43,14 @@ def packed_names(fmt: type[PackedFormat], module: str, shape: tuple[int, ...], s
 def _kept_dtype(dtype: np.dtype, scheme: Scheme) -> np.dtype:
     """Unquantized float tensors are stored in the scheme's model dtype (GPTQ models run in float16)."""
     return np.dtype(scheme.np_dtype) if np.dtype(dtype).kind == "f" or dtype == MODEL_DTYPES["bfloat16"] else np.dtype(dtype)
+
+
+def _require_finite(weights: np.ndarray, name: str) -> None:
+    """A NaN/Inf weight would become a NaN group scale: refuse it like the GGUF quantizers (exit 4)."""
+    finite = np.isfinite(weights)
+    if not finite.all():
+        row, col = (int(i) for i in np.argwhere(~finite)[0])
+        raise InputInvalid(f"{name}: non-finite value at row {row}, column {col}")
 
 
 def write_packed(
@@ -90,7 +99,10 @@ def write_packed(
                 writer = SafetensorsStreamWriter(fh, [t for _, ts in shard for t in ts], {"format": "pt"})
                 for src, targets in shard:
                     if src in linear:
-                        tensors = fmt.quantize(np.asarray(ckpt.read(src), dtype=np.float32), scheme)
+                        weights = np.asarray(ckpt.read(src), dtype=np.float32)
+                        _require_finite(weights, src)
+                        tensors = fmt.quantize(weights, scheme)
+                        del weights
                         module = src.removesuffix(".weight")
                         for t in targets:
                             writer.write(t.name, tensors[t.name.removeprefix(module + ".")])
