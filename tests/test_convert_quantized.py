@@ -154,7 +154,7 @@ def test_synthetic_kquants_and_imatrix_match(tmp_path: Path) -> None:
 
     model = synthetic_dir()
     bf16 = converter_bf16(model)
-    for recipe in ("Q4_K_M", "Q3_K_S", "Q5_K_M"):
+    for recipe in ("Q4_K_M", "Q3_K_S"):
         ours = tmp_path / f"ours-{recipe}.gguf"
         proc = convert_cli(str(model), "--type", recipe.lower(), "-o", str(ours), "--json", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
