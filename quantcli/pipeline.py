@@ -293,11 +293,13 @@ def _convert_recipe(
     with plan_checkpoint(source, ftype, overrides, im) as cp:
         plan = cp.plan
         pipeline = f"convert_hf_to_gguf.py --outtype {cp.source_type} + llama-quantize {ftype.name}"
-        if dry_run:
-            if strict:
-                plan.refuse_fallbacks()
-            return plan_summary(plan, source, out_path, cp.file_size, pipeline=pipeline, format="gguf")
+        # Every check the real run makes (quantizer exists, imatrix required/fits, --strict) also gates
+        # a dry run: it shows a plan that would run.
         missing = check_plan_executable(plan, im, allow_requantize=False, strict=strict)
+        if dry_run:
+            return plan_summary(
+                plan, source, out_path, cp.file_size, pipeline=pipeline, format="gguf", imatrix_missing=missing
+            )
         if tensor_cache is None and resume:
             from quantcli.jobstate import TensorCache
 

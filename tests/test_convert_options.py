@@ -54,6 +54,7 @@ REFUSED = [
     (("--bits", "4", "--tensor-type", "no_such_tensor=q8_0"), 2),
     (("--bits", "4", "--output-tensor-type", "q7_x"), 5),
     (("--bits", "4", "--imatrix", "missing.gguf"), 3),
+    (("--type", "q2_k_s", "--dry-run"), 2),  # a dry run makes the real run's checks: Q2_K_S needs an imatrix
 ]
 
 
