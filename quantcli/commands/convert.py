@@ -17,9 +17,9 @@ safetensors (compressed-tensors, MLX, GPTQ).
   same bytes as `convert_hf_to_gguf.py --outtype bf16` (the checkpoint's precision: bf16, f16 or f32)
   followed by `llama-quantize`, made in one pass with no intermediate file. --bits: 8 Q8_0, 6 Q6_K,
   5 Q5_K_M, 4 Q4_K_M, 3 Q3_K_M, 2 Q2_K.
-* `--type auto|f32|f16|bf16|q8_0`: what `convert_hf_to_gguf.py --outtype TYPE` writes, byte for byte
-  (its q8_0 keeps token embeddings and output in Q8_0 rules of the converter, not llama-quantize's Q8_0
-  recipe: use `--bits 8` for that; see docs/recipes.md).
+* `--type auto|f32|f16|bf16|q8_0`: what `convert_hf_to_gguf.py --outtype TYPE` writes, byte for byte.
+  Its q8_0 is the converter's own (tensor/key order and fallback rule differ from llama-quantize's Q8_0
+  recipe): `--bits 8` gives llama-quantize's (docs/recipes.md).
 * `--format ct|mlx|gptq --bits N`: a packed safetensors directory (`<model>-<FORMAT>-<N>bit`).
 
 `--dry-run` prints every tensor's type and why, and the exact output size, without writing. `--verify`
