@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark: `quantcli convert` vs llama.cpp's convert_hf_to_gguf.py on the SmolLM2-135M fixture.
+"""Benchmark: `quantcli convert` vs llama.cpp's convert_hf_to_gguf.py on the SmolLM2-135M fixture, and the
+one-pass recipe path (`--bits 4`, `--type q6_k`) vs the converter + llama-quantize it equals.
 
 Each conversion runs in its own process under /usr/bin/time (wall time, peak RSS), in the same run and
 on the same machine. Also checks our memory bound: peak RSS <= 3 x (largest tensor as F32) + 150 MB.
@@ -136,8 +137,64 @@ def main() -> int:
         f"Memory bound for quantcli: 3 x largest tensor as F32 ({largest.name}, {largest.n_elements * 4 / 1e6:.1f} MB) "
         f"+ 150 MB = {bound / 1e6:.0f} MB; our worst peak {worst_rss / 1e6:.0f} MB: {'within' if ok else 'OVER'} the bound."
     )
+    one_pass(model, src, ref_env, our_env, bound)
     # The verdicts are in the text; exit 0 so scripts/bench.py keeps the table (tests enforce identity).
     return 0
+
+
+RECIPES = (("--bits", "4", "Q4_K_M"), ("--type", "q6_k", "Q6_K"))
+
+
+def one_pass(model: Path, src: Path, ref_env: dict[str, str], our_env: dict[str, str], bound: int) -> None:
+    """`quantcli convert --bits N` (one pass, no intermediate file) vs the two llama.cpp steps it equals."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from reference import tool, tool_env
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-onepass-") as tmp_name:
+        tmp = Path(tmp_name)
+        inter = tmp / "intermediate-bf16.gguf"
+        log("convert_hf_to_gguf.py --outtype bf16 (step 1 of the reference)")
+        t_conv, rss_conv = timed(
+            [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16", "--outfile", str(inter)],
+            src,
+            ref_env,
+        )
+        for flag, value, recipe in RECIPES:
+            ours, ref = tmp / f"ours-{recipe}.gguf", tmp / f"ref-{recipe}.gguf"
+            log(f"quantcli convert {flag} {value}")
+            t_ours, rss_ours = timed(
+                [sys.executable, "-m", "quantcli", "convert", str(model), flag, value, "-o", str(ours), "--json"],
+                REPO,
+                our_env,
+            )
+            log(f"llama-quantize {recipe} (step 2 of the reference)")
+            t_q, rss_q = timed([str(tool("llama-quantize")), str(inter), str(ref), recipe], tmp, tool_env())
+            rows.append(
+                (f"{flag} {value}", recipe, t_ours, rss_ours, t_conv + t_q, max(rss_conv, rss_q),
+                 inter.stat().st_size, sha256(ours) == sha256(ref), ours.stat().st_size)
+            )  # fmt: skip
+            ours.unlink()
+            ref.unlink()
+
+    print("\n## One pass: quantcli convert --bits N vs convert_hf_to_gguf.py --outtype bf16 + llama-quantize\n")
+    print(
+        "| request | recipe | quantcli s | quantcli peak RSS MiB | llama.cpp 2 steps s | llama.cpp peak RSS MiB | "
+        "intermediate file | identical bytes | size |"
+    )
+    print("|---|---|--:|--:|--:|--:|--:|---|--:|")
+    for request, recipe, t_ours, rss_ours, t_ref, rss_ref, inter_size, same, size in rows:
+        print(
+            f"| `{request}` | {recipe} | {t_ours:.1f} | {rss_ours / 2**20:.0f} | {t_ref:.1f} | {rss_ref / 2**20:.0f} | "
+            f"{inter_size / 1e6:.0f} MB (quantcli: none) | {'yes' if same else 'NO'} | {size:,} |"
+        )
+    worst = max(r[3] for r in rows)
+    print(
+        f"\nThe reference is two processes (the converter, then llama-quantize on its BF16 file); its time is their "
+        f"sum, its peak RSS the larger of the two. quantcli reads, transforms, quantizes and writes one tensor at "
+        f"a time; its worst peak {worst / 1e6:.0f} MB is {'within' if worst <= bound else 'OVER'} the "
+        f"{bound / 1e6:.0f} MB bound. One run each, same machine, same run."
+    )
 
 
 if __name__ == "__main__":
