@@ -886,6 +886,12 @@ case("fs_config_is_directory", "filesystem oddities", model_file_case(
 case("fs_config_is_dev_zero", "filesystem oddities", model_file_case(
     "config.json", _replace_with("config.json", lambda p: p.symlink_to("/dev/zero"))), X.INPUT_MISSING, "config.json")
 
+# --- option values that size an allocation ------------------------------------------------------------
+case("generate_ctx_1e9", "option values", lambda inp, out, b: ["generate", str(b.gguf), "-p", "hello", "-n", "2",
+                                                                "--ctx", "1000000000"], X.USAGE, "--ctx")
+case("eval_ctx_1e9", "option values", lambda inp, out, b: ["eval", str(b.gguf), "--ctx", "1000000000", "--chunks", "1"],
+     X.INPUT_INVALID, "tokens")
+
 # --- option files ---------------------------------------------------------------------------------------
 case("tensor_type_file_not_utf8", "option files", lambda inp, out, b: (
     (inp / "types.txt").write_bytes(b"\xff\xfe\x00attn_v=q8_0"),

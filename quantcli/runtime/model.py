@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantcli.errors import InputInvalid, Unsupported
+from quantcli.errors import InputInvalid, Unsupported, UsageError
 from quantcli.runtime.config import ModelConfig
 from quantcli.runtime.numerics import vec_dot_round_trip
 from quantcli.runtime.weights import TensorSource
@@ -133,6 +133,13 @@ class Model:
     # ---- cache -----------------------------------------------------------------------------------------
     def new_cache(self, n_ctx: int) -> KVCache:
         c = self.config
+        # --ctx sizes this allocation: refuse a size the machine cannot hold instead of a MemoryError.
+        needed = 4 * n_ctx * c.n_head_kv * (c.head_dim_k + c.head_dim_v) * c.n_layer
+        available = _available_memory()
+        if available is not None and needed > available:
+            raise UsageError(
+                f"--ctx {n_ctx} needs {needed / 2**30:.1f} GiB of KV cache; {available / 2**30:.1f} GiB is available"
+            )
         # float32 arrays either way; with emulate_ggml the stored values are F16-rounded (on assignment)
         keys = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_k), np.float32) for _ in range(c.n_layer)]
         values = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_v), np.float32) for _ in range(c.n_layer)]
@@ -316,3 +323,11 @@ class Model:
                 c.n_head_kv, group, n, c.head_dim_v
             )
         return out.reshape(c.n_head, n_tok, c.head_dim_v).transpose(1, 0, 2).reshape(n_tok, -1)
+
+
+def _available_memory() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
