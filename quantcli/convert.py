@@ -415,6 +415,12 @@ def convert_exact(
         "tensors": len(planned),
         "tensor_types": dict(sorted(counts.items())),
         "fallbacks": sum(_fell_back(t, ftype) for t in planned),
+        "fallback_tensors": [
+            {"name": t.name, "wanted": "Q8_0", "written": t.qtype.name,
+             "why": f"row {t.shape[-1]} not a multiple of 32: Q8_0 -> {t.qtype.name}"}
+            for t in planned
+            if _fell_back(t, ftype)
+        ],  # fmt: skip
         "parameters": int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in planned)),
         "seconds": round(time.perf_counter() - started, 3),
         "peak_rss_bytes": peak_rss_bytes(),

@@ -338,6 +338,11 @@ def _convert_recipe(
         "tensor_types": plan.type_histogram(),
         "quantized": sum(d.changes for d in plan.decisions),
         "fallbacks": plan.n_fallback,
+        "fallback_tensors": [
+            {"name": d.name, "wanted": d.fallback_from.name if d.fallback_from else None, "written": d.type.name,
+             "why": d.fallback_why}
+            for d in plan.fallbacks
+        ],  # fmt: skip
         "bits_per_weight": round(plan.bits_per_weight, 4),
         "parameters": plan.n_elements,
         "imatrix": None if im is None else str(im.imatrix.path),

@@ -115,6 +115,8 @@ def test_smollm2_matches_converter_plus_llama_quantize(
     assert sha256(out) == sha256(ref), f"{recipe}: differs from convert_hf_to_gguf.py --outtype bf16 + llama-quantize"
     assert result["sha256"] == sha256(out) and result["bytes"] == out.stat().st_size
     assert result["recipe"] == recipe and result["tensors"] == 272
+    assert len(result["fallback_tensors"]) == result["fallbacks"]
+    assert all(f["wanted"] != f["written"] and f["why"] for f in result["fallback_tensors"])
     assert result["pipeline"] == f"convert_hf_to_gguf.py --outtype bf16 + llama-quantize {recipe}"
     with GGUFFile(ref) as f:
         ref_types: dict[str, int] = {}

@@ -230,6 +230,11 @@ def _summary(result: dict) -> None:
             f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
         )
     else:
+        fallbacks = result.get("fallback_tensors") or []
+        for f in fallbacks[:10]:
+            err.print(f"[yellow]fallback[/] {f['name']}: {f['why']}")
+        if len(fallbacks) > 10:
+            err.print(f"[yellow]... and {len(fallbacks) - 10} more fallback(s)[/] (all in --json; --strict refuses them)")
         table = Table(title=f"{result['output']}", title_justify="left")
         table.add_column("type")
         table.add_column("tensors", justify="right")
