@@ -240,6 +240,32 @@ def test_signal_mid_quantize(sig: int, synthetic: Path, tmp_path: Path) -> None:
     assert snapshot(synthetic) == before
 
 
+@pytest.fixture(scope="module")
+def medium_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random llama with 256-wide rows (K-quants without fallbacks) and the tiny SPM tokenizer."""
+    from test_batch_models import SPM_VOCAB, spm_model
+    from tiny_models import make_tiny_llama
+
+    directory = make_tiny_llama(tmp_path_factory.mktemp("faults-medium") / "medium", hidden=256, layers=12,
+                                ff=1536, vocab=SPM_VOCAB, seed=4)
+    (directory / "tokenizer.model").write_bytes(spm_model())
+    return directory
+
+
+def test_sigterm_mid_convert(medium_model: Path, tmp_path: Path) -> None:
+    """One-pass HF -> Q4_K_M GGUF (NumPy K-quants) interrupted while its temp file grows."""
+    out = tmp_path / "medium.gguf"
+    before = snapshot(medium_model)
+    env = dict(os.environ, QUANTCLI_NATIVE="0")
+    code, stderr, size = interrupt_mid_write(["convert", str(medium_model), "-o", str(out), "--type", "Q4_K_M"],
+                                             tmp_path, signal.SIGTERM, env)
+    assert size > 0, f"the temp file never appeared (exit {code}): {stderr}"
+    assert code == ExitCode.INTERRUPTED, stderr
+    assert one_error_line(stderr) == "error: interrupted"
+    assert not out.exists() and not temp_files(tmp_path)
+    assert snapshot(medium_model) == before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_convert_smollm2(sig: int, smollm2_dir: Path, tmp_path: Path) -> None:
