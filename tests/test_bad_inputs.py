@@ -130,8 +130,22 @@ def assert_clean_failure(case: Case, outcome: Outcome, inp: Path, out: Path, bef
     assert case.needle in lines[0], f"{case.id}: error does not name {case.needle!r}: {lines[0]}"
 
 
+# Imported once here, so that forked children do not each import them again (and never need the import
+# machinery while another thread of this process might hold a lock at fork time).
+WARM_MODULES = ("quantcli.cli", "quantcli.convert", "quantcli.pipeline", "quantcli.requantize", "quantcli.batch",
+                "quantcli.imatrix_file", "quantcli.plan.source", "quantcli.runtime.model", "quantcli.runtime.hf",
+                "quantcli.runtime.evaluate", "quantcli.runtime.generate", "quantcli.writers.packed", "quantcli.vocab")
+
+
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory: pytest.TempPathFactory) -> Bases:
+    import importlib
+
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:  # a module renamed by its owner: the children import what they need
+            pass
     return build_bases(tmp_path_factory.mktemp("bases"))
 
 
