@@ -778,6 +778,9 @@ case("gguf_weight_dtype_i16", "GGUF header", gguf_edited(_patch_tensor_info(
     "blk.0.ffn_up.weight", ggml_type=int(gguf.GGMLQuantizationType.I16))), X.UNSUPPORTED, "I16")
 case("eval_norm_dtype_i32", "GGUF header", gguf_edited(_patch_tensor_info(
     "output_norm.weight", ggml_type=int(gguf.GGMLQuantizationType.I32)), "eval"), X.UNSUPPORTED, "I32")
+case("gguf_n_kv_100k_in_file", "GGUF header", gguf_bytes_case(lambda b: gguf_header(
+    0, 100_000, ARCH + b"".join(gguf_str(f"k{i}") + struct.pack("<iB", 0, 1) for i in range(99_999)))),
+     X.INPUT_INVALID, "implausible counts")
 case("gguf_nan_weight", "NaN/Inf weights", gguf_edited(_gguf_poke_nan), X.INPUT_INVALID, "non-finite")
 case("gguf_inf_weight", "NaN/Inf weights", gguf_edited(_gguf_poke_inf), X.INPUT_INVALID, "non-finite")
 case("gguf_flip_fixed_header", "GGUF random flips", _gguf_flip(11, "fixed"), FLIP_CODES, flips=True)
