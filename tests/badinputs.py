@@ -21,7 +21,7 @@ import json
 import shutil
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -196,8 +196,8 @@ def _poke(name: str, raw: bytes) -> Callable:
     return edit
 
 
-def truncate_file(rel: str, keep: Callable[[int, Path], int], copy: str = "model") -> Callable:
-    """Copy the model (or take the GGUF) and cut file `rel` to `keep(size, path)` bytes."""
+def truncate_file(rel: str, keep: Callable[[int, Path], int]) -> Callable:
+    """Copy the model and cut its file `rel` to `keep(size, path)` bytes."""
 
     def build(inp: Path, out: Path, bases: Bases) -> list[str]:
         model = copy_model(bases, inp)
@@ -305,10 +305,6 @@ def gguf_edited(edit: Callable[[bytearray, Path], None], command: str = "quantiz
         return bytes(blob)
 
     return gguf_bytes_case(make, command)
-
-
-def _first_tensor_info_offset(path: Path) -> int:
-    return _kv_end(path)
 
 
 def _tensor_info_pos(path: Path, name: str) -> int:
@@ -1035,4 +1031,4 @@ for _c in CASES:
 
 assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
 
-__all__ = ["Bases", "CASES", "Case", "build_bases", "run_cli_in_process", "field"]
+__all__ = ["Bases", "CASES", "Case", "build_bases", "run_cli_in_process"]
