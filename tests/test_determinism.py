@@ -1,8 +1,9 @@
 """The same conversion gives the same bytes: run twice, with --threads 1 and 2, and through the NumPy path
 (QUANTCLI_NATIVE=0) and the C extension.
 
-Fast: `convert --type q8_0` of a tiny llama (Q8_0 + F32 tensors) and `quantize Q4_K_M` (with an imatrix)
-of a synthetic GGUF whose rows are multiples of 256 (a Q4_K/Q6_K mixture + F32).
+Fast: `convert --type q8_0` of a tiny llama (Q8_0 + F32 tensors), `quantize Q4_K_M` (with an imatrix)
+of a synthetic GGUF whose rows are multiples of 256 (a Q4_K/Q6_K mixture + F32), and the one-pass
+`convert --type Q4_K_M` of a 256-wide random llama.
 Slow: the SmolLM2-135M fixture through `convert --type q8_0` and `quantize Q4_K_M`.
 """
 
@@ -57,6 +58,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """256-wide rows, so a one-pass `convert --type Q4_K_M` uses K-quants without fallbacks."""
+    from test_batch_models import SPM_VOCAB, spm_model
+    from tiny_models import make_tiny_llama
+
+    directory = make_tiny_llama(tmp_path_factory.mktemp("det-wide") / "wide", hidden=256, layers=2, ff=512,
+                                vocab=SPM_VOCAB, seed=6)
+    (directory / "tokenizer.model").write_bytes(spm_model())
+    return directory
+
+
+@pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("synth")
     model = build_synthetic_gguf(root / "synth-f16.gguf", n_layer=4, seed=5)
@@ -83,6 +96,16 @@ def test_quantize_k_quant_is_deterministic(synthetic: tuple[Path, Path], tmp_pat
         return ["quantize", str(model), str(out), "Q4_K_M", "--imatrix", str(imatrix)]
 
     digests = variants(tmp_path, argv, monkeypatch, with_native=False)
+    assert len(set(digests.values())) == 1, digests
+    assert {"Q4_K", "Q6_K", "F32"} <= types_in(tmp_path / "numpy-a.gguf")
+
+
+def test_one_pass_convert_k_quant_is_deterministic(wide_model: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def argv(out: Path) -> list[str]:
+        return ["convert", str(wide_model), "-o", str(out), "--type", "Q4_K_M"]
+
+    digests = variants(tmp_path, argv, monkeypatch, with_native=not NATIVE_MISSING)
     assert len(set(digests.values())) == 1, digests
     assert {"Q4_K", "Q6_K", "F32"} <= types_in(tmp_path / "numpy-a.gguf")
 
