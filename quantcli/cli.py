@@ -16,9 +16,19 @@ import traceback
 
 import click
 import typer
+import typer.exceptions
 
 from quantcli import __version__
 from quantcli.errors import ExitCode, QuantcliError
+
+try:  # Typer >= 0.2x vendors its own copy of Click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older Typer raises click's own
+    _TyperClickException = click.ClickException
+
+_EXIT = (click.exceptions.Exit, typer.exceptions.Exit)
+_ABORT = (click.exceptions.Abort, getattr(typer.exceptions, "Abort", click.exceptions.Abort))
+_CLICK_ERROR = (click.ClickException, _TyperClickException)
 
 COMMANDS = ["convert", "plan", "quantize", "inspect", "eval", "generate", "imatrix", "batch"]
 
@@ -60,38 +70,43 @@ def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _emit_error(message: str, code: int, kind: str) -> None:
+def _emit_error(message: str, code: int, kind: str, argv: list[str] | None = None) -> None:
     print(f"error: {message}", file=sys.stderr)
-    if "--json" in sys.argv:
+    if "--json" in (sys.argv[1:] if argv is None else argv):
         print(json.dumps({"ok": False, "error": message, "error_type": kind, "exit_code": int(code)}))
 
 
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+    def fail(message: str, code: int, kind: str) -> None:
+        _emit_error(message, code, kind, argv)
+        sys.exit(int(code))
+
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="quantcli")
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        _emit_error("interrupted", ExitCode.INTERRUPTED, "Interrupted")
-        sys.exit(ExitCode.INTERRUPTED)
-    except click.ClickException as exc:
+    except _ABORT:
+        fail("interrupted", ExitCode.INTERRUPTED, "Interrupted")
+    except _CLICK_ERROR as exc:
+        # Usage errors: Click's own message (with the usage line) and exit code 2.
         exc.show()
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            print(json.dumps({"ok": False, "error": exc.format_message(), "error_type": "UsageError",
+                              "exit_code": int(ExitCode.USAGE)}))
         sys.exit(ExitCode.USAGE)
     except QuantcliError as exc:
-        _emit_error(str(exc), exc.exit_code, type(exc).__name__)
-        sys.exit(int(exc.exit_code))
+        fail(str(exc), exc.exit_code, type(exc).__name__)
     except KeyboardInterrupt:
-        _emit_error("interrupted", ExitCode.INTERRUPTED, "Interrupted")
-        sys.exit(ExitCode.INTERRUPTED)
+        fail("interrupted", ExitCode.INTERRUPTED, "Interrupted")
     except BrokenPipeError:
         sys.exit(ExitCode.OK)
     except Exception as exc:  # our bug: keep the traceback, show one line
         fd, path = tempfile.mkstemp(prefix="quantcli-crash-", suffix=".txt")
         with os.fdopen(fd, "w") as fh:
             traceback.print_exc(file=fh)
-        _emit_error(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", ExitCode.INTERNAL, "InternalError")
-        sys.exit(ExitCode.INTERNAL)
+        fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", ExitCode.INTERNAL, "InternalError")
     if rv == ExitCode.INTERRUPTED:  # Typer turns KeyboardInterrupt into Exit(130), returned here
-        _emit_error("interrupted", ExitCode.INTERRUPTED, "Interrupted")
+        fail("interrupted", ExitCode.INTERRUPTED, "Interrupted")
     sys.exit(int(rv) if isinstance(rv, int) else 0)
