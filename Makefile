@@ -31,8 +31,9 @@ fixture: install
 	$(PYTHON) scripts/make_smollm2_fixture.py
 
 demo: install fixture
+	@mkdir -p out
 	$(PYTHON) -m quantcli convert "$$($(PYTHON) scripts/make_smollm2_fixture.py --print-path)" \
-		--type q8_0 -o out/SmolLM2-135M-Q8_0.gguf --force
+		--bits 4 --verify -o out/SmolLM2-135M-Q4_K_M.gguf --force
 
 test: install-clients fixture
 	$(PYTHON) -m pytest -q -ra
