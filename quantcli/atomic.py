@@ -5,17 +5,28 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from quantcli.errors import OutputExists, OutputFailed
+from quantcli.errors import OutputExists, OutputFailed, UsageError
 
 TEMP_MARK = ".quantcli-tmp-"
 
 
-def check_output(path: Path, force: bool) -> None:
+def refuse_overwriting_inputs(path: Path, inputs: Iterable[Path]) -> None:
+    """An output may never be one of the inputs, nor a directory holding one (--force included)."""
+    out = Path(path).resolve()
+    for item in inputs:
+        item = Path(item)
+        for candidate in {item.absolute(), item.resolve()}:
+            if out == candidate or out in candidate.parents:
+                raise UsageError(f"output {path} would overwrite the input {item}")
+
+
+def check_output(path: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
     """Fail before any work if `path` exists (without --force) or its directory cannot be written."""
     path = Path(path)
+    refuse_overwriting_inputs(path, inputs)
     if path.exists() and not force:
         raise OutputExists(f"{path} already exists (use --force to overwrite)")
     if path.is_dir():
@@ -54,16 +65,16 @@ def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
 
 
 def _remove(tmp: Path) -> None:
-    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+    # OSError, not just FileNotFoundError: on a filesystem remounted read-only, unlinking the temp file
+    # that was never created fails with EROFS, and the original error must still be the one reported.
+    with contextlib.suppress(OSError):
         tmp.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
-    """Like `atomic_path` for an output directory: build it under a temporary name, then rename."""
-    import shutil
-
+def check_output_dir(path: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+    """`check_output` for an output directory (which --force replaces as a whole)."""
     path = Path(path)
+    refuse_overwriting_inputs(path, inputs)
     if path.exists() and not force:
         raise OutputExists(f"{path} already exists (use --force to overwrite)")
     parent = path.parent if str(path.parent) else Path(".")
@@ -71,6 +82,15 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         raise OutputFailed(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputFailed(f"output directory {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, force: bool = False, inputs: Iterable[Path] = ()) -> Iterator[Path]:
+    """Like `atomic_path` for an output directory: build it under a temporary name, then rename."""
+    import shutil
+
+    path = Path(path)
+    check_output_dir(path, force, inputs)
     tmp = path.with_name(f"{TEMP_MARK}{secrets.token_hex(4)}-{path.name}")
     try:
         tmp.mkdir()

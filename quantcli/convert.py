@@ -360,7 +360,9 @@ def convert_exact(
     def check_path(ckpt: Checkpoint, ftype: LlamaFileType) -> None:
         out_path = Path(output) if output is not None else default_output_name(Path(source), ftype, output_stem)
         if not dry_run:
-            check_output(out_path, force)
+            from quantcli.pipeline import input_files
+
+            check_output(out_path, force, inputs=input_files(ckpt.directory))
         paths.append(out_path)
 
     view = converter_view(source, out_type, type_for, check_path)

@@ -289,7 +289,7 @@ def _convert_recipe(
     overrides = dataclasses.replace(overrides, has_imatrix=im is not None)
     out_path = Path(output) if output is not None else default_output(Path(source), target, output_stem)
     if not dry_run:
-        check_output(out_path, force)
+        check_output(out_path, force, inputs=input_files(source, qopts))
     with plan_checkpoint(source, ftype, overrides, im) as cp:
         plan = cp.plan
         pipeline = f"convert_hf_to_gguf.py --outtype {cp.source_type} + llama-quantize {ftype.name}"
@@ -366,6 +366,7 @@ def _convert_packed(
     strict: bool,
     dry_run: bool,
 ) -> dict[str, Any]:
+    from quantcli.atomic import check_output_dir
     from quantcli.loaders import open_checkpoint
     from quantcli.writers.packed import Scheme
     from quantcli.writers.packed.base import MODEL_DTYPES
@@ -374,7 +375,7 @@ def _convert_packed(
     shard = parse_size(max_shard_size) if max_shard_size is not None else DEFAULT_MAX_SHARD
     out_path = Path(output) if output is not None else default_output(Path(source), target, output_stem)
     if not dry_run:
-        _check_output_dir(out_path, force)
+        check_output_dir(out_path, force, inputs=input_files(source))
     with open_checkpoint(source) as ckpt:
         # scales (and the tensors kept as they are) live in the model's dtype
         dtype = str(ckpt.config.get("torch_dtype") or "bfloat16")
@@ -429,19 +430,15 @@ def _convert_packed(
     return result
 
 
-def _check_output_dir(path: Path, force: bool) -> None:
-    """atomic_dir's checks, made before any work: exists without --force, parent missing or read-only."""
-    import os
+def input_files(source: Path | str, qopts: Any = None) -> list[Path]:
+    """Every file a conversion reads: model files, plus the imatrix and tensor-type file when given."""
+    from quantcli.jobstate import model_input_files
 
-    from quantcli.errors import OutputExists, OutputFailed
-
-    if path.exists() and not force:
-        raise OutputExists(f"{path} already exists (use --force to overwrite)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputFailed(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputFailed(f"output directory {parent} is not writable")
+    files = model_input_files(Path(source))
+    for extra in (getattr(qopts, "imatrix", None), getattr(qopts, "tensor_type_file", None)):
+        if extra:
+            files.append(Path(extra))
+    return files
 
 
 def _kept_bytes(info: Any, scheme: Any) -> int:

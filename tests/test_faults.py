@@ -180,10 +180,6 @@ def test_read_only_output_dir_fails_at_write_time(model: Path, synthetic: Path, 
     for argv in (["convert", str(model), "-o", str(directory / "a.gguf"), "--type", "q8_0"],
                  ["quantize", str(synthetic), str(directory / "b.gguf"), "Q8_0"]):
         code, _, err = run_cli_in_process(argv)
-        if code == ExitCode.INTERNAL and "Read-only file system" in err:
-            # On a read-only mount (root), unlinking the never-created temp file fails with EROFS, not
-            # ENOENT, and atomic._remove lets it escape (docs/hardening.md F12; quantcli/atomic.py is lead's).
-            pytest.xfail("open finding F12: atomic._remove on a read-only filesystem")
         assert code == ExitCode.OUTPUT_FAILED, err
         assert "cannot write" in one_error_line(err)
         assert list(directory.iterdir()) == []
