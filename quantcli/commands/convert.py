@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from quantcli.commands import _options as opt
 from quantcli.console import err, show_progress
 
 HELP = """Convert a Hugging Face checkpoint (directory with config.json + safetensors, a .safetensors file
@@ -63,39 +64,17 @@ def register(app: typer.Typer) -> None:
         max_shard_size: str | None = typer.Option(
             None, "--max-shard-size", help="Packed formats: largest safetensors shard, e.g. 5GB (default)."
         ),
-        imatrix: str | None = typer.Option(
-            None, "--imatrix", help="Importance matrix (llama-imatrix .gguf or .dat)."
-        ),
-        include_weights: list[str] = typer.Option(
-            [], "--include-weights", help="Use imatrix entries whose name contains this (repeatable)."
-        ),
-        exclude_weights: list[str] = typer.Option(
-            [], "--exclude-weights", help="Ignore imatrix entries whose name contains this (repeatable)."
-        ),
-        output_tensor_type: str | None = typer.Option(
-            None, "--output-tensor-type", help="Type for output.weight."
-        ),
-        token_embedding_type: str | None = typer.Option(
-            None, "--token-embedding-type", help="Type for token_embd.weight."
-        ),
-        tensor_type: list[str] = typer.Option(
-            [], "--tensor-type", help="REGEX=TYPE for matching tensors (repeatable, first match wins)."
-        ),
-        tensor_type_file: Path | None = typer.Option(
-            None, "--tensor-type-file", help="File of REGEX=TYPE entries."
-        ),
-        override_kv: list[str] = typer.Option(
-            [], "--override-kv", help="KEY=TYPE:VALUE metadata override, as llama-quantize."
-        ),
-        leave_output_tensor: bool = typer.Option(
-            False, "--leave-output-tensor", help="Keep output.weight unquantized."
-        ),
-        pure: bool = typer.Option(
-            False, "--pure", help="No k-quant mixture: every tensor gets the recipe's type."
-        ),
-        strict: bool = typer.Option(
-            False, "--strict", help="Refuse (exit 8) before any compute if any tensor needs a fallback type."
-        ),
+        imatrix: str | None = opt.imatrix(),
+        include_weights: list[str] = opt.include_weights(),
+        exclude_weights: list[str] = opt.exclude_weights(),
+        output_tensor_type: str | None = opt.output_tensor_type(),
+        token_embedding_type: str | None = opt.token_embedding_type(),
+        tensor_type: list[str] = opt.tensor_type(),
+        tensor_type_file: Path | None = opt.tensor_type_file(),
+        override_kv: list[str] = opt.override_kv("KEY=TYPE:VALUE metadata override, as llama-quantize."),
+        leave_output_tensor: bool = opt.leave_output_tensor(),
+        pure: bool = opt.pure(),
+        strict: bool = opt.strict("Refuse (exit 8) before any compute if any tensor needs a fallback type."),
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Print the per-tensor plan and the output size; write nothing."
         ),
@@ -112,12 +91,8 @@ def register(app: typer.Typer) -> None:
             None, "--verify-chunks", min=1, help="--verify: number of 512-token chunks (default 4)."
         ),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
-        json_out: bool = typer.Option(
-            False, "--json", help="Print one JSON object with the result on stdout."
-        ),
-        threads: int | None = typer.Option(
-            None, "--threads", min=1, help="Quantization threads (C extension)."
-        ),
+        json_out: bool = opt.json_out(),
+        threads: int | None = opt.threads(),
         resume: bool = typer.Option(
             False,
             "--resume",

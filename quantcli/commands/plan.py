@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from quantcli.commands import _options as opt
 from quantcli.console import err
 
 HELP = """Show, before any compute, the type llama-quantize would give every tensor for a recipe, why,
@@ -30,53 +31,35 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., help="GGUF file or HF model directory."),
         qtype: str | None = typer.Option(None, "--type", "-t", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
         bits: int | None = typer.Option(None, "--bits", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
-        imatrix: str | None = typer.Option(None, "--imatrix", help="Importance matrix (changes some rules)."),
-        include_weights: list[str] = typer.Option(
-            [], "--include-weights", help="Use imatrix entries containing this."
-        ),
-        exclude_weights: list[str] = typer.Option(
-            [], "--exclude-weights", help="Ignore imatrix entries containing this."
-        ),
-        output_tensor_type: str | None = typer.Option(
-            None, "--output-tensor-type", help="Type for output.weight."
-        ),
-        token_embedding_type: str | None = typer.Option(
-            None, "--token-embedding-type", help="Type for token_embd.weight."
-        ),
-        tensor_type: list[str] = typer.Option(
-            [], "--tensor-type", help="REGEX=TYPE (repeatable, first match wins)."
-        ),
-        override_kv: list[str] = typer.Option(
-            [],
-            "--override-kv",
-            help="KEY=TYPE:VALUE metadata override (int, float, bool, str), as llama-quantize.",
-        ),
-        tensor_type_file: Path | None = typer.Option(
-            None, "--tensor-type-file", help="File of REGEX=TYPE entries."
-        ),
-        leave_output_tensor: bool = typer.Option(
-            False, "--leave-output-tensor", help="Keep output.weight as is."
-        ),
-        pure: bool = typer.Option(False, "--pure", help="No k-quant mixture."),
-        strict: bool = typer.Option(False, "--strict", help="Exit 8 if any tensor needs a fallback type."),
-        json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
+        imatrix: str | None = opt.imatrix("Importance matrix (changes some rules)."),
+        include_weights: list[str] = opt.include_weights("Use imatrix entries containing this."),
+        exclude_weights: list[str] = opt.exclude_weights("Ignore imatrix entries containing this."),
+        output_tensor_type: str | None = opt.output_tensor_type(),
+        token_embedding_type: str | None = opt.token_embedding_type(),
+        tensor_type: list[str] = opt.tensor_type("REGEX=TYPE (repeatable, first match wins)."),
+        override_kv: list[str] = opt.override_kv(),
+        tensor_type_file: Path | None = opt.tensor_type_file(),
+        leave_output_tensor: bool = opt.leave_output_tensor("Keep output.weight as is."),
+        pure: bool = opt.pure("No k-quant mixture."),
+        strict: bool = opt.strict("Exit 8 if any tensor needs a fallback type."),
+        json_out: bool = opt.json_out("Print the plan as JSON on stdout."),
     ) -> None:
         from quantcli.plan.ftypes import resolve_recipe
-        from quantcli.plan.options import build_overrides
         from quantcli.plan.source import plan_source
-        from quantcli.requantize import load_imatrix_use
 
         ftype = resolve_recipe(qtype, bits)
-        im = load_imatrix_use(imatrix, include_weights, exclude_weights)
-        overrides = build_overrides(
+        im, overrides = opt.load_recipe_options(
+            imatrix=imatrix,
+            include_weights=include_weights,
+            exclude_weights=exclude_weights,
             pure=pure,
             output_tensor_type=output_tensor_type,
             token_embedding_type=token_embedding_type,
-            tensor_types=tensor_type,
+            tensor_type=tensor_type,
             tensor_type_file=tensor_type_file,
             leave_output_tensor=leave_output_tensor,
             override_kv=override_kv,
-            has_imatrix=im is not None and bool(im.imatrix.entries),
+            set_has_imatrix=True,
         )
         planned = plan_source(source, ftype, overrides, im)
         plan_obj = planned.plan

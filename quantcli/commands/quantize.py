@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from quantcli.commands import _options as opt
 from quantcli.console import err, peak_rss_bytes, show_progress
 
 HELP = """Quantize a GGUF file (F32/F16/BF16 weights) to TYPE, byte-identical to llama.cpp's
@@ -33,65 +34,39 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
         output: Path = typer.Argument(..., help="Output GGUF path."),
         qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
-        imatrix: str | None = typer.Option(
-            None, "--imatrix", help="Importance matrix (llama-imatrix .gguf or .dat)."
-        ),
-        include_weights: list[str] = typer.Option(
-            [], "--include-weights", help="Use imatrix entries whose name contains this (repeatable)."
-        ),
-        exclude_weights: list[str] = typer.Option(
-            [], "--exclude-weights", help="Ignore imatrix entries whose name contains this (repeatable)."
-        ),
-        output_tensor_type: str | None = typer.Option(
-            None, "--output-tensor-type", help="Type for output.weight."
-        ),
-        token_embedding_type: str | None = typer.Option(
-            None, "--token-embedding-type", help="Type for token_embd.weight."
-        ),
-        tensor_type: list[str] = typer.Option(
-            [], "--tensor-type", help="REGEX=TYPE for matching tensors (repeatable, first match wins)."
-        ),
-        override_kv: list[str] = typer.Option(
-            [],
-            "--override-kv",
-            help="KEY=TYPE:VALUE metadata override (int, float, bool, str), as llama-quantize.",
-        ),
-        tensor_type_file: Path | None = typer.Option(
-            None, "--tensor-type-file", help="File of REGEX=TYPE entries."
-        ),
-        leave_output_tensor: bool = typer.Option(
-            False, "--leave-output-tensor", help="Keep output.weight unquantized."
-        ),
-        pure: bool = typer.Option(
-            False, "--pure", help="No k-quant mixture: every tensor gets the recipe's type."
-        ),
+        imatrix: str | None = opt.imatrix(),
+        include_weights: list[str] = opt.include_weights(),
+        exclude_weights: list[str] = opt.exclude_weights(),
+        output_tensor_type: str | None = opt.output_tensor_type(),
+        token_embedding_type: str | None = opt.token_embedding_type(),
+        tensor_type: list[str] = opt.tensor_type(),
+        override_kv: list[str] = opt.override_kv(),
+        tensor_type_file: Path | None = opt.tensor_type_file(),
+        leave_output_tensor: bool = opt.leave_output_tensor(),
+        pure: bool = opt.pure(),
         allow_requantize: bool = typer.Option(
             False, "--allow-requantize", help="Allow already-quantized input tensors."
         ),
-        strict: bool = typer.Option(
-            False, "--strict", help="Refuse (exit 8) if any tensor needs a fallback type."
-        ),
+        strict: bool = opt.strict("Refuse (exit 8) if any tensor needs a fallback type."),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
-        json_out: bool = typer.Option(
-            False, "--json", help="Print one JSON object with the result on stdout."
-        ),
-        threads: int | None = typer.Option(
-            None, "--threads", min=1, help="Quantization threads (C extension)."
-        ),
+        json_out: bool = opt.json_out(),
+        threads: int | None = opt.threads(),
     ) -> None:
         from quantcli.plan import TensorDecision
         from quantcli.plan.ftypes import parse_ftype
-        from quantcli.plan.options import build_overrides
         from quantcli.plan.source import is_gguf_source
-        from quantcli.requantize import load_imatrix_use, quantize_checkpoint, quantize_gguf
+        from quantcli.requantize import quantize_checkpoint, quantize_gguf
 
         ftype = parse_ftype(qtype)
-        im = load_imatrix_use(imatrix, include_weights, exclude_weights)
-        overrides = build_overrides(
+        # has_imatrix stays False here: quantize_gguf/quantize_checkpoint set it from the imatrix passed.
+        im, overrides = opt.load_recipe_options(
+            imatrix=imatrix,
+            include_weights=include_weights,
+            exclude_weights=exclude_weights,
             pure=pure,
             output_tensor_type=output_tensor_type,
             token_embedding_type=token_embedding_type,
-            tensor_types=tensor_type,
+            tensor_type=tensor_type,
             tensor_type_file=tensor_type_file,
             leave_output_tensor=leave_output_tensor,
             override_kv=override_kv,
