@@ -16,6 +16,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from tiny_models import llama_tensor_shapes
 
 from quantcli.loaders import open_checkpoint
 
@@ -85,22 +86,10 @@ def tiny_llama(directory: Path, seed: int, architecture: str = "LlamaForCausalLM
     directory.mkdir(parents=True)
     (directory / "tokenizer.model").write_bytes(spm_model())
     vocab = SPM_VOCAB
-    hidden, ffn, heads, kv = TINY["hidden"], TINY["ffn"], TINY["heads"], TINY["kv_heads"]
-    head_dim = hidden // heads
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-    for layer in range(TINY["layers"]):
-        p = f"model.layers.{layer}."
-        shapes |= {
-            p + "input_layernorm.weight": (hidden,),
-            p + "post_attention_layernorm.weight": (hidden,),
-            p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
-            p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
-            p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
-            p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
-            p + "mlp.gate_proj.weight": (ffn, hidden),
-            p + "mlp.up_proj.weight": (ffn, hidden),
-            p + "mlp.down_proj.weight": (hidden, ffn),
-        }
+    shapes = llama_tensor_shapes(
+        hidden=TINY["hidden"], layers=TINY["layers"], heads=TINY["heads"], kv_heads=TINY["kv_heads"],
+        ff=TINY["ffn"], vocab=vocab,
+    )
     rng = np.random.default_rng(seed)
     tensors = {}
     for name in sorted(shapes):

@@ -11,6 +11,30 @@ import numpy as np
 from quantcli.writers.safetensors import write_file
 
 
+def llama_tensor_shapes(
+    *, hidden: int, layers: int, heads: int, kv_heads: int, ff: int, vocab: int, tied: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an HF LlamaForCausalLM checkpoint and its shape, in the order the builders draw them."""
+    head_dim = hidden // heads
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    if not tied:
+        shapes["lm_head.weight"] = (vocab, hidden)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (hidden,),
+            p + "post_attention_layernorm.weight": (hidden,),
+            p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+            p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+            p + "mlp.gate_proj.weight": (ff, hidden),
+            p + "mlp.up_proj.weight": (ff, hidden),
+            p + "mlp.down_proj.weight": (hidden, ff),
+        }
+    return shapes
+
+
 def make_tiny_llama(
     directory: Path, *, hidden: int = 256, layers: int = 2, heads: int = 4, kv_heads: int = 2, ff: int = 512,
     vocab: int = 512, seed: int = 0, tied: bool = True,
@@ -25,21 +49,9 @@ def make_tiny_llama(
     def norm() -> np.ndarray:
         return (1 + rng.standard_normal(hidden).astype(np.float32) * 0.1).astype(ml_dtypes.bfloat16)
 
-    head_dim = hidden // heads
-    t: dict[str, np.ndarray] = {"model.embed_tokens.weight": bf16(vocab, hidden), "model.norm.weight": norm()}
-    if not tied:
-        t["lm_head.weight"] = bf16(vocab, hidden)
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        t[p + "input_layernorm.weight"] = norm()
-        t[p + "post_attention_layernorm.weight"] = norm()
-        t[p + "self_attn.q_proj.weight"] = bf16(heads * head_dim, hidden)
-        t[p + "self_attn.k_proj.weight"] = bf16(kv_heads * head_dim, hidden)
-        t[p + "self_attn.v_proj.weight"] = bf16(kv_heads * head_dim, hidden)
-        t[p + "self_attn.o_proj.weight"] = bf16(hidden, heads * head_dim)
-        t[p + "mlp.gate_proj.weight"] = bf16(ff, hidden)
-        t[p + "mlp.up_proj.weight"] = bf16(ff, hidden)
-        t[p + "mlp.down_proj.weight"] = bf16(hidden, ff)
+    shapes = llama_tensor_shapes(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, ff=ff, vocab=vocab, tied=tied)
+    # Drawn in table order (norms are the 1-D tensors), so a seed always gives the same weights.
+    t: dict[str, np.ndarray] = {name: norm() if len(shape) == 1 else bf16(*shape) for name, shape in shapes.items()}
     write_file(directory / "model.safetensors", t, {"format": "pt"})
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
