@@ -18,3 +18,16 @@ def peak_rss_bytes() -> int:
 
 def show_progress(json_mode: bool) -> bool:
     return err.is_terminal and not json_mode
+
+
+def print_wide(renderable: object, width: int) -> None:
+    """Not a terminal (piped, CI): print at `width` columns instead of squeezing into 80."""
+    if err.is_terminal:
+        err.print(renderable)
+        return
+    saved = err.width
+    err.width = width
+    try:
+        err.print(renderable)
+    finally:
+        err.width = saved

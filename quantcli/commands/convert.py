@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from quantcli.commands import _options as opt
-from quantcli.console import err, show_progress
+from quantcli.console import err, print_wide, show_progress
 
 HELP = """Convert a Hugging Face checkpoint (directory with config.json + safetensors, a .safetensors file
 next to its config.json, or a Hub id) to a quantized GGUF file that llama.cpp loads, or to packed
@@ -163,8 +163,6 @@ def _show_plan(doc: dict) -> None:
     """The --dry-run table: what `quantcli plan` shows, for any convert output."""
     from rich.table import Table
 
-    from quantcli.commands.plan import _print_wide
-
     title = f"{doc['source']} -> {doc['output']}"
     if doc.get("pipeline"):
         title += f" ({doc['pipeline']})"
@@ -178,7 +176,7 @@ def _show_plan(doc: dict) -> None:
             t["name"], "x".join(str(n) for n in t["shape"]), t["src_type"], t["type"], f"{t['bytes']:,}",
             t["reason"], fallback,
         )  # fmt: skip
-    _print_wide(table, 200)
+    print_wide(table, 200)
     if "file_size" in doc:
         hist = ", ".join(f"{k} {v}" for k, v in doc["types"].items())
         err.print(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from quantcli.console import err
+from quantcli.console import err, print_wide
 
 HELP = """Describe a GGUF file: metadata (long arrays summarised), every tensor (name, shape, type, bytes),
 a histogram of tensor types, file size and bits per weight.
@@ -118,7 +118,7 @@ def _show(doc: dict[str, Any], all_metadata: bool) -> None:
             value = f"[{value['array_length']} items]"
         text = json.dumps(value, default=str) if not isinstance(value, str) else value
         meta.add_row(key, text if len(text) < 200 else text[:197] + "...")
-    _print_wide(meta, 160)
+    print_wide(meta, 160)
 
     tensors = Table(title="tensors", title_justify="left")
     for col in ("name", "shape", "type"):
@@ -144,16 +144,3 @@ def _show(doc: dict[str, Any], all_metadata: bool) -> None:
         f"{doc['architecture']} {doc['file_type_name'] or doc['file_type']}: {doc['n_tensors']} tensors, "
         f"{doc['n_elements']:,} weights, {doc['file_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw"
     )
-
-
-def _print_wide(renderable: object, width: int) -> None:
-    """Not a terminal (piped, CI): print at `width` columns instead of squeezing into 80."""
-    if err.is_terminal:
-        err.print(renderable)
-        return
-    saved = err.width
-    err.width = width
-    try:
-        err.print(renderable)
-    finally:
-        err.width = saved

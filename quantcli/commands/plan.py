@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from quantcli.commands import _options as opt
-from quantcli.console import err
+from quantcli.console import err, print_wide
 
 HELP = """Show, before any compute, the type llama-quantize would give every tensor for a recipe, why,
 and which tensors need a fallback type (row length not a multiple of the block size), plus totals:
@@ -102,7 +102,7 @@ def _show(planned) -> None:  # noqa: ANN001
             fallback,
         )
     # Not a terminal (piped, CI): do not squeeze the table into 80 columns.
-    _print_wide(table, 200)
+    print_wide(table, 200)
     hist = ", ".join(f"{k} {v}" for k, v in plan.type_histogram().items())
     size = f"{planned.file_size:,} bytes" + ("" if planned.file_size_exact else " (KV section estimated)")
     err.print(
@@ -110,16 +110,3 @@ def _show(planned) -> None:  # noqa: ANN001
         f"tensor data {plan.src_tensor_bytes:,} -> {plan.tensor_bytes:,} bytes, {plan.bits_per_weight:.2f} bpw; "
         f"file {size}"
     )
-
-
-def _print_wide(renderable: object, width: int) -> None:
-    """Not a terminal (piped, CI): print at `width` columns instead of squeezing into 80."""
-    if err.is_terminal:
-        err.print(renderable)
-        return
-    saved = err.width
-    err.width = width
-    try:
-        err.print(renderable)
-    finally:
-        err.width = saved
