@@ -9,7 +9,6 @@ Markdown on stdout, progress on stderr.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import reference_convert  # noqa: E402
+from _benchlib import sha256, smollm2_fixture  # noqa: E402
 
 TYPES = ("bf16", "q8_0")
 
@@ -45,26 +45,8 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
     return float(wall), int(rss_kib) * 1024
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def main() -> int:
-    fixture = (
-        subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    model = Path(fixture)
+    model = smollm2_fixture()
     from quantcli.loaders import open_checkpoint
 
     with open_checkpoint(model) as ckpt:

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+from _benchlib import cache_dir, convert_f16_with_llamacpp, smollm2_fixture  # noqa: E402
+
 CHUNKS = 8
 N_CTX = 512
 
@@ -29,41 +31,11 @@ def _log(msg: str) -> None:
 
 
 def f16_gguf() -> Path:
-    from reference import llamacpp_src
-
-    fixture = (
-        subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / "bench"
-    cache.mkdir(parents=True, exist_ok=True)
-    out = cache / "smollm2-f16.gguf"
+    fixture = smollm2_fixture()
+    out = cache_dir("bench") / "smollm2-f16.gguf"
     if not out.exists():
         _log(f"converting {fixture} -> {out} with llama.cpp's convert_hf_to_gguf.py")
-        src = llamacpp_src()
-        tmp = out.with_suffix(".part")
-        subprocess.run(
-            [
-                sys.executable,
-                str(src / "convert_hf_to_gguf.py"),
-                fixture,
-                "--outtype",
-                "f16",
-                "--outfile",
-                str(tmp),
-            ],
-            check=True,
-            capture_output=True,
-            env=dict(os.environ, PYTHONPATH=str(src / "gguf-py")),
-        )
-        tmp.rename(out)
-    return out
+    return convert_f16_with_llamacpp(fixture, out)
 
 
 def run_sampling_rss(cmd: list[str], **kw) -> tuple[subprocess.CompletedProcess, int]:

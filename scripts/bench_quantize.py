@@ -9,7 +9,6 @@ use 2 threads. Prints Markdown on stdout, progress on stderr.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+
+from _benchlib import cache_dir, convert_f16_with_llamacpp, sha256, smollm2_fixture  # noqa: E402
 
 RECIPES = ("Q4_K_M", "Q8_0")
 THREADS = 2
@@ -36,42 +37,13 @@ def log(msg: str) -> None:
 
 
 def smollm2_f16() -> Path:
-    from reference import llamacpp_src
-
-    fixture = (
-        subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    weights = Path(fixture) / "model.safetensors"
-    cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / "plan-tests"
-    cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"SmolLM2-135M-F16-{weights.stat().st_size}-{int(weights.stat().st_mtime)}.gguf"
+    fixture = smollm2_fixture()
+    weights = fixture / "model.safetensors"
+    # The same cache name as tests/test_quantize_cmd.py, so the conversion is shared with it.
+    out = cache_dir("plan-tests") / f"SmolLM2-135M-F16-{weights.stat().st_size}-{int(weights.stat().st_mtime)}.gguf"
     if not out.exists():
         log("converting SmolLM2 to F16 with convert_hf_to_gguf.py ...")
-        src = llamacpp_src()
-        tmp = out.with_suffix(".part")
-        subprocess.run(
-            [
-                sys.executable,
-                str(src / "convert_hf_to_gguf.py"),
-                fixture,
-                "--outtype",
-                "f16",
-                "--outfile",
-                str(tmp),
-            ],
-            check=True,
-            capture_output=True,
-            env=dict(os.environ, PYTHONPATH=str(src / "gguf-py")),
-        )
-        tmp.rename(out)
-    return out
+    return convert_f16_with_llamacpp(fixture, out)
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -82,14 +54,6 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     if result["rc"] != 0:
         raise SystemExit(f"{cmd[0]} failed with exit code {result['rc']}")
     return result
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main() -> int:

@@ -29,6 +29,20 @@ def llamacpp_src() -> Path:
     return llamacpp_root() / "src"
 
 
+def convert_with_llamacpp(model_dir: Path, out: Path, outtype: str = "f16") -> subprocess.CompletedProcess[str]:
+    """llama.cpp's convert_hf_to_gguf.py MODEL --outtype OUTTYPE --outfile OUT, with the vendored gguf-py
+    (not the installed gguf package) on PYTHONPATH. The caller checks the return code."""
+    import sys
+
+    src = llamacpp_src()
+    return subprocess.run(
+        [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype, "--outfile", str(out)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(src / "gguf-py")),
+    )
+
+
 def tool(name: str) -> Path:
     path = llamacpp_root() / "build" / "bin" / name
     assert path.exists(), f"{path} was not built"

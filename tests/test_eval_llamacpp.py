@@ -7,7 +7,6 @@ mismatch points at the runtime, not at our converter.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -33,25 +32,10 @@ def _run(args: list[object], **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def f16_gguf(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from reference import llamacpp_src
+    from reference import convert_with_llamacpp
 
     out = tmp_path_factory.mktemp("rt") / "smollm2-f16.gguf"
-    src = llamacpp_src()
-    env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(src / "convert_hf_to_gguf.py"),
-            str(smollm2_dir),
-            "--outtype",
-            "f16",
-            "--outfile",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = convert_with_llamacpp(smollm2_dir, out, "f16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -219,7 +218,7 @@ def test_f32_source_matches(tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def smollm2_f16(smollm2_dir: Path) -> Path:
     """llama.cpp's convert_hf_to_gguf.py --outtype f16 of the fixture, cached next to the fixture."""
-    from reference import llamacpp_src
+    from reference import convert_with_llamacpp
 
     cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / "plan-tests"
     cache.mkdir(parents=True, exist_ok=True)
@@ -227,23 +226,8 @@ def smollm2_f16(smollm2_dir: Path) -> Path:
     stamp = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
     out = cache / f"SmolLM2-135M-F16-{stamp}.gguf"
     if not out.exists():
-        src = llamacpp_src()
         tmp = out.with_suffix(".part")
-        env = dict(os.environ, PYTHONPATH=str(src / "gguf-py"))
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(src / "convert_hf_to_gguf.py"),
-                str(smollm2_dir),
-                "--outtype",
-                "f16",
-                "--outfile",
-                str(tmp),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+        proc = convert_with_llamacpp(smollm2_dir, tmp, "f16")
         assert proc.returncode == 0, proc.stderr[-3000:]
         tmp.rename(out)
     return out

@@ -1,0 +1,55 @@
+"""Helpers the scripts/bench_*.py sections share: the SmolLM2 fixture, an F16 GGUF of it made by llama.cpp's
+own converter, and a file's sha256. (Named with a leading underscore so bench.py does not run it as a section.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def smollm2_fixture() -> Path:
+    """The SmolLM2-135M fixture directory (built on first use by scripts/make_smollm2_fixture.py)."""
+    printed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--print-path"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return Path(printed.strip().splitlines()[-1])
+
+
+def cache_dir(name: str) -> Path:
+    """$QUANTCLI_CACHE/<name> (default ~/.cache/quantcli/<name>), created."""
+    cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / name
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+def convert_f16_with_llamacpp(model: Path, out: Path) -> Path:
+    """`out`, made once by llama.cpp's convert_hf_to_gguf.py --outtype f16 from `model` (written to a .part
+    file first, so an interrupted conversion is never taken for a finished one)."""
+    if out.exists():
+        return out
+    sys.path.insert(0, str(REPO / "tests"))
+    from reference import convert_with_llamacpp
+
+    tmp = out.with_suffix(".part")
+    proc = convert_with_llamacpp(model, tmp, "f16")
+    if proc.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{proc.stderr[-3000:]}")
+    tmp.rename(out)
+    return out
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
