@@ -10,27 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from vocab_helpers import gpt2_byte_alphabet
 
 REPO = Path(__file__).resolve().parent.parent
 N_EMBD, N_HEAD, N_KV, N_FF, N_LAYER = 64, 4, 2, 96, 2
-
-
-def _byte_tokens() -> list[str]:
-    # GPT-2's bytes_to_unicode: the byte-level alphabet, one token per byte
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs, strict=True))
-    return [chr(table[b]) for b in range(256)]
 
 
 def _tiny_gguf(path: Path, qtype: GGMLQuantizationType = GGMLQuantizationType.F32, seed: int = 0) -> dict:
@@ -47,7 +30,7 @@ def _tiny_gguf(path: Path, qtype: GGMLQuantizationType = GGMLQuantizationType.F3
     w.add_rope_dimension_count(N_EMBD // N_HEAD)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(_byte_tokens())
+    w.add_token_list(gpt2_byte_alphabet())
     w.add_token_types([1] * 256)
     w.add_token_merges([])
     w.add_bos_token_id(1)

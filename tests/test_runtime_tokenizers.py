@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from gguf import GGUFWriter
+from vocab_helpers import gpt2_byte_alphabet
 
 from quantcli.runtime.tokenizer import from_gguf_metadata
 
@@ -21,23 +22,6 @@ TEXT = (
     "Hello world! I'M here, you're there.\n\n  Numbers: 12345 and 7 or 3.14159;   spaces\tand tabs\n"
     "Ünïcödé café — naïve 日本語 テスト 🙂\r\nthe theater they'll   THE end 2024-11-23."
 )
-
-
-def _byte_alphabet() -> list[str]:
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs, strict=True))
-    return [chr(table[b]) for b in range(256)]
 
 
 BPE_MERGES = [
@@ -76,7 +60,7 @@ BPE_MERGES = [
 
 
 def _bpe_tokens() -> list[str]:
-    tokens = ["<|endoftext|>", "<|begin|>"] + _byte_alphabet()
+    tokens = ["<|endoftext|>", "<|begin|>"] + gpt2_byte_alphabet()
     for m in BPE_MERGES:
         a, b = m.split(" ")
         if a + b not in tokens:
