@@ -49,6 +49,20 @@ def tool(name: str) -> Path:
     return path
 
 
+def llama_tokenize_ids(model: Path, text_file: Path) -> list[int]:
+    """The token ids llama.cpp's llama-tokenize gives for the text in `text_file` (read as is, no escapes)."""
+    import json
+
+    proc = subprocess.run(
+        [str(tool("llama-tokenize")), "-m", str(model), "-f", str(text_file), "--ids", "--no-escape", "--log-disable"],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     lib = str(llamacpp_root() / "build" / "bin")

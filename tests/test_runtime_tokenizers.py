@@ -7,7 +7,6 @@ between `gpt-2`, `smollm`, `llama-bpe` and `qwen2`, and SentencePiece's space pr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -99,27 +98,9 @@ def _vocab_only_gguf(path: Path, md: dict) -> None:
 
 
 def _llama_ids(model: Path, text_file: Path) -> list[int]:
-    import subprocess
+    from reference import llama_tokenize_ids
 
-    from reference import tool, tool_env
-
-    proc = subprocess.run(
-        [
-            str(tool("llama-tokenize")),
-            "-m",
-            str(model),
-            "-f",
-            str(text_file),
-            "--ids",
-            "--no-escape",
-            "--log-disable",
-        ],
-        capture_output=True,
-        text=True,
-        env=tool_env(),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return llama_tokenize_ids(model, text_file)
 
 
 @pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])

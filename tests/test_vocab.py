@@ -170,27 +170,11 @@ def write_vocab_only_gguf(path: Path, config: dict, meta: VocabMetadata) -> Path
 
 
 def llama_tokenize(model: Path, text: str, tmp: Path) -> list[int]:
-    from reference import tool, tool_env
+    from reference import llama_tokenize_ids
 
     prompt = tmp / "prompt.txt"
     prompt.write_bytes(text.encode("utf-8"))
-    result = subprocess.run(
-        [
-            str(tool("llama-tokenize")),
-            "-m",
-            str(model),
-            "-f",
-            str(prompt),
-            "--ids",
-            "--no-escape",
-            "--log-disable",
-        ],
-        capture_output=True,
-        text=True,
-        env=tool_env(),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return llama_tokenize_ids(model, prompt)
 
 
 # ------------------------------------------------------------------------------------ BPE: SmolLM2
