@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from quant_checks import assert_same_bytes, make_imatrix
 
 from quantcli import native
 from quantcli.quants import native_enabled, quantize
@@ -77,26 +78,6 @@ def make_rows(ncols: int, seed: int) -> np.ndarray:
     rows.append((rng.integers(-8, 8, ncols) * 0.25).astype(np.float32))
     rows.append((rng.integers(0, 4, ncols) * 0.5).astype(np.float32))
     return np.stack(rows).astype(np.float32)
-
-
-def make_imatrix(ncols: int, seed: int, zeros: bool) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    im = np.exp(rng.uniform(-9.0, 9.0, ncols)).astype(np.float32)
-    if zeros:
-        im[rng.random(ncols) < 0.1] = 0.0
-    return im
-
-
-def assert_same_bytes(ours: np.ndarray, ref: np.ndarray, qtype: GGMLQuantizationType, what: str) -> None:
-    assert ours.shape == ref.shape and ours.dtype == np.uint8
-    bad = np.argwhere(ours != ref)
-    if bad.size:
-        size = GGML_QUANT_SIZES[qtype][1]
-        r, c = bad[0]
-        raise AssertionError(
-            f"{qtype.name} {what}: {len(bad)} differing bytes in {len(np.unique(bad[:, 0]))} rows; "
-            f"first at row {r}, block {c // size}, byte {c % size}"
-        )
 
 
 def test_native_off_by_env(monkeypatch):
