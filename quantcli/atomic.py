@@ -26,11 +26,19 @@ def refuse_overwriting_inputs(path: Path, inputs: Iterable[Path]) -> None:
 def check_output(path: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
     """Fail before any work if `path` exists (without --force) or its directory cannot be written."""
     path = Path(path)
+    _refuse_existing(path, force, inputs)
+    if path.is_dir():
+        raise OutputExists(f"{path} is a directory")
+    _require_writable_parent(path)
+
+
+def _refuse_existing(path: Path, force: bool, inputs: Iterable[Path]) -> None:
     refuse_overwriting_inputs(path, inputs)
     if path.exists() and not force:
         raise OutputExists(f"{path} already exists (use --force to overwrite)")
-    if path.is_dir():
-        raise OutputExists(f"{path} is a directory")
+
+
+def _require_writable_parent(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputFailed(f"output directory {parent} does not exist")
@@ -74,14 +82,8 @@ def _remove(tmp: Path) -> None:
 def check_output_dir(path: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
     """`check_output` for an output directory (which --force replaces as a whole)."""
     path = Path(path)
-    refuse_overwriting_inputs(path, inputs)
-    if path.exists() and not force:
-        raise OutputExists(f"{path} already exists (use --force to overwrite)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputFailed(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputFailed(f"output directory {parent} is not writable")
+    _refuse_existing(path, force, inputs)
+    _require_writable_parent(path)
 
 
 @contextlib.contextmanager
