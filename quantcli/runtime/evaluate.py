@@ -16,9 +16,9 @@ import numpy as np
 from quantcli.errors import InputInvalid
 from quantcli.runtime.metrics import (
     KLDAccumulator,
+    NllTotals,
     QuantizedLogProbs,
     nll_rows,
-    ppl_summary,
     quantize_log_probs,
 )
 from quantcli.runtime.model import MatmulObserver, Model
@@ -78,21 +78,17 @@ def chunk_logits(
 
 
 def perplexity(model: Model, plan: ChunkPlan, progress: Progress | None = None) -> dict:
-    nll_sum = nll2_sum = 0.0
-    count = 0
+    totals = NllTotals()
     t0 = time.perf_counter()
     for i in range(plan.n_chunks):
-        nll = nll_rows(chunk_logits(model, plan, i), plan.targets(i))
-        nll_sum += float(nll.sum())
-        nll2_sum += float((nll * nll).sum())
-        count += nll.size
+        totals.add(nll_rows(chunk_logits(model, plan, i), plan.targets(i)))
         if progress:
-            progress(i + 1, plan.n_chunks, {"ppl": float(np.exp(nll_sum / count))})
-    ppl, unc = ppl_summary(nll_sum, nll2_sum, count)
+            progress(i + 1, plan.n_chunks, {"ppl": totals.running_ppl()})
+    ppl, unc = totals.summary()
     return {
         "ppl": ppl,
         "ppl_uncertainty": unc,
-        "tokens_scored": count,
+        "tokens_scored": totals.count,
         "chunks": plan.n_chunks,
         "n_ctx": plan.n_ctx,
         "seconds": time.perf_counter() - t0,

@@ -15,7 +15,7 @@ import numpy as np
 
 from quantcli.errors import InputInvalid
 from quantcli.runtime.evaluate import ChunkPlan
-from quantcli.runtime.metrics import nll_rows, ppl_summary
+from quantcli.runtime.metrics import NllTotals, nll_rows
 from quantcli.runtime.model import Model
 
 MIN_ROWS = 16  # collect_imatrix ignores batches of fewer token rows
@@ -75,8 +75,7 @@ def collect(
 ) -> tuple[ImatrixCollector, dict]:
     """Run every chunk with the collector attached; also report the PPL llama-imatrix prints."""
     collector = ImatrixCollector(process_output)
-    nll_sum = nll2_sum = 0.0
-    count = 0
+    totals = NllTotals()
     for i in range(plan.n_chunks):
         cache = model.new_cache(plan.n_ctx)
         # llama-imatrix requests logits for every position, so output.weight sees all n_ctx rows
@@ -84,11 +83,8 @@ def collect(
         logits = model.forward(plan.chunk_input(i), cache, output_rows=rows, observer=collector)
         if process_output:
             logits = logits[plan.first : plan.n_ctx - 1]
-        nll = nll_rows(logits, plan.targets(i))
-        nll_sum += float(nll.sum())
-        nll2_sum += float((nll * nll).sum())
-        count += nll.size
+        totals.add(nll_rows(logits, plan.targets(i)))
         if progress:
-            progress(i + 1, plan.n_chunks, {"ppl": float(np.exp(nll_sum / count))})
-    ppl, unc = ppl_summary(nll_sum, nll2_sum, count)
+            progress(i + 1, plan.n_chunks, {"ppl": totals.running_ppl()})
+    ppl, unc = totals.summary()
     return collector, {"ppl": ppl, "ppl_uncertainty": unc, "chunks": plan.n_chunks, "n_ctx": plan.n_ctx}

@@ -176,6 +176,27 @@ def _percentile(values: np.ndarray, fraction: float) -> float:
     return float((np.float32(1) - p) * values[ip] + p * hi)
 
 
+class NllTotals:
+    """Running sums of per-token NLL and NLL² over chunks (what llama-perplexity and llama-imatrix keep)."""
+
+    def __init__(self) -> None:
+        self.nll_sum = 0.0
+        self.nll2_sum = 0.0
+        self.count = 0
+
+    def add(self, nll: np.ndarray) -> None:
+        self.nll_sum += float(nll.sum())
+        self.nll2_sum += float((nll * nll).sum())
+        self.count += nll.size
+
+    def running_ppl(self) -> float:
+        return float(np.exp(self.nll_sum / self.count))
+
+    def summary(self) -> tuple[float, float]:
+        """PPL and its ± (see ppl_summary)."""
+        return ppl_summary(self.nll_sum, self.nll2_sum, self.count)
+
+
 def ppl_summary(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, float]:
     """Final estimate of perplexity(): PPL and its ± (0 when the variance is not positive)."""
     mean = nll_sum / count
