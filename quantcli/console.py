@@ -11,7 +11,19 @@ err = Console(stderr=True, highlight=False)
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own address space.
+    getrusage's ru_maxrss is not used there: it survives fork + exec, so a process started by a large
+    parent (a test runner, a batch driver) would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss) * (1 if sys.platform == "darwin" else 1024)
 
