@@ -43,7 +43,6 @@ test-fast: install
 
 lint: install
 	ruff check quantcli tests scripts
-	ruff format --check quantcli tests scripts
 
 bench: install-ref fixture
 	$(PYTHON) scripts/bench.py
