@@ -240,8 +240,6 @@ def test_xargs_example(models, reference, tmp_path: Path) -> None:
     env = _env(QUANTCLI=f"{sys.executable} -m quantcli")
     cmd = ["bash", str(REPO / "examples" / "xargs-parallel.sh"), str(tmp_path / "models.txt"), "2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    if "No such option: --resume" in proc.stderr:
-        pytest.skip("quantcli convert has no --resume yet (docs/batch.md: integration)")
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(results) == 4 and all(r["ok"] for r in results)
@@ -260,8 +258,6 @@ def test_slurm_example_runs_its_array_line(models, reference, tmp_path: Path) ->
     env = _env(QUANTCLI=f"{sys.executable} -m quantcli", SLURM_ARRAY_TASK_ID="2", SLURM_CPUS_PER_TASK="1")
     cmd = ["bash", str(REPO / "examples" / "slurm-array.sh"), "models.txt"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    if "No such option: --resume" in proc.stderr:
-        pytest.skip("quantcli convert has no --resume yet (docs/batch.md: integration)")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
     assert (out / "b.gguf").read_bytes() == reference["beta", "f16"] and not (out / "a.gguf").exists()
