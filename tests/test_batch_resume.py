@@ -6,7 +6,6 @@ Needs convert-core's tensor-cache hook (docs/batch.md, "Integration"); skipped u
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -15,7 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from test_batch_models import tiny_llama
 
 from quantcli.convert import convert_model
@@ -24,10 +22,7 @@ from quantcli.jobstate import TensorCache
 REPO = Path(__file__).resolve().parent.parent
 KILL_AFTER = 9  # tensors written before the SIGKILL
 
-pytestmark = pytest.mark.skipif(
-    "resume" not in inspect.signature(convert_model).parameters,
-    reason="convert_model has no resume/tensor_cache hook yet (docs/batch.md: Integration)",
-)
+
 
 
 def _env() -> dict[str, str]:
