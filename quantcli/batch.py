@@ -11,7 +11,6 @@ started again re-does only unfinished jobs, and inside those only the unfinished
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 import time
@@ -22,40 +21,20 @@ from typing import Any
 
 import yaml
 
+from quantcli.engine import Job as EngineJob
+from quantcli.engine import make_job, run
+from quantcli.engine.target import FORMATS, default_output_name, resolve_target
 from quantcli.errors import ExitCode, InputInvalid, InputMissing, OutputExists, QuantcliError
 
-FORMATS = ("gguf", "ct", "mlx", "gptq")
-FORMAT_SUFFIX = {"gguf": ".gguf", "ct": "", "mlx": "", "gptq": ""}
-# Bits accepted per packed-safetensors format (formats/packed-safetensors spec, section 6).
-PACKED_BITS = {"ct": (2, 4, 8), "mlx": (2, 3, 4, 5, 6, 8), "gptq": (4, 8)}
-# `bits:` for a GGUF job picks llama.cpp's usual mix at that size.
-GGUF_BITS = {2: "q2_k", 3: "q3_k_m", 4: "q4_k_m", 5: "q5_k_m", 6: "q6_k", 8: "q8_0", 16: "bf16", 32: "f32"}
-# llama-quantize's ftype names (spec 5.1) plus "auto" (keep the source precision).
-_FALLBACK_GGUF_TYPES = (
-    "auto", "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q2_k_s", "q3_k", "q3_k_s",
-    "q3_k_m", "q3_k_l", "q4_k", "q4_k_s", "q4_k_m", "q5_k", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs",
-    "tq1_0", "tq2_0", "mxfp4_moe",
-)
 ENTRY_KEYS = {"source", "type", "types", "bits", "format", "output", "options"}
-DEFAULT_OUTPUT = "{name}-{TYPE}{suffix}"
-DEFAULT_PACKED_OUTPUT = "{name}-{format}-w{bits}"
+# Manifest `options:` a job passes to the engine, by their Python names (the CLI's flags, `-` -> `_`).
+JOB_OPTIONS = ("group_size", "max_shard_size", "imatrix", "include_weights", "exclude_weights", "pure",
+               "output_tensor_type", "token_embedding_type", "tensor_types", "tensor_type_file",
+               "leave_output_tensor", "override_kv", "strict", "verify", "max_kld", "eval_text", "verify_chunks")
 # A manifest lists jobs: anything bigger is a mistake or an attack. YAML aliases make a small file expand
 # into an exponential number of values ("billion laughs"), so the parsed document is bounded too.
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_MANIFEST_VALUES = 1_000_000
-
-
-def known_gguf_types() -> tuple[str, ...]:
-    """Names `convert --type` accepts; from the plan package when it publishes them."""
-    try:
-        from quantcli import plan
-
-        names = getattr(plan, "FTYPE_NAMES", None)
-        if names:
-            return tuple(sorted({"auto", *(str(n).lower() for n in names)}))
-    except ImportError:
-        pass
-    return _FALLBACK_GGUF_TYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +48,19 @@ class Job:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def convert_options(self) -> dict[str, Any]:
-        """What the sidecar records and `convert_model` gets: everything that decides the output bytes."""
+        """What the sidecar records: everything that decides the output bytes."""
         record: dict[str, Any] = {"type": self.type, "format": self.format}
         if self.bits is not None:
             record["bits"] = self.bits
         record.update(self.options)
         return record
+
+    def engine_job(self, source: Path | str, *, force: bool = False, threads: int | None = None) -> EngineJob:
+        """The engine's job for this entry: exactly what `quantcli convert` builds from the same request
+        (`bits: N` is `--bits N`, `type: T` is `--type T`)."""
+        request: dict[str, Any] = {"bits": self.bits} if self.bits is not None else {"out_type": self.type}
+        return make_job(source, Path(self.output), format=self.format, force=force, threads=threads,
+                        **request, **self.options)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,9 +196,17 @@ def _text_entries(text: str) -> list[Any]:
     return entries
 
 
-def _expand_entry(
-    number: int, raw: Any, defaults: dict[str, Any], base: Path, gguf_types: tuple[str, ...]
-) -> tuple[list[Job], list[str]]:
+def _type_name(target: Any) -> str:
+    """How a job names its type in outputs and sidecars: "q4_k_m", "q8_0" (the converter's), "mlx-4bit"."""
+    return target.scheme_label.lower()
+
+
+def _option_int(options: dict[str, Any], key: str) -> int | None:
+    value = options.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _expand_entry(number: int, raw: Any, defaults: dict[str, Any], base: Path) -> tuple[list[Job], list[str]]:
     """The jobs of one manifest entry, or the problems that make it invalid."""
     if not isinstance(raw, dict):
         return [], [f"an entry is a mapping with `source:` (got {type(raw).__name__})"]
@@ -249,7 +243,7 @@ def _expand_entry(
         options = {}
 
     # type | types | bits (a single value or a list) → list of (type name, bits)
-    specs: list[tuple[str, int | None]] = []
+    specs: list[tuple[Any, int | None]] = []
     given = [k for k in ("type", "types", "bits") if raw.get(k) is not None]
     if len(given) > 1:
         problems.append(f"give one of `type`, `types`, `bits` (got {', '.join(given)})")
@@ -266,50 +260,57 @@ def _expand_entry(
         else:
             problems.append(f"format {fmt} needs `bits:`")
     for value in values:
-        if key in ("type", "types"):
-            name = str(value).lower()
-            if fmt != "gguf":
+        # One rule with `convert`: `type: T` is --type T, `bits: N` is --bits N (a GGUF recipe or the packed
+        # format's width); engine.target decides what each means, and refuses what cannot run.
+        bits = value if key == "bits" and isinstance(value, int) and not isinstance(value, bool) else None
+        if key == "bits" and bits is None:
+            problems.append(f"bits {value!r} is not a whole number")
+            continue
+        try:
+            if key == "bits":
+                target = resolve_target(None, bits, fmt, _option_int(options, "group_size"))
+            elif fmt != "gguf":
                 problems.append(f"format {fmt} takes `bits:`, not a type ({value!r})")
-            elif name not in gguf_types:
-                problems.append(f"unknown type {value!r} (known: {', '.join(gguf_types)})")
+                continue
             else:
-                specs.append((name, None))
-        else:
-            bits = value if isinstance(value, int) and not isinstance(value, bool) else None
-            allowed = tuple(GGUF_BITS) if fmt == "gguf" else PACKED_BITS.get(fmt, ())
-            if fmt not in FORMATS:
-                continue  # already reported
-            if bits is None or bits not in allowed:
-                problems.append(f"bits {value!r} not available for format {fmt} (allowed: {allowed})")
-            elif fmt == "gguf":
-                specs.append((GGUF_BITS[bits], None))
-            else:
-                specs.append((f"b{bits}", bits))
+                target = resolve_target(str(value), None, fmt)
+        except QuantcliError as exc:
+            problems.append(str(exc))
+            continue
+        specs.append((target, bits))
     if problems:
         return [], problems
 
+    unknown_options = set(options) - set(JOB_OPTIONS)
+    if unknown_options:
+        return [], [f"unknown option(s): {', '.join(sorted(unknown_options))} (allowed: {', '.join(JOB_OPTIONS)})"]
     out_template = merged.get("output")
     out_dir = Path(os.path.expanduser(str(defaults.get("output_dir") or ".")))
     if not out_dir.is_absolute():
         out_dir = base / out_dir
-    if out_template is None:
-        out_template = DEFAULT_OUTPUT if fmt == "gguf" else DEFAULT_PACKED_OUTPUT
-    elif len(specs) > 1 and not re.search(r"\{(type|TYPE|bits)\}", str(out_template)):
+    if out_template is not None and len(specs) > 1 and not re.search(r"\{(type|TYPE|bits)\}", str(out_template)):
         return [], [f"output {out_template!r} is used for {len(specs)} types: put {{type}} in it"]
     jobs: list[Job] = []
     name = _model_name(source)
-    for type_name, bits in specs:
-        try:
-            text = str(out_template).format(
-                name=name, type=type_name, TYPE=type_name.upper(), bits=bits or "", format=fmt,
-                suffix=FORMAT_SUFFIX.get(fmt, ""),
-            )
-        except (KeyError, IndexError, ValueError) as exc:
-            return [], [f"output {out_template!r}: bad placeholder ({exc}); use {{name}} {{type}} {{TYPE}} {{bits}}"]
+    for target, bits in specs:
+        type_name = _type_name(target)
+        if out_template is None:  # the name `convert` gives the same output (engine.target)
+            text = default_output_name(name, target, type_name.upper())
+        else:
+            try:
+                text = str(out_template).format(name=name, type=type_name, TYPE=type_name.upper(), bits=bits or "",
+                                                format=fmt)  # fmt: skip
+            except (KeyError, IndexError, ValueError) as exc:
+                return [], [f"output {out_template!r}: bad placeholder ({exc}); use {{name}} {{type}} {{TYPE}} {{bits}} {{format}}"]
         output = Path(os.path.expanduser(text))
         if not output.is_absolute():
             output = out_dir / output
-        jobs.append(Job(number, source, type_name, fmt, str(output.resolve()), bits, dict(options)))
+        job = Job(number, source, type_name, fmt, str(output.resolve()), bits, dict(options))
+        try:
+            job.engine_job(source)  # every option combination is checked now, before any job starts
+        except QuantcliError as exc:
+            return [], [str(exc)]
+        jobs.append(job)
     return jobs, []
 
 
@@ -324,13 +325,12 @@ def load_manifest(
     if types:
         defaults.setdefault("types", list(types))
     base = path.resolve().parent  # relative paths in a manifest are relative to the manifest
-    gguf_types = known_gguf_types()
     jobs: list[Job] = []
     problems: list[EntryProblem] = []
     for number, raw in enumerate(entries, start=1):
         if raw is None:
             continue
-        entry_jobs, entry_problems = _expand_entry(number, raw, defaults, base, gguf_types)
+        entry_jobs, entry_problems = _expand_entry(number, raw, defaults, base)
         what = str(raw.get("source")) if isinstance(raw, dict) else repr(raw)
         problems.extend(EntryProblem(number, what, p) for p in entry_problems)
         jobs.extend(entry_jobs)
@@ -354,41 +354,8 @@ def load_manifest(
 # One job (runs in the caller, a pool worker or a Ray worker: module-level and picklable)
 
 
-# Packed formats: group size when the manifest gives none (formats/packed-safetensors spec, section 6).
-DEFAULT_GROUP_SIZE = {"ct": 128, "mlx": 64, "gptq": 128}
-
-
 def _convert(source: Path, job: Job, *, force: bool, threads: int | None, tensor_cache: Any) -> dict[str, Any]:
-    from quantcli.convert import convert_model
-
-    if job.format != "gguf":
-        return _convert_packed(source, job, force=force)
-    options = dict(job.options)
-    if "tensor_cache" in inspect.signature(convert_model).parameters:  # convert-core's hook (docs/batch.md)
-        options["tensor_cache"] = tensor_cache
-    return convert_model(source, Path(job.output), out_type=job.type, force=force, threads=threads,
-                         progress=False, **options)
-
-
-def _convert_packed(source: Path, job: Job, *, force: bool) -> dict[str, Any]:
-    """Packed safetensors through quantcli.writers.packed (a directory output; no per-tensor cache)."""
-    from quantcli.errors import UsageError
-    from quantcli.loaders import open_checkpoint
-    from quantcli.writers.packed import Scheme, get_format
-    from quantcli.writers.packed.base import MODEL_DTYPES
-    from quantcli.writers.packed.writer import write_packed
-
-    options = dict(job.options)
-    group_size = int(options.pop("group_size", DEFAULT_GROUP_SIZE[job.format]))
-    with open_checkpoint(source) as ckpt:
-        # scales live in the model's dtype unless the manifest says otherwise
-        dtype = str(options.pop("dtype", None) or ckpt.config.get("torch_dtype") or "bfloat16")
-        if dtype not in MODEL_DTYPES:
-            dtype = "bfloat16"
-        if options:
-            raise UsageError(f"unknown option(s) for format {job.format}: {', '.join(sorted(options))}")
-        return write_packed(ckpt, Path(job.output), get_format(job.format),
-                            Scheme(int(job.bits or 0), group_size, dtype), force=force)
+    return run(job.engine_job(source, force=force, threads=threads), tensor_cache=tensor_cache)
 
 
 def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None = None) -> dict[str, Any]:
@@ -412,10 +379,8 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
                               "output": job.output}
     try:
         local = resolve_source(job.source)
-        files = model_input_files(local)
-        imatrix = job.options.get("imatrix")
-        if imatrix:
-            files.append(Path(imatrix))
+        # every file the job reads decides its bytes: the model's, the imatrix, the tensor-type file
+        files = model_input_files(local) + job.engine_job(local).recipe.input_files()
         inputs = inputs_fingerprint(files)
         options = job.convert_options()
         output = Path(job.output)

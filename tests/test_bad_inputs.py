@@ -132,8 +132,8 @@ def assert_clean_failure(case: Case, outcome: Outcome, inp: Path, out: Path, bef
 
 # Imported once here, so that forked children do not each import them again (and never need the import
 # machinery while another thread of this process might hold a lock at fork time).
-WARM_MODULES = ("quantcli.cli", "quantcli.convert", "quantcli.pipeline", "quantcli.requantize", "quantcli.batch",
-                "quantcli.imatrix_file", "quantcli.plan.source", "quantcli.runtime.model", "quantcli.runtime.hf",
+WARM_MODULES = ("quantcli.cli", "quantcli.engine", "quantcli.engine.job", "quantcli.sources.hf", "quantcli.batch",
+                "quantcli.imatrix_file", "quantcli.plan.metadata", "quantcli.runtime.model", "quantcli.runtime.hf",
                 "quantcli.runtime.evaluate", "quantcli.runtime.generate", "quantcli.writers.packed", "quantcli.vocab")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from test_batch_models import tiny_llama
 
-from quantcli.convert import convert_model
+from quantcli.engine import convert_model
 from quantcli.jobstate import TensorCache
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,10 +39,10 @@ def test_sigkill_midway_then_resume_is_byte_identical(tmp_path: Path) -> None:
     # A conversion that SIGKILLs itself right after its KILL_AFTER-th tensor was written: no clean-up runs.
     driver = textwrap.dedent(f"""
         import os, signal
-        from quantcli.convert import convert_model
+        from quantcli.engine import convert_model
         written = []
         def on_tensor(tensor, index, total):
-            written.append(tensor.qtype.name)
+            written.append(tensor.type.name)
             if index == {KILL_AFTER}:
                 print(sum(t == "Q8_0" for t in written), flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -17,7 +17,7 @@ import pytest
 from test_batch_models import hub_cache, tiny_llama
 
 from quantcli.batch import load_manifest, run_ray
-from quantcli.convert import convert_model
+from quantcli.engine import convert_model
 
 REPO = Path(__file__).resolve().parent.parent
 TYPES = ("q8_0", "f16", "bf16")

@@ -103,7 +103,7 @@ def test_unknown_architecture_lists_supported(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture_reads_no_weight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcli import convert
+    from quantcli import engine
     from quantcli.loaders import safetensors as st
 
     def no_reads(self: object, name: str) -> None:
@@ -112,7 +112,7 @@ def test_unknown_architecture_reads_no_weight(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(st.SafetensorsFile, "read", no_reads)
     model = _tiny_model(tmp_path / "m", {**TINY_CONFIG, "architectures": ["FancyNewForCausalLM"]})
     with pytest.raises(Unsupported):
-        convert.convert_model(model, tmp_path / "x.gguf")
+        engine.convert_model(model, tmp_path / "x.gguf")
 
 
 def test_truncated_safetensors(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from reference import tool, tool_env
 
-from quantcli.convert import convert_model
+from quantcli.engine import convert_model
 
 pytestmark = pytest.mark.slow
 

@@ -132,7 +132,7 @@ def test_overrides_match_llama_quantize(tmp_path: Path, capsys: pytest.CaptureFi
 def test_resume_after_interruption_and_threads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from quantcli.convert import convert_model
+    from quantcli.engine import convert_model
 
     model = synthetic_dir()
     clean = tmp_path / "clean.gguf"

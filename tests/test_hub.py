@@ -133,7 +133,7 @@ def test_convert_command_by_repo_id_offline(tmp_path: Path) -> None:
 
     from test_batch_models import tiny_llama
 
-    from quantcli.convert import convert_model
+    from quantcli.engine import convert_model
 
     model = tiny_llama(tmp_path / "model", seed=3)
     home = tmp_path / "hf"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from quantcli.convert import convert_model
+from quantcli.engine import convert_model
 from quantcli.loaders import open_checkpoint
 from quantcli.loaders.packed import PackedCheckpoint
 from quantcli.writers.packed import Scheme, get_format

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import reference_convert  # noqa: E402
 
 from quantcli.arch import get_arch  # noqa: E402
-from quantcli.convert import convert_model  # noqa: E402
+from quantcli.engine import convert_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,9 @@ name and default never change.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
-
-if TYPE_CHECKING:
-    from quantcli.plan.core import Overrides
-    from quantcli.requantize import ImatrixUse
 
 
 def imatrix(help: str = "Importance matrix (llama-imatrix .gguf or .dat).") -> Any:  # noqa: A002
@@ -70,39 +65,3 @@ def json_out(help: str = "Print one JSON object with the result on stdout.") -> 
 
 def threads() -> Any:
     return typer.Option(None, "--threads", min=1, help="Quantization threads (C extension).")
-
-
-def load_recipe_options(
-    *,
-    imatrix: str | None,
-    include_weights: list[str],
-    exclude_weights: list[str],
-    pure: bool,
-    output_tensor_type: str | None,
-    token_embedding_type: str | None,
-    tensor_type: list[str],
-    tensor_type_file: Path | None,
-    leave_output_tensor: bool,
-    override_kv: list[str],
-    set_has_imatrix: bool = False,
-) -> tuple[ImatrixUse | None, Overrides]:
-    """The imatrix (filtered by --include/--exclude-weights) and the Overrides the options ask for.
-
-    `set_has_imatrix`: mark the Overrides as having a (non-empty) imatrix here; the quantize paths set it
-    themselves from the imatrix they are handed, so `quantize` leaves it False.
-    """
-    from quantcli.plan.options import build_overrides
-    from quantcli.requantize import load_imatrix_use
-
-    im = load_imatrix_use(imatrix, include_weights, exclude_weights)
-    overrides = build_overrides(
-        pure=pure,
-        output_tensor_type=output_tensor_type,
-        token_embedding_type=token_embedding_type,
-        tensor_types=tensor_type,
-        tensor_type_file=tensor_type_file,
-        leave_output_tensor=leave_output_tensor,
-        override_kv=override_kv,
-        has_imatrix=set_has_imatrix and im is not None and bool(im.imatrix.entries),
-    )
-    return im, overrides

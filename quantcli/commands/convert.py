@@ -99,47 +99,28 @@ def register(app: typer.Typer) -> None:
             help="Cache quantized tensors beside the output; after a crash the same command redoes only the rest.",
         ),
     ) -> None:
+        import dataclasses
+
+        from quantcli.engine import make_job, run
         from quantcli.errors import VerifyFailed
         from quantcli.hub import parse_hub_id, resolve_source
-        from quantcli.pipeline import convert as run_convert
-        from quantcli.pipeline import resolve_target
 
-        # Option combinations are refused before a Hub download or any file is opened.
-        resolve_target(out_type, bits, fmt, group_size, max_shard_size)
+        # Every option combination is refused before a Hub download or any file is opened.
+        job = make_job(
+            source, output, out_type=out_type, bits=bits, format=fmt, group_size=group_size,
+            max_shard_size=max_shard_size, imatrix=imatrix, include_weights=include_weights,
+            exclude_weights=exclude_weights, pure=pure, output_tensor_type=output_tensor_type,
+            token_embedding_type=token_embedding_type, tensor_types=tensor_type, tensor_type_file=tensor_type_file,
+            leave_output_tensor=leave_output_tensor, override_kv=override_kv, verify=verify, max_kld=max_kld,
+            eval_text=eval_text, verify_chunks=verify_chunks, force=force, threads=threads, resume=resume,
+            strict=strict, dry_run=dry_run,
+        )  # fmt: skip
         # A Hub id (org/name[@rev]) is downloaded first; its default output is named after the repo.
         hub = parse_hub_id(str(source)) if not source.exists() else None
         local = resolve_source(source)
+        job = dataclasses.replace(job, source=str(local), output_stem=hub[0].split("/")[-1] if hub else None)
         try:
-            result = run_convert(
-                local,
-                output,
-                out_type=out_type,
-                bits=bits,
-                format=fmt,
-                group_size=group_size,
-                max_shard_size=max_shard_size,
-                force=force,
-                threads=threads,
-                progress=show_progress(json_out),
-                resume=resume,
-                output_stem=hub[0].split("/")[-1] if hub else None,
-                strict=strict,
-                dry_run=dry_run,
-                verify=verify,
-                max_kld=max_kld,
-                eval_text=eval_text,
-                verify_chunks=verify_chunks,
-                imatrix=imatrix,
-                include_weights=include_weights,
-                exclude_weights=exclude_weights,
-                pure=pure,
-                output_tensor_type=output_tensor_type,
-                token_embedding_type=token_embedding_type,
-                tensor_types=tensor_type,
-                tensor_type_file=tensor_type_file,
-                leave_output_tensor=leave_output_tensor,
-                override_kv=override_kv,
-            )
+            result = run(job, progress=show_progress(json_out))
         except VerifyFailed as exc:
             result = getattr(exc, "result", None)
             if result is None:
@@ -177,16 +158,16 @@ def _show_plan(doc: dict) -> None:
             t["reason"], fallback,
         )  # fmt: skip
     print_wide(table, 200)
-    if "file_size" in doc:
-        hist = ", ".join(f"{k} {v}" for k, v in doc["types"].items())
+    if doc["bytes_exact"]:
+        hist = ", ".join(f"{k} {v}" for k, v in doc["tensor_types"].items())
         err.print(
-            f"{doc['n_tensors']} tensors ({hist}); {doc['n_fallback']} fallback(s); {doc['n_elements']:,} weights; "
-            f"tensor data {doc['src_bytes']:,} -> {doc['tensor_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw; "
-            f"file {doc['file_size']:,} bytes; nothing written (--dry-run)"
+            f"{doc['n_tensors']} tensors ({hist}); {doc['n_fallbacks']} fallback(s); {doc['parameters']:,} weights; "
+            f"tensor data {doc['src_tensor_bytes']:,} -> {doc['tensor_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw; "
+            f"file {doc['bytes']:,} bytes; nothing written (--dry-run)"
         )
     else:
         err.print(
-            f"{doc['n_tensors']} tensors; packed tensor data {doc['tensor_bytes']:,} bytes "
+            f"{doc['n_tensors']} tensors; packed tensor data {doc['bytes']:,} bytes "
             f"(plus safetensors headers and small files); nothing written (--dry-run)"
         )
 
@@ -195,15 +176,15 @@ def _summary(result: dict) -> None:
     from rich.table import Table
 
     if result.get("format", "gguf") != "gguf":
-        counts = result.get("tensors", {})
+        kept = result["n_tensors"] - result["n_quantized"]
         err.print(
             f"{result['output']}: {result['format']} {result['bits']}-bit, group {result['group_size']}, "
-            f"{counts.get('quantized', 0)} quantized + {counts.get('kept', 0)} kept tensors, "
+            f"{result['n_quantized']} quantized + {kept} kept tensors, "
             f"{len(result['files'])} files, {result['bytes']:,} bytes in {result['seconds']:.1f} s, "
             f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
         )
     else:
-        fallbacks = result.get("fallback_tensors") or []
+        fallbacks = result["fallbacks"]
         for f in fallbacks[:10]:
             err.print(f"[yellow]fallback[/] {f['name']}: {f['why']}")
         if len(fallbacks) > 10:
@@ -215,13 +196,13 @@ def _summary(result: dict) -> None:
             table.add_row(qtype, str(count))
         err.print(table)
         extra = ""
-        if result.get("fallbacks"):
-            extra = f", {result['fallbacks']} fallback(s)"
+        if result["n_fallbacks"]:
+            extra = f", {result['n_fallbacks']} fallback(s)"
         if result.get("bits_per_weight") is not None:
             extra += f", {result['bits_per_weight']:.2f} bpw"
         err.print(
             f"{result['architecture']} {result['file_type']} ({result.get('pipeline', '')}): "
-            f"{result['tensors']} tensors{extra}, {result['parameters']:,} parameters, "
+            f"{result['n_tensors']} tensors{extra}, {result['parameters']:,} parameters, "
             f"{result['bytes']:,} bytes in {result['seconds']:.1f} s, "
             f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
         )

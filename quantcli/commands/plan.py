@@ -44,43 +44,26 @@ def register(app: typer.Typer) -> None:
         strict: bool = opt.strict("Exit 8 if any tensor needs a fallback type."),
         json_out: bool = opt.json_out("Print the plan as JSON on stdout."),
     ) -> None:
-        from quantcli.plan.ftypes import resolve_recipe
-        from quantcli.plan.source import plan_source
+        from quantcli.engine import make_job, run
 
-        ftype = resolve_recipe(qtype, bits)
-        im, overrides = opt.load_recipe_options(
-            imatrix=imatrix,
-            include_weights=include_weights,
-            exclude_weights=exclude_weights,
-            pure=pure,
-            output_tensor_type=output_tensor_type,
-            token_embedding_type=token_embedding_type,
-            tensor_type=tensor_type,
-            tensor_type_file=tensor_type_file,
-            leave_output_tensor=leave_output_tensor,
-            override_kv=override_kv,
-            set_has_imatrix=True,
-        )
-        planned = plan_source(source, ftype, overrides, im)
-        plan_obj = planned.plan
+        job = make_job(
+            source, None, out_type=qtype, bits=bits, imatrix=imatrix, include_weights=include_weights,
+            exclude_weights=exclude_weights, pure=pure, output_tensor_type=output_tensor_type,
+            token_embedding_type=token_embedding_type, tensor_types=tensor_type, tensor_type_file=tensor_type_file,
+            leave_output_tensor=leave_output_tensor, override_kv=override_kv, strict=strict, dry_run=True,
+            recipe_only=True, command="plan",
+        )  # fmt: skip
+        doc = run(job)
         if json_out:
-            doc = {"ok": not (strict and plan_obj.n_fallback), "source": str(source), **plan_obj.to_json()}
-            doc["file_size"] = planned.file_size
-            doc["file_size_exact"] = planned.file_size_exact
-            doc["src_bytes"] = plan_obj.src_tensor_bytes
-            if not (strict and plan_obj.n_fallback):
-                print(json.dumps(doc))
+            print(json.dumps(doc))
         else:
-            _show(planned)
-        if strict:
-            plan_obj.refuse_fallbacks()
+            _show(doc)
 
 
-def _show(planned) -> None:  # noqa: ANN001
+def _show(doc: dict) -> None:
     from rich.table import Table
 
-    plan = planned.plan
-    table = Table(title=f"{planned.source} -> {plan.recipe.name}", title_justify="left")
+    table = Table(title=f"{doc['source']} -> {doc['file_type']}", title_justify="left")
     table.add_column("tensor", no_wrap=True)
     table.add_column("shape", no_wrap=True)
     table.add_column("from")
@@ -88,25 +71,17 @@ def _show(planned) -> None:  # noqa: ANN001
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("why")
     table.add_column("fallback", no_wrap=True)
-    for d in plan.decisions:
-        fallback = (
-            f"[yellow]{d.fallback_from.name} -> {d.type.name}[/]" if d.fell_back and d.fallback_from else ""
-        )
+    for t in doc["tensors"]:
+        fallback = f"[yellow]{t['fallback_from']} -> {t['type']}[/]" if t["fell_back"] and t["fallback_from"] else ""
         table.add_row(
-            d.name,
-            "x".join(str(n) for n in d.ne),
-            d.src_type.name,
-            d.type.name,
-            f"{d.nbytes:,}",
-            d.reason,
-            fallback,
-        )
+            t["name"], "x".join(str(n) for n in t["shape"]), t["src_type"], t["type"], f"{t['bytes']:,}",
+            t["reason"], fallback,
+        )  # fmt: skip
     # Not a terminal (piped, CI): do not squeeze the table into 80 columns.
     print_wide(table, 200)
-    hist = ", ".join(f"{k} {v}" for k, v in plan.type_histogram().items())
-    size = f"{planned.file_size:,} bytes" + ("" if planned.file_size_exact else " (KV section estimated)")
+    hist = ", ".join(f"{k} {v}" for k, v in doc["tensor_types"].items())
     err.print(
-        f"{len(plan.decisions)} tensors ({hist}); {plan.n_fallback} fallback(s); {plan.n_elements:,} weights; "
-        f"tensor data {plan.src_tensor_bytes:,} -> {plan.tensor_bytes:,} bytes, {plan.bits_per_weight:.2f} bpw; "
-        f"file {size}"
+        f"{doc['n_tensors']} tensors ({hist}); {doc['n_fallbacks']} fallback(s); {doc['parameters']:,} weights; "
+        f"tensor data {doc['src_tensor_bytes']:,} -> {doc['tensor_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw; "
+        f"file {doc['bytes']:,} bytes"
     )

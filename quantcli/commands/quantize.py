@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from quantcli.commands import _options as opt
-from quantcli.console import err, peak_rss_bytes, show_progress
+from quantcli.console import err, show_progress
 
 HELP = """Quantize a GGUF file (F32/F16/BF16 weights) to TYPE, byte-identical to llama.cpp's
 `llama-quantize IN OUT TYPE` with the same options. IN may also be a Hugging Face model directory: the
@@ -52,86 +52,34 @@ def register(app: typer.Typer) -> None:
         json_out: bool = opt.json_out(),
         threads: int | None = opt.threads(),
     ) -> None:
-        from quantcli.plan import TensorDecision
-        from quantcli.plan.ftypes import parse_ftype
-        from quantcli.plan.source import is_gguf_source
-        from quantcli.requantize import quantize_checkpoint, quantize_gguf
+        from quantcli.engine import make_job, run
 
-        ftype = parse_ftype(qtype)
-        # has_imatrix stays False here: quantize_gguf/quantize_checkpoint set it from the imatrix passed.
-        im, overrides = opt.load_recipe_options(
-            imatrix=imatrix,
-            include_weights=include_weights,
-            exclude_weights=exclude_weights,
-            pure=pure,
-            output_tensor_type=output_tensor_type,
-            token_embedding_type=token_embedding_type,
-            tensor_type=tensor_type,
-            tensor_type_file=tensor_type_file,
-            leave_output_tensor=leave_output_tensor,
-            override_kv=override_kv,
-        )
+        job = make_job(
+            source, output, out_type=qtype, imatrix=imatrix, include_weights=include_weights,
+            exclude_weights=exclude_weights, pure=pure, output_tensor_type=output_tensor_type,
+            token_embedding_type=token_embedding_type, tensor_types=tensor_type, tensor_type_file=tensor_type_file,
+            leave_output_tensor=leave_output_tensor, override_kv=override_kv, strict=strict, force=force,
+            threads=threads, allow_requantize=allow_requantize, recipe_only=True, command="quantize",
+        )  # fmt: skip
         progress = show_progress(json_out)
 
-        def on_tensor(d: TensorDecision, i: int, n: int) -> None:
+        def on_tensor(t: object, i: int, n: int) -> None:
             if progress:
-                err.print(f"[{i:4d}/{n:4d}] {d.name}", end="\r")
+                err.print(f"[{i:4d}/{n:4d}] {t.name}", end="\r")  # type: ignore[attr-defined]
 
-        if is_gguf_source(source):
-            result = quantize_gguf(
-                source,
-                output,
-                ftype,
-                overrides,
-                imatrix=im,
-                strict=strict,
-                allow_requantize=allow_requantize,
-                threads=threads,
-                force=force,
-                on_tensor=on_tensor,
-            )
-        else:  # an HF checkpoint: one pass, as llama.cpp's converter at its precision + llama-quantize
-            result = quantize_checkpoint(
-                source,
-                output,
-                ftype,
-                overrides,
-                imatrix=im,
-                strict=strict,
-                threads=threads,
-                force=force,
-                on_tensor=on_tensor,
-            )
-        plan = result.plan
-        summary = {
-            "ok": True,
-            "output": str(result.path),
-            "recipe": plan.recipe.name,
-            "file_type": plan.recipe.value,
-            "tensors": len(plan.decisions),
-            "quantized": sum(d.changes for d in plan.decisions),
-            "fallbacks": plan.n_fallback,
-            "types": plan.type_histogram(),
-            "bytes": result.file_size,
-            "bits_per_weight": round(plan.bits_per_weight, 4),
-            "imatrix": None if im is None else str(im.imatrix.path),
-            "imatrix_missing": result.imatrix_missing,
-            "seconds": round(result.seconds, 3),
-            "peak_rss_bytes": peak_rss_bytes(),
-            "sha256": result.sha256,
-        }
+        summary = run(job, on_tensor=on_tensor)
         if json_out:
             print(json.dumps(summary))
             return
-        for d in plan.fallbacks:
-            err.print(f"[yellow]fallback[/] {d.name}: {d.reason}")
-        if result.imatrix_missing:
-            err.print(
-                f"[yellow]imatrix has no entry for {len(result.imatrix_missing)} tensor(s)[/], e.g. {result.imatrix_missing[0]}"
-            )
-        hist = ", ".join(f"{k} {v}" for k, v in summary["types"].items())
+        for f in summary["fallbacks"]:
+            err.print(f"[yellow]fallback[/] {f['name']}: {f['why']}")
+        missing = summary["imatrix_missing"]
+        if missing:
+            err.print(f"[yellow]imatrix has no entry for {len(missing)} tensor(s)[/], e.g. {missing[0]}")
+        hist = ", ".join(f"{k} {v}" for k, v in summary["tensor_types"].items())
         err.print(
-            f"{result.path}: {plan.recipe.name}, {summary['tensors']} tensors ({hist}), {plan.n_fallback} fallback(s), "
-            f"{result.file_size:,} bytes, {plan.bits_per_weight:.2f} bpw, {result.seconds:.1f} s, "
-            f"peak RSS {summary['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {summary['sha256']}"
+            f"{summary['output']}: {summary['file_type']}, {summary['n_tensors']} tensors ({hist}), "
+            f"{summary['n_fallbacks']} fallback(s), {summary['bytes']:,} bytes, {summary['bits_per_weight']:.2f} bpw, "
+            f"{summary['seconds']:.1f} s, peak RSS {summary['peak_rss_bytes'] / 2**20:.0f} MiB\n"
+            f"sha256 (whole file) {summary['sha256']}"
         )

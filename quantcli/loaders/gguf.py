@@ -352,3 +352,14 @@ def kv_as_dict(f: GGUFFile) -> dict[str, Any]:
 
 
 __all__ = ["GGUFFile", "KV", "TensorInfo", "read_gguf", "type_nbytes", "kv_as_dict", "DEFAULT_ALIGNMENT"]
+
+
+def is_gguf_file(path: Path | str) -> bool:
+    """A file named *.gguf or starting with the GGUF magic (anything else is read as an HF checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".gguf":
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"GGUF"

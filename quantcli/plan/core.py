@@ -7,7 +7,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from quantcli.errors import FallbackRefused, Unsupported, UsageError
@@ -26,6 +25,7 @@ from quantcli.plan.rules import (
     n_dims,
     quantization_block_reason,
 )
+from quantcli.writers.gguf import pad, tensor_nbytes
 
 # sscanf("blk.%d.") semantics: the number counts even if the dot after it is missing.
 _LAYER_PREFIX = re.compile(r"^blk\.\s*([+-]?\d+)")
@@ -110,16 +110,6 @@ class TensorDecision:
             "fallback_why": self.fallback_why,
             "bytes": self.nbytes,
         }
-
-
-def tensor_nbytes(qtype: T, ne: tuple[int, ...]) -> int:
-    block, size = GGML_QUANT_SIZES[qtype]
-    rows = math.prod(ne[1:])
-    return rows * (ne[0] // block) * size
-
-
-def pad(n: int, alignment: int = 32) -> int:
-    return (n + alignment - 1) // alignment * alignment
 
 
 @dataclass

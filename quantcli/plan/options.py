@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, GGUFValueType
 
 from quantcli.errors import InputInvalid, InputMissing, UsageError
 from quantcli.plan.core import Overrides
 from quantcli.plan.ftypes import parse_ggml_type
+from quantcli.writers.gguf import encode_kv
 
 _ATOL = re.compile(r"\s*([+-]?\d+)")
 _ATOF = re.compile(r"\s*([+-]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))", re.IGNORECASE)
@@ -29,16 +29,13 @@ class KvOverride:
     value: int | float | bool | str
 
     def encode(self) -> bytes:
-        key = self.key.encode("utf-8")
-        head = struct.pack("<Q", len(key)) + key
         if self.tag == "int":
-            return head + struct.pack("<iI", 4, abs(int(self.value)) & 0xFFFFFFFF)  # gguf_set_val_u32
+            return encode_kv(self.key, abs(int(self.value)) & 0xFFFFFFFF, GGUFValueType.UINT32)  # gguf_set_val_u32
         if self.tag == "float":
-            return head + struct.pack("<i", 6) + np.float32(self.value).tobytes()  # gguf_set_val_f32
+            return encode_kv(self.key, float(np.float32(self.value)), GGUFValueType.FLOAT32)  # gguf_set_val_f32
         if self.tag == "bool":
-            return head + struct.pack("<i?", 7, bool(self.value))
-        raw = str(self.value).encode("utf-8")
-        return head + struct.pack("<iQ", 8, len(raw)) + raw
+            return encode_kv(self.key, bool(self.value), GGUFValueType.BOOL)
+        return encode_kv(self.key, str(self.value), GGUFValueType.STRING)
 
     @property
     def loader_value(self) -> int | float | bool | str:

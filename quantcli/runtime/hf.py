@@ -1,9 +1,9 @@
 """An HF checkpoint seen as a GGUF: names, hparams and tensor transforms from quantcli/arch, in memory.
 
-Tensors come from `quantcli.convert.plan_tensors` (the converter's own HF→GGUF mapping and transforms,
-e.g. llama's q/k row permutation, gemma's norm +1) with every type forced to F32, so the runtime computes
-with exactly the values a lossless conversion would store. Metadata keys are produced by running the
-architecture's hparam list through a file-less gguf.GGUFWriter, i.e. the same keys convert writes.
+Tensors come from `quantcli.sources.hf.checkpoint_tensors` (the converter's own HF→GGUF mapping and
+transforms, e.g. llama's q/k row permutation, gemma's norm +1) with every type forced to F32, so the runtime
+computes with exactly the values a lossless conversion would store. Metadata: the architecture's hparam keys
+and the tokenizer keys, exactly as the converter writes them.
 """
 
 from __future__ import annotations
@@ -13,32 +13,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf import GGMLQuantizationType, LlamaFileType
 
+from quantcli.arch import effective_config, get_arch, hparam_values
 from quantcli.errors import InputInvalid
+from quantcli.loaders import open_checkpoint
+from quantcli.sources.hf import checkpoint_tensors
+from quantcli.vocab import read_vocab
+from quantcli.writers.gguf import MetadataBuilder
+
+
+def _as_f32(name: str, shape: tuple[int, ...], ftype: LlamaFileType) -> GGMLQuantizationType:
+    return GGMLQuantizationType.F32
 
 
 class HFSource:
     def __init__(self, directory: Path | str) -> None:
-        from quantcli.arch import effective_config, get_arch, hparam_values
-        from quantcli.convert import plan_tensors
-        from quantcli.loaders import open_checkpoint
-
         self.directory = Path(directory)
         self.checkpoint = open_checkpoint(self.directory)
         spec = get_arch(self.checkpoint.config, where=str(self.directory / "config.json"))
         cfg = effective_config(spec, self.checkpoint.config)
         _check_numbers(cfg, self.directory / "config.json")
         cfg["__ftype__"] = LlamaFileType.ALL_F32
-        planned = plan_tensors(
-            self.checkpoint, spec, cfg, LlamaFileType.ALL_F32, lambda t: GGMLQuantizationType.F32
-        )
-        self._tensors = {t.name: t for t in planned}
-        writer = GGUFWriter(None, spec.gguf_arch)
+        tensors = checkpoint_tensors(self.checkpoint, spec, cfg, LlamaFileType.ALL_F32, _as_f32)
+        self._tensors = {t.name: t for t in tensors}
+        meta = MetadataBuilder(spec.gguf_arch)
         for method, value in hparam_values(spec, cfg):
-            getattr(writer, method)(value)
-        self.metadata: dict[str, Any] = {key: _plain(v.value) for key, v in writer.kv_data[0].items()}
-        self.metadata.update(_vocab_metadata(self.directory, self.checkpoint.config))
+            meta.call(method, value)
+        self.metadata: dict[str, Any] = {key: _plain(value) for key, value in meta.values().items()}
+        for entry in read_vocab(self.directory, self.checkpoint.config).entries:
+            self.metadata[entry.key] = entry.value
         self.description = f"HF checkpoint {self.directory}"
 
     def names(self) -> Iterable[str]:
@@ -90,23 +94,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
         return value.value  # enums (rope scaling type, file type)
     return value
-
-
-def _vocab_metadata(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The tokenizer keys convert would write (add_bos etc.); empty if quantcli.vocab cannot read it."""
-    try:
-        from quantcli.vocab import read_vocab
-    except ImportError:
-        return {}
-    try:
-        entries = read_vocab(directory, config).entries
-    except Exception:  # the runtime tokenizes from tokenizer.json itself; metadata is only a refinement
-        return {}
-    wanted = (
-        "tokenizer.ggml.add_bos_token",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.model",
-        "tokenizer.ggml.pre",
-    )
-    return {e.key: e.value for e in entries if e.key in wanted}

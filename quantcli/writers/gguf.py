@@ -1,19 +1,24 @@
-"""Streaming GGUF v3 writer on top of `gguf.GGUFWriter` (layout notes: formats/gguf.md).
+"""The GGUF writer: every GGUF quantcli writes goes through `write_gguf` (layout notes: formats/gguf.md).
 
-Every tensor's info (name, logical shape, type, byte size) is declared first; the header, KV data and
-tensor infos are written; then tensors are produced, encoded and written one at a time, so at most one
-tensor (plus its encoded copy) is in memory. The file goes to a temporary path and is renamed only
-when complete (quantcli/atomic.py).
+A file is a KV section (key, encoded bytes) in file order, a list of tensor infos, then each tensor's data
+padded to the alignment. The metadata is written first; tensor data is produced and written one tensor at a
+time (in chunks), so memory stays bounded by the largest tensor. The file goes to a temporary path, is hashed
+while it is written and renamed only when complete (quantcli/atomic.py).
+
+Keys are encoded here with the exact byte layout gguf-py's GGUFWriter produces (so `MetadataBuilder`, which
+collects keys through gguf-py's public `add_*` helpers, gives the same bytes as llama.cpp's converter), with
+long arrays (token lists, merges, scores) packed vectorised.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import gguf
 import numpy as np
@@ -21,54 +26,26 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from quantcli import quants
 from quantcli.atomic import atomic_path
-from quantcli.errors import InputInvalid
 from quantcli.quants.floats import f32_to_bf16_bits
 
+ALIGNMENT = 32  # gguf_init_empty() and GGUFWriter: no general.alignment key is ever written by us
+GGUF_VERSION = 3
 
-@dataclass
-class PlannedTensor:
-    """One output tensor: GGUF name, NumPy-order logical shape, type, and a producer of its values."""
-
-    name: str
-    shape: tuple[int, ...]
-    qtype: GGMLQuantizationType
-    produce: Callable[[], np.ndarray]  # float32 or float16 array of `shape`
-    source_name: str = ""
-    source_dtype: str = ""
-    release: Callable[[], None] | None = None  # called once the tensor is written (drop mapped pages)
-
-    @property
-    def nbytes(self) -> int:
-        block, type_size = GGML_QUANT_SIZES[self.qtype]
-        n = int(np.prod(self.shape, dtype=np.int64))
-        return n // block * type_size
-
-
-def encode(
-    data: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: int | None = None
-) -> np.ndarray:
-    """Float array -> the bytes GGUF stores for `qtype` (as convert_hf_to_gguf.py's gguf.quants does)."""
-    if qtype == GGMLQuantizationType.F32:
-        return np.ascontiguousarray(data, dtype="<f4")
-    if qtype == GGMLQuantizationType.F16:
-        return np.ascontiguousarray(data, dtype="<f2")  # same RNE cast as torch/NumPy
-    if qtype == GGMLQuantizationType.BF16:
-        # Round-to-nearest-even of the float32 bits, NaN kept quiet (gguf-py's and ggml's rule). Like
-        # the converter, non-finite values pass through; chunked to bound the uint32 temporaries.
-        flat = data.reshape(-1)
-        out = np.empty(flat.size, dtype="<u2")
-        step = 1 << 22
-        for start in range(0, flat.size, step):
-            out[start : start + step] = f32_to_bf16_bits(
-                np.asarray(flat[start : start + step], dtype=np.float32)
-            )
-        return out.reshape(data.shape)
-    if data.size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    return quants.quantize(data, qtype, name=name, threads=threads)
-
-
-# Little-endian NumPy dtypes of GGUF's numeric array element types.
+# struct formats of GGUF's scalar value types (little-endian; bool is one byte).
+_SCALAR = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+    GGUFValueType.BOOL: "?",
+}
+# NumPy dtypes of the numeric array element types, for packing long arrays in one call.
 _ARRAY_DTYPES = {
     GGUFValueType.UINT8: "<u1",
     GGUFValueType.INT8: "<i1",
@@ -83,155 +60,204 @@ _ARRAY_DTYPES = {
 }
 
 
-class _Writer(gguf.GGUFWriter):
-    """GGUFWriter with a vectorised packer for long arrays (token lists, merges, scores).
-
-    The stock packer builds the bytes element by element (~2 s for a 49k-token vocabulary); this one
-    produces the same bytes, and defers to the stock code for everything else.
-    """
-
-    def _pack_val(
-        self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None
-    ) -> bytes:
-        if (
-            vtype == GGUFValueType.ARRAY
-            and sub_type is not None
-            and self.endianess == gguf.GGUFEndian.LITTLE
-            and isinstance(val, (list, tuple))
-            and len(val) > 16
-        ):
-            head = struct.pack("<I", vtype) if add_vtype else b""
-            head += struct.pack("<IQ", sub_type, len(val))
-            if sub_type == GGUFValueType.STRING:
-                encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val]
-                lengths = np.array([len(e) for e in encoded], dtype="<u8")
-                parts = [b""] * (2 * len(encoded))
-                parts[0::2] = [n.tobytes() for n in lengths]
-                parts[1::2] = encoded
-                return head + b"".join(parts)
-            if sub_type in _ARRAY_DTYPES:
-                return head + np.asarray(val).astype(_ARRAY_DTYPES[sub_type], casting="unsafe").tobytes()
-            if sub_type == GGUFValueType.BOOL:
-                return head + np.asarray(val, dtype=bool).astype("u1").tobytes()
-        return super()._pack_val(val, vtype, add_vtype, sub_type)
+def encode_string(s: str | bytes) -> bytes:
+    raw = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+    return struct.pack("<Q", len(raw)) + raw
 
 
-# Float types are copied/cast faster than a cache entry could be hashed and read: never cached.
-_PLAIN = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+def encode_value(value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> bytes:
+    """A KV value with its type tag, byte for byte as GGUFWriter packs it. Raises struct.error, TypeError,
+    ValueError or OverflowError for a value its type cannot hold."""
+    return struct.pack("<I", vtype) + _encode_bare(value, vtype, sub_type)
 
 
-def _os_error_behind(tmp: Path, short_write: OSError) -> OSError:
-    """The OS error (ENOSPC, EFBIG, EIO, ...) behind numpy's errno-less short write, found by writing on.
+def _encode_bare(value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> bytes:
+    if vtype in _SCALAR:
+        return struct.pack(_SCALAR[vtype], value)
+    if vtype == GGUFValueType.STRING:
+        return encode_string(value)
+    if vtype != GGUFValueType.ARRAY:
+        raise ValueError(f"invalid GGUF value type {vtype!r}")
+    if not isinstance(value, (list, tuple, bytes)) or len(value) == 0:
+        raise ValueError("a GGUF array is a non-empty sequence")
+    if sub_type is None:
+        sub_type = GGUFValueType.UINT8 if isinstance(value, bytes) else GGUFValueType.get_type(value[0])
+        if not isinstance(value, bytes) and any(GGUFValueType.get_type(v) is not sub_type for v in value[1:]):
+            raise ValueError("all items in a GGUF array have one type")
+    head = struct.pack("<IQ", sub_type, len(value))
+    if sub_type == GGUFValueType.STRING:
+        encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in value]
+        parts = [b""] * (2 * len(encoded))
+        parts[0::2] = [n.tobytes() for n in np.array([len(e) for e in encoded], dtype="<u8")]
+        parts[1::2] = encoded
+        return head + b"".join(parts)
+    if sub_type in _ARRAY_DTYPES and not isinstance(value, bytes) and len(value) > 16:
+        array = np.asarray(value)
+        if array.ndim == 1 and array.dtype.kind in "iufb":
+            packed = array.astype(_ARRAY_DTYPES[sub_type], casting="unsafe")
+            if np.array_equal(packed, array):  # out-of-range values: fail in struct.pack below
+                return head + packed.tobytes()
+    return head + b"".join(_encode_bare(v, sub_type) for v in value)
 
-    The file is a temporary that atomic_path deletes, so appending to it is harmless.
-    """
-    try:
-        with open(tmp, "ab", buffering=0) as fh:
-            for _ in range(4):  # a write that still fits partly returns a short count; the next one fails
-                fh.write(b"\0" * 65536)
-    except OSError as probe:
-        if probe.errno is not None:
-            return OSError(probe.errno, probe.strerror)
-    return short_write
+
+def encode_kv(key: str, value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> bytes:
+    return encode_string(key) + encode_value(value, vtype, sub_type)
 
 
-class GGUFOutput:
-    """Collects KV pairs and tensor plans, then streams the file."""
+def encode_kv_u32(key: str, value: int) -> bytes:
+    return encode_kv(key, value, GGUFValueType.UINT32)
+
+
+def encode_kv_str(key: str, value: str | bytes) -> bytes:
+    return encode_kv(key, value, GGUFValueType.STRING)
+
+
+class MetadataBuilder:
+    """Collects KV pairs through gguf-py's public GGUFWriter helpers (`add_block_count`, `add_tokenizer_model`,
+    gguf.Metadata.set_gguf_meta_model ...): they know each key's name and value type. Nothing is written by
+    it; `encoded()` gives the KV section for `write_gguf`."""
 
     def __init__(self, arch: str) -> None:
-        self.writer = _Writer(path=None, arch=arch)
-        self.tensors: list[PlannedTensor] = []
+        self.writer = gguf.GGUFWriter(path=None, arch=arch)
 
     def call(self, method: str, *args: Any) -> None:
-        """A GGUFWriter helper (e.g. "add_block_count"): the key name and value type come from gguf."""
         getattr(self.writer, method)(*args)
 
-    def add_kv(
-        self, key: str, value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None
-    ) -> None:
+    def add_kv(self, key: str, value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> None:
         self.writer.add_key_value(key, value, vtype, sub_type)
 
-    def add_tensor(self, tensor: PlannedTensor) -> None:
-        # Logical shape with a non-uint8 dtype: GGUFWriter stores it as-is (reversed into ne[] order).
+    def add_tensor_info(self, name: str, numpy_shape: Sequence[int], qtype: GGMLQuantizationType) -> None:
+        """Declared for gguf-py's parameter count (general.size_label), as the converter declares them."""
         self.writer.add_tensor_info(
-            tensor.name, tensor.shape, np.dtype(np.float32), tensor.nbytes, tensor.qtype
+            name, tuple(numpy_shape), np.dtype(np.float32), tensor_nbytes(qtype, tuple(reversed(numpy_shape))), qtype
         )
-        self.tensors.append(tensor)
 
     def parameter_count(self) -> tuple[int, int, int, int]:
         return self.writer.get_total_parameter_count()
 
-    def keys(self) -> list[str]:
-        return list(self.writer.kv_data[0])
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self.writer.kv_data[0].items())
 
-    def encoded_kv(self) -> list[tuple[str, bytes]]:
-        """The KV section as (key, encoded bytes) in file order, exactly as `write` stores it."""
-        w = self.writer
-        return [
-            (
-                key,
-                w._pack_val(key, GGUFValueType.STRING, add_vtype=False)
-                + w._pack_val(val.value, val.type, add_vtype=True, sub_type=val.sub_type),
-            )
-            for key, val in w.kv_data[0].items()
-        ]
+    def encoded(self) -> list[tuple[str, bytes]]:
+        return [(key, encode_kv(key, v.value, v.type, v.sub_type)) for key, v in self.writer.kv_data[0].items()]
 
-    def kv_values(self) -> dict[str, Any]:
-        return {key: val.value for key, val in self.writer.kv_data[0].items()}
+    def values(self) -> dict[str, Any]:
+        return {key: v.value for key, v in self.writer.kv_data[0].items()}
 
-    def write(
-        self,
-        path: Path,
-        *,
-        force: bool = False,
-        threads: int | None = None,
-        on_tensor: Callable[[PlannedTensor], None] | None = None,
-        tensor_cache: Any = None,
-    ) -> str:
-        """Write atomically to `path`; returns the file's SHA-256 (hex).
 
-        `tensor_cache` (quantcli.jobstate.TensorCache) keeps quantized tensors across runs (--resume).
-        """
-        with atomic_path(path, force) as tmp:
-            try:
-                self.writer.write_header_to_file(path=tmp)
-                self.writer.write_kv_data_to_file()
-                self.writer.write_ti_data_to_file()
-                for tensor in self.tensors:
-                    data = tensor.produce()
-                    if tuple(data.shape) != tensor.shape:
-                        raise InputInvalid(
-                            f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}"
-                        )
-                    key = None
-                    if tensor_cache is not None and tensor.qtype not in _PLAIN:
-                        key = tensor_cache.key(data, tensor.qtype)
-                    hit = tensor_cache.get(key) if key else None
-                    if hit is not None:
-                        encoded = np.frombuffer(hit, np.uint8)
-                    else:
-                        encoded = encode(data, tensor.qtype, tensor.name, threads)
-                        if key:
-                            tensor_cache.put(key, encoded)
-                    del data
-                    if encoded.nbytes != tensor.nbytes:
-                        raise InputInvalid(
-                            f"{tensor.name}: encoded {encoded.nbytes} bytes, planned {tensor.nbytes}"
-                        )
-                    self.writer.write_tensor_data(encoded)
-                    del encoded
-                    if tensor.release is not None:
-                        tensor.release()
-                    if on_tensor is not None:
-                        on_tensor(tensor)
-            except OSError as exc:
-                if exc.errno is None:  # ndarray.tofile: "N requested and M written", no reason given
-                    raise _os_error_behind(tmp, exc) from None
-                raise
-            finally:
-                self.writer.close()
-            digest = hashlib.sha256()
-            with open(tmp, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
-        return digest.hexdigest()
+def tensor_nbytes(qtype: GGMLQuantizationType, ne: Sequence[int]) -> int:
+    """Bytes of a tensor of `qtype` with dimensions `ne` (ne[0] = row length, a multiple of the block)."""
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    return math.prod(int(n) for n in ne[1:]) * (int(ne[0]) // block) * type_size
+
+
+def pad(n: int, alignment: int = ALIGNMENT) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One tensor info of the output: name, ne exactly as stored (fastest dimension first; as many
+    dimensions as the file records), type."""
+
+    name: str
+    ne: tuple[int, ...]
+    type: GGMLQuantizationType
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.type, self.ne)
+
+
+def metadata_bytes(kv: Sequence[tuple[str, bytes]], tensors: Sequence[OutputTensor]) -> bytes:
+    """Header + KV section + tensor infos, zero-padded to the alignment."""
+    parts = [b"GGUF", struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(kv))]
+    parts.extend(raw for _, raw in kv)
+    offset = 0
+    for t in tensors:
+        parts.append(encode_string(t.name))
+        parts.append(struct.pack(f"<I{len(t.ne)}QiQ", len(t.ne), *t.ne, int(t.type), offset))
+        offset += pad(t.nbytes)
+    meta = b"".join(parts)
+    return meta + b"\0" * (pad(len(meta)) - len(meta))
+
+
+def file_size(kv: Sequence[tuple[str, bytes]], tensors: Sequence[OutputTensor]) -> int:
+    return len(metadata_bytes(kv, tensors)) + sum(pad(t.nbytes) for t in tensors)
+
+
+def encode(data: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: int | None = None) -> np.ndarray:
+    """Float array -> the bytes GGUF stores for `qtype` (as convert_hf_to_gguf.py's gguf.quants does)."""
+    if qtype == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(data, dtype="<f4")
+    if qtype == GGMLQuantizationType.F16:
+        return np.ascontiguousarray(data, dtype="<f2")  # same RNE cast as torch/NumPy
+    if qtype == GGMLQuantizationType.BF16:
+        # Round-to-nearest-even of the float32 bits, NaN kept quiet (gguf-py's and ggml's rule). Like the
+        # converter, non-finite values pass through; chunked to bound the uint32 temporaries.
+        flat = data.reshape(-1)
+        out = np.empty(flat.size, dtype="<u2")
+        step = 1 << 22
+        for start in range(0, flat.size, step):
+            out[start : start + step] = f32_to_bf16_bits(np.asarray(flat[start : start + step], dtype=np.float32))
+        return out.reshape(data.shape)
+    if data.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return quants.quantize(data, qtype, name=name, threads=threads)
+
+
+class _HashingFile:
+    """A binary file that hashes what is written to it (the --json sha256 without reading the file back)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
+        if isinstance(data, np.ndarray):
+            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        else:
+            view = memoryview(data).cast("B")
+        self.digest.update(view)
+        written = self.fh.write(view)
+        if written != view.nbytes:
+            raise OSError(f"short write: {written} of {view.nbytes} bytes")
+        self.size += written
+        return written
+
+
+TensorChunks = Callable[[OutputTensor], Iterable[bytes | bytearray | memoryview | np.ndarray]]
+
+
+def write_gguf(
+    path: Path,
+    kv: Sequence[tuple[str, bytes]],
+    tensors: Sequence[OutputTensor],
+    chunks: TensorChunks,
+    *,
+    force: bool = False,
+    on_tensor: Callable[[OutputTensor, int, int], None] | None = None,
+) -> tuple[int, str]:
+    """Write the file atomically: metadata, then for each tensor the chunks `chunks(tensor)` yields, padded to
+    the alignment. Returns (size, sha256 of the whole file)."""
+    meta = metadata_bytes(kv, tensors)
+    total = len(tensors)
+    with atomic_path(path, force) as tmp, open(tmp, "wb") as raw_fh:
+        fh = _HashingFile(raw_fh)
+        fh.write(meta)
+        for i, tensor in enumerate(tensors):
+            start = fh.size
+            for chunk in chunks(tensor):
+                fh.write(chunk)
+            written = fh.size - start
+            if written != tensor.nbytes:
+                raise AssertionError(f"{tensor.name}: wrote {written} bytes, planned {tensor.nbytes}")
+            fh.write(b"\0" * (pad(written) - written))
+            if on_tensor is not None:
+                on_tensor(tensor, i + 1, total)
+        expected = len(meta) + sum(pad(t.nbytes) for t in tensors)
+        if fh.size != expected:
+            raise AssertionError(f"wrote {fh.size} bytes, planned {expected}")
+        sha256 = fh.digest.hexdigest()
+    return fh.size, sha256

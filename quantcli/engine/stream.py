@@ -1,0 +1,142 @@
+"""Where each output tensor's bytes come from: the one streaming stage between a source and the GGUF writer.
+
+* `ConverterTensors`: an HF checkpoint's tensors encoded as convert_hf_to_gguf.py stores them (read ->
+  architecture transform -> float -> encoded at the tensor's type). With `as_source=True` it stands for the
+  lossless intermediate file the two-step pipeline would write, whose bytes `requantized_chunks` reads.
+* `requantized_chunks`: llama-quantize's per-tensor step: copy the bytes if the type stays, else decode and
+  re-encode in row slabs (per expert for 3-D tensors, each with its own imatrix slice).
+
+A tensor cache (quantcli.jobstate.TensorCache, `--resume`) keeps quantized bytes across runs, keyed by what
+decides them. Only the current tensor is held in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from quantcli import quants
+from quantcli.errors import InputInvalid
+from quantcli.plan.core import TensorDecision
+from quantcli.sources.hf import SourceTensor
+from quantcli.writers.gguf import encode
+
+_T = GGMLQuantizationType
+# Float types are copied/cast faster than a cache entry could be hashed and read: never cached.
+_FLOATS = (_T.F32, _T.F16, _T.BF16)
+# Rows are converted to float32 in slabs of at most this many elements (16 MiB of float32).
+_SLAB_ELEMENTS = 4 << 20
+
+
+class TensorBytes(Protocol):
+    """A source of stored tensor bytes: a GGUF file (`loaders.gguf.GGUFFile`) or `ConverterTensors`."""
+
+    def tensor_bytes(self, name: str) -> np.ndarray: ...
+
+    def release(self, name: str, begin: int = 0, end: int | None = None) -> None: ...
+
+
+class ConverterTensors:
+    """The bytes of the GGUF convert_hf_to_gguf.py writes, made in memory one tensor at a time."""
+
+    def __init__(self, tensors: Sequence[SourceTensor], threads: int | None = None, tensor_cache: Any = None) -> None:
+        self.by_name = {t.name: t for t in tensors}
+        self.threads = threads
+        self.tensor_cache = tensor_cache
+        self._name: str | None = None
+        self._raw: np.ndarray | None = None
+
+    def tensor_bytes(self, name: str) -> np.ndarray:
+        if self._name == name and self._raw is not None:
+            return self._raw
+        self._drop()
+        tensor = self.by_name[name]
+        data = tensor.produce()
+        if tuple(data.shape) != tensor.shape:
+            raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
+        key = None
+        if self.tensor_cache is not None and tensor.type not in _FLOATS:
+            key = self.tensor_cache.key(data, tensor.type)
+        hit = self.tensor_cache.get(key) if key else None
+        if hit is not None:
+            raw = np.frombuffer(hit, np.uint8)
+        else:
+            raw = encode(data, tensor.type, tensor.name, self.threads)
+            if key:
+                self.tensor_cache.put(key, raw)
+        del data
+        if tensor.release is not None:
+            tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
+        self._name, self._raw = name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+        if self._raw.nbytes != tensor.nbytes:
+            raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
+        return self._raw
+
+    def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
+        if end is None and begin == 0 and self._name == name:  # the whole tensor is written
+            self._drop()
+
+    def _drop(self) -> None:
+        self._name, self._raw = None, None
+
+
+def rows_to_f32(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:
+    if qtype == _T.F32:
+        return raw.view("<f4").reshape(nrows, ncols)
+    if qtype == _T.F16:
+        return raw.view("<f2").astype(np.float32).reshape(nrows, ncols)
+    return quants.dequantize(raw, qtype, (nrows, ncols))
+
+
+def requantized_chunks(
+    src: TensorBytes,
+    d: TensorDecision,
+    weights: np.ndarray | None,
+    threads: int | None,
+    tensor_cache: Any = None,
+) -> Iterator[np.ndarray | bytes]:
+    """One tensor's new bytes (without padding), as llama-quantize writes them."""
+    raw = src.tensor_bytes(d.name)
+    if not d.changes:
+        yield raw
+        src.release(d.name)
+        return
+    key = None
+    if tensor_cache is not None:  # --resume: the quantized bytes depend on the source bytes, type, imatrix
+        key = tensor_cache.key(raw, d.type, weights, ne=list(d.ne), src_type=d.src_type.name)
+        hit = tensor_cache.get(key)
+        if hit is not None:
+            yield hit
+            src.release(d.name)
+            return
+    ne = d.ne
+    ncols = ne[0]
+    rows_per_matrix = ne[1] if len(ne) > 1 else 1
+    n_matrices = math.prod(ne[2:])
+    block, size = GGML_QUANT_SIZES[d.src_type]
+    src_row = ncols // block * size
+    per_expert_weights = weights is not None and len(ne) > 2 and weights.size == ncols * ne[2]
+    step = max(1, _SLAB_ELEMENTS // ncols)
+    parts: list[bytes] | None = [] if key is not None else None
+    for m in range(n_matrices):
+        im = weights
+        if per_expert_weights:
+            im = weights[m * ncols : (m + 1) * ncols]  # type: ignore[index]
+        for r0 in range(0, rows_per_matrix, step):
+            r1 = min(r0 + step, rows_per_matrix)
+            first = m * rows_per_matrix + r0
+            begin, end = first * src_row, (first + r1 - r0) * src_row
+            rows = rows_to_f32(raw[begin:end], d.src_type, r1 - r0, ncols)
+            encoded = quants.quantize(rows, d.type, im, name=d.name, threads=threads).tobytes()
+            del rows
+            if parts is not None:
+                parts.append(encoded)
+            yield encoded
+            src.release(d.name, begin, end)
+    if key is not None and parts is not None:
+        tensor_cache.put(key, b"".join(parts))
+    src.release(d.name)

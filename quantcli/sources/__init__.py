@@ -1,0 +1,1 @@
+"""Sources a job reads: an HF checkpoint seen as the converter's GGUF (`hf`), or a GGUF file (`gguf`)."""

@@ -1,0 +1,240 @@
+"""An HF checkpoint seen as the GGUF llama.cpp's convert_hf_to_gguf.py writes for it, before any weight is read.
+
+`open_converter_view` opens and validates the checkpoint (every safetensors header, the architecture —
+Unsupported before anything else —, the tensor set), then lists every output tensor (GGUF name, shape, type,
+and a producer that reads, transforms and returns its values) and builds the complete KV section: the
+architecture's hyper-parameters, general.* keys as gguf.Metadata derives them, and the tokenizer keys.
+The engine streams the producers into the GGUF writer; the runtime computes with them (types forced to F32).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType, LlamaFileType
+
+from quantcli.arch import (
+    ArchSpec,
+    TransformContext,
+    check_layer_count,
+    check_tensors,
+    effective_config,
+    get_arch,
+    hparam_values,
+)
+from quantcli.errors import InputInvalid, Unsupported
+from quantcli.loaders import FLOAT_DTYPES, Checkpoint, open_checkpoint
+from quantcli.plan.converter import (
+    FTYPE_LABEL,
+    ConverterTensor,
+    choose_tensor_type,
+    guess_ftype,
+    lossless_ftype,
+    parse_out_type,
+)
+from quantcli.vocab import read_vocab
+from quantcli.writers.gguf import MetadataBuilder, encode_value, tensor_nbytes
+
+TypeRule = Callable[[str, tuple[int, ...], LlamaFileType], GGMLQuantizationType]
+
+
+@dataclass
+class SourceTensor:
+    """One output tensor of the converter: GGUF name, NumPy-order shape, type, and its values on demand."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: GGMLQuantizationType
+    produce: Callable[[], np.ndarray]  # float32 or float16 array of `shape`
+    source_name: str = ""
+    source_dtype: str = ""
+    release: Callable[[], None] | None = None  # drop the checkpoint's mapped pages once the tensor is used
+
+    @property
+    def ne(self) -> tuple[int, ...]:
+        return tuple(reversed(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.type, self.ne)
+
+    def converter_tensor(self) -> ConverterTensor:
+        return ConverterTensor(self.name, self.ne, self.type, self.source_dtype)
+
+
+def _producer(ckpt: Checkpoint, spec: ArchSpec, hf_name: str, ctx: TransformContext) -> Callable[[], np.ndarray]:
+    def produce() -> np.ndarray:
+        data = ckpt.read(hf_name)
+        # The converter works in float32 for everything that is not F16/F32 (BF16 -> F32 is exact).
+        if data.dtype not in (np.float16, np.float32):
+            data = data.astype(np.float32)
+        for transform in spec.transforms_for(hf_name):
+            data = transform.apply(data, ctx)
+        return data
+
+    return produce
+
+
+def checkpoint_tensors(
+    ckpt: Checkpoint, spec: ArchSpec, cfg: dict[str, Any], ftype: LlamaFileType, type_rule: TypeRule
+) -> list[SourceTensor]:
+    """Every output tensor in the converter's order (extra generated tensors first), typed by `type_rule`."""
+    shapes = {n: ckpt.tensor_info(n).shape for n in ckpt.tensor_names() if not spec.is_skipped(n)}
+    check_layer_count(spec, cfg, len(shapes))
+    names = spec.name_map(cfg)
+    check_tensors(spec, cfg, shapes, names, str(ckpt.directory))
+    tensors: list[SourceTensor] = []
+    for gguf_name, array in spec.extra_tensors(cfg) if spec.extra_tensors is not None else []:
+        qtype = type_rule(gguf_name, tuple(array.shape), ftype)
+        tensors.append(SourceTensor(gguf_name, tuple(array.shape), qtype, lambda array=array: array, "", "F32"))
+    for hf_name in ckpt.tensor_names():
+        if spec.is_skipped(hf_name):
+            continue
+        gguf_name = names.get(hf_name)
+        if gguf_name is None:
+            raise Unsupported(f"{ckpt.directory}: tensor {hf_name!r} has no GGUF name in the {spec.gguf_arch} table")
+        info = ckpt.tensor_info(hf_name)
+        if info.dtype not in FLOAT_DTYPES:
+            raise Unsupported(f"{info.file}: tensor {hf_name!r} is {info.dtype}; only F32, F16 and BF16 are converted")
+        ctx = TransformContext(config=cfg, hf_name=hf_name, directory=ckpt.directory)
+        shape = info.shape
+        for transform in spec.transforms_for(hf_name):
+            if transform.out_shape is not None:
+                shape = transform.out_shape(shape, ctx)
+        tensors.append(
+            SourceTensor(
+                gguf_name,
+                shape,
+                type_rule(gguf_name, shape, ftype),
+                _producer(ckpt, spec, hf_name, ctx),
+                hf_name,
+                info.dtype,
+                release=lambda hf_name=hf_name: ckpt.release(hf_name),
+            )
+        )
+    if not tensors:
+        raise InputInvalid(f"{ckpt.directory}: no tensors to convert")
+    return tensors
+
+
+def _general_metadata(meta_out: MetadataBuilder, directory: Path) -> None:
+    """general.* keys exactly as convert_hf_to_gguf.py derives them (gguf.Metadata from config/README)."""
+    total, shared, expert, expert_count = meta_out.parameter_count()
+    meta = gguf.Metadata.load(None, directory, None, total)
+    if meta.sampling_penalty_repeat is None:
+        # llama.cpp's vendored gguf-py also reads HF's name for it.
+        gen = directory / "generation_config.json"
+        if gen.is_file():
+            try:
+                meta.sampling_penalty_repeat = json.loads(gen.read_text(encoding="utf-8")).get("repetition_penalty")
+            except (OSError, ValueError):
+                pass  # the converter ignores an unreadable generation_config.json too
+    if meta.name is None:
+        meta.name = directory.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, expert_count)
+    meta_out.writer.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(meta_out.writer)
+
+
+def _check_encodable(meta: MetadataBuilder, config_path: Path) -> None:
+    """Every value taken from config.json must fit its GGUF type now, not fail while the file is written
+    (rope_theta "x" for a FLOAT32, max_position_embeddings -1 for a UINT32)."""
+    for key, item in meta.items():
+        try:
+            encode_value(item.value, item.type, item.sub_type)
+        except (struct.error, TypeError, ValueError, OverflowError):
+            raise InputInvalid(
+                f"{config_path}: {item.value!r} is not a valid {item.type.name.lower()} for GGUF key {key}"
+            ) from None
+
+
+@dataclass
+class ConverterView:
+    """What convert_hf_to_gguf.py would write for a checkpoint: every tensor and the complete KV section.
+    Holds the open checkpoint (use as a context manager)."""
+
+    ckpt: Checkpoint
+    spec: ArchSpec
+    cfg: dict[str, Any]
+    ftype: LlamaFileType
+    tensors: list[SourceTensor]
+    metadata: MetadataBuilder
+
+    @property
+    def label(self) -> str:
+        return FTYPE_LABEL[self.ftype]
+
+    @property
+    def architecture(self) -> str:
+        return self.spec.gguf_arch
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+    def __enter__(self) -> ConverterView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _matrix_dtypes(ckpt: Checkpoint, spec: ArchSpec) -> list[str]:
+    infos = [ckpt.tensor_info(n) for n in ckpt.tensor_names() if not spec.is_skipped(n)]
+    return [i.dtype for i in infos if len(i.shape) >= 2]
+
+
+def open_converter_view(
+    source: Path | str,
+    out_type: str = "auto",
+    type_rule: TypeRule = choose_tensor_type,
+    before_plan: Callable[[Checkpoint, LlamaFileType], None] | None = None,
+) -> ConverterView:
+    """Open `source` and plan the converter's output for `out_type` ("auto"/"f32"/"f16"/"bf16"/"q8_0", or
+    "lossless": the type that keeps the checkpoint's values). `before_plan(ckpt, ftype)` runs once the type is
+    known, before the tensors and the tokenizer are read (the engine checks the output path there)."""
+    ckpt = open_checkpoint(source)
+    try:
+        spec = get_arch(ckpt.config, where=str(ckpt.directory / "config.json"))
+        cfg = effective_config(spec, ckpt.config)
+        if out_type == "lossless":
+            ftype = lossless_ftype(_matrix_dtypes(ckpt, spec))
+        else:
+            ftype = parse_out_type(out_type) or guess_ftype(_matrix_dtypes(ckpt, spec))
+        if before_plan is not None:
+            before_plan(ckpt, ftype)
+        cfg["__ftype__"] = ftype
+        tensors = checkpoint_tensors(ckpt, spec, cfg, ftype, type_rule)
+        vocab = read_vocab(ckpt.directory, ckpt.config).entries
+
+        meta = MetadataBuilder(spec.gguf_arch)
+        for method, value in hparam_values(spec, cfg, early=True):
+            meta.call(method, value)
+        for t in tensors:
+            meta.add_tensor_info(t.name, t.shape, t.type)
+        _general_metadata(meta, ckpt.directory)
+        for method, value in hparam_values(spec, cfg):
+            meta.call(method, value)
+        meta.writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _check_encodable(meta, ckpt.directory / "config.json")
+        for entry in vocab:
+            meta.add_kv(entry.key, entry.value, entry.vtype, entry.sub_type)
+    except BaseException:
+        ckpt.close()
+        raise
+    return ConverterView(ckpt, spec, cfg, ftype, tensors, meta)
+
+
+@contextmanager
+def runtime_view(directory: Path | str) -> Iterator[ConverterView]:
+    """The checkpoint with every tensor typed F32: the values a lossless conversion stores, for the runtime."""
+    with open_converter_view(directory, "f32", lambda name, shape, ftype: GGMLQuantizationType.F32) as view:
+        yield view
