@@ -1,4 +1,4 @@
-"""`quantcli plan SRC --type T|--bits N`: llama-quantize's per-tensor decisions and the output size, no compute."""
+"""`quantcli plan MODEL --type T|--bits N`: llama-quantize's per-tensor decisions and the output size, no compute."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 import typer
 
 from quantcli.commands import _options as opt
-from quantcli.console import err, print_wide
+from quantcli.console import out, print_wide
 
 HELP = """Show, before any compute, the type llama-quantize would give every tensor for a recipe, why,
 and which tensors need a fallback type (row length not a multiple of the block size), plus totals:
-bytes, bits per weight and the output file size (to the byte for a GGUF source).
+bytes, bits per weight and the output file size (to the byte for a GGUF source). The table goes to
+stdout; --json prints one object (docs/json.md).
 
-SRC is a GGUF file (F32/F16/BF16 weights) or a Hugging Face model directory (planned as the GGUF
+MODEL is a GGUF file (F32/F16/BF16 weights) or a Hugging Face model directory (planned as the GGUF
 llama.cpp's converter writes at the checkpoint's precision, e.g. --outtype bf16, then quantized).
 
 Examples:
@@ -28,9 +29,9 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("plan", help=HELP)
     def plan(
-        source: Path = typer.Argument(..., help="GGUF file or HF model directory."),
-        qtype: str | None = typer.Option(None, "--type", "-t", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
-        bits: int | None = typer.Option(None, "--bits", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
+        source: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF model directory."),
+        qtype: str | None = typer.Option(None, "--type", "-t", metavar="TYPE", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
+        bits: int | None = typer.Option(None, "--bits", metavar="N", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
         imatrix: str | None = opt.imatrix("Importance matrix (changes some rules)."),
         include_weights: list[str] = opt.include_weights("Use imatrix entries containing this."),
         exclude_weights: list[str] = opt.exclude_weights("Ignore imatrix entries containing this."),
@@ -83,8 +84,8 @@ def _show(planned) -> None:  # noqa: ANN001
     table = Table(title=f"{planned.source} -> {plan.recipe.name}", title_justify="left")
     table.add_column("tensor", no_wrap=True)
     table.add_column("shape", no_wrap=True)
-    table.add_column("from")
-    table.add_column("type")
+    table.add_column("from", no_wrap=True)
+    table.add_column("type", no_wrap=True)
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("why")
     table.add_column("fallback", no_wrap=True)
@@ -105,7 +106,7 @@ def _show(planned) -> None:  # noqa: ANN001
     print_wide(table, 200)
     hist = ", ".join(f"{k} {v}" for k, v in plan.type_histogram().items())
     size = f"{planned.file_size:,} bytes" + ("" if planned.file_size_exact else " (KV section estimated)")
-    err.print(
+    out.print(
         f"{len(plan.decisions)} tensors ({hist}); {plan.n_fallback} fallback(s); {plan.n_elements:,} weights; "
         f"tensor data {plan.src_tensor_bytes:,} -> {plan.tensor_bytes:,} bytes, {plan.bits_per_weight:.2f} bpw; "
         f"file {size}"

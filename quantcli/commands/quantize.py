@@ -31,8 +31,8 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("quantize", help=HELP)
     def quantize(
-        source: Path = typer.Argument(..., help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
-        output: Path = typer.Argument(..., help="Output GGUF path."),
+        source: Path = typer.Argument(..., metavar="INPUT", help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
+        output: Path = typer.Argument(..., metavar="OUTPUT", help="Output GGUF path."),
         qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
         imatrix: str | None = opt.imatrix(),
         include_weights: list[str] = opt.include_weights(),
@@ -133,5 +133,5 @@ def register(app: typer.Typer) -> None:
         err.print(
             f"{result.path}: {plan.recipe.name}, {summary['tensors']} tensors ({hist}), {plan.n_fallback} fallback(s), "
             f"{result.file_size:,} bytes, {plan.bits_per_weight:.2f} bpw, {result.seconds:.1f} s, "
-            f"peak RSS {summary['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {summary['sha256']}"
+            f"peak RSS {summary['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 (whole file) {summary['sha256']}"
         )
