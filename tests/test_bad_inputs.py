@@ -290,7 +290,8 @@ def test_internal_error_names_traceback_file(bases: Bases, tmp_path: Path, monke
     finally:
         crash.unlink(missing_ok=True)
     doc = json.loads(stdout.strip().splitlines()[-1])
-    assert doc == {"ok": False, "error": lines[0][len("error: "):], "error_type": "InternalError", "exit_code": 1}
+    assert doc == {"schema": "quantcli/1", "command": "convert", "ok": False, "error": lines[0][len("error: "):],
+                   "error_type": "InternalError", "exit_code": 1}
     assert not out.exists()
 
 

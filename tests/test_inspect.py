@@ -38,16 +38,18 @@ def test_inspect_json_describes_file(tmp_path: Path) -> None:
     per_layer_2d = 2 * n_embd * n_embd + 2 * kv_dim * n_embd + 3 * n_ff * n_embd
     weights_2d = 2 * n_vocab * n_embd + 3 * per_layer_2d
     norms = (1 + 2 * 3) * n_embd
-    assert doc["architecture"] == "llama" and doc["file_type"] == 7 and doc["file_type_name"] == "Q8_0"
+    assert doc["schema"] == "quantcli/1" and doc["command"] == "inspect" and doc["ok"] is True
+    assert doc["architecture"] == "llama" and doc["file_type"] == "Q8_0" and doc["file_type_id"] == 7
     assert doc["n_tensors"] == 3 + 9 * 3
-    assert doc["n_elements"] == weights_2d + norms
-    assert doc["types"]["Q8_0"] == {
+    assert doc["parameters"] == weights_2d + norms
+    assert doc["tensor_types"] == {"F32": 1 + 2 * 3, "Q8_0": 2 + 7 * 3}
+    assert doc["type_totals"]["Q8_0"] == {
         "tensors": 2 + 7 * 3,
         "elements": weights_2d,
         "bytes": weights_2d // 32 * 34,
     }
-    assert doc["types"]["F32"] == {"tensors": 1 + 2 * 3, "elements": norms, "bytes": norms * 4}
-    assert doc["file_bytes"] == q8.stat().st_size
+    assert doc["type_totals"]["F32"] == {"tensors": 1 + 2 * 3, "elements": norms, "bytes": norms * 4}
+    assert doc["bytes"] == q8.stat().st_size
     assert doc["bits_per_weight"] == (weights_2d // 32 * 34 + norms * 4) * 8 / (weights_2d + norms)
     # Long arrays are summarised, scalars kept, the last keys are the ones llama-quantize appends.
     assert doc["metadata"]["tokenizer.ggml.tokens"]["array_length"] == n_vocab
@@ -68,8 +70,10 @@ def test_inspect_table_and_reader_agree_with_gguf_py(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "quantcli", "inspect", str(src)], cwd=REPO, capture_output=True, text=True
     )
-    assert proc.returncode == 0 and proc.stdout == ""
-    assert "blk.0.ffn_down.weight" in proc.stderr and "F16" in proc.stderr
+    # The tables are the result: on stdout, one tensor per line, so `| grep` finds whole rows.
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "blk.0.ffn_down.weight" in line]
+    assert len(rows) == 1 and "256x256" in rows[0].replace(" ", "") and "F16" in rows[0], rows
     from quantcli.loaders.gguf import GGUFFile
 
     reader = gguf.GGUFReader(src)

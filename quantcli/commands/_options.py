@@ -14,37 +14,37 @@ import typer
 
 
 def imatrix(help: str = "Importance matrix (llama-imatrix .gguf or .dat).") -> Any:  # noqa: A002
-    return typer.Option(None, "--imatrix", help=help)
+    return typer.Option(None, "--imatrix", metavar="FILE", help=help)
 
 
 def include_weights(help: str = "Use imatrix entries whose name contains this (repeatable).") -> Any:  # noqa: A002
-    return typer.Option([], "--include-weights", help=help)
+    return typer.Option([], "--include-weights", metavar="NAME", help=help)
 
 
 def exclude_weights(help: str = "Ignore imatrix entries whose name contains this (repeatable).") -> Any:  # noqa: A002
-    return typer.Option([], "--exclude-weights", help=help)
+    return typer.Option([], "--exclude-weights", metavar="NAME", help=help)
 
 
 def output_tensor_type() -> Any:
-    return typer.Option(None, "--output-tensor-type", help="Type for output.weight.")
+    return typer.Option(None, "--output-tensor-type", metavar="TYPE", help="Type for output.weight.")
 
 
 def token_embedding_type() -> Any:
-    return typer.Option(None, "--token-embedding-type", help="Type for token_embd.weight.")
+    return typer.Option(None, "--token-embedding-type", metavar="TYPE", help="Type for token_embd.weight.")
 
 
 def tensor_type(help: str = "REGEX=TYPE for matching tensors (repeatable, first match wins).") -> Any:  # noqa: A002
-    return typer.Option([], "--tensor-type", help=help)
+    return typer.Option([], "--tensor-type", metavar="REGEX=TYPE", help=help)
 
 
 def tensor_type_file() -> Any:
-    return typer.Option(None, "--tensor-type-file", help="File of REGEX=TYPE entries.")
+    return typer.Option(None, "--tensor-type-file", metavar="FILE", help="File of REGEX=TYPE entries.")
 
 
 def override_kv(
     help: str = "KEY=TYPE:VALUE metadata override (int, float, bool, str), as llama-quantize.",  # noqa: A002
 ) -> Any:
-    return typer.Option([], "--override-kv", help=help)
+    return typer.Option([], "--override-kv", metavar="KEY=TYPE:VALUE", help=help)
 
 
 def leave_output_tensor(help: str = "Keep output.weight unquantized.") -> Any:  # noqa: A002
@@ -59,9 +59,9 @@ def strict(help: str) -> Any:  # noqa: A002
     return typer.Option(False, "--strict", help=help)
 
 
-def json_out(help: str = "Print one JSON object with the result on stdout.") -> Any:  # noqa: A002
+def json_out(help: str = "Print the result as one JSON object on stdout (docs/json.md).") -> Any:  # noqa: A002
     return typer.Option(False, "--json", help=help)
 
 
 def threads() -> Any:
-    return typer.Option(None, "--threads", min=1, help="Quantization threads (C extension).")
+    return typer.Option(None, "--threads", min=1, metavar="N", help="Quantization threads (C extension).")

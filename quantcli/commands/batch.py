@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from quantcli.console import err
+from quantcli.console import err, out, print_wide
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def _human_bytes(n: int | None) -> str:
@@ -24,11 +26,14 @@ def _human_bytes(n: int | None) -> str:
 
 
 def _summary(results: list[dict[str, Any]], seconds: float) -> Table:
+    from rich.table import Table
+
     counts = {s: sum(r["status"] == s for r in results) for s in ("converted", "skipped", "failed")}
     table = Table(title=f"quantcli batch: {counts['converted']} converted, {counts['skipped']} skipped, "
                         f"{counts['failed']} failed in {seconds:.1f} s", title_justify="left")
     for column in ("#", "source", "type", "output", "status", "time", "size"):
-        table.add_column(column, justify="right" if column in ("#", "time", "size") else "left")
+        table.add_column(column, justify="right" if column in ("#", "time", "size") else "left",
+                         no_wrap=column != "status")  # paths are never wrapped
     style = {"converted": "green", "skipped": "cyan", "failed": "bold red"}
     for r in sorted(results, key=lambda r: (r["entry"], r["output"])):
         status = r["status"] if r["ok"] else f"failed: {r.get('error', '')}"
@@ -38,12 +43,12 @@ def _summary(results: list[dict[str, Any]], seconds: float) -> Table:
 
 
 def batch(
-    jobs_file: Path = typer.Argument(..., metavar="JOBS", help="Manifest: YAML (.yaml/.yml) or text (one `SOURCE [TYPE[,TYPE]] [OUTPUT]` per line)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Conversions run at once on this machine (process pool)."),
+    jobs_file: Path = typer.Argument(..., metavar="MANIFEST", help="Manifest: YAML (.yaml/.yml) or text (one `SOURCE [TYPE[,TYPE]] [OUTPUT]` per line)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, metavar="N", help="Conversions run at once on this machine (process pool)."),
     ray_address: str = typer.Option(None, "--ray", metavar="ADDRESS",
                                     help="Run one Ray task per job: `local` (a Ray instance on this machine), `auto` (the cluster this node is in) or `ray://head:10001`. Needs `pip install 'quantcli[ray]'`."),
-    output_dir: Path = typer.Option(None, "--output-dir", "-o", help="Directory for outputs not given in the manifest (default: the manifest's directory)."),
-    types: str = typer.Option(None, "--types", help="Comma-separated types for entries that name none (crosses a plain model list with several types)."),
+    output_dir: Path = typer.Option(None, "--output-dir", "-o", metavar="DIR", help="Directory for outputs not given in the manifest (default: the manifest's directory)."),
+    types: str = typer.Option(None, "--types", metavar="TYPE[,TYPE]", help="Comma-separated types for entries that name none (crosses a plain model list with several types)."),
     force: bool = typer.Option(False, "--force", help="Overwrite outputs that this batch did not make (no current sidecar)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the manifest and list the jobs; convert nothing."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per job on stdout (as each finishes)."),
@@ -88,7 +93,8 @@ def batch(
             err.print(f"[red]failed[/] {result['source']} → {result['output']}: {result.get('error')}", soft_wrap=True)
         if result.get("traceback"):
             print(result["traceback"], file=sys.stderr)
-    err.print(_summary(results, time.perf_counter() - started))
+    # The summary table is the result (stdout); with --json stdout holds only JSON, so it goes to stderr.
+    print_wide(_summary(results, time.perf_counter() - started), 240, err if json_out else out)
     failed = [r for r in results if not r["ok"]]
     if failed:
         raise BatchFailed(f"{len(failed)} of {len(results)} batch jobs failed")

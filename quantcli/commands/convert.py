@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from quantcli.commands import _options as opt
-from quantcli.console import err, print_wide, show_progress
+from quantcli.console import err, out, print_wide, show_progress
 
 HELP = """Convert a Hugging Face checkpoint (directory with config.json + safetensors, a .safetensors file
 next to its config.json, or a Hub id) to a quantized GGUF file that llama.cpp loads, or to packed
@@ -43,26 +43,33 @@ def register(app: typer.Typer) -> None:
     def convert(
         source: Path = typer.Argument(
             ...,
+            metavar="MODEL",
             help="HF model directory, a .safetensors file next to config.json, or a Hub id org/name[@rev].",
         ),
         output: Path | None = typer.Option(
-            None, "-o", "--output", help="Output .gguf path (a directory for packed formats)."
+            None,
+            "-o",
+            "--output",
+            metavar="PATH",
+            help="Output .gguf file (a directory for packed formats). A trailing / or an existing directory: "
+            "the default-named output goes into that directory.",
         ),
         out_type: str | None = typer.Option(
             None,
             "--type",
             "-t",
+            metavar="TYPE",
             help="auto, f32, f16, bf16, q8_0 (converter) or a llama-quantize recipe such as Q4_K_M.",
         ),
         bits: int | None = typer.Option(
-            None, "--bits", help="8 6 5 4 3 2 (GGUF recipe, docs/recipes.md) or a packed format's bit width."
+            None, "--bits", metavar="N", help="8 6 5 4 3 2 (GGUF recipe, docs/recipes.md) or a packed format's bit width."
         ),
-        fmt: str = typer.Option("gguf", "--format", help="gguf, ct (compressed-tensors), mlx or gptq."),
+        fmt: str = typer.Option("gguf", "--format", metavar="FORMAT", help="gguf, ct (compressed-tensors), mlx or gptq."),
         group_size: int | None = typer.Option(
-            None, "--group-size", help="Packed formats: weights per scale (default 128 ct/gptq, 64 mlx)."
+            None, "--group-size", metavar="N", help="Packed formats: weights per scale (default 128 ct/gptq, 64 mlx)."
         ),
         max_shard_size: str | None = typer.Option(
-            None, "--max-shard-size", help="Packed formats: largest safetensors shard, e.g. 5GB (default)."
+            None, "--max-shard-size", metavar="SIZE", help="Packed formats: largest safetensors shard, e.g. 5GB (default)."
         ),
         imatrix: str | None = opt.imatrix(),
         include_weights: list[str] = opt.include_weights(),
@@ -82,13 +89,13 @@ def register(app: typer.Typer) -> None:
             False, "--verify", help="After writing, compare output and source on a text (exit 9 if worse)."
         ),
         max_kld: float | None = typer.Option(
-            None, "--max-kld", help="--verify: largest mean KL divergence that passes (default 0.1)."
+            None, "--max-kld", metavar="X", help="--verify: largest mean KL divergence that passes (default 0.1)."
         ),
         eval_text: Path | None = typer.Option(
-            None, "--eval-text", help="--verify: text file to evaluate on (default: the bundled text)."
+            None, "--eval-text", metavar="FILE", help="--verify: text file to evaluate on (default: the bundled text)."
         ),
         verify_chunks: int | None = typer.Option(
-            None, "--verify-chunks", min=1, help="--verify: number of 512-token chunks (default 4)."
+            None, "--verify-chunks", min=1, metavar="N", help="--verify: number of 512-token chunks (default 4)."
         ),
         force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output."),
         json_out: bool = opt.json_out(),
@@ -160,13 +167,13 @@ def _show_plan(doc: dict) -> None:
     print_wide(table, 200)
     if doc["bytes_exact"]:
         hist = ", ".join(f"{k} {v}" for k, v in doc["tensor_types"].items())
-        err.print(
+        out.print(
             f"{doc['n_tensors']} tensors ({hist}); {doc['n_fallbacks']} fallback(s); {doc['parameters']:,} weights; "
             f"tensor data {doc['src_tensor_bytes']:,} -> {doc['tensor_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw; "
             f"file {doc['bytes']:,} bytes; nothing written (--dry-run)"
         )
     else:
-        err.print(
+        out.print(
             f"{doc['n_tensors']} tensors; packed tensor data {doc['bytes']:,} bytes "
             f"(plus safetensors headers and small files); nothing written (--dry-run)"
         )
@@ -181,15 +188,18 @@ def _summary(result: dict) -> None:
             f"{result['output']}: {result['format']} {result['bits']}-bit, group {result['group_size']}, "
             f"{result['n_quantized']} quantized + {kept} kept tensors, "
             f"{len(result['files'])} files, {result['bytes']:,} bytes in {result['seconds']:.1f} s, "
-            f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
+            f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB"
         )
+        for f in result["files"]:  # schema: [{name, bytes, sha256}] per file
+            if isinstance(f, dict):
+                out.print(f"sha256 {f['sha256']}  {f['name']} (whole file, {f['bytes']:,} bytes)", markup=False)
     else:
         fallbacks = result["fallbacks"]
         for f in fallbacks[:10]:
             err.print(f"[yellow]fallback[/] {f['name']}: {f['why']}")
         if len(fallbacks) > 10:
             err.print(f"[yellow]... and {len(fallbacks) - 10} more fallback(s)[/] (all in --json; --strict refuses them)")
-        table = Table(title=f"{result['output']}", title_justify="left")
+        table = Table(title=f"{result['output']}", title_justify="left", min_width=len(str(result["output"])))
         table.add_column("type")
         table.add_column("tensors", justify="right")
         for qtype, count in result["tensor_types"].items():
@@ -204,7 +214,7 @@ def _summary(result: dict) -> None:
             f"{result['architecture']} {result['file_type']} ({result.get('pipeline', '')}): "
             f"{result['n_tensors']} tensors{extra}, {result['parameters']:,} parameters, "
             f"{result['bytes']:,} bytes in {result['seconds']:.1f} s, "
-            f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 {result['sha256']}"
+            f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB\nsha256 (whole file) {result['sha256']}"
         )
     report = result.get("verify")
     if report:

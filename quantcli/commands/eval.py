@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import gc
-import json
+import time
 from pathlib import Path
 
 import typer
 
-from quantcli.console import err, peak_rss_bytes
+from quantcli.console import err, json_doc, peak_rss_bytes, print_json, print_wide
 
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
-        model: Path = typer.Argument(..., help="GGUF file or HF checkpoint directory."),
+        model: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF checkpoint directory."),
         text: Path | None = typer.Option(
-            None, "--text", help="UTF-8 text file (default: the shipped eval text)."
+            None, "--text", metavar="FILE", help="UTF-8 text file (default: the shipped eval text)."
         ),
-        ctx: int = typer.Option(512, "--ctx", help="Context size per chunk (llama-perplexity -c)."),
-        chunks: int | None = typer.Option(None, "--chunks", help="Evaluate at most N chunks."),
+        ctx: int = typer.Option(512, "--ctx", metavar="N", help="Context size per chunk (llama-perplexity -c)."),
+        chunks: int | None = typer.Option(None, "--chunks", metavar="N", help="Evaluate at most N chunks."),
         base: Path | None = typer.Option(
             None,
             "--base",
+            metavar="MODEL",
             help="Base model (GGUF, HF dir, or a llama-perplexity --kl-divergence-base file): also report KLD / "
             "top-1 agreement against it.",
         ),
@@ -31,9 +32,12 @@ def register(app: typer.Typer) -> None:
             "--exact-activations",
             help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
         ),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+        json_out: bool = typer.Option(
+            False, "--json", help="Print the result as one JSON object on stdout (docs/json.md)."
+        ),
     ) -> None:
-        """Perplexity of MODEL on a text, computed as llama-perplexity does (spec §8)."""
+        """Perplexity of MODEL on a text, computed as llama-perplexity does; with --base, also the KL
+        divergence and top-1 agreement against the base model's token distributions."""
         from quantcli.runtime import Model, load_tokenizer, open_source
         from quantcli.runtime.evaluate import (
             base_log_probs,
@@ -45,6 +49,7 @@ def register(app: typer.Typer) -> None:
         )
         from quantcli.runtime.textdata import read_text
 
+        started = time.perf_counter()
         body, text_name = read_text(text)
         progress = _progress(json_out)
         if base is None:
@@ -68,9 +73,12 @@ def register(app: typer.Typer) -> None:
             target = Model(open_source(model), emulate_ggml=not exact)
             result = kl_divergence(target, plan, coded, progress)
             result["base"] = str(base)
+        if "tokens" in result:  # the KLD summary's count; `tokens` is a list of ids elsewhere (docs/json.md)
+            result["tokens_scored"] = result.pop("tokens")
         result.update(
             {
-                "model": str(model),
+                "source": str(model),
+                "seconds": round(time.perf_counter() - started, 3),
                 "text": text_name,
                 "tokens_total": int(plan.tokens.size),
                 "peak_rss_bytes": peak_rss_bytes(),
@@ -78,7 +86,7 @@ def register(app: typer.Typer) -> None:
             }
         )
         if json_out:
-            print(json.dumps({"ok": True, **result}))
+            print_json(json_doc("eval", True, **result))
         else:
             _print(result)
 
@@ -96,7 +104,7 @@ def _progress(json_mode: bool, label: str = "chunk"):
 def _print(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"eval {Path(result['model']).name}", show_header=False)
+    table = Table(title=f"eval {result['source']}", show_header=False)
     for key, label, fmt in [
         ("ppl", "PPL", "{:.4f}"),
         ("ppl_uncertainty", "PPL ±", "{:.5f}"),
@@ -111,4 +119,4 @@ def _print(result: dict) -> None:
     ]:
         if key in result:
             table.add_row(label, fmt.format(result[key]))
-    err.print(table)
+    print_wide(table, 160)

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
 import typer
 
-from quantcli.console import err, peak_rss_bytes
+from quantcli.console import err, json_doc, peak_rss_bytes, print_json
 
 
 def register(app: typer.Typer) -> None:
     @app.command("imatrix")
     def imatrix_command(
-        model: Path = typer.Argument(..., help="GGUF file or HF checkpoint directory."),
+        model: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF checkpoint directory."),
         text: Path | None = typer.Option(
-            None, "--text", help="Calibration text (default: the shipped eval text)."
+            None, "--text", metavar="FILE", help="Calibration text (default: the shipped eval text)."
         ),
-        output: Path = typer.Option(..., "-o", "--output", help="Output imatrix file (.gguf)."),
-        ctx: int = typer.Option(512, "--ctx", help="Tokens per chunk (llama-imatrix -c)."),
-        chunks: int | None = typer.Option(None, "--chunks", help="Process at most N chunks."),
+        output: Path = typer.Option(..., "-o", "--output", metavar="FILE", help="Output imatrix file (.gguf)."),
+        ctx: int = typer.Option(512, "--ctx", metavar="N", help="Tokens per chunk (llama-imatrix -c)."),
+        chunks: int | None = typer.Option(None, "--chunks", metavar="N", help="Process at most N chunks."),
         process_output: bool = typer.Option(False, "--process-output", help="Also collect output.weight."),
         force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT."),
         exact: bool = typer.Option(
@@ -27,15 +27,19 @@ def register(app: typer.Typer) -> None:
             "--exact-activations",
             help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
         ),
-        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+        json_out: bool = typer.Option(
+            False, "--json", help="Print the result as one JSON object on stdout (docs/json.md)."
+        ),
     ) -> None:
-        """Collect per-column mean squared activations of every blk.* matmul (llama-imatrix, spec §7)."""
+        """Collect per-column mean squared activations of every blk.* matmul, written in llama-imatrix's
+        GGUF format."""
         from quantcli.atomic import atomic_path, check_output
         from quantcli.runtime import Model, load_tokenizer, open_source
         from quantcli.runtime.evaluate import plan_chunks
         from quantcli.runtime.imatrix import collect
         from quantcli.runtime.textdata import read_text
 
+        started = time.perf_counter()
         check_output(output, force)
         body, text_name = read_text(text)
         source = open_source(model)
@@ -49,13 +53,16 @@ def register(app: typer.Typer) -> None:
         with atomic_path(output, force) as tmp:
             collector.write_gguf(tmp, [text_name], plan.n_chunks, plan.n_ctx)
         summary = {
+            "source": str(model),
             "output": str(output),
+            "bytes": output.stat().st_size,
             "entries": len(collector.sums),
             **stats,
+            "seconds": round(time.perf_counter() - started, 3),
             "peak_rss_bytes": peak_rss_bytes(),
         }
         if json_out:
-            print(json.dumps({"ok": True, **summary}))
+            print_json(json_doc("imatrix", True, **summary))
         else:
             err.print(f"wrote {len(collector.sums)} entries from {plan.n_chunks} chunks to {output}")
 

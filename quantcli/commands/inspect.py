@@ -6,24 +6,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 
-from quantcli.console import err, print_wide
+from quantcli.console import json_doc, out, print_json, print_wide
 
-HELP = """Describe a GGUF file: metadata (long arrays summarised), every tensor (name, shape, type, bytes),
-a histogram of tensor types, file size and bits per weight.
+HELP = """Describe a GGUF file: metadata (long arrays summarised), every tensor (name, shape in GGUF
+order, type, bytes), a histogram of tensor types, file size and bits per weight. The tables go to
+stdout (pipe them to grep); --json prints one object (docs/json.md).
 
 Examples:
 
 * `quantcli inspect smol-q4_k_m.gguf`
-* `quantcli inspect smol-q4_k_m.gguf --json | jq .types`
+* `quantcli inspect smol-q4_k_m.gguf | grep attn_v`
+* `quantcli inspect smol-q4_k_m.gguf --json | jq .tensor_types`
 """
 
 _ARRAY_PREVIEW = 8
 
 
 def _summarise(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, list):
@@ -51,20 +54,22 @@ def describe(path: Path) -> dict[str, Any]:
             entry["bytes"] += t.nbytes
         file_type = f.get("general.file_type")
         doc = {
-            "path": str(path),
+            "source": str(path),
+            "format": "gguf",
             "gguf_version": f.version,
             "architecture": f.get("general.architecture"),
             "name": f.get("general.name"),
-            "file_type": file_type,
-            "file_type_name": _ftype_name(file_type),
+            "file_type": _ftype_name(file_type),
+            "file_type_id": None if file_type is None else int(file_type),
             "alignment": f.alignment,
             "n_kv": len(f.kv),
             "n_tensors": len(tensors),
-            "n_elements": n_elements,
+            "parameters": n_elements,
             "tensor_bytes": tensor_bytes,
-            "file_bytes": path.stat().st_size,
+            "bytes": path.stat().st_size,
             "bits_per_weight": tensor_bytes * 8.0 / max(1, n_elements),
-            "types": dict(sorted(types.items())),
+            "tensor_types": {name: entry["tensors"] for name, entry in sorted(types.items())},
+            "type_totals": dict(sorted(types.items())),
             "metadata": {k: _summarise(v.value) for k, v in f.kv.items()},
             "tensors": [
                 {
@@ -94,15 +99,15 @@ def _ftype_name(value: Any) -> str | None:
 def register(app: typer.Typer) -> None:
     @app.command("inspect", help=HELP)
     def inspect(
-        file: Path = typer.Argument(..., help="GGUF file."),
-        json_out: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
+        file: Path = typer.Argument(..., metavar="FILE", help="GGUF file."),
+        json_out: bool = typer.Option(False, "--json", help="Print everything as one JSON object on stdout."),
         all_metadata: bool = typer.Option(
             False, "--all", help="Also list tokenizer.* keys in the table view."
         ),
     ) -> None:
         doc = describe(file)
         if json_out:
-            print(json.dumps(doc, default=str))
+            print_json(json_doc("inspect", True, **doc))
             return
         _show(doc, all_metadata)
 
@@ -110,8 +115,8 @@ def register(app: typer.Typer) -> None:
 def _show(doc: dict[str, Any], all_metadata: bool) -> None:
     from rich.table import Table
 
-    meta = Table(title=f"{doc['path']} (GGUF v{doc['gguf_version']})", title_justify="left")
-    meta.add_column("key")
+    meta = Table(title=f"{doc['source']} (GGUF v{doc['gguf_version']})", title_justify="left")
+    meta.add_column("key", no_wrap=True)
     meta.add_column("value", overflow="fold")
     for key, value in doc["metadata"].items():
         if key.startswith("tokenizer.") and not all_metadata and isinstance(value, dict):
@@ -120,18 +125,18 @@ def _show(doc: dict[str, Any], all_metadata: bool) -> None:
         meta.add_row(key, text if len(text) < 200 else text[:197] + "...")
     print_wide(meta, 160)
 
-    tensors = Table(title="tensors", title_justify="left")
+    tensors = Table(title="tensors (shape in GGUF order, fastest dimension first)", title_justify="left")
     for col in ("name", "shape", "type"):
-        tensors.add_column(col)
-    tensors.add_column("bytes", justify="right")
+        tensors.add_column(col, no_wrap=True)
+    tensors.add_column("bytes", justify="right", no_wrap=True)
     for t in doc["tensors"]:
         tensors.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"], f"{t['bytes']:,}")
-    err.print(tensors)
+    print_wide(tensors, 160)
 
     hist = Table(title="types", title_justify="left")
     for col in ("type", "tensors", "elements", "bytes", "bpw"):
         hist.add_column(col, justify="right" if col != "type" else "left")
-    for name, entry in doc["types"].items():
+    for name, entry in doc["type_totals"].items():
         hist.add_row(
             name,
             str(entry["tensors"]),
@@ -139,8 +144,9 @@ def _show(doc: dict[str, Any], all_metadata: bool) -> None:
             f"{entry['bytes']:,}",
             f"{entry['bytes'] * 8 / max(1, entry['elements']):.2f}",
         )
-    err.print(hist)
-    err.print(
-        f"{doc['architecture']} {doc['file_type_name'] or doc['file_type']}: {doc['n_tensors']} tensors, "
-        f"{doc['n_elements']:,} weights, {doc['file_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw"
+    print_wide(hist, 160)
+    out.print(
+        f"{doc['architecture']} {doc['file_type'] or doc['file_type_id']}: {doc['n_tensors']} tensors, "
+        f"{doc['parameters']:,} weights, {doc['bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw",
+        markup=False,
     )

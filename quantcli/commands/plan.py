@@ -1,4 +1,4 @@
-"""`quantcli plan SRC --type T|--bits N`: llama-quantize's per-tensor decisions and the output size, no compute."""
+"""`quantcli plan MODEL --type T|--bits N`: llama-quantize's per-tensor decisions and the output size, no compute."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 import typer
 
 from quantcli.commands import _options as opt
-from quantcli.console import err, print_wide
+from quantcli.console import out, print_wide
 
 HELP = """Show, before any compute, the type llama-quantize would give every tensor for a recipe, why,
 and which tensors need a fallback type (row length not a multiple of the block size), plus totals:
-bytes, bits per weight and the output file size (to the byte for a GGUF source).
+bytes, bits per weight and the output file size (to the byte for a GGUF source). The table goes to
+stdout; --json prints one object (docs/json.md).
 
-SRC is a GGUF file (F32/F16/BF16 weights) or a Hugging Face model directory (planned as the GGUF
+MODEL is a GGUF file (F32/F16/BF16 weights) or a Hugging Face model directory (planned as the GGUF
 llama.cpp's converter writes at the checkpoint's precision, e.g. --outtype bf16, then quantized).
 
 Examples:
@@ -28,9 +29,9 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("plan", help=HELP)
     def plan(
-        source: Path = typer.Argument(..., help="GGUF file or HF model directory."),
-        qtype: str | None = typer.Option(None, "--type", "-t", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
-        bits: int | None = typer.Option(None, "--bits", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
+        source: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF model directory."),
+        qtype: str | None = typer.Option(None, "--type", "-t", metavar="TYPE", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
+        bits: int | None = typer.Option(None, "--bits", metavar="N", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
         imatrix: str | None = opt.imatrix("Importance matrix (changes some rules)."),
         include_weights: list[str] = opt.include_weights("Use imatrix entries containing this."),
         exclude_weights: list[str] = opt.exclude_weights("Ignore imatrix entries containing this."),
@@ -66,8 +67,8 @@ def _show(doc: dict) -> None:
     table = Table(title=f"{doc['source']} -> {doc['file_type']}", title_justify="left")
     table.add_column("tensor", no_wrap=True)
     table.add_column("shape", no_wrap=True)
-    table.add_column("from")
-    table.add_column("type")
+    table.add_column("from", no_wrap=True)
+    table.add_column("type", no_wrap=True)
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("why")
     table.add_column("fallback", no_wrap=True)
@@ -80,7 +81,7 @@ def _show(doc: dict) -> None:
     # Not a terminal (piped, CI): do not squeeze the table into 80 columns.
     print_wide(table, 200)
     hist = ", ".join(f"{k} {v}" for k, v in doc["tensor_types"].items())
-    err.print(
+    out.print(
         f"{doc['n_tensors']} tensors ({hist}); {doc['n_fallbacks']} fallback(s); {doc['parameters']:,} weights; "
         f"tensor data {doc['src_tensor_bytes']:,} -> {doc['tensor_bytes']:,} bytes, {doc['bits_per_weight']:.2f} bpw; "
         f"file {doc['bytes']:,} bytes"

@@ -31,8 +31,8 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("quantize", help=HELP)
     def quantize(
-        source: Path = typer.Argument(..., help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
-        output: Path = typer.Argument(..., help="Output GGUF path."),
+        source: Path = typer.Argument(..., metavar="INPUT", help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
+        output: Path = typer.Argument(..., metavar="OUTPUT", help="Output GGUF path."),
         qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
         imatrix: str | None = opt.imatrix(),
         include_weights: list[str] = opt.include_weights(),

@@ -57,6 +57,13 @@ class Tokenizer:
             ids.insert(0, int(self.bos_id))  # type: ignore[arg-type]
         return ids
 
+    def token_id(self, text: str) -> int | None:
+        """The id of the token whose text is exactly `text`, or None."""
+        if self.kind == "sentencepiece":
+            i = int(self._backend.piece_to_id(text))
+            return i if self._backend.id_to_piece(i) == text else None
+        return self._backend.token_to_id(text)
+
     def decode(self, ids: Sequence[int]) -> str:
         if self.kind == "sentencepiece":
             return self._backend.decode([int(i) for i in ids])
