@@ -374,9 +374,8 @@ def _convert_packed(source: Path, job: Job, *, force: bool) -> dict[str, Any]:
     """Packed safetensors through quantcli.writers.packed (a directory output; no per-tensor cache)."""
     from quantcli.errors import UsageError
     from quantcli.loaders import open_checkpoint
-    from quantcli.writers.packed import Scheme, get_format
-    from quantcli.writers.packed.base import MODEL_DTYPES
-    from quantcli.writers.packed.writer import write_packed
+    from quantcli.quants.packed import MODEL_DTYPES, Scheme, get_format
+    from quantcli.writers.packed import write_packed
 
     options = dict(job.options)
     group_size = int(options.pop("group_size", DEFAULT_GROUP_SIZE[job.format]))

@@ -95,7 +95,7 @@ def resolve_target(
 
     fmt = (fmt or "gguf").lower()
     if fmt != "gguf":
-        from quantcli.writers.packed import Scheme, get_format
+        from quantcli.quants.packed import Scheme, get_format
 
         packed = get_format(fmt)  # Unsupported for an unknown format
         if out_type not in (None, "auto"):
@@ -368,9 +368,8 @@ def _convert_packed(
 ) -> dict[str, Any]:
     from quantcli.atomic import check_output_dir
     from quantcli.loaders import open_checkpoint
-    from quantcli.writers.packed import Scheme
-    from quantcli.writers.packed.base import MODEL_DTYPES
-    from quantcli.writers.packed.writer import is_linear_weight, packed_names, write_packed
+    from quantcli.quants.packed import MODEL_DTYPES, Scheme
+    from quantcli.writers.packed import is_linear_weight, packed_names, write_packed
 
     shard = parse_size(max_shard_size) if max_shard_size is not None else DEFAULT_MAX_SHARD
     out_path = Path(output) if output is not None else default_output(Path(source), target, output_stem)
@@ -446,7 +445,7 @@ def _kept_bytes(info: Any, scheme: Any) -> int:
 
     import numpy as np
 
-    from quantcli.writers.packed.base import MODEL_DTYPES
+    from quantcli.quants.packed import MODEL_DTYPES
 
     floating = info.dtype in ("F32", "F16", "BF16", "F64")
     itemsize = np.dtype(MODEL_DTYPES[scheme.dtype]).itemsize if floating else None
