@@ -39,7 +39,7 @@ def mlx_words(bits: int, q: np.ndarray) -> list[list[int]]:
     mx.dequantize with scale 1 and bias 0 must give back exactly the codes."""
     import mlx.core as mx
 
-    from quantcli.writers.packed.bits import pack_rows
+    from quantcli.quants.packed.bits import pack_rows
 
     words = pack_rows(q, bits)
     ones = mx.ones((q.shape[0], q.shape[1] // 32), dtype=mx.float32)

@@ -167,8 +167,8 @@ def test_foreign_output_needs_force(models, reference, tmp_path: Path) -> None:
 
 def test_packed_format_job_matches_direct_write_and_reruns_skip(models, tmp_path: Path) -> None:
     from quantcli.loaders import open_checkpoint
-    from quantcli.writers.packed import Scheme, get_format
-    from quantcli.writers.packed.writer import write_packed
+    from quantcli.quants.packed import Scheme, get_format
+    from quantcli.writers.packed import write_packed
 
     manifest = tmp_path / "jobs.yaml"
     manifest.write_text(f"- {{source: {models['alpha']}, format: ct, bits: 4, options: {{group_size: 32}}}}\n"

@@ -11,9 +11,9 @@ from tiny_models import make_tiny_llama
 
 from quantcli.errors import Unsupported
 from quantcli.loaders import open_checkpoint
-from quantcli.writers.packed import Scheme, get_format
-from quantcli.writers.packed.bits import pack_rows, unpack_rows
-from quantcli.writers.packed.writer import write_packed
+from quantcli.quants.packed import Scheme, get_format
+from quantcli.quants.packed.bits import pack_rows, unpack_rows
+from quantcli.writers.packed import write_packed
 
 GOLDEN = json.loads((Path(__file__).resolve().parent.parent / "formats" / "packed-golden.json").read_text())
 

@@ -15,8 +15,8 @@ import pytest
 from tiny_models import make_tiny_llama
 
 from quantcli.loaders import open_checkpoint
-from quantcli.writers.packed import Scheme, get_format
-from quantcli.writers.packed.writer import write_packed
+from quantcli.quants.packed import Scheme, get_format
+from quantcli.writers.packed import write_packed
 
 pytestmark = pytest.mark.slow
 PROMPT = [[1, 17, 42, 99, 255, 3, 77, 500]]

@@ -14,8 +14,8 @@ from gguf import GGUFReader
 from quantcli.engine import convert_model
 from quantcli.loaders import open_checkpoint
 from quantcli.loaders.packed import PackedCheckpoint
-from quantcli.writers.packed import Scheme, get_format
-from quantcli.writers.packed.writer import write_packed
+from quantcli.quants.packed import Scheme, get_format
+from quantcli.writers.packed import write_packed
 from quantcli.writers.safetensors import write_file
 
 pytestmark = pytest.mark.slow

@@ -136,10 +136,12 @@ def _shard_files_from_index(directory: Path) -> list[SafetensorsFile]:
     return files
 
 
-def open_checkpoint(source: Path | str, *, dequantize_packed: bool = True) -> Checkpoint:
-    # (a PackedCheckpoint, which reads like a Checkpoint, when config.json declares a packed format,
-    # unless dequantize_packed=False asks for the stored tensors as they are)
-    """Open and validate an HF checkpoint directory or a single .safetensors file (see module doc)."""
+def open_hf_checkpoint(source: Path | str) -> Checkpoint:
+    """Open and validate an HF checkpoint directory or a single .safetensors file (see module doc).
+
+    Tensors are served as stored; `quantcli.loaders.open_checkpoint` is the entry point that also reads
+    packed checkpoints back dequantized.
+    """
     source = Path(source)
     if not source.exists():
         raise InputMissing(f"{source}: no such file or directory")
@@ -173,7 +175,4 @@ def open_checkpoint(source: Path | str, *, dequantize_packed: bool = True) -> Ch
                     )
                 raise InputMissing(f"{directory}: no model.safetensors (or shards with {INDEX_NAME}) found")
             files = [SafetensorsFile(directory / n) for n in names]
-    from quantcli.loaders.packed import maybe_packed  # packed safetensors read back dequantized
-
-    ckpt = Checkpoint(directory, config, files)
-    return maybe_packed(ckpt) if dequantize_packed else ckpt
+    return Checkpoint(directory, config, files)

@@ -3,6 +3,9 @@
 Each quantized Linear's packed tensors are replaced by `<module>.weight`, dequantized on read exactly as
 the format's client does (values in the model dtype). Everything downstream (conversion to GGUF, the
 runtime) then sees a plain HF checkpoint, as llama.cpp's converter does for these formats.
+
+`open_checkpoint` is the one entry point for HF-style sources: it opens the plain checkpoint
+(`loaders.hf`) and wraps it here when its config declares a packed format.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from quantcli.loaders.hf import Checkpoint
+from quantcli.loaders.hf import Checkpoint, open_hf_checkpoint
 from quantcli.loaders.safetensors import TensorInfo
-from quantcli.writers.packed import PackedFormat, Scheme, detect_format
+from quantcli.quants.packed import PackedFormat, Scheme, detect_format
 
 _ST_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
@@ -109,3 +112,10 @@ def maybe_packed(ckpt: Checkpoint) -> Checkpoint | PackedCheckpoint:
         return ckpt
     fmt, scheme = found
     return PackedCheckpoint(ckpt, fmt, scheme)
+
+
+def open_checkpoint(source: Path | str, *, dequantize_packed: bool = True) -> Checkpoint | PackedCheckpoint:
+    """Open and validate an HF checkpoint (`loaders.hf`); a packed one reads back dequantized unless
+    `dequantize_packed=False` asks for the stored tensors as they are."""
+    ckpt = open_hf_checkpoint(source)
+    return maybe_packed(ckpt) if dequantize_packed else ckpt

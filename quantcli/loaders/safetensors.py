@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported
@@ -25,11 +24,13 @@ from quantcli.errors import InputInvalid, InputMissing, Unsupported
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 # safetensors dtype name -> (bytes per element, NumPy dtype or None when we cannot represent it).
+# BF16's NumPy dtype comes from `ml_dtypes`, imported on first use (see `numpy_dtype`): 0.6 s that a
+# GGUF-only job must not pay.
 DTYPES: dict[str, tuple[int, Any]] = {
     "F64": (8, np.dtype("<f8")),
     "F32": (4, np.dtype("<f4")),
     "F16": (2, np.dtype("<f2")),
-    "BF16": (2, np.dtype(ml_dtypes.bfloat16)),
+    "BF16": (2, "bfloat16"),
     "I64": (8, np.dtype("<i8")),
     "I32": (4, np.dtype("<i4")),
     "I16": (2, np.dtype("<i2")),
@@ -42,6 +43,17 @@ DTYPES: dict[str, tuple[int, Any]] = {
     "F8_E4M3": (1, None),
     "F8_E5M2": (1, None),
 }
+
+
+def numpy_dtype(dtype: str) -> np.dtype | None:
+    """The NumPy dtype of safetensors dtype `dtype`, or None when we cannot represent it."""
+    np_dtype = DTYPES[dtype][1]
+    if isinstance(np_dtype, str):  # "bfloat16"
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, np_dtype))
+    return np_dtype
+
 
 # dtypes a weight may have for conversion (others are refused by the converter, not by the reader).
 FLOAT_DTYPES = ("F32", "F16", "BF16")
@@ -176,7 +188,7 @@ class SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         """A read-only NumPy view (memory-mapped, nothing copied) of tensor `name`."""
         info = self.tensors[name]
-        np_dtype = DTYPES[info.dtype][1]
+        np_dtype = numpy_dtype(info.dtype)
         if np_dtype is None:
             raise Unsupported(
                 f"{self.path}: tensor {name!r} has dtype {info.dtype}, which quantcli cannot read"

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import ml_dtypes
 import numpy as np
 
+# bfloat16 (from `ml_dtypes`) is looked up by its dtype name so that importing this module does not import
+# ml_dtypes (0.6 s); an array can only be bfloat16 once something has imported it.
 _NAMES = {
     np.dtype("<f4"): "F32",
     np.dtype("<f2"): "F16",
-    np.dtype(ml_dtypes.bfloat16): "BF16",
     np.dtype("<i8"): "I64",
     np.dtype("<i4"): "I32",
     np.dtype("<u4"): "U32",
@@ -25,7 +25,10 @@ _NAMES = {
 
 
 def dtype_name(dtype: np.dtype) -> str:
-    return _NAMES[np.dtype(dtype)]
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":
+        return "BF16"
+    return _NAMES[dtype]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Write an HF checkpoint as packed safetensors: quantized Linear layers, everything else as it was."""
+"""Write an HF checkpoint as packed safetensors: quantized Linear layers, everything else as it was.
+
+The formats themselves (tensor layout, encoding, config entries) live in `quantcli.quants.packed`.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from quantcli.atomic import atomic_dir
 from quantcli.console import peak_rss_bytes
 from quantcli.errors import InputInvalid
 from quantcli.loaders import Checkpoint
-from quantcli.writers.packed.base import MODEL_DTYPES, PackedFormat, Scheme
+from quantcli.quants.packed import MODEL_DTYPES, PackedFormat, Scheme
 from quantcli.writers.safetensors import PlannedTensor, SafetensorsStreamWriter
 
 # Small files copied next to the weights (tokenizer, generation settings, chat template).

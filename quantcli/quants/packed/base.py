@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-import ml_dtypes
 import numpy as np
 
 from quantcli.errors import Unsupported
 
-MODEL_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
+
+class _ModelDtypes(Mapping[str, type]):
+    """Model dtype name -> NumPy scalar type. `ml_dtypes` (0.6 s to import) is loaded on the first lookup of
+    bfloat16, so that a job which never touches a packed or BF16 tensor (GGUF -> GGUF) does not pay for it."""
+
+    _NAMES = ("bfloat16", "float16", "float32")
+
+    def __getitem__(self, name: str) -> type:
+        if name == "bfloat16":
+            import ml_dtypes
+
+            return ml_dtypes.bfloat16
+        if name in ("float16", "float32"):
+            return getattr(np, name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+
+MODEL_DTYPES: Mapping[str, type] = _ModelDtypes()
 
 
 @dataclass(frozen=True)

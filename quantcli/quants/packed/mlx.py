@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantcli.writers.packed.base import PackedFormat, Scheme, grouped, round_to
-from quantcli.writers.packed.bits import pack_rows, packed_words, unpack_rows
+from quantcli.quants.packed.base import PackedFormat, Scheme, grouped, round_to
+from quantcli.quants.packed.bits import pack_rows, packed_words, unpack_rows
 
 
 class Mlx(PackedFormat, name="mlx"):
