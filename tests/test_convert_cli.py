@@ -33,7 +33,7 @@ def test_json_and_default_output_name(smollm2_dir: Path, tmp_path: Path) -> None
     assert result["output"] == str(out) and out.is_file()
     assert result["bytes"] == out.stat().st_size
     assert result["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert result["tensor_types"] == {"F32": 61, "Q8_0": 211} and result["tensors"] == 272
+    assert result["tensor_types"] == {"F32": 61, "Q8_0": 211} and result["n_tensors"] == 272
     assert result["architecture"] == "llama" and result["file_type"] == "Q8_0"
     assert result["seconds"] > 0 and result["peak_rss_bytes"] > 0
     # second run without --force: refused, file kept

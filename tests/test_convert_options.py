@@ -85,7 +85,7 @@ def test_strict_refuses_fallbacks(
     assert list(tmp_path.iterdir()) == []
     # The synthetic model's rows are multiples of 256: nothing to refuse.
     code, out, _ = run(capsys, "convert", str(synthetic_dir()), "--bits", "4", "--strict", "--json")
-    assert code == 0 and json.loads(out)["fallbacks"] == 0
+    assert code == 0 and json.loads(out)["n_fallbacks"] == 0
 
 
 def test_dry_run_lists_every_tensor_and_the_exact_size(
@@ -98,14 +98,14 @@ def test_dry_run_lists_every_tensor_and_the_exact_size(
         plan = json.loads(out)
         assert plan["dry_run"] and list(tmp_path.iterdir()) == []  # nothing written
         assert plan["n_tensors"] == len(plan["tensors"]) == 272
-        assert plan["n_fallback"] == expected_fallbacks == sum(t["fell_back"] for t in plan["tensors"])
+        assert plan["n_fallbacks"] == expected_fallbacks == sum(t["fell_back"] for t in plan["tensors"])
         for t in plan["tensors"]:
             assert {"name", "shape", "src_type", "type", "reason", "fell_back", "fallback_from", "bytes"} <= set(t)
             assert t["reason"] and (t["fallback_from"] is not None) == t["fell_back"]
         code, out, _ = run(capsys, "convert", str(smollm2_dir), *args, "-o", "real.gguf", "--json")
         assert code == 0
         result = json.loads(out)
-        assert plan["file_size"] == result["bytes"] == (tmp_path / "real.gguf").stat().st_size
+        assert plan["bytes"] == result["bytes"] == (tmp_path / "real.gguf").stat().st_size
         with GGUFFile(tmp_path / "real.gguf") as f:
             written = {name: t.type.name for name, t in f.tensors.items()}
         assert {t["name"]: t["type"] for t in plan["tensors"]} == written
@@ -158,7 +158,7 @@ def test_resume_after_interruption_and_threads(
     result = json.loads(out)
     assert result["sha256"] == expected == sha256(target)
     assert result["tensor_cache"]["hits"] == done
-    assert result["tensor_cache"]["misses"] == result["quantized"] - done
+    assert result["tensor_cache"]["misses"] == result["n_quantized"] - done
     assert not (tmp_path / "out.gguf.quantcli-cache").exists()  # discarded once complete
 
 
@@ -199,7 +199,7 @@ def test_packed_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
     result = json.loads(out)
     out_dir = tmp_path / f"{model.name}-MLX-4bit"
     assert result["output"] == str(out_dir) and result["group_size"] == 64 and result["format"] == "mlx"
-    assert result["tensors"] == {"quantized": 56, "kept": 19}
+    assert result["n_quantized"] == 56 and result["n_tensors"] == 75
     with open_checkpoint(model) as src, open_checkpoint(out_dir) as back:
         name = "model.layers.0.mlp.down_proj.weight"
         a, b = np.asarray(src.read(name), np.float32), np.asarray(back.read(name), np.float32)
@@ -216,12 +216,12 @@ def test_packed_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
     assert code == 0, err
     result = json.loads(out)
     out_dir = Path(result["output"])
-    shards = sorted(f for f in result["files"] if f.endswith(".safetensors"))
-    assert len(shards) >= 2 and "model.safetensors.index.json" in result["files"]
+    shards = sorted(f["name"] for f in result["files"] if f["name"].endswith(".safetensors"))
+    assert len(shards) >= 2 and "model.safetensors.index.json" in {f["name"] for f in result["files"]}
     assert all((out_dir / f).stat().st_size <= 30_000_000 for f in shards)
     assert _safetensors_data_bytes(out_dir) == plan["tensor_bytes"]
     digest = hashlib.sha256()
-    for f in sorted(result["files"]):
+    for f in sorted(f["name"] for f in result["files"]):
         digest.update((out_dir / f).read_bytes())
     assert digest.hexdigest() == result["sha256"]
     # an existing directory is refused without --force

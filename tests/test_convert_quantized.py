@@ -114,9 +114,9 @@ def test_smollm2_matches_converter_plus_llama_quantize(
     assert out.stat().st_size == ref.stat().st_size
     assert sha256(out) == sha256(ref), f"{recipe}: differs from convert_hf_to_gguf.py --outtype bf16 + llama-quantize"
     assert result["sha256"] == sha256(out) and result["bytes"] == out.stat().st_size
-    assert result["recipe"] == recipe and result["tensors"] == 272
-    assert len(result["fallback_tensors"]) == result["fallbacks"]
-    assert all(f["wanted"] != f["written"] and f["why"] for f in result["fallback_tensors"])
+    assert result["file_type"] == recipe and result["n_tensors"] == 272
+    assert len(result["fallbacks"]) == result["n_fallbacks"]
+    assert all(f["wanted"] != f["written"] and f["why"] for f in result["fallbacks"])
     assert result["pipeline"] == f"convert_hf_to_gguf.py --outtype bf16 + llama-quantize {recipe}"
     with GGUFFile(ref) as f:
         ref_types: dict[str, int] = {}
@@ -160,7 +160,7 @@ def test_synthetic_kquants_and_imatrix_match(tmp_path: Path) -> None:
         ours = tmp_path / f"ours-{recipe}.gguf"
         proc = convert_cli(str(model), "--type", recipe.lower(), "-o", str(ours), "--json", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert json.loads(proc.stdout)["fallbacks"] == 0
+        assert json.loads(proc.stdout)["n_fallbacks"] == 0
         ref = llama_quantize(bf16, tmp_path / f"ref-{recipe}.gguf", recipe)
         assert sha256(ours) == sha256(ref), recipe
 

@@ -46,7 +46,7 @@ def test_packed_smollm2_converts_to_its_dequantized_weights(
 
     ours = convert_model(packed, tmp_path / "packed.gguf", out_type="f32")
     ref = convert_model(plain, tmp_path / "plain.gguf", out_type="f32")
-    assert ours["tensors"] == ref["tensors"] == 272
+    assert ours["n_tensors"] == ref["n_tensors"] == 272
     a, b = _tensors(tmp_path / "packed.gguf"), _tensors(tmp_path / "plain.gguf")
     assert list(a) == list(b) and all(a[n] == b[n] for n in a)
 

@@ -274,8 +274,8 @@ def test_plan_on_smollm2_equals_llama_quantize(
         assert quantcli("plan", str(source), "--type", "Q4_K_M", "--json") == 0
         doc = json.loads(capsys.readouterr().out)
         assert {t["name"]: t["type"] for t in doc["tensors"]} == ref_types
-        assert doc["n_fallback"] == int(m.group(1)) > 0
-        assert doc["file_size"] == ref.stat().st_size and doc["file_size_exact"]
+        assert doc["n_fallbacks"] == int(m.group(1)) > 0
+        assert doc["bytes"] == ref.stat().st_size and doc["bytes_exact"]
 
 
 def test_requantize_matches(small: Path, tmp_path: Path) -> None:
@@ -294,8 +294,8 @@ def test_plan_predicts_size_with_imatrix(small: Path, small_imatrix: Path, tmp_p
     assert quantcli("plan", str(small), "--type", "Q4_0", "--imatrix", str(small_imatrix), "--json") == 0
     doc = json.loads(capsys.readouterr().out)
     assert quantcli("quantize", str(small), str(out), "Q4_0", "--imatrix", str(small_imatrix)) == 0
-    assert doc["file_size"] == out.stat().st_size and doc["n_fallback"] == 0
-    assert doc["types"]["Q4_1"] == 1  # with an imatrix, ffn_down of the first n/8 = 1 layer is Q4_1
+    assert doc["bytes"] == out.stat().st_size and doc["n_fallbacks"] == 0
+    assert doc["tensor_types"]["Q4_1"] == 1  # with an imatrix, ffn_down of the first n/8 = 1 layer is Q4_1
     with GGUFFile(out) as f:
         assert {t["name"]: t["type"] for t in doc["tensors"]} == {
             n: t.type.name for n, t in f.tensors.items()

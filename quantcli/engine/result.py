@@ -111,6 +111,7 @@ def packed_plan_result(job: Job, ckpt: Any, fmt: Any, scheme: Any, output: Path)
         "tensor_types": dict(sorted(histogram.items())),
         "bytes": sum(t["bytes"] for t in tensors),
         "bytes_exact": False,  # tensor data only: safetensors headers and copied tokenizer files come on top
+        "tensor_bytes": sum(t["bytes"] for t in tensors),
         "tensors": tensors,
     }
 

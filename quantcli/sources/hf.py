@@ -208,7 +208,8 @@ def open_converter_view(
         if out_type == "lossless":
             ftype = lossless_ftype(_matrix_dtypes(ckpt, spec))
         else:
-            ftype = parse_out_type(out_type) or guess_ftype(_matrix_dtypes(ckpt, spec))
+            chosen = parse_out_type(out_type)
+            ftype = guess_ftype(_matrix_dtypes(ckpt, spec)) if chosen is None else chosen
         if before_plan is not None:
             before_plan(ckpt, ftype)
         cfg["__ftype__"] = ftype

@@ -132,12 +132,16 @@ def write_packed(
         for f in sorted(ckpt.directory.iterdir()):
             if f.is_file() and f.suffix in COPY_SUFFIXES and f.name not in SKIP_FILES:
                 shutil.copyfile(f, tmp / f.name)
-        files = sorted(p.name for p in tmp.iterdir())
-        digest = hashlib.sha256()
-        for name in files:
+        names = sorted(p.name for p in tmp.iterdir())
+        digest = hashlib.sha256()  # the directory: every file's bytes, in name order
+        files = []
+        for name in names:
+            file_digest = hashlib.sha256()
             with open(tmp / name, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
+                    file_digest.update(block)
+            files.append({"name": name, "bytes": (tmp / name).stat().st_size, "sha256": file_digest.hexdigest()})
     return {
         "ok": True,
         "output": str(output),
@@ -145,7 +149,7 @@ def write_packed(
         "bits": scheme.bits,
         "group_size": scheme.group_size,
         "files": files,
-        "bytes": sum((output / f).stat().st_size for f in files),
+        "bytes": sum(f["bytes"] for f in files),
         "sha256": digest.hexdigest(),
         "tensors": counts,
         "seconds": round(time.perf_counter() - start, 3),
