@@ -43,14 +43,14 @@ def test_yaml_list_types_crossed_and_output_templates(tmp_path: Path) -> None:
         (1, "q8_0", "gguf", None, out / "alpha-Q8_0.gguf"),
         (1, "q4_k_m", "gguf", None, out / "alpha-Q4_K_M.gguf"),
         (2, "q4_0", "gguf", None, out / "special" / "beta.gguf"),
-        (3, "b4", "ct", 4, out / "beta-ct4"),
-        (4, "q6_k", "gguf", None, out / "alpha-Q6_K.gguf"),
+        (3, "ct-4bit", "ct", 4, out / "beta-ct4"),
+        (4, "q6_k", "gguf", 6, out / "alpha-Q6_K.gguf"),
         (5, "q8_0", "gguf", None, out / "remote-model-Q8_0.gguf"),
     ]
     assert jobs[0].source == str((tmp_path / "models" / "alpha").resolve())
     assert jobs[5].source == "org/remote-model@v1.0"  # hub ids stay ids (resolved inside the job)
     assert Job.from_dict(jobs[3].to_dict()) == jobs[3]
-    assert jobs[3].convert_options() == {"type": "b4", "format": "ct", "bits": 4}
+    assert jobs[3].convert_options() == {"type": "ct-4bit", "format": "ct", "bits": 4}
 
 
 def test_models_crossed_with_types(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_every_bad_entry_is_reported(tmp_path: Path) -> None:
         by_entry[p.entry] = by_entry.get(p.entry, "") + p.error + "; "
     assert sorted(by_entry) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert "no such file or directory" in by_entry[2]
-    assert "unknown type 'q9_z'" in by_entry[3]
+    assert "unknown quantization type 'q9_z'" in by_entry[3]
     assert "also the output of entry 1" in by_entry[4]
     assert "missing `source:`" in by_entry[5]
     assert "unknown format 'exl2'" in by_entry[6]
@@ -128,7 +128,7 @@ def test_cli_reports_entries_and_starts_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 4, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(d.get("entry"), d["ok"]) for d in lines[:2]] == [(2, False), (3, False)]
-    assert "unknown type 'q7_7'" in lines[1]["error"]
+    assert "unknown quantization type 'q7_7'" in lines[1]["error"]
     assert lines[-1]["error_type"] == "ManifestInvalid"
     assert "entry 2" in proc.stderr and "entry 3" in proc.stderr
     assert not list(tmp_path.glob("*.gguf*"))  # nothing was started
