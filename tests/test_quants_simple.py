@@ -16,7 +16,8 @@ from gguf import GGMLQuantizationType as T
 
 from quantcli import quants
 from quantcli.errors import InputInvalid
-from quantcli.quants.iq4_nl import _MIDPOINTS, best_index_iq4, best_index_iq4_literal
+from quantcli.quants.ggml import IQ4NL_MIDPOINTS as _MIDPOINTS
+from quantcli.quants.ggml import best_index_iq4, best_index_iq4_literal
 from quantcli.quants.mxfp4 import floor_log2f
 from quantcli.quants.q8_0 import roundf_to_int8
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.quants.base import QuantType
-from quantcli.quants.iq4_nl import _KV, iq4_block_scales, iq4_weights, requantize
-from quantcli.quants.q4_0 import (
+from quantcli.quants.ggml import (
     F32,
-    SEARCH_SLICE_ELEMENTS,
+    IQ4NL_VALUES,
+    QK_K,
+    SlicedQuantType,
     half_bytes,
-    in_row_slices,
+    iq4_block_scales,
+    iq4_indices,
+    iq4_weights,
     read_half,
     transposed_blocks,
     transposed_imatrix,
@@ -23,20 +25,14 @@ from quantcli.quants.q4_0 import (
 )
 
 
-class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
+class IQ4_XS(SlicedQuantType, qtype=GGMLQuantizationType.IQ4_XS):
     uses_imatrix = True
 
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return in_row_slices(
-            rows, cls.row_bytes(rows.shape[1]), lambda part: cls._quantize_part(part, imatrix), SEARCH_SLICE_ELEMENTS
-        )
-
-    @classmethod
-    def _quantize_part(cls, part: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        xt = transposed_blocks(part, 32)
-        im = None if imatrix is None else transposed_imatrix(imatrix, part.shape[0], 32)
-        scales = iq4_block_scales(xt, iq4_weights(xt, 256, im)).reshape(-1, 8)  # (NB, 8)
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        xt = transposed_blocks(rows, 32)
+        im = None if imatrix is None else transposed_imatrix(imatrix, rows.shape[0], 32)
+        scales = iq4_block_scales(xt, iq4_weights(xt, QK_K, im)).reshape(-1, 8)  # (NB, 8)
         # max_scale: signed scale of largest magnitude, the first one on ties (strict >, from 0)
         abs_s = np.abs(scales)
         first = np.argmax(abs_s, axis=1)
@@ -47,7 +43,7 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
             inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
             codes = np.clip(np.rint(inv[:, None] * scales), F32(-32), F32(31))  # nearest_int, in range
         sub_scale = (d[:, None] * codes).reshape(-1)  # dl = d * l with the unrounded d
-        qt = requantize(xt, sub_scale)  # (32, NB*8)
+        qt = iq4_indices(xt, sub_scale)  # (32, NB*8)
         ls = (codes + F32(32)).astype(np.uint8)  # (NB, 8), 0..63
 
         out = np.empty((scales.shape[0], cls.type_size), dtype=np.uint8)
@@ -58,7 +54,7 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
         out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << np.uint8(4))
         qs = (qt[:16] & np.uint8(0x0F)) | (qt[16:] << np.uint8(4))  # (16, NB*8)
         out[:, 8:] = qs.T.reshape(-1, 128)
-        return out.reshape(part.shape[0], -1)
+        return out.reshape(rows.shape[0], -1)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
@@ -70,4 +66,4 @@ class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
         ls = ((low[:, sub // 2] >> (4 * (sub % 2))) & 0xF) | (((high >> (2 * sub)) & 3) << 4)
         dl = d * (ls - 32).astype(F32)  # (NB, 8)
         q = unpack_nibbles(blocks[:, 8:].reshape(-1, 16)).reshape(-1, 8, 32)
-        return (dl[:, :, None] * _KV[q]).reshape(data.shape[0], ncols)
+        return (dl[:, :, None] * IQ4NL_VALUES[q]).reshape(data.shape[0], ncols)

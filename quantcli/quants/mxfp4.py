@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.quants.base import QuantType
-from quantcli.quants.q4_0 import F32, in_row_slices, pack_nibbles, transposed_blocks, unpack_nibbles
+from quantcli.quants.ggml import F32, SlicedQuantType, pack_nibbles, transposed_blocks, unpack_nibbles
 
 # Doubled E2M1 values (ggml's kvalues_mxfp4); the scale is decoded as half the E8M0 value to match.
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
@@ -60,21 +59,19 @@ def best_index_fp4(xt: np.ndarray, d: np.ndarray) -> np.ndarray:
     return best
 
 
-class MXFP4(QuantType, qtype=GGMLQuantizationType.MXFP4):
+class MXFP4(SlicedQuantType, qtype=GGMLQuantizationType.MXFP4):
     uses_imatrix = False
+    searches_without_imatrix = False
 
     @classmethod
-    def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        def kernel(part: np.ndarray) -> np.ndarray:
-            xt = transposed_blocks(part, 32)
-            e = shared_exponent(np.maximum(xt.max(axis=0), -xt.min(axis=0)))
-            qt = best_index_fp4(xt, e8m0_to_fp32_half(e)[None, :])
-            out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
-            out[:, 0] = e
-            out[:, 1:] = pack_nibbles(qt)
-            return out.reshape(part.shape[0], -1)
-
-        return in_row_slices(rows, cls.row_bytes(rows.shape[1]), kernel)
+    def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        xt = transposed_blocks(rows, 32)
+        e = shared_exponent(np.maximum(xt.max(axis=0), -xt.min(axis=0)))
+        qt = best_index_fp4(xt, e8m0_to_fp32_half(e)[None, :])
+        out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
+        out[:, 0] = e
+        out[:, 1:] = pack_nibbles(qt)
+        return out.reshape(rows.shape[0], -1)
 
     @classmethod
     def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:

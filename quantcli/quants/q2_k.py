@@ -11,30 +11,35 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.quants._common import nearest_int
-from quantcli.quants._kquant_search import (
+from quantcli.quants.ggml import (
     F32,
-    KQuantType,
-    make_qkx2_quants,
-    make_qkx3_quants,
+    QK_K,
+    SlicedQuantType,
+    as_blocks,
+    half_bytes,
+    kquant_impl_weights,
+    make_qkx_quants,
     make_qp_quants,
+    nearest_int,
+    read_half,
     running_max,
     seq_sum,
+    transposed_blocks,
+    transposed_imatrix,
 )
-from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
 
 
-class Q2_K(KQuantType, qtype=GGMLQuantizationType.Q2_K):
+class Q2_K(SlicedQuantType, qtype=GGMLQuantizationType.Q2_K):
     uses_imatrix = True
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
-        blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
+        blocks = as_blocks(rows, QK_K)
         nb = blocks.shape[0]
-        xs = element_major(blocks, 16)  # (16, NB*16)
+        xs = transposed_blocks(blocks, 16)  # (16, NB*16)
         if imatrix is None:
-            scale, levels, the_min = make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
+            scale, levels, the_min = make_qkx_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
             scale_b = np.ascontiguousarray(scale.reshape(nb, 16).T)
             min_b = np.ascontiguousarray(the_min.reshape(nb, 16).T)
             max_scale = running_max(scale_b)
@@ -47,12 +52,10 @@ class Q2_K(KQuantType, qtype=GGMLQuantizationType.Q2_K):
             d = np.where(max_scale > 0, max_scale / F32(15), F32(0)).astype(np.float16)
             dmin = np.where(max_min > 0, max_min / F32(15), F32(0)).astype(np.float16)
         else:
-            qw = element_major(np.broadcast_to(imatrix.astype(F32), rows.shape).reshape(-1, QK_K), 16)
-            xb = blocks.T
-            sigma2 = seq_sum(xb * xb) / F32(QK_K)  # no factor 2 here, unlike Q3_K..Q5_K
-            weights = qw * np.sqrt(np.repeat(sigma2, 16) + xs * xs)
+            qw = transposed_imatrix(imatrix, nrows, 16)
+            weights = kquant_impl_weights(blocks, xs, qw, sigma_factor=1)  # no factor 2, unlike Q3_K..Q5_K
             sw = np.ascontiguousarray(seq_sum(weights).reshape(nb, 16).T)
-            scale, levels, the_min = make_qkx3_quants(xs, weights, 3, -0.9, 0.05, 36, False)
+            scale, levels, the_min = make_qkx_quants(xs, weights, 3, -0.9, 0.05, 36, False)
             d_block, ls = make_qp_quants(np.ascontiguousarray(scale.reshape(nb, 16).T), 15, sw)
             m_block, lm = make_qp_quants(np.ascontiguousarray(the_min.reshape(nb, 16).T), 15, sw)
             codes = (ls | (lm << 4)) & 0xFF
@@ -70,8 +73,8 @@ class Q2_K(KQuantType, qtype=GGMLQuantizationType.Q2_K):
         out = np.empty((nb, cls.type_size), dtype=np.uint8)
         out[:, 0:16] = codes.astype(np.uint8)
         out[:, 16:80] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)
-        out[:, 80:82] = _fp16_bytes(d)
-        out[:, 82:84] = _fp16_bytes(dmin)
+        out[:, 80:82] = half_bytes(d)
+        out[:, 82:84] = half_bytes(dmin)
         return out.reshape(nrows, -1)
 
     @classmethod
@@ -80,8 +83,8 @@ class Q2_K(KQuantType, qtype=GGMLQuantizationType.Q2_K):
         blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
         nb = blk.shape[0]
         codes = blk[:, 0:16].astype(np.int32)
-        d = blk[:, 80:82].copy().view("<f2").reshape(nb).astype(F32)
-        dmin = blk[:, 82:84].copy().view("<f2").reshape(nb).astype(F32)
+        d = read_half(blk, 80).reshape(nb)
+        dmin = read_half(blk, 82).reshape(nb)
         dl = d[:, None] * (codes & 0xF).astype(F32)
         ml = dmin[:, None] * (codes >> 4).astype(F32)
         qs = blk[:, 16:80].reshape(nb, 2, 1, 32)

@@ -12,16 +12,22 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.quants._common import nearest_int
-from quantcli.quants._kquant_search import (
+from quantcli.quants.ggml import (
     F32,
-    KQuantType,
+    QK_K,
+    SlicedQuantType,
+    as_blocks,
+    half_bytes,
+    kquant_impl_weights,
     make_q3_quants,
     make_qx_quants,
-    running_max_signed,
+    nearest_int,
+    read_half,
     seq_sum,
+    signed_absmax,
+    transposed_blocks,
+    transposed_imatrix,
 )
-from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
 
 _J = np.arange(16)
 
@@ -45,19 +51,19 @@ def unpack_q3_scales(packed: np.ndarray) -> np.ndarray:
     return (low | (high << 4)) - 32
 
 
-class Q3_K(KQuantType, qtype=GGMLQuantizationType.Q3_K):
+class Q3_K(SlicedQuantType, qtype=GGMLQuantizationType.Q3_K):
     uses_imatrix = True
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
-        blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
+        blocks = as_blocks(rows, QK_K)
         nb = blocks.shape[0]
-        xs = element_major(blocks, 16)  # (16, NB*16)
+        xs = transposed_blocks(blocks, 16)  # (16, NB*16)
         if imatrix is None:
             scale, levels = make_q3_quants(xs, 4)
             scale_b = scale.reshape(nb, 16)
-            _, max_scale = running_max_signed(np.ascontiguousarray(scale_b.T))
+            _, max_scale = signed_absmax(np.ascontiguousarray(scale_b.T))
             nonzero = max_scale != 0
             with np.errstate(all="ignore"):
                 iscale = F32(-32) / max_scale
@@ -69,10 +75,8 @@ class Q3_K(KQuantType, qtype=GGMLQuantizationType.Q3_K):
             d = d_val.astype(np.float16)
             packed = np.where(nonzero[:, None], pack_q3_scales(codes), np.uint8(0))
         else:
-            qw = element_major(np.broadcast_to(imatrix.astype(F32), rows.shape).reshape(-1, QK_K), 16)
-            xb = blocks.T
-            sigma2 = (F32(2) * seq_sum(xb * xb)) / F32(QK_K)
-            weights = qw * np.sqrt(np.repeat(sigma2, 16) + xs * xs)
+            qw = transposed_imatrix(imatrix, nrows, 16)
+            weights = kquant_impl_weights(blocks, xs, qw, sigma_factor=2)
             sw = seq_sum(weights)
             scale, levels = make_qx_quants(xs, 4, weights)
             d_block, codes = make_qx_quants(
@@ -98,7 +102,7 @@ class Q3_K(KQuantType, qtype=GGMLQuantizationType.Q3_K):
         out[:, 0:32] = hmask.astype(np.uint8)
         out[:, 32:96] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)
         out[:, 96:108] = packed
-        out[:, 108:110] = _fp16_bytes(d)
+        out[:, 108:110] = half_bytes(d)
         return out.reshape(nrows, -1)
 
     @classmethod
@@ -106,7 +110,7 @@ class Q3_K(KQuantType, qtype=GGMLQuantizationType.Q3_K):
         nrows = data.shape[0]
         blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d = blk[:, 108:110].copy().view("<f2").reshape(nb).astype(F32)
+        d = read_half(blk, 108).reshape(nb)
         dl = d[:, None] * unpack_q3_scales(blk[:, 96:108]).astype(F32)  # (nb, 16)
         qs = blk[:, 32:96].reshape(nb, 2, 1, 32)
         low = (qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3  # (nb, 2, 4, 32) uint8

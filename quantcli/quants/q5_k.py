@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.quants._kquant_search import KQuantType
-from quantcli.quants.q4_k import (
+from quantcli.quants.ggml import (
     QK_K,
     ScaleMinParams,
-    _fp16_bytes,
+    SlicedQuantType,
     dequantize_scale_min_blocks,
+    half_bytes,
     quantize_scale_min_blocks,
+    read_half,
 )
 
 Q5K_PARAMS = ScaleMinParams(nmax=31, ref_rmin=-0.5, ref_nstep=15, clamp_impl_codes=True)
@@ -24,7 +25,7 @@ _GROUP_SHIFTS = np.arange(8, dtype=np.uint8).reshape(4, 2, 1)  # bit of (group g
 _GROUP_BITS = np.int32(1) << _GROUP_SHIFTS.astype(np.int32)
 
 
-class Q5_K(KQuantType, qtype=GGMLQuantizationType.Q5_K):
+class Q5_K(SlicedQuantType, qtype=GGMLQuantizationType.Q5_K):
     uses_imatrix = True
 
     @classmethod
@@ -37,8 +38,8 @@ class Q5_K(KQuantType, qtype=GGMLQuantizationType.Q5_K):
         qs = (low[:, :, 0, :] | (low[:, :, 1, :] << 4)).astype(np.uint8).reshape(nb, 128)
         qh = np.where(lv > 15, _GROUP_BITS, 0).sum(axis=(1, 2)).astype(np.uint8)  # disjoint bits: OR == sum
         out = np.empty((nb, cls.type_size), dtype=np.uint8)
-        out[:, 0:2] = _fp16_bytes(res.d)
-        out[:, 2:4] = _fp16_bytes(res.dmin)
+        out[:, 0:2] = half_bytes(res.d)
+        out[:, 2:4] = half_bytes(res.dmin)
         out[:, 4:16] = res.scales
         out[:, 16:48] = qh
         out[:, 48:176] = qs
@@ -49,8 +50,8 @@ class Q5_K(KQuantType, qtype=GGMLQuantizationType.Q5_K):
         nrows = data.shape[0]
         blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d = blk[:, 0:2].copy().view("<f2").reshape(nb)
-        dmin = blk[:, 2:4].copy().view("<f2").reshape(nb)
+        d = read_half(blk, 0).reshape(nb)
+        dmin = read_half(blk, 2).reshape(nb)
         qh = blk[:, 16:48][:, None, None, :]  # (nb, 1, 1, 32) uint8
         qs = blk[:, 48:176].reshape(nb, 4, 1, 32)
         low = np.concatenate([qs & 0xF, qs >> 4], axis=2)  # (nb, 4, 2, 32) uint8

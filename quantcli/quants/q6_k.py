@@ -11,32 +11,35 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantcli.quants._common import nearest_int
-from quantcli.quants._kquant_search import (
+from quantcli.quants.ggml import (
     F32,
     GROUP_MAX_EPS,
-    KQuantType,
+    QK_K,
+    SlicedQuantType,
+    as_blocks,
+    half_bytes,
     make_qx_quants,
-    running_max_signed,
+    nearest_int,
+    read_half,
+    signed_absmax,
+    transposed_blocks,
+    transposed_imatrix,
 )
-from quantcli.quants.q4_k import QK_K, _fp16_bytes, element_major
 
 
-class Q6_K(KQuantType, qtype=GGMLQuantizationType.Q6_K):
+class Q6_K(SlicedQuantType, qtype=GGMLQuantizationType.Q6_K):
     uses_imatrix = True
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
-        blocks = np.ascontiguousarray(rows, dtype=F32).reshape(-1, QK_K)
+        blocks = as_blocks(rows, QK_K)
         nb = blocks.shape[0]
-        xs = element_major(blocks, 16)  # (16, NB*16)
-        qw = None
-        if imatrix is not None:
-            qw = element_major(np.broadcast_to(imatrix.astype(F32), rows.shape).reshape(-1, QK_K), 16)
+        xs = transposed_blocks(blocks, 16)  # (16, NB*16)
+        qw = None if imatrix is None else transposed_imatrix(imatrix, nrows, 16)
         scale, codes = make_qx_quants(xs, 32, qw)
         scale_b = scale.reshape(nb, 16)
-        max_abs, max_scale = running_max_signed(np.ascontiguousarray(scale_b.T))
+        max_abs, max_scale = signed_absmax(np.ascontiguousarray(scale_b.T))
         empty = max_abs < GROUP_MAX_EPS
         with np.errstate(all="ignore"):
             iscale = F32(-128) / max_scale
@@ -58,7 +61,7 @@ class Q6_K(KQuantType, qtype=GGMLQuantizationType.Q6_K):
         out[:, 0:128] = (ql & 0xFF).astype(np.uint8).reshape(nb, 128)
         out[:, 128:192] = (qh & 0xFF).astype(np.uint8).reshape(nb, 64)
         out[:, 192:208] = sc.view(np.uint8)
-        out[:, 208:210] = _fp16_bytes(d)
+        out[:, 208:210] = half_bytes(d)
         out[empty] = 0  # an all-zero block (max |scale| < 1e-15) is written as 210 zero bytes
         return out.reshape(nrows, -1)
 
@@ -70,7 +73,7 @@ class Q6_K(KQuantType, qtype=GGMLQuantizationType.Q6_K):
         ql = blk[:, 0:128].reshape(nb, 2, 2, 32).astype(np.int32)
         qh = blk[:, 128:192].reshape(nb, 2, 1, 32).astype(np.int32)
         sc = blk[:, 192:208].copy().view(np.int8).astype(F32)  # (nb, 16)
-        d = blk[:, 208:210].copy().view("<f2").reshape(nb).astype(F32)
+        d = read_half(blk, 208).reshape(nb)
         low = np.concatenate([ql & 0xF, ql >> 4], axis=2)  # (nb, 2, 4, 32): k = 0,1 low nibbles; 2,3 high
         high = (qh >> (2 * np.arange(4, dtype=np.int32)).reshape(1, 1, 4, 1)) & 3
         q = ((low | (high << 4)) - 32).astype(F32).reshape(nb, 16, 16)

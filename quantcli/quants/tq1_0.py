@@ -6,8 +6,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.base import QuantType
-from quantcli.quants.q4_0 import F32, as_blocks, half_bytes, read_half
-from quantcli.quants.tq2_0 import ternary_codes
+from quantcli.quants.ggml import F32, QK_K, as_blocks, half_bytes, read_half, ternary_codes
 
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
 
@@ -34,7 +33,7 @@ class TQ1_0(QuantType, qtype=GGMLQuantizationType.TQ1_0):
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
-        blocks = as_blocks(rows, 256)
+        blocks = as_blocks(rows, QK_K)
         d, trits = ternary_codes(blocks)
         trits = trits.astype(np.uint16)
         out = np.empty((blocks.shape[0], cls.type_size), dtype=np.uint8)

@@ -6,20 +6,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.base import QuantType
-from quantcli.quants.q4_0 import F32, as_blocks, half_bytes, read_half, zero_codes_where_inverse_overflows
-from quantcli.quants.q8_0 import roundf_inplace
-
-
-def ternary_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TQ1_0/TQ2_0: d = amax, trit = lroundf(x * (d ? 1/d : 0)) + 1 in {0, 1, 2} -> (d, uint8 codes)."""
-    d = np.abs(blocks).max(axis=1)
-    with np.errstate(divide="ignore", over="ignore"):
-        inv = np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
-    with np.errstate(invalid="ignore"):
-        trits = (roundf_inplace(blocks * inv[:, None]) + F32(1.0)).astype(np.uint8)
-    # amax below 2^-128: 1/d is inf and C's lroundf(±inf or NaN) + 1 is (LONG_MIN + 1) truncated = 1 on
-    # x86-64 glibc, i.e. the zero trit for every element (NumPy's inf->int cast is undefined).
-    return d.astype(F32), zero_codes_where_inverse_overflows(trits.T, inv, fill=1).T
+from quantcli.quants.ggml import F32, QK_K, as_blocks, half_bytes, read_half, ternary_codes
 
 
 class TQ2_0(QuantType, qtype=GGMLQuantizationType.TQ2_0):
@@ -28,7 +15,7 @@ class TQ2_0(QuantType, qtype=GGMLQuantizationType.TQ2_0):
     @classmethod
     def quantize_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
-        blocks = as_blocks(rows, 256)
+        blocks = as_blocks(rows, QK_K)
         d, trits = ternary_codes(blocks)
         # element 128c + 32n + m -> bits 2n of byte 32c + m
         t = trits.reshape(-1, 2, 4, 32)
@@ -45,4 +32,4 @@ class TQ2_0(QuantType, qtype=GGMLQuantizationType.TQ2_0):
         qs = blocks[:, :64].reshape(-1, 2, 1, 32)
         shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
         q = ((qs >> shifts) & np.uint8(3)).astype(np.int8) - np.int8(1)
-        return (q.astype(F32).reshape(-1, 256) * d).reshape(data.shape[0], ncols)
+        return (q.astype(F32).reshape(-1, QK_K) * d).reshape(data.shape[0], ncols)
