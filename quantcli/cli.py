@@ -56,13 +56,7 @@ def _root(
 
 
 for _name in COMMANDS:
-    try:
-        _module = importlib.import_module(f"quantcli.commands.{_name}")
-    except ModuleNotFoundError as exc:  # a command not written yet; any other import error is a bug
-        if exc.name != f"quantcli.commands.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"quantcli.commands.{_name}").register(app)
 
 
 def _sigterm_to_interrupt(signum: int, frame: object) -> None:
