@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import require_module
 
 from quantcli.runtime import Model, open_source
 from quantcli.runtime.metrics import KLDAccumulator, _percentile, nll_rows, quantize_log_probs
@@ -142,8 +143,8 @@ TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
 
 
 def _tiny_checkpoint(arch: str, directory: Path) -> object:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require_module("torch", "make install-ref")
+    transformers = require_module("transformers", "make install-ref")
     from tokenizers import Tokenizer, models
 
     torch.manual_seed(0)
@@ -166,7 +167,7 @@ def _tiny_checkpoint(arch: str, directory: Path) -> object:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(TINY))
 def test_tiny_model_matches_transformers(arch: str, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch", "make install-ref")
     ref = _tiny_checkpoint(arch, tmp_path)
     tokens = np.array([5, 17, 99, 3, 3, 64, 120, 8, 41, 77, 2, 90], dtype=np.int64)
     with torch.no_grad():
