@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from quantcli.atomic import remove_stale_temps
 from quantcli.engine import Job as EngineJob
 from quantcli.engine import make_job, run
 from quantcli.engine.target import FORMATS, default_output_name, resolve_target
@@ -399,7 +400,7 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
                 raise OutputExists(f"{output} exists and has no matching {output.name}.quantcli.json "
                                    "(not made by this batch); use --force to overwrite")
         output.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp_files(output)
+        remove_stale_temps(output)  # a killed earlier run's partial output (its owner is gone)
         write_sidecar(output, inputs=inputs, options=options, result=None)
         cache = TensorCache.for_output(output, resume=True)
         result = _convert(local, job, force=overwrite, threads=threads, tensor_cache=cache)
@@ -431,20 +432,6 @@ def _tidy_after_failure(output: Path | None, cache: Any) -> None:
         sidecar_path(output).unlink(missing_ok=True)
     if cache is not None and cache.directory.is_dir() and not any(cache.directory.iterdir()):
         cache.discard()
-
-
-def _remove_stale_temp_files(output: Path) -> None:
-    """A job killed with SIGKILL leaves its temp file (quantcli/atomic.py names it after the output); the
-    job that redoes it removes it. (Two batches writing the same output at once are not supported.)"""
-    import shutil
-
-    from quantcli.atomic import TEMP_MARK
-
-    for stale in output.parent.glob(f"{TEMP_MARK}*-{output.name}"):
-        if stale.is_dir():  # a packed output directory under construction
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
 
 
 def _failure(job: Job, error: str, error_type: str = "WorkerDied") -> dict[str, Any]:

@@ -2,19 +2,55 @@
 
 `ggml()` gives ctypes access to libggml-base (ggml_quantize_chunk and each type's to_float), `tool(name)`
 the path of a built llama.cpp binary. The build is cached in $QUANTCLI_CACHE (default ~/.cache/quantcli).
+
+The other references a test may need — Python packages (torch, transformers, the packed formats' clients,
+Ray) and our own C extension — go through `require_module` / `require_native`: on a developer machine
+without them the test skips with the reason; under CI (`CI=true`), where `make test` installed all of
+them, their absence is a failure, never a silent skip.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 import os
 import subprocess
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def reference_missing(reason: str) -> NoReturn:
+    """Skip locally; fail under CI, where every reference the suite uses is installed."""
+    if under_ci():
+        pytest.fail(f"{reason} (CI=true: every reference test must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(name: str, installed_by: str = "make install-clients") -> ModuleType:
+    """Import a reference package (torch, transformers, a packed-format client, ray) or skip/fail."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        reference_missing(f"{name} not installed ({installed_by}): {exc}")
+
+
+def require_native() -> None:
+    """The C extension must be loaded: a `native=True` variant must not silently test the NumPy path."""
+    from quantcli import native
+
+    if not native.available():
+        reference_missing(f"C extension not loaded: {native.problem()}")
 
 
 @functools.cache

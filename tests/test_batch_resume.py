@@ -1,7 +1,7 @@
 """`quantcli convert --resume`: a conversion killed with SIGKILL midway, run again with --resume, re-quantizes
 only the tensors that were not finished and writes the same bytes as an uninterrupted run.
 
-Needs convert-core's tensor-cache hook (docs/batch.md, "Integration"); skipped until it is there.
+The killed run's temp file (SIGKILL cannot be trapped) is removed by the rerun.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from test_batch_models import tiny_llama
 
+from quantcli.atomic import TEMP_MARK
 from quantcli.engine import convert_model
 from quantcli.jobstate import TensorCache
 
@@ -53,6 +54,7 @@ def test_sigkill_midway_then_resume_is_byte_identical(tmp_path: Path) -> None:
     done_quantized = int(proc.stdout.strip())
     assert 0 < done_quantized < quantized
     assert not out.exists()  # atomic output: nothing at the target
+    (stale,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_MARK)]  # SIGKILL: no clean-up ran
     cache_dir = tmp_path / "out.gguf.quantcli-cache"
     assert len(TensorCache(cache_dir)) == done_quantized
 
@@ -66,8 +68,9 @@ def test_sigkill_midway_then_resume_is_byte_identical(tmp_path: Path) -> None:
     assert out.read_bytes() == clean.read_bytes()
     assert result["sha256"] == expected["sha256"]
     assert not cache_dir.exists()  # removed once the output is in place
-    # the killed run's temp file is what atomic.py could not remove; only the output's directory holds it
-    assert {p.name for p in tmp_path.iterdir() if ".quantcli-tmp-" not in p.name} == {"model", "clean.gguf", "out.gguf"}
+    # the rerun removed the killed run's temp (its owner is dead) and said so
+    assert f"removed stale partial output {tmp_path / stale} (" in rerun.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"model", "clean.gguf", "out.gguf"}
 
 
 def test_resume_reuses_every_tensor_and_ignores_a_damaged_entry(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from reference import require_module
 from test_batch_models import hub_cache, tiny_llama
 
 from quantcli.batch import load_manifest, run_ray
@@ -104,10 +105,7 @@ def test_process_pool_matches_sequential_and_reruns_skip(models, reference, tmp_
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray instance (2 CPUs) for the Ray tests: starting Ray is most of their cost."""
-    if os.environ.get("CI") == "true":
-        import ray  # CI installs it (make install-clients): a missing Ray must fail there, not skip
-    else:
-        ray = pytest.importorskip("ray")
+    ray = require_module("ray")
     # Workers (also those of the example script's job) inherit the raylet's environment: make quantcli
     # importable there even from a checkout that is not pip-installed.
     saved = os.environ.get("PYTHONPATH")
@@ -123,6 +121,7 @@ def ray_cluster():
             os.environ["PYTHONPATH"] = saved
 
 
+@pytest.mark.slow  # needs Ray (make install-clients)
 def test_ray_matches_sequential(ray_cluster, models, reference, tmp_path: Path) -> None:
     jobs = load_manifest(_manifest(tmp_path / "jobs.yaml", models))
     results = list(run_ray(jobs, address="local"))  # uses the running instance, leaves it running
@@ -271,6 +270,7 @@ def test_slurm_example_runs_its_array_line(models, reference, tmp_path: Path) ->
     assert past_end.returncode == 2 and "no line 3" in past_end.stderr
 
 
+@pytest.mark.slow  # needs Ray (make install-clients)
 def test_ray_example(ray_cluster, models, reference, tmp_path: Path) -> None:
     (tmp_path / "jobs.txt").write_text(f"{models['alpha']} q8_0\n{models['beta']} bf16\n")
     proc = subprocess.run(

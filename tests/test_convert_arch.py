@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from reference import require_module
 
 from quantcli.arch import effective_config, get_arch, hparam_values, supported_architectures
 from quantcli.arch.llama import llama3_rope_freqs, permute_rope_rows
@@ -14,7 +15,7 @@ from quantcli.errors import Unsupported
 
 def _torch_rope_freqs(base: float, dim: int, factor: float, low: float, high: float, old: int) -> np.ndarray:
     """conversion/llama.py LlamaModel.generate_extra_tensors, verbatim."""
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch", "make install-ref")
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     low_freq_wavelen = old / low
     high_freq_wavelen = old / high
@@ -31,6 +32,7 @@ def _torch_rope_freqs(base: float, dim: int, factor: float, low: float, high: fl
     return torch.tensor(rope_factors, dtype=torch.float32).numpy()
 
 
+@pytest.mark.slow  # needs torch (the converter's own arithmetic)
 @pytest.mark.parametrize(
     ("hidden", "heads", "factor"),
     [

@@ -1,9 +1,11 @@
-"""Output safety under faults: disk full, SIGINT/SIGTERM mid-write, unwritable output directory.
+"""Output safety under faults: disk full, SIGINT/SIGTERM/SIGKILL mid-write, unwritable output directory.
 
 Whatever happens, the output path holds either nothing or a complete file (an existing output replaced
 with --force survives an interrupted run intact), no `.quantcli-tmp-*` file is left, the exit code is the
 documented one (7 output failed, 130 interrupted) with one `error:` line, and the inputs' bytes and
-mtimes are unchanged.
+mtimes are unchanged. A SIGKILL cannot be trapped and leaves its temp; the next run for the same output
+removes it (its owner is dead), says so on stderr and writes the same bytes; a live owner's temp, another
+host's and another output's are left alone.
 
 Decisions (docs/hardening.md, "Faults"):
 * Disk full is simulated with RLIMIT_FSIZE in the child (Python ignores SIGXFSZ, and we set SIG_IGN
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -32,7 +35,7 @@ from badinputs import run_cli_in_process
 from test_batch_models import tiny_llama
 from test_plan_synthetic import build_synthetic_gguf
 
-from quantcli.atomic import TEMP_MARK
+from quantcli.atomic import TEMP_MARK, temp_path_for
 from quantcli.errors import ExitCode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,3 +278,100 @@ def test_signal_mid_convert_smollm2(sig: int, smollm2_dir: Path, tmp_path: Path)
     assert one_error_line(stderr) == "error: interrupted"
     assert not out.exists() and not temp_files(tmp_path)
     assert snapshot(smollm2_dir) == before
+
+
+# --- SIGKILL: the next run removes what the killed one left ------------------------------------------------
+
+STALE_LINE = re.compile(r"quantcli: removed stale partial output (.+) \([0-9.]+ (?:bytes|kB|MB|GB)\) "
+                        r"left by a killed run \(pid ([0-9]+)\)")
+
+
+def removed_temps(stderr: str) -> list[tuple[str, int]]:
+    """(temp name, pid) of each stale-output line; every other stderr line is a progress line or noise."""
+    return [(Path(m[1]).name, int(m[2])) for m in map(STALE_LINE.fullmatch, stderr.splitlines()) if m]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root.parent)): p.read_bytes() for p in files}
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize", "packed"])
+def test_sigkill_leaves_a_temp_the_next_run_removes(command: str, medium_model: Path, synthetic: Path,
+                                                   tmp_path: Path) -> None:
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    killed_dir.mkdir()
+    clean_dir.mkdir()
+
+    name = "out-ct" if command == "packed" else "out.gguf"
+
+    def argv(directory: Path) -> list[str]:
+        out = directory / name
+        return {"convert": ["convert", str(medium_model), "-o", str(out), "--type", "Q4_K_M"],
+                "quantize": ["quantize", str(synthetic), str(out), "Q4_K_M"],
+                "packed": ["convert", str(medium_model), "-o", str(out), "--format", "ct", "--bits", "4"]}[command]
+
+    slow = dict(os.environ, QUANTCLI_NATIVE="0")  # NumPy quantizers: slow enough to be caught mid-write
+    code, stderr, size = interrupt_mid_write(argv(killed_dir), killed_dir, signal.SIGKILL, slow)
+    assert code == -signal.SIGKILL, f"exit {code}, temp size {size}: {stderr}"
+    (stale,) = temp_files(killed_dir)  # nothing ran to remove it
+    assert not (killed_dir / name).exists()
+
+    rerun = cli(argv(killed_dir))
+    assert rerun.returncode == 0, rerun.stderr
+    assert [name for name, _ in removed_temps(rerun.stderr)] == [stale]
+    assert temp_files(killed_dir) == []
+    clean = cli(argv(clean_dir))
+    assert clean.returncode == 0, clean.stderr
+    assert removed_temps(clean.stderr) == []
+    assert list(tree_bytes(killed_dir).values()) == list(tree_bytes(clean_dir).values())
+    assert [Path(k).name for k in tree_bytes(killed_dir)] == [Path(k).name for k in tree_bytes(clean_dir)]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf_and_text(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from test_eval_cli import TEXT, _tiny_gguf
+
+    directory = tmp_path_factory.mktemp("faults-imatrix")
+    _tiny_gguf(directory / "tiny-f32.gguf")
+    (directory / "text.txt").write_text(TEXT, encoding="utf-8")
+    return directory / "tiny-f32.gguf", directory / "text.txt"
+
+
+@pytest.mark.parametrize("command", ["convert", "convert-resume", "quantize", "packed", "imatrix"])
+def test_only_temps_of_dead_owners_on_this_host_are_removed(command: str, model: Path, synthetic: Path,
+                                                           tiny_gguf_and_text: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / ("out-mlx" if command == "packed" else "out.gguf")
+    gguf, text = tiny_gguf_and_text
+    argv = {"convert": ["convert", str(model), "-o", str(out), "--type", "q8_0"],
+            "convert-resume": ["convert", str(model), "-o", str(out), "--type", "q8_0", "--resume"],
+            "quantize": ["quantize", str(synthetic), str(out), "Q8_0"],
+            "packed": ["convert", str(model), "-o", str(out), "--format", "mlx", "--bits", "4"],
+            "imatrix": ["imatrix", str(gguf), "--text", str(text), "--ctx", "64", "--chunks", "1", "-o", str(out)],
+            }[command]
+    gone = dead_pid()
+    stale = temp_path_for(out, pid=gone)
+    ours = stale.name[len(TEMP_MARK):].split("-")[0]
+    live = temp_path_for(out, pid=os.getpid())
+    other_host = stale.with_name(TEMP_MARK + ("0" if ours != "0" * 8 else "1") * 8 + stale.name[len(TEMP_MARK) + 8:])
+    other_output = temp_path_for(tmp_path / f"other-{out.name}", pid=gone)  # its name ends with "-out.gguf" too
+    for temp in (stale, live, other_host, other_output):
+        if command == "packed":
+            temp.mkdir()
+            (temp / "model.safetensors").write_bytes(b"\0" * 3000)
+        else:
+            temp.write_bytes(b"\0" * 3000)
+
+    proc = cli(argv)
+    assert proc.returncode == 0, proc.stderr
+    assert removed_temps(proc.stderr) == [(stale.name, gone)]
+    assert f"({3000 / 1e3:.1f} kB)" in proc.stderr
+    assert sorted(temp_files(tmp_path)) == sorted(t.name for t in (live, other_host, other_output))
+    assert out.exists()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 from quant_checks import assert_same_bytes, make_imatrix
+from reference import require_native
 
 from quantcli.quants import dequantize, get, quantize
 
@@ -102,6 +103,8 @@ def make_rows(ncols: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
 @pytest.mark.parametrize("imatrix_kind", ["none", "positive", "with_zeros"])
 def test_quantize_matches_ggml(ggml, qtype, ncols, native, imatrix_kind):
+    if native:
+        require_native()
     x = make_rows(ncols, seed=ncols + int(qtype))
     im = None if imatrix_kind == "none" else make_imatrix(ncols, seed=7 * ncols, zeros=imatrix_kind == "with_zeros")
     ours = quantize(x, qtype, im, use_native=native)
@@ -119,6 +122,8 @@ def test_quantize_matches_ggml(ggml, qtype, ncols, native, imatrix_kind):
 def test_degenerate_imatrix(ggml, qtype, native, kind):
     """Importance matrices real files can hold (unused columns, extreme ranges) and one that is invalid
     (negative values, which ggml does not reject): same bytes as ggml, no NaN leaking into the decisions."""
+    if native:
+        require_native()
     rng = np.random.default_rng(21)
     im = {
         "all_zero": np.zeros(1024),
@@ -137,6 +142,8 @@ def test_degenerate_imatrix(ggml, qtype, native, kind):
 @pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
 def test_imatrix_changes_result(ggml, qtype, native):
     """The imatrix path really is a different algorithm (guards against silently ignoring it)."""
+    if native:
+        require_native()
     x = make_rows(1024, seed=3)[:8]
     im = make_imatrix(1024, seed=4)
     plain = quantize(x, qtype, None, use_native=native)
@@ -188,6 +195,8 @@ def test_row_pieces(ggml, qtype, monkeypatch):
 @pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
 def test_3d_expert_imatrix_slicing(ggml, qtype, native):
     """A 3-D (expert) tensor uses each expert's own imatrix slice, like llama-quantize's per-expert calls."""
+    if native:
+        require_native()
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((2, 3, 512)) * 0.05).astype(np.float32)
     im = make_imatrix(2 * 512, seed=12)
@@ -200,6 +209,8 @@ def test_3d_expert_imatrix_slicing(ggml, qtype, native):
 @pytest.mark.parametrize("native", NATIVE)
 def test_smollm2_ffn_down(ggml, smollm2_dir, native):
     """Real weights: two SmolLM2-135M ffn_down (down_proj) tensors, rows of 1536, all K-quants."""
+    if native:
+        require_native()
     from quantcli.loaders import open_checkpoint
 
     with open_checkpoint(smollm2_dir) as ckpt:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from quant_checks import assert_same_bytes, make_imatrix
+from reference import reference_missing, require_native
 
 from quantcli import native
 from quantcli.quants import native_enabled, quantize
@@ -25,7 +26,14 @@ NATIVE_TYPES = sorted(native.NATIVE_TYPES, key=int)
 # ggml's quantizer reads the imatrix for these (Q8_0, TQ1_0, TQ2_0, MXFP4 ignore it)
 USES_IMATRIX = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS}
 
-needs_native = pytest.mark.skipif(not native.available(), reason=f"native library: {native.problem()}")
+
+
+@pytest.fixture
+def native_loaded() -> None:
+    require_native()
+
+
+needs_native = pytest.mark.usefixtures("native_loaded")
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
@@ -90,7 +98,7 @@ def test_native_off_by_env(monkeypatch):
 def test_library_built_where_a_compiler_exists():
     """`make install` builds the library whenever a C compiler is present; a stale build is refused."""
     if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
-        pytest.skip("no C compiler on this machine: NumPy only")
+        reference_missing("no C compiler on this machine: NumPy only")
     assert native.available(), native.problem()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import require_module
 from tiny_models import make_tiny_llama
 
 from quantcli.loaders import open_checkpoint
@@ -80,23 +81,10 @@ def _close(client: np.ndarray, ref: np.ndarray, rel: float = 0.03) -> None:
     assert (client.argmax(-1) == ref.argmax(-1)).mean() >= 0.875
 
 
-def require(module: str):
-    """Import a client; outside CI a missing client env skips, in CI (CI=true) it is a failure."""
-    import importlib
-    import os
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"{module} not installed (client env: make install-clients)")
-
-
 @pytest.mark.parametrize("bits", [4, 8, 2])
 def test_compressed_tensors_in_transformers(tmp_path: Path, bits: int) -> None:
-    torch = require("torch")
-    require("compressed_tensors")
+    torch = require_module("torch")
+    require_module("compressed_tensors")
     from transformers import AutoModelForCausalLM
 
     scheme = Scheme(bits, 64 if bits != 2 else 32, "bfloat16")
@@ -113,7 +101,7 @@ def test_compressed_tensors_in_transformers(tmp_path: Path, bits: int) -> None:
 
 @pytest.mark.parametrize("bits", [4, 3, 8])
 def test_mlx_in_mlx_lm(tmp_path: Path, bits: int) -> None:
-    mx = require("mlx.core")
+    mx = require_module("mlx.core")
     from mlx_lm.utils import load_model
 
     scheme = Scheme(bits, 64, "bfloat16")
@@ -137,8 +125,8 @@ def test_mlx_in_mlx_lm(tmp_path: Path, bits: int) -> None:
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_gptq_in_transformers_gptqmodel(tmp_path: Path, bits: int) -> None:
-    torch = require("torch")
-    require("gptqmodel")
+    torch = require_module("torch")
+    require_module("gptqmodel")
     from transformers import AutoModelForCausalLM
 
     scheme = Scheme(bits, 64, "float16")
@@ -154,8 +142,8 @@ def test_gptq_in_transformers_gptqmodel(tmp_path: Path, bits: int) -> None:
 
 
 def test_golden_vectors_still_match_clients() -> None:
-    require("gptqmodel")
-    require("mlx.core")
+    require_module("gptqmodel")
+    require_module("mlx.core")
     import subprocess
     import sys
 
@@ -167,8 +155,8 @@ def test_golden_vectors_still_match_clients() -> None:
 
 def _ct_library_checkpoint(directory: Path) -> None:
     """A W4A16 checkpoint written by compressed-tensors' own ModelCompressor (min-max scales)."""
-    torch = require("torch")
-    require("compressed_tensors")
+    torch = require_module("torch")
+    require_module("compressed_tensors")
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (
         QuantizationConfig,
@@ -199,7 +187,7 @@ def _ct_library_checkpoint(directory: Path) -> None:
 
 
 def test_reads_checkpoint_written_by_compressed_tensors(tmp_path: Path) -> None:
-    torch = require("torch")
+    torch = require_module("torch")
     from transformers import AutoModelForCausalLM
 
     from quantcli.loaders.packed import PackedCheckpoint

@@ -2,7 +2,7 @@
 
 Every case quantizes the same float32 rows with `ggml_quantize_chunk` (tests/reference.py) and with
 quantcli, and requires zero differing bytes; dequantization must equal ggml's to_float bit for bit.
-The engine under test is chosen by ENGINES (add True to also run the C extension through the same cases).
+Each case runs on both engines (ENGINES): NumPy and the C extension, whose absence fails under CI.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import ctypes.util
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
+from reference import require_native
 
 from quantcli import quants
 from quantcli.errors import InputInvalid
@@ -28,7 +29,7 @@ TYPES_256 = [T.IQ4_XS, T.TQ1_0, T.TQ2_0]
 ALL_TYPES = TYPES_32 + TYPES_256
 IMATRIX_IGNORED = {T.Q8_0, T.TQ1_0, T.TQ2_0, T.MXFP4}
 
-# use_native values to test; the C path belongs to quantcli.native (add True here to cover it too).
+# use_native values to test: NumPy and the C extension (quantcli.native), which must be loaded under CI.
 ENGINES = [False, True]
 
 # Offsets of the fp16 fields of each block (randomised dequantization inputs must keep them finite).
@@ -129,6 +130,8 @@ def check_against_ggml(ggml, qtype: T, x: np.ndarray, imatrix: np.ndarray | None
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize(("qtype", "ncols"), CASES, ids=[f"{q.name}-{n}" for q, n in CASES])
 def test_bytes_equal_ggml(ggml, qtype: T, ncols: int, with_imatrix: bool, use_native: bool) -> None:
+    if use_native:
+        require_native()
     x = make_rows(ncols, seed=ncols + int(qtype))
     imatrix = make_imatrix(ncols, int(qtype)) if with_imatrix else None
     check_against_ggml(ggml, qtype, x, imatrix, use_native)
@@ -139,6 +142,8 @@ def test_bytes_equal_ggml(ggml, qtype: T, ncols: int, with_imatrix: bool, use_na
 @pytest.mark.parametrize("seed", range(6))
 def test_random_matrices_all_types(ggml, seed: int, use_native: bool) -> None:
     """Extra random shapes and distributions (heavy tails with random dof, bf16 grids, huge imatrix range)."""
+    if use_native:
+        require_native()
     rng = np.random.default_rng(100 + seed)
     ncols = int(rng.choice([512, 768, 1536, 2048]))
     if seed % 2:

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 import reference_convert  # noqa: E402
+from reference import require_module  # noqa: E402
 
 from quantcli.arch import get_arch  # noqa: E402
 from quantcli.engine import convert_model  # noqa: E402
@@ -35,7 +36,7 @@ def _cache_root() -> Path:
 
 
 def _input_key(model_dir: Path, outtype: str) -> str:
-    import transformers
+    transformers = require_module("transformers", "make install-ref")
 
     digest = hashlib.sha256()
     digest.update(model_dir.name.encode())  # general.name falls back to the directory name
@@ -104,7 +105,7 @@ HIDDEN, FFN, HEADS, KV_HEADS, LAYERS = 64, 128, 4, 2, 2
 def _bf16_tensor(
     rng: np.random.Generator, shape: tuple[int, ...], scale: float = 0.05, dtype: str = "bfloat16"
 ):
-    import torch
+    torch = require_module("torch", "make install-ref")
 
     return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32)).to(getattr(torch, dtype))
 
@@ -118,7 +119,7 @@ def _synthetic(tmp: Path, smollm2_dir: Path, arch: str) -> Path:
     model_type AutoConfig fails and the converter reads config.json as is, so those configs spell out
     every value the converter reads (no reliance on transformers' class defaults).
     """
-    import torch
+    torch = require_module("torch", "make install-ref")
     from safetensors.torch import save_file
 
     rng = np.random.default_rng(zlib.crc32(arch.encode()))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import require_module
 
 from quantcli.runtime import Model, open_source
 from quantcli.runtime.metrics import KLDAccumulator, _percentile, nll_rows, quantize_log_probs
@@ -142,8 +143,8 @@ TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
 
 
 def _tiny_checkpoint(arch: str, directory: Path) -> object:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require_module("torch", "make install-ref")
+    transformers = require_module("transformers", "make install-ref")
     from tokenizers import Tokenizer, models
 
     torch.manual_seed(0)
@@ -166,7 +167,7 @@ def _tiny_checkpoint(arch: str, directory: Path) -> object:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(TINY))
 def test_tiny_model_matches_transformers(arch: str, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_module("torch", "make install-ref")
     ref = _tiny_checkpoint(arch, tmp_path)
     tokens = np.array([5, 17, 99, 3, 3, 64, 120, 8, 41, 77, 2, 90], dtype=np.int64)
     with torch.no_grad():
@@ -185,13 +186,19 @@ def test_tiny_model_matches_transformers(arch: str, tmp_path: Path) -> None:
 
 
 def test_runtime_traits_come_from_arch_tables() -> None:
-    from quantcli.runtime.config import _FALLBACK_TRAITS, _arch_tables_traits
+    """The traits are read from quantcli.arch; they must say what llama.cpp hard-codes per architecture
+    (llama_model_rope_type: llama NORM, the others NEOX; gemma3's GeGLU, sqrt(n_embd) embedding scale and
+    5-local-1-global sliding window)."""
+    from quantcli.errors import Unsupported
+    from quantcli.runtime.config import ArchTraits, arch_traits
 
-    tables = _arch_tables_traits()
-    assert {"llama", "qwen2", "qwen3", "gemma3", "phi3"} <= set(tables)
-    for arch, traits in tables.items():
-        if arch in _FALLBACK_TRAITS:
-            assert traits == _FALLBACK_TRAITS[arch], arch
+    assert arch_traits("llama") == ArchTraits(rope_neox=False)
+    for arch in ("qwen2", "qwen3", "phi3"):
+        assert arch_traits(arch) == ArchTraits(rope_neox=True), arch
+    assert arch_traits("gemma3") == ArchTraits(rope_neox=True, activation="gelu", embed_scale_sqrt_n_embd=True,
+                                               swa_pattern_default=6, attn_scale_rule="gemma3")
+    with pytest.raises(Unsupported, match=r"'mistral'.*supported: gemma3, llama, phi3, qwen2, qwen3"):
+        arch_traits("mistral")  # not a GGUF architecture: llama.cpp converts Mistral checkpoints to llama
 
 
 def test_unsupported_gguf_tokenizer_fails_clearly() -> None:

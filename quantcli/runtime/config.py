@@ -8,10 +8,12 @@ are the architecture traits, taken from `quantcli.arch` (`runtime_traits(arch)`)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from quantcli.arch import get_arch, supported_architectures
 from quantcli.errors import InputInvalid, Unsupported
 
 
@@ -26,40 +28,17 @@ class ArchTraits:
     attn_scale_rule: str = "head_dim"  # "head_dim": 1/sqrt(head_dim); "gemma3": 27B uses n_embd/n_head
 
 
-# Only used when quantcli/arch cannot be imported (the tables there are the source of truth); kept equal
-# to them by tests/test_runtime.py.
-_FALLBACK_TRAITS: dict[str, ArchTraits] = {
-    "llama": ArchTraits(rope_neox=False),
-    "mistral": ArchTraits(rope_neox=False),
-    "qwen2": ArchTraits(rope_neox=True),
-    "qwen3": ArchTraits(rope_neox=True),
-    "phi3": ArchTraits(rope_neox=True),
-    "gemma3": ArchTraits(
-        rope_neox=True,
-        activation="gelu",
-        embed_scale_sqrt_n_embd=True,
-        swa_pattern_default=6,
-        attn_scale_rule="gemma3",
-    ),
-}
-
-
 def arch_traits(arch: str) -> ArchTraits:
     """Traits for a GGUF architecture name, from the quantcli/arch table whose gguf_arch matches."""
     tables = _arch_tables_traits()
     if arch in tables:
         return tables[arch]
-    if arch in _FALLBACK_TRAITS:
-        return _FALLBACK_TRAITS[arch]
-    supported = ", ".join(sorted(set(tables) | set(_FALLBACK_TRAITS)))
+    supported = ", ".join(sorted(tables))
     raise Unsupported(f"the runtime does not support architecture {arch!r} (supported: {supported})")
 
 
+@functools.cache
 def _arch_tables_traits() -> dict[str, ArchTraits]:
-    try:
-        from quantcli.arch import get_arch, supported_architectures
-    except ImportError:
-        return {}
     out: dict[str, ArchTraits] = {}
     for hf_name in supported_architectures():
         spec = get_arch({"architectures": [hf_name]})

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid
 from quantcli.runtime.model import KVCache, Model
@@ -37,12 +38,7 @@ def end_of_generation_ids(tokenizer: Tokenizer) -> frozenset[int]:
 @contextlib.contextmanager
 def single_thread_blas() -> Iterator[None]:
     """One-row matmuls (decoding) are memory-bound; BLAS threads only add synchronisation cost (20x
-    slower on a loaded 2-core machine). threadpoolctl is optional: without it nothing changes."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
+    slower on a loaded 2-core machine)."""
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 
 from quantcli.errors import InputInvalid, Unsupported, UsageError
 from quantcli.runtime.config import ModelConfig
@@ -135,8 +136,8 @@ class Model:
         c = self.config
         # --ctx sizes this allocation: refuse a size the machine cannot hold instead of a MemoryError.
         needed = 4 * n_ctx * c.n_head_kv * (c.head_dim_k + c.head_dim_v) * c.n_layer
-        available = _available_memory()
-        if available is not None and needed > available:
+        available = int(psutil.virtual_memory().available)
+        if needed > available:
             raise UsageError(
                 f"--ctx {n_ctx} needs {needed / 2**30:.1f} GiB of KV cache; {available / 2**30:.1f} GiB is available"
             )
@@ -324,10 +325,3 @@ class Model:
             )
         return out.reshape(c.n_head, n_tok, c.head_dim_v).transpose(1, 0, 2).reshape(n_tok, -1)
 
-
-def _available_memory() -> int | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
