@@ -180,9 +180,9 @@ def test_dequantize_arbitrary_blocks(ggml, qtype):
 @pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
 def test_row_pieces(ggml, qtype, monkeypatch):
     """The NumPy path splits a chunk into row pieces; uneven pieces must not change a byte."""
-    from quantcli.quants import ggml
+    from quantcli.quants import ggml as ggml_routines
 
-    monkeypatch.setattr(ggml, "SEARCH_SLICE_ELEMENTS", 3 * 256)  # 3 rows of 256 per piece: 3+3+3+...+rest
+    monkeypatch.setattr(ggml_routines, "SEARCH_SLICE_ELEMENTS", 3 * 256)  # 3 rows of 256 per piece: 3+3+3+...+rest
     x = make_rows(256, seed=31)
     assert x.shape[0] % 3 != 0
     im = make_imatrix(256, seed=32)
