@@ -93,7 +93,8 @@ def _plain(value: Any) -> Any:
 
 
 def _vocab_metadata(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The tokenizer keys convert would write (add_bos etc.); empty if quantcli.vocab cannot read it."""
+    """The tokenizer keys convert would write (tokens, types, merges, add_bos ...): the runtime tokenizes an
+    HF directory from them exactly as it does the converted GGUF. Empty if quantcli.vocab cannot read it."""
     try:
         from quantcli.vocab import read_vocab
     except ImportError:
@@ -102,11 +103,4 @@ def _vocab_metadata(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
         entries = read_vocab(directory, config).entries
     except Exception:  # the runtime tokenizes from tokenizer.json itself; metadata is only a refinement
         return {}
-    wanted = (
-        "tokenizer.ggml.add_bos_token",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.model",
-        "tokenizer.ggml.pre",
-    )
-    return {e.key: e.value for e in entries if e.key in wanted}
+    return {e.key: e.value for e in entries if e.key.startswith("tokenizer.ggml.")}
