@@ -126,3 +126,28 @@ class Ggml:
 @functools.cache
 def ggml() -> Ggml:
     return Ggml(llamacpp_root() / "build" / "bin" / "libggml-base.so")
+
+
+def llama_tokenize_ids_no_special(model: Path, text_file: Path) -> list[int]:
+    """llama-tokenize's ids with --no-parse-special: control tokens in the text stay text, as in
+    llama-perplexity, llama-imatrix and the runtime (llama-tokenize alone parses them by default)."""
+    import json
+
+    proc = subprocess.run(
+        [
+            str(tool("llama-tokenize")), "-m", str(model), "-f", str(text_file), "--ids", "--no-escape",
+            "--no-parse-special", "--log-disable",
+        ],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_tool(name: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """A built llama.cpp binary with its shared libraries on the path; the caller checks the return code."""
+    return subprocess.run(
+        [str(tool(name)), *[str(a) for a in args]], capture_output=True, text=True, env=tool_env()
+    )
