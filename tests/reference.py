@@ -156,13 +156,20 @@ def run_tool(name: str, *args: object) -> subprocess.CompletedProcess[str]:
     )
 
 
-def perplexity_chunk_values(log: str, chunk: int) -> list[float]:
-    """The numbers llama-perplexity prints for chunk `chunk` (1-based): running PPL in perplexity mode
-    (`[2]1924.2964,`), the table row (PPL, ±, ln ratio, ±, KLD, ±, ...) in --kl-divergence mode. These lines
-    come before the final summary, which the asynchronous logger can drop when the process exits."""
-    m = re.search(rf"\[{chunk}\]([0-9.]+),", log)
-    if m:
-        return [float(m.group(1))]
-    m = re.search(rf"^\s*{chunk}\s+(.*)$", log, re.MULTILINE)
-    assert m, log[-2000:]
-    return [float(v) for v in re.findall(r"-?[0-9]+\.[0-9]+", m.group(1))]
+def perplexity_chunk_values(*args: object, chunk: int) -> list[float]:
+    """Run llama-perplexity ARGS; the numbers it prints for chunk `chunk` (1-based): the running PPL in
+    perplexity mode (`[2]1924.2964,`), the table row (PPL, ±, ln ratio, ±, KLD, ±, ...) with
+    --kl-divergence. llama.cpp's logger is an asynchronous, never-destroyed singleton, so on a loaded
+    machine the tail of its output is sometimes lost at exit: the run is repeated (at most 3 times)."""
+    log = ""
+    for _ in range(3):
+        proc = run_tool("llama-perplexity", *args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        log = proc.stdout + proc.stderr
+        m = re.search(rf"\[{chunk}\]([0-9.]+),", log)
+        if m:
+            return [float(m.group(1))]
+        m = re.search(rf"^\s*{chunk}\s+([0-9].*)$", log, re.MULTILINE)
+        if m:
+            return [float(v) for v in re.findall(r"-?[0-9]+\.[0-9]+", m.group(1))]
+    raise AssertionError(f"llama-perplexity printed no line for chunk {chunk}:\n{log[-2000:]}")
