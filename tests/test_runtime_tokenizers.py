@@ -1,8 +1,12 @@
-"""Tokenizers rebuilt from GGUF metadata against llama-tokenize on vocab-only GGUFs written here.
+"""The runtime's tokenizer against llama-tokenize (--no-parse-special, as llama-perplexity tokenizes), whole
+texts with indented code, tabs, runs of spaces, newlines, digits, emoji, CJK and special-token texts.
 
-Synthetic vocabularies (byte-level BPE with a few merges; a SentencePiece vocab with byte fallback)
-exercise the pre-tokenizer regexes (digit grouping, contractions, newlines, runs of spaces) that differ
-between `gpt-2`, `smollm`, `llama-bpe` and `qwen2`, and SentencePiece's space prefix and byte fallback.
+* byte-level BPE: a synthetic vocabulary (a few merges, CONTROL and USER_DEFINED tokens) under every
+  pre-tokenizer the runtime accepts (SUPPORTED_BPE_PRE): digit grouping, contractions, newlines and
+  runs of spaces differ between them;
+* SentencePiece: the vocabulary trained in tests/spm_fixture.py (whitespace-run, user-defined,
+  byte-fallback and control pieces), converted by quantcli convert and by llama.cpp's converter;
+* a hand-made SentencePiece vocabulary for the space prefix and byte fallback on their own.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ from pathlib import Path
 
 import pytest
 from gguf import GGUFWriter
+from spm_fixture import SAMPLE, TWENTY_THREE_SPACES, add_spm_tokenizer, mixed_text
+from tiny_models import make_tiny_llama
 from vocab_helpers import gpt2_byte_alphabet
 
-from quantcli.runtime.tokenizer import from_gguf_metadata
+from quantcli.runtime.tokenizer import SUPPORTED_BPE_PRE, from_gguf_metadata
 
 pytestmark = pytest.mark.slow
 
 TEXT = (
     "Hello world! I'M here, you're there.\n\n  Numbers: 12345 and 7 or 3.14159;   spaces\tand tabs\n"
-    "Ünïcödé café — naïve 日本語 テスト 🙂\r\nthe theater they'll   THE end 2024-11-23."
+    "Ünïcödé café — naïve 日本語 テスト 🙂\r\nthe theater they'll   THE end 2024-11-23.\n"
+    "<|endoftext|> and <|begin|> are text here\n" + SAMPLE
 )
 
 
@@ -59,7 +66,8 @@ BPE_MERGES = [
 
 
 def _bpe_tokens() -> list[str]:
-    tokens = ["<|endoftext|>", "<|begin|>"] + gpt2_byte_alphabet()
+    # CONTROL texts stay text without parse_special; USER_DEFINED ones cut the text (raw, not byte-level)
+    tokens = ["<|endoftext|>", "<|begin|>", "<tag>", "    "] + gpt2_byte_alphabet()
     for m in BPE_MERGES:
         a, b = m.split(" ")
         if a + b not in tokens:
@@ -98,19 +106,19 @@ def _vocab_only_gguf(path: Path, md: dict) -> None:
 
 
 def _llama_ids(model: Path, text_file: Path) -> list[int]:
-    from reference import llama_tokenize_ids
+    from reference import llama_tokenize_ids_no_special
 
-    return llama_tokenize_ids(model, text_file)
+    return llama_tokenize_ids_no_special(model, text_file)
 
 
-@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2"])
+@pytest.mark.parametrize("pre", sorted(SUPPORTED_BPE_PRE))
 def test_bpe_rebuild_matches_llama_tokenize(pre: str, tmp_path: Path) -> None:
     tokens = _bpe_tokens()
     md = {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": pre,
         "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [3, 3] + [1] * (len(tokens) - 2),
+        "tokenizer.ggml.token_type": [3, 3, 4, 4] + [1] * (len(tokens) - 4),
         "tokenizer.ggml.merges": BPE_MERGES,
         "tokenizer.ggml.bos_token_id": 1,
         "tokenizer.ggml.eos_token_id": 0,
@@ -123,6 +131,7 @@ def test_bpe_rebuild_matches_llama_tokenize(pre: str, tmp_path: Path) -> None:
     ours = from_gguf_metadata(md).encode(TEXT)
     assert ours == ref, pre
     assert len(ref) < len(TEXT.encode("utf-8"))  # the merges were used
+    assert 2 in ref and 3 in ref and 0 not in ref  # user-defined tokens cut, control text stays text
 
 
 def test_spm_rebuild_matches_llama_tokenize(tmp_path: Path) -> None:
@@ -177,3 +186,59 @@ def test_spm_rebuild_matches_llama_tokenize(tmp_path: Path) -> None:
     text.write_text(sample, encoding="utf-8")
     ref = _llama_ids(model, text)
     assert from_gguf_metadata(md).encode(sample) == ref
+
+
+@pytest.fixture(scope="module")
+def spm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spm_fixture import VOCAB_SIZE
+
+    directory = make_tiny_llama(
+        tmp_path_factory.mktemp("spm") / "hf", hidden=64, layers=1, heads=2, kv_heads=1, ff=128, vocab=VOCAB_SIZE
+    )
+    add_spm_tokenizer(directory)
+    return directory
+
+
+@pytest.mark.parametrize("converter", ["quantcli", "llama.cpp"])
+def test_trained_sentencepiece_vocab_matches_llama_tokenize(
+    converter: str, spm_checkpoint: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from reference import convert_with_llamacpp
+
+    from quantcli.runtime import load_tokenizer
+
+    gguf = tmp_path / "model.gguf"
+    if converter == "quantcli":
+        cmd = [sys.executable, "-m", "quantcli", "convert", str(spm_checkpoint), "-t", "f16", "-o", str(gguf)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    else:
+        proc = convert_with_llamacpp(spm_checkpoint, gguf, "f16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = mixed_text()
+    text_file = tmp_path / "text.txt"
+    text_file.write_bytes(text.encode("utf-8"))
+    ref = _llama_ids(gguf, text_file)
+    tokenizer = load_tokenizer(gguf)
+    assert tokenizer.encode(text) == ref
+    assert load_tokenizer(spm_checkpoint).encode(text) == ref
+    types = tokenizer.vocab.types
+    assert TWENTY_THREE_SPACES in ref  # the USER_DEFINED run of 23 spaces, as Gemma 3's
+    assert any(types[i] == 6 for i in ref)  # byte fallback (newlines, emoji, CJK)
+    assert not any(types[i] == 3 for i in ref[1:])  # control texts (<ctrl>, <|im_end|>) stay text
+
+
+def test_sentencepiece_tokenizes_100_kb_in_seconds(spm_checkpoint: Path) -> None:
+    import time
+
+    from quantcli.runtime import load_tokenizer
+
+    tokenizer = load_tokenizer(spm_checkpoint)
+    text = mixed_text()
+    text = text * (100_000 // len(text) + 1)
+    start = time.perf_counter()
+    ids = tokenizer.encode(text)
+    assert time.perf_counter() - start < 10.0
+    assert len(ids) > 20_000

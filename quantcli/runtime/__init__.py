@@ -6,7 +6,7 @@ from pathlib import Path
 
 from quantcli.errors import InputInvalid, InputMissing
 from quantcli.runtime.model import KVCache, Model
-from quantcli.runtime.tokenizer import Tokenizer, from_gguf_metadata, from_hf_dir
+from quantcli.runtime.tokenizer import Tokenizer, from_gguf_metadata, from_hf_dir, rebuildable_from_metadata
 from quantcli.runtime.weights import GGUFSource, TensorSource
 
 
@@ -28,19 +28,19 @@ def open_source(path: Path | str) -> TensorSource:
 
 def load_tokenizer(path: Path | str, source: TensorSource | None = None) -> Tokenizer:
     path = Path(path)
-    if path.is_dir():
+    if source is None:
+        source = open_source(path)
+    md = source.metadata
+    if path.is_dir() and not rebuildable_from_metadata(md):
         tokenizer = from_hf_dir(path)
-        # The GGUF converter's decision (quantcli.vocab, via HFSource) wins, so that an HF directory and
-        # its conversion tokenize the same way.
-        md = source.metadata if source is not None else {}
+        # The GGUF converter's decisions (quantcli.vocab, via HFSource) win where it could read them.
         if isinstance(md.get("tokenizer.ggml.bos_token_id"), int):
             tokenizer.bos_id = md["tokenizer.ggml.bos_token_id"]
         if isinstance(md.get("tokenizer.ggml.add_bos_token"), bool):
             tokenizer.add_bos = md["tokenizer.ggml.add_bos_token"] and tokenizer.bos_id is not None
         return tokenizer
-    if source is None:
-        source = open_source(path)
-    return from_gguf_metadata(source.metadata)
+    # A GGUF, or an HF directory through the metadata convert would write: llama.cpp's own tokenization.
+    return from_gguf_metadata(md)
 
 
 def open_model(path: Path | str, emulate_ggml: bool = True) -> tuple[Model, Tokenizer]:

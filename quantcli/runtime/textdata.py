@@ -15,7 +15,8 @@ def read_text(path: Path | str | None) -> tuple[str, str]:
     if not p.is_file():
         raise InputMissing(f"text file {p} does not exist")
     try:
-        text = p.read_text(encoding="utf-8")
+        # bytes as they are, as llama-perplexity reads them: text mode would turn \r\n into \n
+        text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise InputInvalid(f"{p} is not UTF-8 text") from None
     return text, str(path) if path is not None else "quantcli/data/eval.txt"

@@ -1,9 +1,13 @@
-"""The model's own tokenizer, for an HF directory or rebuilt from a GGUF file's tokenizer metadata.
+"""The model's own tokenizer, for an HF directory or from a GGUF file's tokenizer metadata.
 
-HF directory: `tokenizer.json` through `tokenizers` (or `tokenizer.model` through sentencepiece).
-GGUF: `tokenizer.ggml.model = "gpt2"` becomes a `tokenizers` byte-level BPE with the pre-tokenizer regex
-llama.cpp uses for `tokenizer.ggml.pre` (SUPPORTED_BPE_PRE below); `"llama"` (SentencePiece) becomes a
-sentencepiece BPE model rebuilt from tokens/scores/token types. Anything else fails with Unsupported.
+GGUF (and an HF directory whose vocabulary quantcli.vocab converts, see `load_tokenizer`): llama.cpp's
+own algorithm from quantcli.runtime.llama_vocab, so ids equal `llama-tokenize --no-parse-special`'s and
+llama-perplexity's: special-token partitioning by token type, then SentencePiece's bigram merge with byte
+fallback for `tokenizer.ggml.model = "llama"`, or, for `"gpt2"`, a `tokenizers` byte-level BPE (no added
+tokens: the partition handles those) with the pre-tokenizer regex llama.cpp uses for `tokenizer.ggml.pre`
+(SUPPORTED_BPE_PRE below). Anything else fails with Unsupported.
+HF directory without a convertible vocabulary: `tokenizer.json` through `tokenizers`, or
+`tokenizer.model` through sentencepiece.
 """
 
 from __future__ import annotations
@@ -14,6 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported
+from quantcli.runtime.llama_vocab import (
+    BYTE,
+    CONTROL,
+    NORMAL,
+    UNKNOWN,
+    USER_DEFINED,
+    LlamaVocab,
+    encode_bpe,
+    encode_spm,
+)
 
 # llama.cpp's regexes (src/llama-vocab.cpp, llm_tokenizer_bpe) for the pre-tokenizers we rebuild.
 _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -25,28 +39,43 @@ _QWEN2_REGEX = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# pre name -> (regex list applied in order, ignore_merges)
-SUPPORTED_BPE_PRE: dict[str, tuple[list[str], bool]] = {
-    "gpt-2": ([_GPT2_REGEX], False),
-    "smollm": ([r"\p{N}", _GPT2_REGEX], False),
-    "starcoder": ([r"\p{N}", _GPT2_REGEX], False),
-    "llama-bpe": ([_LLAMA3_REGEX], True),
-    "llama3": ([_LLAMA3_REGEX], True),
-    "qwen2": ([_QWEN2_REGEX], False),
+# pre name -> (regex list applied in order, ignore_merges, llama.cpp's add_bos default)
+SUPPORTED_BPE_PRE: dict[str, tuple[list[str], bool, bool]] = {
+    "gpt-2": ([_GPT2_REGEX], False, False),
+    "smollm": ([r"\p{N}", _GPT2_REGEX], False, False),
+    "starcoder": ([r"\p{N}", _GPT2_REGEX], False, False),
+    "llama-bpe": ([_LLAMA3_REGEX], True, True),
+    "llama3": ([_LLAMA3_REGEX], True, True),
+    "qwen2": ([_QWEN2_REGEX], False, False),
 }
-
-_CONTROL, _USER_DEFINED = 3, 4
 
 
 class Tokenizer:
-    def __init__(
-        self, backend: Any, kind: str, bos_id: int | None, eos_id: int | None, add_bos: bool
-    ) -> None:
-        self._backend = backend
-        self.kind = kind  # "tokenizers" or "sentencepiece"
+    """encode(text) -> ids as the runtime feeds them to the model; decode(ids) -> text."""
+
+    kind: str
+
+    def __init__(self, bos_id: int | None, eos_id: int | None, add_bos: bool) -> None:
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.add_bos = add_bos and bos_id is not None
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+
+class LibraryTokenizer(Tokenizer):
+    """An HF directory's tokenizer through `tokenizers` or sentencepiece."""
+
+    def __init__(
+        self, backend: Any, kind: str, bos_id: int | None, eos_id: int | None, add_bos: bool
+    ) -> None:
+        super().__init__(bos_id, eos_id, add_bos)
+        self._backend = backend
+        self.kind = kind  # "tokenizers" or "sentencepiece"
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
         if self.kind == "sentencepiece":
@@ -70,6 +99,75 @@ class Tokenizer:
         return self._backend.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+class LlamaCppTokenizer(Tokenizer):
+    """llama_tokenize(text, add_special, parse_special=false) and token_to_piece(special=true)."""
+
+    def __init__(
+        self,
+        vocab: LlamaVocab,
+        kind: str,
+        bos_id: int | None,
+        eos_id: int | None,
+        add_bos: bool,
+        add_eos: bool,
+        add_space_prefix: bool,
+        bpe: Any = None,
+    ) -> None:
+        super().__init__(bos_id, eos_id, add_bos)
+        self.vocab = vocab
+        self.kind = kind  # "spm" or "bpe"
+        self.add_eos = add_eos and eos_id is not None
+        self.add_space_prefix = add_space_prefix
+        self._bpe = bpe
+        self._byte_of_char = {c: b for b, c in enumerate(_gpt2_byte_chars())}
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        fragments = self.vocab.partition(text, parse_special=False)
+        if self.kind == "spm":
+            ids = encode_spm(self.vocab, fragments, self.add_space_prefix)
+        else:
+            bpe = self._bpe
+            ids = encode_bpe(fragments, lambda frag: bpe.encode(frag, add_special_tokens=False).ids)
+        if add_special and self.add_bos:
+            ids.insert(0, int(self.bos_id))  # type: ignore[arg-type]
+        if add_special and self.add_eos:
+            ids.append(int(self.eos_id))  # type: ignore[arg-type]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self._piece(int(i)) for i in ids).decode("utf-8", errors="replace")
+
+    def _piece(self, token: int) -> bytes:
+        text, kind = self.vocab.tokens[token], self.vocab.types[token]
+        if kind in (CONTROL, UNKNOWN, USER_DEFINED):
+            return text.encode("utf-8")
+        if kind == NORMAL:
+            if self.kind == "spm":
+                return text.replace("\u2581", " ").encode("utf-8")
+            return b"".join(
+                bytes([self._byte_of_char[c]]) if c in self._byte_of_char else c.encode("utf-8") for c in text
+            )
+        if kind == BYTE:
+            return bytes([int(text[3:5], 16)]) if self.kind == "spm" else text.encode("utf-8")
+        return b""  # UNUSED / UNDEFINED: llama.cpp renders nothing
+
+
+def _gpt2_byte_chars() -> list[str]:
+    """GPT-2's byte -> printable character table (bytes_to_unicode), indexed by byte."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars: dict[int, str] = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
 # ---- HF directory ------------------------------------------------------------------------------------
 def from_hf_dir(directory: Path) -> Tokenizer:
     directory = Path(directory)
@@ -91,7 +189,7 @@ def from_hf_dir(directory: Path) -> Tokenizer:
             bos_id = _config_id(directory, "bos_token_id")
         if eos_id is None:
             eos_id = _config_id(directory, "eos_token_id")
-        return Tokenizer(backend, "tokenizers", bos_id, eos_id, bool(add_bos))
+        return LibraryTokenizer(backend, "tokenizers", bos_id, eos_id, bool(add_bos))
     sp_model = directory / "tokenizer.model"
     if sp_model.is_file():
         import sentencepiece as spm
@@ -100,7 +198,7 @@ def from_hf_dir(directory: Path) -> Tokenizer:
         add_bos = cfg.get("add_bos_token", True)
         bos = backend.bos_id()
         eos = backend.eos_id()
-        return Tokenizer(
+        return LibraryTokenizer(
             backend, "sentencepiece", bos if bos >= 0 else None, eos if eos >= 0 else None, bool(add_bos)
         )
     raise InputMissing(f"{directory} has neither tokenizer.json nor tokenizer.model")
@@ -147,6 +245,16 @@ def _post_processor_adds_bos(tok_json: Path, backend: Any, bos_id: int | None) -
 
 
 # ---- GGUF metadata -----------------------------------------------------------------------------------
+def rebuildable_from_metadata(md: dict[str, Any]) -> bool:
+    """Whether `from_gguf_metadata` tokenizes this vocabulary (else it raises Unsupported)."""
+    if not md.get("tokenizer.ggml.tokens"):
+        return False
+    model = md.get("tokenizer.ggml.model")
+    return model == "llama" or (
+        model == "gpt2" and md.get("tokenizer.ggml.pre", "default") in SUPPORTED_BPE_PRE
+    )
+
+
 def from_gguf_metadata(md: dict[str, Any]) -> Tokenizer:
     model = md.get("tokenizer.ggml.model")
     tokens = md.get("tokenizer.ggml.tokens")
@@ -154,20 +262,35 @@ def from_gguf_metadata(md: dict[str, Any]) -> Tokenizer:
         raise Unsupported("the GGUF file has no tokenizer (tokenizer.ggml.model / tokens missing)")
     bos_id = md.get("tokenizer.ggml.bos_token_id")
     eos_id = md.get("tokenizer.ggml.eos_token_id")
-    pre = md.get("tokenizer.ggml.pre", "default")
     if model == "gpt2":
-        backend = _rebuild_bpe(md, tokens, pre)
-        add_bos = md.get("tokenizer.ggml.add_bos_token", pre in ("llama-bpe", "llama3"))
-        return Tokenizer(backend, "tokenizers", bos_id, eos_id, bool(add_bos))
+        pre = md.get("tokenizer.ggml.pre", "default")
+        if pre not in SUPPORTED_BPE_PRE:
+            raise Unsupported(
+                f"BPE pre-tokenizer {pre!r} is not supported by the runtime (supported: "
+                f"{', '.join(sorted(SUPPORTED_BPE_PRE))})"
+            )
+        regexes, ignore_merges, add_bos_default = SUPPORTED_BPE_PRE[pre]
+        vocab = LlamaVocab(md)
+        bpe = _byte_level_bpe(md, vocab.tokens, regexes, ignore_merges)
+        return LlamaCppTokenizer(
+            vocab,
+            "bpe",
+            bos_id,
+            eos_id,
+            bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)),
+            bool(md.get("tokenizer.ggml.add_eos_token", False)),
+            False,
+            bpe,
+        )
     if model == "llama":
-        backend = _rebuild_spm(md, tokens)
-        add_bos = md.get("tokenizer.ggml.add_bos_token", True)
-        return Tokenizer(
-            backend,
-            "sentencepiece",
+        return LlamaCppTokenizer(
+            LlamaVocab(md),
+            "spm",
             bos_id if bos_id is not None else 1,
             eos_id if eos_id is not None else 2,
-            bool(add_bos),
+            bool(md.get("tokenizer.ggml.add_bos_token", True)),
+            bool(md.get("tokenizer.ggml.add_eos_token", False)),
+            bool(md.get("tokenizer.ggml.add_space_prefix", True)),
         )
     raise Unsupported(
         f"tokenizer model {model!r} cannot be rebuilt from GGUF metadata (supported: gpt2 with pre "
@@ -175,19 +298,12 @@ def from_gguf_metadata(md: dict[str, Any]) -> Tokenizer:
     )
 
 
-def _rebuild_bpe(md: dict[str, Any], tokens: list[str], pre: str) -> Any:
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+def _byte_level_bpe(md: dict[str, Any], tokens: list[str], regexes: list[str], ignore_merges: bool) -> Any:
+    from tokenizers import Regex, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    if pre not in SUPPORTED_BPE_PRE:
-        raise Unsupported(
-            f"BPE pre-tokenizer {pre!r} is not supported by the runtime (supported: "
-            f"{', '.join(sorted(SUPPORTED_BPE_PRE))})"
-        )
-    regexes, ignore_merges = SUPPORTED_BPE_PRE[pre]
-    merges_raw = md.get("tokenizer.ggml.merges") or []
     merges = []
-    for m in merges_raw:
+    for m in md.get("tokenizer.ggml.merges") or []:
         a, sep, b = m.partition(" ")
         if not sep:
             raise InputInvalid(f"malformed BPE merge {m!r}")
@@ -200,50 +316,4 @@ def _rebuild_bpe(md: dict[str, Any], tokens: list[str], pre: str) -> Any:
     steps = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
     steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
     backend.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    backend.decoder = decoders.ByteLevel()
-    types = md.get("tokenizer.ggml.token_type") or []
-    special = [
-        AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == _CONTROL
-    ]
-    user = [
-        AddedToken(tokens[i], special=False, normalized=False)
-        for i, t in enumerate(types)
-        if t == _USER_DEFINED
-    ]
-    if special:
-        backend.add_special_tokens(special)
-    if user:
-        backend.add_tokens(user)
     return backend
-
-
-def _rebuild_spm(md: dict[str, Any], tokens: list[str]) -> Any:
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    scores = md.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-    types = md.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    proto = pb.ModelProto()
-    for tok, score, kind in zip(tokens, scores, types, strict=False):
-        piece = proto.pieces.add()
-        piece.piece = tok
-        piece.score = float(score)
-        piece.type = int(kind) if 1 <= int(kind) <= 6 else 1
-    spec = proto.trainer_spec
-    spec.model_type = pb.TrainerSpec.BPE
-    spec.vocab_size = len(tokens)
-    spec.byte_fallback = any(int(t) == 6 for t in types)
-    unk = md.get("tokenizer.ggml.unknown_token_id", 0)
-    spec.unk_id = int(unk)
-    spec.bos_id = int(md.get("tokenizer.ggml.bos_token_id", 1))
-    spec.eos_id = int(md.get("tokenizer.ggml.eos_token_id", 2))
-    spec.pad_id = -1
-    norm = proto.normalizer_spec
-    norm.name = "identity"
-    norm.add_dummy_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
-    norm.remove_extra_whitespaces = False
-    norm.escape_whitespaces = True
-    try:
-        return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    except Exception as exc:
-        raise InputInvalid(f"cannot rebuild the SentencePiece model from GGUF metadata ({exc})") from None
