@@ -51,6 +51,9 @@ _GGUF_RESULT = [
     "n_fallbacks", "fallbacks", "bits_per_weight", "parameters", "seconds", "peak_rss_bytes",
 ]
 
+_ENGINE_EXTRA = {"pipeline": "str", "n_quantized": "int|null", "imatrix": "str|null", "imatrix_missing": "list",
+                 "tensor_cache": "object|null"}
+
 # Per command: required keys (shared ones by name, command-specific ones with their type) and optional
 # keys (present in some modes: --base, --dry-run, --verify, packed formats).
 COMMANDS: dict[str, dict[str, Any]] = {
@@ -97,18 +100,20 @@ COMMANDS: dict[str, dict[str, Any]] = {
             **{k: SHARED[k] for k in _GGUF_RESULT if k not in ("sha256", "seconds", "peak_rss_bytes")},
             "tensors": SHARED["tensors"], "bytes_exact": "bool", "tensor_bytes": "int", "src_tensor_bytes": "int",
         },
-        "optional": {"imatrix": "str|null"},
+        "optional": {**_ENGINE_EXTRA, "dry_run": "bool", "sha256": "str|null", "seconds": "float",
+                     "peak_rss_bytes": "int"},
     },
     "convert": {
         "required": {k: SHARED[k] for k in _GGUF_RESULT},
         "optional": {
             **{k: SHARED[k] for k in ("bits", "group_size", "files", "tensors")},
-            "dry_run": "bool", "bytes_exact": "bool", "verify": "object", "imatrix": "str|null",
+            "dry_run": "bool", "bytes_exact": "bool", "verify": "object", **_ENGINE_EXTRA, "dtype": "str",
+            "tensor_bytes": "int", "src_tensor_bytes": "int",
         },
     },
     "quantize": {
         "required": {**{k: SHARED[k] for k in _GGUF_RESULT}, "imatrix": "str|null", "imatrix_missing": "list"},
-        "optional": {},
+        "optional": {k: v for k, v in _ENGINE_EXTRA.items() if k not in ("imatrix", "imatrix_missing")},
     },
     "batch": {
         "required": {

@@ -106,7 +106,7 @@ def test_every_bad_entry_is_reported(tmp_path: Path) -> None:
     assert "also the output of entry 1" in by_entry[4]
     assert "missing `source:`" in by_entry[5]
     assert "unknown format 'exl2'" in by_entry[6]
-    assert "bits 3 not available for format gptq" in by_entry[7]
+    assert "--format gptq supports --bits 4, 8, not 3" in by_entry[7]
     assert "give one of" in by_entry[8]
     assert "put {type} in it" in by_entry[9]
     assert "unknown key(s): tpye" in by_entry[10]

@@ -57,8 +57,10 @@ def _env(**extra: str) -> dict[str, str]:
 def _batch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, list[dict], str]:
     proc = subprocess.run([sys.executable, "-m", "quantcli", "batch", *args, "--json"], cwd=cwd,
                           env=env or _env(), capture_output=True, text=True, timeout=300)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return proc.returncode, lines, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) <= 2, proc.stdout  # the batch object (and, when jobs failed, the error object)
+    jobs = json.loads(lines[0])["jobs"] if lines else []
+    return proc.returncode, jobs, proc.stderr
 
 
 def _assert_matches(out: Path, reference: dict[tuple[str, str], bytes], names: tuple[str, ...] = ("alpha", "beta")):
@@ -179,11 +181,11 @@ def test_packed_format_job_matches_direct_write_and_reruns_skip(models, tmp_path
         with open_checkpoint(models[name]) as ckpt:
             direct = tmp_path / f"direct-{name}"
             write_packed(ckpt, direct, get_format(fmt), Scheme(bits, 32, "bfloat16"))
-        produced = tmp_path / f"{name}-{fmt}-w{bits}"
+        produced = tmp_path / f"{name}-{fmt.upper()}-{bits}bit"  # the name `convert` gives it
         assert sorted(p.name for p in produced.iterdir()) == sorted(p.name for p in direct.iterdir())
         for f in direct.iterdir():
             assert (produced / f.name).read_bytes() == f.read_bytes(), f.name
-        assert json.loads((tmp_path / f"{name}-{fmt}-w{bits}.quantcli.json").read_text())["output"]["bytes"] == sum(
+        assert json.loads((tmp_path / f"{name}-{fmt.upper()}-{bits}bit.quantcli.json").read_text())["output"]["bytes"] == sum(
             f.stat().st_size for f in direct.iterdir())
     code, results, _ = _batch(str(manifest), cwd=tmp_path)
     assert code == 0 and [r["status"] for r in results] == ["skipped", "skipped"]

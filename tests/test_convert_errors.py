@@ -156,6 +156,8 @@ def test_output_exists_is_refused_and_kept(tmp_path: Path) -> None:
     assert proc.returncode == ExitCode.OUTPUT_EXISTS
     assert "--force" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads(proc.stdout) == {
+        "schema": "quantcli/1",
+        "command": "convert",
         "ok": False,
         "error": proc.stderr.strip().removeprefix("error: "),
         "error_type": "OutputExists",

@@ -101,7 +101,7 @@ def test_write_packed_checkpoint(tmp_path: Path, fmt: str, bits: int) -> None:
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and shards == sorted(p.name for p in out.glob("model-*.safetensors"))
-    assert result["n_quantized"] == 14 and result["n_tensors"] == 20
+    assert result["tensors"] == {"quantized": 14, "kept": 6}
     ckpt = open_checkpoint(out, dequantize_packed=False)
     names = set(ckpt.tensor_names())
     assert "model.layers.0.self_attn.q_proj.weight" not in names or fmt == "mlx"

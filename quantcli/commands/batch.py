@@ -87,14 +87,20 @@ def batch(
     results: list[dict[str, Any]] = []
     for result in stream:
         results.append(result)
-        if json_out:
-            print(json.dumps({k: v for k, v in result.items() if k != "traceback"}), flush=True)
-        elif not result["ok"]:
+        if not json_out and not result["ok"]:
             err.print(f"[red]failed[/] {result['source']} → {result['output']}: {result.get('error')}", soft_wrap=True)
         if result.get("traceback"):
             print(result["traceback"], file=sys.stderr)
-    # The summary table is the result (stdout); with --json stdout holds only JSON, so it goes to stderr.
-    print_wide(_summary(results, time.perf_counter() - started), 240, err if json_out else out)
+    seconds = round(time.perf_counter() - started, 3)
+    # The summary table is the result (stdout); with --json stdout holds only the one JSON object.
+    print_wide(_summary(results, seconds), 240, err if json_out else out)
+    if json_out:
+        jobs_doc = [{k: v for k, v in r.items() if k != "traceback"} for r in results]
+        print(json.dumps({"schema": "quantcli/1", "command": "batch", "ok": all(r["ok"] for r in results),
+                          "jobs": jobs_doc, "n_jobs": len(results),
+                          "n_converted": sum(r["status"] == "converted" for r in results),
+                          "n_skipped": sum(r["status"] == "skipped" for r in results),
+                          "n_failed": sum(not r["ok"] for r in results), "seconds": seconds}), flush=True)  # fmt: skip
     failed = [r for r in results if not r["ok"]]
     if failed:
         raise BatchFailed(f"{len(failed)} of {len(results)} batch jobs failed")

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from quantcli.console import peak_rss_bytes
 from quantcli.plan.core import Plan
 
 # `job` is an engine.job.Job and `planned` an engine.job.GGUFPlan (not imported: job.py imports this module).
@@ -55,6 +56,8 @@ def plan_result(job: Job, planned: GGUFPlan, output: Path) -> dict[str, Any]:
     doc = _plan_facts(job, planned, None if job.command == "plan" else output)
     doc.update({
         "dry_run": True,
+        "sha256": None,  # nothing written
+        "peak_rss_bytes": peak_rss_bytes(),
         "bytes": planned.file_size,
         "bytes_exact": True,
         "tensor_bytes": plan.tensor_bytes,
@@ -107,6 +110,7 @@ def packed_plan_result(job: Job, ckpt: Any, fmt: Any, scheme: Any, output: Path)
     return {
         **_packed_facts(job, ckpt, fmt, scheme, None if job.command == "plan" else output),
         "dry_run": True,
+        "sha256": None,  # nothing written
         "n_tensors": len(tensors),
         "tensor_types": dict(sorted(histogram.items())),
         "bytes": sum(t["bytes"] for t in tensors),
@@ -145,6 +149,7 @@ def packed_result(job: Job, written: dict[str, Any], scheme: Any, ckpt: Any) -> 
         "n_quantized": counts["quantized"],
         "tensor_types": {_packed_type(fmt, scheme): counts["quantized"], scheme.dtype: counts["kept"]},
         "bytes": written["bytes"],
+        "bits_per_weight": round(written["bytes"] * 8 / max(1, doc["parameters"]), 4),  # whole directory
         "sha256": written["sha256"],  # of the directory's files concatenated in name order
         "files": written["files"],
         "peak_rss_bytes": written["peak_rss_bytes"],

@@ -121,6 +121,10 @@ class LlamaCppTokenizer(Tokenizer):
         self._bpe = bpe
         self._byte_of_char = {c: b for b, c in enumerate(_gpt2_byte_chars())}
 
+    def token_id(self, text: str) -> int | None:
+        """The id of the token whose text is exactly `text` (as the GGUF vocabulary stores it), or None."""
+        return self.vocab.token_to_id.get(text)
+
     def encode(self, text: str, add_special: bool = True) -> list[int]:
         fragments = self.vocab.partition(text, parse_special=False)
         if self.kind == "spm":
