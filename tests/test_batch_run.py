@@ -60,7 +60,7 @@ def _batch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[in
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) <= 2, proc.stdout  # the batch object (and, when jobs failed, the error object)
     jobs = json.loads(lines[0])["jobs"] if lines else []
-    return proc.returncode, jobs, proc.stderr
+    return proc.returncode, jobs + [json.loads(line) for line in lines[1:]], proc.stderr
 
 
 def _assert_matches(out: Path, reference: dict[tuple[str, str], bytes], names: tuple[str, ...] = ("alpha", "beta")):
