@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_dtypes
@@ -87,7 +88,7 @@ def synthetic_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def smollm2_outputs(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+def smollm2_outputs(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, dict]]]:
     """Each SMOLLM2_CASES conversion, run once: recipe -> (output, --json result). Every run gets its own
     empty directory, so a leftover intermediate file would be seen."""
     root = tmp_path_factory.mktemp("smol")
@@ -102,7 +103,8 @@ def smollm2_outputs(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         assert result["output"] == str(out)
         assert sorted(p.name for p in work.iterdir()) == [out.name]  # no intermediate or temp file
         outputs[recipe] = (out, result)
-    return outputs
+    yield outputs
+    shutil.rmtree(root)  # ~0.5 GB: pytest would keep module fixtures' directories until the session ends
 
 
 @pytest.mark.parametrize("recipe", [r for _, r in SMOLLM2_CASES])

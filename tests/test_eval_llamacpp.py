@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +33,14 @@ def _run(args: list[object], **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def f16_gguf(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def f16_gguf(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from reference import convert_with_llamacpp
 
     out = tmp_path_factory.mktemp("rt") / "smollm2-f16.gguf"
     proc = convert_with_llamacpp(smollm2_dir, out, "f16")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    yield out
+    shutil.rmtree(out.parent)  # F16 + Q4_K_M, ~0.4 GB: not kept until the session ends
 
 
 @pytest.fixture(scope="module")

@@ -230,6 +230,9 @@ def smollm2_f16(smollm2_dir: Path) -> Path:
         proc = convert_with_llamacpp(smollm2_dir, tmp, "f16")
         assert proc.returncode == 0, proc.stderr[-3000:]
         tmp.rename(out)
+    for older in cache.glob("SmolLM2-135M-F16-*"):  # an earlier fixture's conversion: keep the cache bounded
+        if older != out:
+            older.unlink()
     return out
 
 

@@ -8,6 +8,7 @@ files, the converter script and the transformers version, so the slow converter 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -55,6 +56,9 @@ def _input_key(model_dir: Path, outtype: str) -> str:
 def reference_gguf(model_dir: Path, outtype: str) -> Path:
     out = _cache_root() / _input_key(model_dir, outtype) / f"{model_dir.name}-{outtype}.gguf"
     if not out.is_file():
+        # One entry per model and outtype: drop the one an older input, converter or transformers made.
+        for older in _cache_root().glob(f"*/{glob.escape(out.name)}"):
+            shutil.rmtree(older.parent)
         reference_convert.run_reference(model_dir, outtype, out)
     return out
 
