@@ -49,10 +49,12 @@ def greedy(
         logits = model.forward(np.asarray(prompt_ids), cache)
         with single_thread_blas():
             generated = _decode_loop(model, tokenizer, cache, logits, n_predict, stream)
+    # like llama-simple, an end-of-generation token ends the text without being printed
+    shown = generated[:-1] if generated and generated[-1] == tokenizer.eos_id else generated
     return {
         "prompt_tokens": [int(t) for t in prompt_ids],
         "tokens": generated,
-        "text": tokenizer.decode(generated),
+        "text": tokenizer.decode(shown),
     }
 
 
@@ -69,7 +71,7 @@ def _decode_loop(
     for _ in range(n_predict):
         nxt = int(np.argmax(logits[-1]))
         generated.append(nxt)
-        if stream is not None:
+        if stream is not None and nxt != tokenizer.eos_id:
             text = tokenizer.decode(generated)
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 stream.write(text[len(shown) :])
