@@ -196,9 +196,9 @@ def perplexity_chunk_values(*args: object, chunk: int) -> list[float]:
     """Run llama-perplexity ARGS; the numbers it prints for chunk `chunk` (1-based): the running PPL in
     perplexity mode (`[2]1924.2964,`), the table row (PPL, ±, ln ratio, ±, KLD, ±, ...) with
     --kl-divergence. llama.cpp's logger is an asynchronous, never-destroyed singleton, so on a loaded
-    machine the tail of its output is sometimes lost at exit: the run is repeated (at most 3 times)."""
+    machine the tail of its output is sometimes lost at exit: the run is repeated (at most 5 times)."""
     log = ""
-    for _ in range(3):
+    for _ in range(5):
         proc = run_tool("llama-perplexity", *args)
         assert proc.returncode == 0, proc.stderr[-2000:]
         log = proc.stdout + proc.stderr

@@ -242,3 +242,21 @@ def test_sentencepiece_tokenizes_100_kb_in_seconds(spm_checkpoint: Path) -> None
     ids = tokenizer.encode(text)
     assert time.perf_counter() - start < 10.0
     assert len(ids) > 20_000
+
+
+# Real vocabularies: the vocab-only GGUFs llama.cpp ships for its own tokenizer tests (LLaMA's and Phi-3's
+# SentencePiece, GPT-2, Llama 3, Qwen2 and StarCoder BPE), on the mixed text and on llama.cpp's test inputs.
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3", "gpt-2", "llama-bpe", "qwen2", "starcoder"])
+def test_llamacpp_vocab_files_match_llama_tokenize(name: str, tmp_path: Path) -> None:
+    from reference import llamacpp_src
+
+    from quantcli.runtime import load_tokenizer
+
+    model = llamacpp_src() / "models" / f"ggml-vocab-{name}.gguf"
+    tokenizer = load_tokenizer(model)
+    mixed = tmp_path / "mixed.txt"
+    specials = "\nend </s>  after <s> and <|end|>  <|user|>\n<|endoftext|> <unk>\n"  # stay text
+    mixed.write_bytes((mixed_text() + specials).encode("utf-8"))
+    for text_file in (mixed, model.with_name(model.name + ".inp")):
+        ref = _llama_ids(model, text_file)
+        assert tokenizer.encode(text_file.read_bytes().decode("utf-8")) == ref, (name, text_file.name)

@@ -103,7 +103,7 @@ def _decode_loop(
         if nxt in eog:
             return generated, nxt
         generated.append(nxt)
-        if stream is not None:
+        if stream is not None and nxt != tokenizer.eos_id:
             text = tokenizer.decode(generated)
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 stream.write(text[len(shown) :])
