@@ -406,9 +406,10 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
         result = _convert(local, job, force=overwrite, threads=threads, tensor_cache=cache)
         write_sidecar(output, inputs=inputs, options=options, result=result)
         cache.discard()  # (a packed job never fills it)
-        # the job's own convert result, plus batch's status (its own `seconds` include the skip check)
+        # the job's convert result, with the manifest's own request (its source as written: a Hub id stays an
+        # id) and batch's status; `seconds` include the skip check
         result = {k: v for k, v in result.items() if k not in ("schema", "command")}
-        return record | result | {"ok": True, "status": "converted", "seconds": round(time.perf_counter() - started, 3),
+        return result | record | {"ok": True, "status": "converted", "seconds": round(time.perf_counter() - started, 3),
                                   "tensor_cache": cache.stats()}
     except QuantcliError as exc:
         _tidy_after_failure(output, cache)

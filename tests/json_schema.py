@@ -118,7 +118,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "batch": {
         "required": {
             **{k: SHARED[k] for k in ("seconds",)},
-            "jobs": "list", "n_jobs": "int", "n_converted": "int", "n_skipped": "int", "n_failed": "int",
+            "event": "str", "jobs": "list", "n_jobs": "int", "n_converted": "int", "n_skipped": "int", "n_failed": "int",
         },
         "optional": {},
     },

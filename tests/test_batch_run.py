@@ -57,10 +57,14 @@ def _env(**extra: str) -> dict[str, str]:
 def _batch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, list[dict], str]:
     proc = subprocess.run([sys.executable, "-m", "quantcli", "batch", *args, "--json"], cwd=cwd,
                           env=env or _env(), capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) <= 2, proc.stdout  # the batch object (and, when jobs failed, the error object)
-    jobs = json.loads(lines[0])["jobs"] if lines else []
-    return proc.returncode, jobs + [json.loads(line) for line in lines[1:]], proc.stderr
+    docs = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    jobs = [d for d in docs if d.get("event") == "job"]
+    summary = [d for d in docs if d.get("event") == "summary"]
+    if jobs:  # the summary repeats every job line
+        assert len(summary) == 1 and summary[0]["jobs"] == [{k: v for k, v in j.items() if k not in (
+            "schema", "command", "event")} for j in jobs], proc.stdout
+    # job lines, then whatever else (the error object when jobs failed, manifest problems)
+    return proc.returncode, jobs + [d for d in docs if "event" not in d], proc.stderr
 
 
 def _assert_matches(out: Path, reference: dict[tuple[str, str], bytes], names: tuple[str, ...] = ("alpha", "beta")):

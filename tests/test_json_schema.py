@@ -169,9 +169,16 @@ def test_convert_json(checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_batch_json(checkpoint: Path, tmp_path: Path) -> None:
+    """batch --json: a line per job as it finishes (`event: job`, the job's convert result plus its status),
+    then the summary (`event: summary`)."""
     manifest = tmp_path / "jobs.txt"
     manifest.write_text(f"{checkpoint} Q8_0 {tmp_path / 'b.gguf'}\n")
-    doc = _run("batch", manifest)
-    assert doc["n_jobs"] == doc["n_converted"] == 1 and doc["jobs"][0]["status"] == "converted"
-    job = {k: v for k, v in doc["jobs"][0].items() if k not in ("status", "entry", "type", "bits")}
-    assert S.problems({**job, "ok": True, "schema": "quantcli/1", "command": "convert"}, "convert") == []
+    proc = subprocess.run([sys.executable, "-m", "quantcli", "batch", str(manifest), "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job_line, summary = (json.loads(line) for line in proc.stdout.splitlines())
+    assert S.problems(summary, "batch") == [], summary
+    assert summary["n_jobs"] == summary["n_converted"] == 1 and summary["jobs"][0]["status"] == "converted"
+    assert job_line["event"] == "job" and job_line["command"] == "batch"
+    job = {k: v for k, v in job_line.items() if k not in ("status", "entry", "type", "bits", "event", "command")}
+    assert S.problems({**job, "command": "convert"}, "convert") == []

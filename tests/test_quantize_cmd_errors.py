@@ -5,6 +5,7 @@ Also the imatrix readers against hand-made files (no llama.cpp needed).
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -88,7 +89,9 @@ def test_strict_with_fallbacks(odd_model: Path, tmp_path: Path) -> None:
     proc = run_cli("quantize", str(odd_model), str(out), "Q4_K_M", "--strict")
     assert_refused(proc, ExitCode.FALLBACK_REFUSED, out, "fallback")
     proc = run_cli("plan", str(odd_model), "--type", "Q4_K_M", "--strict", "--json")
-    assert proc.returncode == ExitCode.FALLBACK_REFUSED and proc.stdout.strip().startswith('{"ok": false')
+    assert proc.returncode == ExitCode.FALLBACK_REFUSED
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and doc["exit_code"] == ExitCode.FALLBACK_REFUSED and "fallback" in doc["error"]
     # Without --strict the same file quantizes, and Q8_0 (block 32) needs no fallback even with --strict.
     assert run_cli("quantize", str(odd_model), str(out), "Q8_0", "--strict").returncode == 0
     assert out.exists()

@@ -51,7 +51,7 @@ def batch(
     types: str = typer.Option(None, "--types", metavar="TYPE[,TYPE]", help="Comma-separated types for entries that name none (crosses a plain model list with several types)."),
     force: bool = typer.Option(False, "--force", help="Overwrite outputs that this batch did not make (no current sidecar)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the manifest and list the jobs; convert nothing."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per job on stdout (as each finishes)."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines on stdout: one per job as it finishes, then the summary."),
 ) -> None:
     """Convert many models/types from one manifest. Jobs whose output is complete and current are skipped;
     a failing job does not stop the others (exit code 10 if any failed)."""
@@ -87,17 +87,20 @@ def batch(
     results: list[dict[str, Any]] = []
     for result in stream:
         results.append(result)
-        if not json_out and not result["ok"]:
+        if json_out:  # a line per job as it finishes: a killed batch still reported what it finished
+            job_doc = {k: v for k, v in result.items() if k != "traceback"}
+            print(json.dumps({"schema": "quantcli/1", "command": "batch", "event": "job", **job_doc}), flush=True)
+        elif not result["ok"]:
             err.print(f"[red]failed[/] {result['source']} → {result['output']}: {result.get('error')}", soft_wrap=True)
         if result.get("traceback"):
             print(result["traceback"], file=sys.stderr)
     seconds = round(time.perf_counter() - started, 3)
-    # The summary table is the result (stdout); with --json stdout holds only the one JSON object.
+    # The summary table is the result (stdout); with --json stdout holds only JSON lines.
     print_wide(_summary(results, seconds), 240, err if json_out else out)
-    if json_out:
+    if json_out:  # the last line: every job again, and the totals
         jobs_doc = [{k: v for k, v in r.items() if k != "traceback"} for r in results]
-        print(json.dumps({"schema": "quantcli/1", "command": "batch", "ok": all(r["ok"] for r in results),
-                          "jobs": jobs_doc, "n_jobs": len(results),
+        print(json.dumps({"schema": "quantcli/1", "command": "batch", "event": "summary",
+                          "ok": all(r["ok"] for r in results), "jobs": jobs_doc, "n_jobs": len(results),
                           "n_converted": sum(r["status"] == "converted" for r in results),
                           "n_skipped": sum(r["status"] == "skipped" for r in results),
                           "n_failed": sum(not r["ok"] for r in results), "seconds": seconds}), flush=True)  # fmt: skip

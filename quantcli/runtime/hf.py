@@ -41,9 +41,12 @@ class HFSource:
         for method, value in hparam_values(spec, cfg):
             meta.call(method, value)
         self.metadata: dict[str, Any] = {key: _plain(value) for key, value in meta.values().items()}
-        for entry in read_vocab(self.directory, self.checkpoint.config).entries:
-            self.metadata[entry.key] = entry.value
         self.description = f"HF checkpoint {self.directory}"
+
+    def vocab_metadata(self) -> dict[str, Any]:
+        """The tokenizer keys convert writes (tokens, types, merges, add_bos ...), read only when a tokenizer is
+        needed: the forward pass does not need one. Raises as convert does for a tokenizer it cannot read."""
+        return {e.key: e.value for e in read_vocab(self.directory, self.checkpoint.config).entries}
 
     def names(self) -> Iterable[str]:
         return self._tensors.keys()
