@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .cache/install.stamp
 
-.PHONY: install install-ref install-clients demo test test-fast lint bench fixture llamacpp clean
+.PHONY: install install-ref install-clients demo test test-plain test-fast lint bench fixture llamacpp clean
 
 $(STAMP): pyproject.toml setup.py quantcli_build.py quantcli/native/quants.c quantcli/native/quants_simd.h
 	$(PIP) install --quiet -e '.[dev]'
@@ -37,6 +37,12 @@ demo: install fixture
 
 test: install-clients fixture
 	$(PYTHON) -m pytest -q -ra
+	$(PYTHON) scripts/check_plain_install.py
+
+# quantcli from `pip install .` alone in a fresh venv (no torch, transformers, protobuf): convert --verify,
+# eval, generate, imatrix on SmolLM2 and a SentencePiece Gemma 3. torch here only builds that Gemma.
+test-plain: install-ref fixture
+	$(PYTHON) scripts/check_plain_install.py
 
 test-fast: install
 	$(PYTHON) -m pytest -q -ra -m "not slow"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import require_module
+from tiny_models import TINY
 
 from quantcli.runtime import Model, open_source
 from quantcli.runtime.metrics import KLDAccumulator, _percentile, nll_rows, quantize_log_probs
@@ -108,38 +109,6 @@ def test_percentile_interpolates_like_perplexity_cpp() -> None:
 
 
 # ---- tiny random models against transformers ----------------------------------------------------------
-
-# What every tiny config shares; each architecture lists only what is its own.
-_TINY_BASE = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    num_hidden_layers=2,
-    vocab_size=128,
-    rms_norm_eps=1e-6,
-    rope_theta=1000000.0,
-    max_position_embeddings=256,
-    tie_word_embeddings=True,
-)
-_TINY_OWN = {
-    "llama": dict(
-        architectures=["LlamaForCausalLM"], model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=False,
-    ),
-    "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2"),
-    "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=32),
-    "gemma3": dict(
-        architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", head_dim=16, num_hidden_layers=6,
-        sliding_window=5, query_pre_attn_scalar=16,
-    ),
-    "phi3": dict(
-        architectures=["Phi3ForCausalLM"], model_type="phi3", num_key_value_heads=4, rms_norm_eps=1e-5,
-        rope_theta=10000.0, original_max_position_embeddings=256, tie_word_embeddings=False,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    ),
-}
-TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
 
 
 def _tiny_checkpoint(arch: str, directory: Path) -> object:

@@ -14,14 +14,13 @@ emoji and CJK; 2 chunks of 128 tokens keep it cheap.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from spm_fixture import VOCAB_SIZE, add_spm_tokenizer, mixed_text
-from test_runtime import TINY
+from spm_fixture import mixed_text
+from tiny_models import make_arch_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -29,31 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 CTX, CHUNKS = 128, 2
 ARCHS = ["llama", "qwen2", "qwen3", "gemma3", "phi3"]
 SPM_ARCHS = {"llama", "qwen2", "gemma3", "phi3"}  # both converters try tokenizer.model first for qwen2
-
-
-def _checkpoint(arch: str, directory: Path, smollm2_dir: Path) -> None:
-    import torch
-    import transformers
-
-    spm = arch in SPM_ARCHS
-    vocab_size = VOCAB_SIZE if spm else 49152
-    # rows of 256 so that Q4_K_M really uses k-quants
-    cfg = dict(TINY[arch], hidden_size=256, intermediate_size=512, vocab_size=vocab_size)
-    if arch == "qwen3":
-        cfg["head_dim"] = 64
-    cfg.update(bos_token_id=1, eos_token_id=2, pad_token_id=3 if spm else 2)
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(**cfg)
-    model = getattr(transformers, cfg["architectures"][0])(config).float().eval()
-    with torch.no_grad():  # larger weights than HF's init: logits far from uniform, so PPL and KLD mean something
-        for name, p in model.named_parameters():
-            p.add_(torch.randn_like(p) * (0.1 if "norm" in name else 0.08))
-    model.save_pretrained(directory, safe_serialization=True)
-    if spm:
-        add_spm_tokenizer(directory)
-    else:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copy(smollm2_dir / name, directory / name)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +44,7 @@ def ggufs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     arch = request.param
     root = tmp_path_factory.mktemp(arch)
     hf = root / "hf"
-    _checkpoint(arch, hf, smollm2_dir)
+    make_arch_checkpoint(arch, hf, None if arch in SPM_ARCHS else smollm2_dir)
     f16, q4 = root / "f16.gguf", root / "q4_k_m.gguf"
     proc = convert_with_llamacpp(hf, f16, "f16")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,12 +1,17 @@
-"""Tiny random HF checkpoints written by the tests themselves (unit-test scale, never the only proof)."""
+"""Tiny random HF checkpoints written by the tests themselves (unit-test scale, never the only proof).
+
+Free of pytest, so scripts/make_spm_gemma3.py (the plain-install check's Gemma 3 model) builds with it too.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from spm_fixture import VOCAB_SIZE, add_spm_tokenizer
 
 from quantcli.writers.safetensors import write_file
 
@@ -61,4 +66,69 @@ def make_tiny_llama(
         "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+# Each runtime architecture at unit-test scale (test_runtime.py checks every one against transformers).
+# What every tiny config shares; each architecture lists only what is its own.
+_TINY_BASE = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    vocab_size=128,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+_TINY_OWN = {
+    "llama": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=False,
+    ),
+    "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2"),
+    "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=32),
+    "gemma3": dict(
+        architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", head_dim=16, num_hidden_layers=6,
+        sliding_window=5, query_pre_attn_scalar=16,
+    ),
+    "phi3": dict(
+        architectures=["Phi3ForCausalLM"], model_type="phi3", num_key_value_heads=4, rms_norm_eps=1e-5,
+        rope_theta=10000.0, original_max_position_embeddings=256, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    ),
+}
+TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
+
+
+def make_arch_checkpoint(arch: str, directory: Path, bpe_tokenizer_dir: Path | None) -> Path:
+    """A random `arch` checkpoint (TINY at rows of 256) saved by transformers, with the SentencePiece
+    vocabulary of spm_fixture.py, or with the byte-level BPE tokenizer files of `bpe_tokenizer_dir` (SmolLM2).
+
+    Needs torch and transformers; the weights depend only on `arch` (seed 0).
+    """
+    import torch
+    import transformers
+
+    spm = bpe_tokenizer_dir is None
+    vocab_size = VOCAB_SIZE if spm else 49152
+    # rows of 256 so that Q4_K_M really uses k-quants
+    cfg = dict(TINY[arch], hidden_size=256, intermediate_size=512, vocab_size=vocab_size)
+    if arch == "qwen3":
+        cfg["head_dim"] = 64
+    cfg.update(bos_token_id=1, eos_token_id=2, pad_token_id=3 if spm else 2)
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(**cfg)
+    model = getattr(transformers, cfg["architectures"][0])(config).float().eval()
+    with torch.no_grad():  # larger weights than HF's init: logits far from uniform, so PPL and KLD mean something
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.1 if "norm" in name else 0.08))
+    model.save_pretrained(directory, safe_serialization=True)
+    if bpe_tokenizer_dir is None:
+        add_spm_tokenizer(directory)
+    else:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(bpe_tokenizer_dir / name, directory / name)
     return directory
