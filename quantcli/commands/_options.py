@@ -1,5 +1,6 @@
-"""llama-quantize's recipe options (--imatrix, --tensor-type, --pure, ...), defined once for `convert`,
-`quantize` and `plan`.
+"""Options shared between commands, each defined once: llama-quantize's recipe options (--imatrix,
+--tensor-type, --pure, ...) for `convert`, `quantize` and `plan`, and the runtime's (MODEL, --ctx,
+--exact-activations, ...) for `eval`, `imatrix` and `generate`.
 
 Each function returns a fresh `typer.Option` (Typer keeps state on an OptionInfo, so one instance is not
 shared between commands). A command whose help line says something of its own passes `help=`; the option
@@ -65,3 +66,25 @@ def json_out(help: str = "Print the result as one JSON object on stdout (docs/js
 
 def threads() -> Any:
     return typer.Option(None, "--threads", min=1, metavar="N", help="Quantization threads (C extension).")
+
+
+def runtime_model() -> Any:
+    return typer.Argument(..., metavar="MODEL", help="GGUF file or HF checkpoint directory.")
+
+
+def text(help: str) -> Any:  # noqa: A002
+    return typer.Option(None, "--text", metavar="FILE", help=help)
+
+
+def ctx(default: int, help: str) -> Any:  # noqa: A002
+    return typer.Option(default, "--ctx", metavar="N", help=help)
+
+
+def chunks(help: str) -> Any:  # noqa: A002
+    return typer.Option(None, "--chunks", metavar="N", help=help)
+
+
+def exact_activations() -> Any:
+    return typer.Option(
+        False, "--exact-activations", help="Plain float32 math: no ggml-style activation rounding / F16 KV."
+    )
