@@ -26,47 +26,53 @@ class QuantcliError(Exception):
 
     exit_code: ExitCode = ExitCode.INPUT_INVALID
 
+    def __init_subclass__(cls, exit_code: ExitCode | None = None, **kwargs: object) -> None:
+        # Each subclass names its code in its header (`class X(QuantcliError, exit_code=...)`).
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
     def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
 
 
-class UsageError(QuantcliError):
-    exit_code = ExitCode.USAGE
+class UsageError(QuantcliError, exit_code=ExitCode.USAGE):
+    """A bad command line."""
 
 
-class InputMissing(QuantcliError):
-    exit_code = ExitCode.INPUT_MISSING
+class InputMissing(QuantcliError, exit_code=ExitCode.INPUT_MISSING):
+    """A path or file that is not there."""
 
 
-class InputInvalid(QuantcliError):
-    exit_code = ExitCode.INPUT_INVALID
+class InputInvalid(QuantcliError, exit_code=ExitCode.INPUT_INVALID):
+    """A file that is there but malformed."""
 
 
-class Unsupported(QuantcliError):
-    exit_code = ExitCode.UNSUPPORTED
+class Unsupported(QuantcliError, exit_code=ExitCode.UNSUPPORTED):
+    """Well-formed input that quantcli does not support."""
 
 
-class OutputExists(QuantcliError):
-    exit_code = ExitCode.OUTPUT_EXISTS
+class OutputExists(QuantcliError, exit_code=ExitCode.OUTPUT_EXISTS):
+    """The output exists and --force was not given."""
 
 
-class OutputFailed(QuantcliError):
-    exit_code = ExitCode.OUTPUT_FAILED
+class OutputFailed(QuantcliError, exit_code=ExitCode.OUTPUT_FAILED):
+    """The output could not be written."""
 
 
-class FallbackRefused(QuantcliError):
-    exit_code = ExitCode.FALLBACK_REFUSED
+class FallbackRefused(QuantcliError, exit_code=ExitCode.FALLBACK_REFUSED):
+    """--strict, and the plan has fallback types."""
 
 
-class VerifyFailed(QuantcliError):
-    exit_code = ExitCode.VERIFY_FAILED
+class VerifyFailed(QuantcliError, exit_code=ExitCode.VERIFY_FAILED):
+    """The --verify quality gate failed."""
 
 
-class BatchFailed(QuantcliError):
-    exit_code = ExitCode.BATCH_FAILED
+class BatchFailed(QuantcliError, exit_code=ExitCode.BATCH_FAILED):
+    """One or more batch jobs failed."""
 
 
-class ImatrixMismatch(QuantcliError):
-    exit_code = ExitCode.IMATRIX_MISMATCH
+class ImatrixMismatch(QuantcliError, exit_code=ExitCode.IMATRIX_MISMATCH):
+    """The imatrix does not fit the model."""

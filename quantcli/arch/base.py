@@ -119,6 +119,29 @@ class ArchSpec:
         return (t for t in self.transforms if re.search(t.pattern, hf_name))
 
 
+# (HF, GGUF) name templates of the transformers decoder layout, in the pieces the families here combine.
+MODEL_TENSORS: tuple[tuple[str, str], ...] = (
+    ("model.embed_tokens", "token_embd"),
+    ("model.norm", "output_norm"),
+    ("lm_head", "output"),
+    ("model.layers.{bid}.input_layernorm", "blk.{bid}.attn_norm"),
+)
+ATTENTION_TENSORS: tuple[tuple[str, str], ...] = (
+    ("model.layers.{bid}.self_attn.q_proj", "blk.{bid}.attn_q"),
+    ("model.layers.{bid}.self_attn.k_proj", "blk.{bid}.attn_k"),
+    ("model.layers.{bid}.self_attn.v_proj", "blk.{bid}.attn_v"),
+    ("model.layers.{bid}.self_attn.o_proj", "blk.{bid}.attn_output"),
+)
+QK_NORM_TENSORS: tuple[tuple[str, str], ...] = (
+    ("model.layers.{bid}.self_attn.q_norm", "blk.{bid}.attn_q_norm"),
+    ("model.layers.{bid}.self_attn.k_norm", "blk.{bid}.attn_k_norm"),
+)
+MLP_TENSORS: tuple[tuple[str, str], ...] = (
+    ("model.layers.{bid}.mlp.gate_proj", "blk.{bid}.ffn_gate"),
+    ("model.layers.{bid}.mlp.up_proj", "blk.{bid}.ffn_up"),
+    ("model.layers.{bid}.mlp.down_proj", "blk.{bid}.ffn_down"),
+)
+
 # Tensors convert_hf_to_gguf.py never writes, whatever the architecture.
 COMMON_SKIPS = (r".*\.attention\.masked_bias", r".*\.attention\.bias", r".*\.rotary_emb\.inv_freq")
 

@@ -12,6 +12,10 @@ import json
 import numpy as np
 
 from quantcli.arch.base import (
+    ATTENTION_TENSORS,
+    MLP_TENSORS,
+    MODEL_TENSORS,
+    QK_NORM_TENSORS,
     ArchSpec,
     Config,
     HParam,
@@ -55,22 +59,13 @@ GEMMA3 = register(
         hf_architectures=("Gemma3ForCausalLM",),
         gguf_arch="gemma3",
         tensor_names=(
-            ("model.embed_tokens", "token_embd"),
-            ("model.norm", "output_norm"),
-            ("lm_head", "output"),
-            ("model.layers.{bid}.input_layernorm", "blk.{bid}.attn_norm"),
-            ("model.layers.{bid}.self_attn.q_proj", "blk.{bid}.attn_q"),
-            ("model.layers.{bid}.self_attn.k_proj", "blk.{bid}.attn_k"),
-            ("model.layers.{bid}.self_attn.v_proj", "blk.{bid}.attn_v"),
-            ("model.layers.{bid}.self_attn.o_proj", "blk.{bid}.attn_output"),
-            ("model.layers.{bid}.self_attn.q_norm", "blk.{bid}.attn_q_norm"),
-            ("model.layers.{bid}.self_attn.k_norm", "blk.{bid}.attn_k_norm"),
+            *MODEL_TENSORS,
+            *ATTENTION_TENSORS,
+            *QK_NORM_TENSORS,
             ("model.layers.{bid}.post_attention_layernorm", "blk.{bid}.post_attention_norm"),
             ("model.layers.{bid}.pre_feedforward_layernorm", "blk.{bid}.ffn_norm"),
             ("model.layers.{bid}.post_feedforward_layernorm", "blk.{bid}.post_ffw_norm"),
-            ("model.layers.{bid}.mlp.gate_proj", "blk.{bid}.ffn_gate"),
-            ("model.layers.{bid}.mlp.up_proj", "blk.{bid}.ffn_up"),
-            ("model.layers.{bid}.mlp.down_proj", "blk.{bid}.ffn_down"),
+            *MLP_TENSORS,
         ),
         hparams=(
             *text_model_hparams(),

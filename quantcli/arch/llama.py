@@ -9,6 +9,9 @@ from dataclasses import replace
 import numpy as np
 
 from quantcli.arch.base import (
+    ATTENTION_TENSORS,
+    MLP_TENSORS,
+    MODEL_TENSORS,
     ArchSpec,
     Config,
     HParam,
@@ -23,18 +26,10 @@ from quantcli.errors import InputInvalid
 
 # Shared by every llama-like family (qwen2/qwen3 add to it).
 DECODER_TENSORS: tuple[tuple[str, str], ...] = (
-    ("model.embed_tokens", "token_embd"),
-    ("model.norm", "output_norm"),
-    ("lm_head", "output"),
-    ("model.layers.{bid}.input_layernorm", "blk.{bid}.attn_norm"),
-    ("model.layers.{bid}.self_attn.q_proj", "blk.{bid}.attn_q"),
-    ("model.layers.{bid}.self_attn.k_proj", "blk.{bid}.attn_k"),
-    ("model.layers.{bid}.self_attn.v_proj", "blk.{bid}.attn_v"),
-    ("model.layers.{bid}.self_attn.o_proj", "blk.{bid}.attn_output"),
+    *MODEL_TENSORS,
+    *ATTENTION_TENSORS,
     ("model.layers.{bid}.post_attention_layernorm", "blk.{bid}.ffn_norm"),
-    ("model.layers.{bid}.mlp.gate_proj", "blk.{bid}.ffn_gate"),
-    ("model.layers.{bid}.mlp.up_proj", "blk.{bid}.ffn_up"),
-    ("model.layers.{bid}.mlp.down_proj", "blk.{bid}.ffn_down"),
+    *MLP_TENSORS,
 )
 
 

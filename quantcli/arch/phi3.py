@@ -9,7 +9,16 @@ import math
 
 import numpy as np
 
-from quantcli.arch.base import FILE_TYPE, ArchSpec, Config, HParam, RuntimeTraits, full_rope, register
+from quantcli.arch.base import (
+    FILE_TYPE,
+    MODEL_TENSORS,
+    ArchSpec,
+    Config,
+    HParam,
+    RuntimeTraits,
+    full_rope,
+    register,
+)
 from quantcli.errors import InputInvalid, Unsupported
 
 
@@ -68,10 +77,7 @@ PHI3 = register(
         hf_architectures=("Phi3ForCausalLM",),
         gguf_arch="phi3",
         tensor_names=(
-            ("model.embed_tokens", "token_embd"),
-            ("model.norm", "output_norm"),
-            ("lm_head", "output"),
-            ("model.layers.{bid}.input_layernorm", "blk.{bid}.attn_norm"),
+            *MODEL_TENSORS,
             ("model.layers.{bid}.self_attn.qkv_proj", "blk.{bid}.attn_qkv"),
             ("model.layers.{bid}.self_attn.o_proj", "blk.{bid}.attn_output"),
             ("model.layers.{bid}.post_attention_layernorm", "blk.{bid}.ffn_norm"),

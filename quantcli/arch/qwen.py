@@ -5,7 +5,7 @@ NEOX rope: no Q/K permutation. Qwen2 has q/k/v biases; Qwen3 has per-head q/k RM
 
 from __future__ import annotations
 
-from quantcli.arch.base import ArchSpec, RuntimeTraits, register, text_model_hparams
+from quantcli.arch.base import QK_NORM_TENSORS, ArchSpec, RuntimeTraits, register, text_model_hparams
 from quantcli.arch.llama import DECODER_TENSORS
 
 QWEN2 = register(
@@ -31,8 +31,7 @@ QWEN3 = register(
         gguf_arch="qwen3",
         tensor_names=(
             *DECODER_TENSORS,
-            ("model.layers.{bid}.self_attn.q_norm", "blk.{bid}.attn_q_norm"),
-            ("model.layers.{bid}.self_attn.k_norm", "blk.{bid}.attn_k_norm"),
+            *QK_NORM_TENSORS,
         ),
         hparams=text_model_hparams(),
         # transformers Qwen3Config: head_dim defaults to 128 (not hidden/heads).

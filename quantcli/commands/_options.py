@@ -1,16 +1,23 @@
-"""llama-quantize's recipe options (--imatrix, --tensor-type, --pure, ...), defined once for `convert`,
-`quantize` and `plan`.
+"""Options shared between commands, each defined once: llama-quantize's recipe options (--imatrix,
+--tensor-type, --pure, ...) for `convert`, `quantize` and `plan`, and the runtime's (MODEL, --ctx,
+--exact-activations, ...) for `eval`, `imatrix` and `generate`.
 
 Each function returns a fresh `typer.Option` (Typer keeps state on an OptionInfo, so one instance is not
 shared between commands). A command whose help line says something of its own passes `help=`; the option
-name and default never change.
+name and default never change. `recipe_options` adds the whole recipe group to a command at once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
+
+_Command = TypeVar("_Command", bound=Callable[..., None])
 
 
 def imatrix(help: str = "Importance matrix (llama-imatrix .gguf or .dat).") -> Any:  # noqa: A002
@@ -65,3 +72,77 @@ def json_out(help: str = "Print the result as one JSON object on stdout (docs/js
 
 def threads() -> Any:
     return typer.Option(None, "--threads", min=1, metavar="N", help="Quantization threads (C extension).")
+
+
+def runtime_model() -> Any:
+    return typer.Argument(..., metavar="MODEL", help="GGUF file or HF checkpoint directory.")
+
+
+def text(help: str) -> Any:  # noqa: A002
+    return typer.Option(None, "--text", metavar="FILE", help=help)
+
+
+def ctx(default: int, help: str) -> Any:  # noqa: A002
+    return typer.Option(default, "--ctx", metavar="N", help=help)
+
+
+def chunks(help: str) -> Any:  # noqa: A002
+    return typer.Option(None, "--chunks", metavar="N", help=help)
+
+
+def exact_activations() -> Any:
+    return typer.Option(
+        False, "--exact-activations", help="Plain float32 math: no ggml-style activation rounding / F16 KV."
+    )
+
+
+# Default of the parameter that `recipe_options` replaces with the group (a plain parameter cannot follow
+# the options with defaults).
+RECIPE: Any = object()
+
+# The recipe group: (parameter, make_job keyword, type, option factory), in --help order.
+_RECIPE: tuple[tuple[str, str, Any, Callable[..., Any]], ...] = (
+    ("imatrix", "imatrix", str | None, imatrix),
+    ("include_weights", "include_weights", list[str], include_weights),
+    ("exclude_weights", "exclude_weights", list[str], exclude_weights),
+    ("output_tensor_type", "output_tensor_type", str | None, output_tensor_type),
+    ("token_embedding_type", "token_embedding_type", str | None, token_embedding_type),
+    ("tensor_type", "tensor_types", list[str], tensor_type),
+    ("tensor_type_file", "tensor_type_file", Path | None, tensor_type_file),
+    ("override_kv", "override_kv", list[str], override_kv),
+    ("leave_output_tensor", "leave_output_tensor", bool, leave_output_tensor),
+    ("pure", "pure", bool, pure),
+)
+
+
+def recipe_options(**helps: str) -> Callable[[_Command], _Command]:
+    """Put llama-quantize's recipe options where the command has its `recipe: ... = RECIPE` parameter; the
+    command gets them as one dict of `make_job` keywords. `helps` replaces an option's help line (by parameter name)."""
+    unknown = set(helps) - {name for name, *_ in _RECIPE}
+    if unknown:
+        raise TypeError(f"no recipe option {sorted(unknown)}")
+
+    def decorate(command: _Command) -> _Command:
+        signature = inspect.signature(command, eval_str=True)
+        params: list[inspect.Parameter] = []
+        for param in signature.parameters.values():
+            if param.default is not RECIPE:
+                params.append(param)
+                continue
+            for name, _, annotation, factory in _RECIPE:
+                option = factory(helps[name]) if name in helps else factory()
+                params.append(inspect.Parameter(name, param.kind, default=option, annotation=annotation))
+
+        (slot,) = [p.name for p in signature.parameters.values() if p.default is RECIPE]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            kwargs[slot] = {keyword: kwargs.pop(name) for name, keyword, *_ in _RECIPE}
+            command(**kwargs)
+
+        # Typer reads the options from the signature and the type hints.
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

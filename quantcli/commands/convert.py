@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -40,6 +41,7 @@ Examples:
 
 def register(app: typer.Typer) -> None:
     @app.command("convert", help=HELP)
+    @opt.recipe_options(override_kv="KEY=TYPE:VALUE metadata override, as llama-quantize.")
     def convert(
         source: Path = typer.Argument(
             ...,
@@ -71,16 +73,7 @@ def register(app: typer.Typer) -> None:
         max_shard_size: str | None = typer.Option(
             None, "--max-shard-size", metavar="SIZE", help="Packed formats: largest safetensors shard, e.g. 5GB (default)."
         ),
-        imatrix: str | None = opt.imatrix(),
-        include_weights: list[str] = opt.include_weights(),
-        exclude_weights: list[str] = opt.exclude_weights(),
-        output_tensor_type: str | None = opt.output_tensor_type(),
-        token_embedding_type: str | None = opt.token_embedding_type(),
-        tensor_type: list[str] = opt.tensor_type(),
-        tensor_type_file: Path | None = opt.tensor_type_file(),
-        override_kv: list[str] = opt.override_kv("KEY=TYPE:VALUE metadata override, as llama-quantize."),
-        leave_output_tensor: bool = opt.leave_output_tensor(),
-        pure: bool = opt.pure(),
+        recipe: dict[str, Any] = opt.RECIPE,
         strict: bool = opt.strict("Refuse (exit 8) before any compute if any tensor needs a fallback type."),
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Print the per-tensor plan and the output size; write nothing."
@@ -115,10 +108,7 @@ def register(app: typer.Typer) -> None:
         # Every option combination is refused before a Hub download or any file is opened.
         job = make_job(
             source, output, out_type=out_type, bits=bits, format=fmt, group_size=group_size,
-            max_shard_size=max_shard_size, imatrix=imatrix, include_weights=include_weights,
-            exclude_weights=exclude_weights, pure=pure, output_tensor_type=output_tensor_type,
-            token_embedding_type=token_embedding_type, tensor_types=tensor_type, tensor_type_file=tensor_type_file,
-            leave_output_tensor=leave_output_tensor, override_kv=override_kv, verify=verify, max_kld=max_kld,
+            max_shard_size=max_shard_size, **recipe, verify=verify, max_kld=max_kld,
             eval_text=eval_text, verify_chunks=verify_chunks, force=force, threads=threads, resume=resume,
             strict=strict, dry_run=dry_run,
         )  # fmt: skip

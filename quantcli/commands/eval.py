@@ -8,18 +8,17 @@ from pathlib import Path
 
 import typer
 
+from quantcli.commands import _options as opt
 from quantcli.console import err, json_doc, peak_rss_bytes, print_json, print_wide
 
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
-        model: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF checkpoint directory."),
-        text: Path | None = typer.Option(
-            None, "--text", metavar="FILE", help="UTF-8 text file (default: the shipped eval text)."
-        ),
-        ctx: int = typer.Option(512, "--ctx", metavar="N", help="Context size per chunk (llama-perplexity -c)."),
-        chunks: int | None = typer.Option(None, "--chunks", metavar="N", help="Evaluate at most N chunks."),
+        model: Path = opt.runtime_model(),
+        text: Path | None = opt.text("UTF-8 text file (default: the shipped eval text)."),
+        ctx: int = opt.ctx(512, "Context size per chunk (llama-perplexity -c)."),
+        chunks: int | None = opt.chunks("Evaluate at most N chunks."),
         base: Path | None = typer.Option(
             None,
             "--base",
@@ -27,14 +26,8 @@ def register(app: typer.Typer) -> None:
             help="Base model (GGUF, HF dir, or a llama-perplexity --kl-divergence-base file): also report KLD / "
             "top-1 agreement against it.",
         ),
-        exact: bool = typer.Option(
-            False,
-            "--exact-activations",
-            help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
-        ),
-        json_out: bool = typer.Option(
-            False, "--json", help="Print the result as one JSON object on stdout (docs/json.md)."
-        ),
+        exact: bool = opt.exact_activations(),
+        json_out: bool = opt.json_out(),
     ) -> None:
         """Perplexity of MODEL on a text, computed as llama-perplexity does; with --base, also the KL
         divergence and top-1 agreement against the base model's token distributions."""

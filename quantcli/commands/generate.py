@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from quantcli.commands import _options as opt
 from quantcli.console import err, json_doc, peak_rss_bytes, print_json
 from quantcli.errors import UsageError
 
@@ -15,17 +16,13 @@ from quantcli.errors import UsageError
 def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_command(
-        model: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF checkpoint directory."),
+        model: Path = opt.runtime_model(),
         prompt: str = typer.Option(..., "--prompt", "-p", metavar="TEXT", help="Prompt text."),
         n_predict: int = typer.Option(32, "-n", "--n-predict", metavar="N", help="Number of tokens to generate."),
-        ctx: int = typer.Option(0, "--ctx", metavar="N", help="Context size (default: prompt + n)."),
-        exact: bool = typer.Option(
-            False,
-            "--exact-activations",
-            help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
-        ),
-        json_out: bool = typer.Option(
-            False, "--json", help="Print prompt/generated token ids and text as one JSON object (docs/json.md)."
+        ctx: int = opt.ctx(0, "Context size (default: prompt + n)."),
+        exact: bool = opt.exact_activations(),
+        json_out: bool = opt.json_out(
+            "Print prompt/generated token ids and text as one JSON object (docs/json.md)."
         ),
     ) -> None:
         """Greedy (argmax) continuation of PROMPT, printed as it is generated. Stops early at an

@@ -7,29 +7,22 @@ from pathlib import Path
 
 import typer
 
+from quantcli.commands import _options as opt
 from quantcli.console import err, json_doc, peak_rss_bytes, print_json
 
 
 def register(app: typer.Typer) -> None:
     @app.command("imatrix")
     def imatrix_command(
-        model: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF checkpoint directory."),
-        text: Path | None = typer.Option(
-            None, "--text", metavar="FILE", help="Calibration text (default: the shipped eval text)."
-        ),
+        model: Path = opt.runtime_model(),
+        text: Path | None = opt.text("Calibration text (default: the shipped eval text)."),
         output: Path = typer.Option(..., "-o", "--output", metavar="FILE", help="Output imatrix file (.gguf)."),
-        ctx: int = typer.Option(512, "--ctx", metavar="N", help="Tokens per chunk (llama-imatrix -c)."),
-        chunks: int | None = typer.Option(None, "--chunks", metavar="N", help="Process at most N chunks."),
+        ctx: int = opt.ctx(512, "Tokens per chunk (llama-imatrix -c)."),
+        chunks: int | None = opt.chunks("Process at most N chunks."),
         process_output: bool = typer.Option(False, "--process-output", help="Also collect output.weight."),
         force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT."),
-        exact: bool = typer.Option(
-            False,
-            "--exact-activations",
-            help="Plain float32 math: no ggml-style activation rounding / F16 KV.",
-        ),
-        json_out: bool = typer.Option(
-            False, "--json", help="Print the result as one JSON object on stdout (docs/json.md)."
-        ),
+        exact: bool = opt.exact_activations(),
+        json_out: bool = opt.json_out(),
     ) -> None:
         """Collect per-column mean squared activations of every blk.* matmul, written in llama-imatrix's
         GGUF format."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -28,30 +29,26 @@ Examples:
 
 def register(app: typer.Typer) -> None:
     @app.command("plan", help=HELP)
+    @opt.recipe_options(
+        imatrix="Importance matrix (changes some rules).",
+        include_weights="Use imatrix entries containing this.",
+        exclude_weights="Ignore imatrix entries containing this.",
+        tensor_type="REGEX=TYPE (repeatable, first match wins).",
+        leave_output_tensor="Keep output.weight as is.",
+        pure="No k-quant mixture.",
+    )
     def plan(
         source: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF model directory."),
         qtype: str | None = typer.Option(None, "--type", "-t", metavar="TYPE", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
         bits: int | None = typer.Option(None, "--bits", metavar="N", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
-        imatrix: str | None = opt.imatrix("Importance matrix (changes some rules)."),
-        include_weights: list[str] = opt.include_weights("Use imatrix entries containing this."),
-        exclude_weights: list[str] = opt.exclude_weights("Ignore imatrix entries containing this."),
-        output_tensor_type: str | None = opt.output_tensor_type(),
-        token_embedding_type: str | None = opt.token_embedding_type(),
-        tensor_type: list[str] = opt.tensor_type("REGEX=TYPE (repeatable, first match wins)."),
-        override_kv: list[str] = opt.override_kv(),
-        tensor_type_file: Path | None = opt.tensor_type_file(),
-        leave_output_tensor: bool = opt.leave_output_tensor("Keep output.weight as is."),
-        pure: bool = opt.pure("No k-quant mixture."),
+        recipe: dict[str, Any] = opt.RECIPE,
         strict: bool = opt.strict("Exit 8 if any tensor needs a fallback type."),
         json_out: bool = opt.json_out("Print the plan as JSON on stdout."),
     ) -> None:
         from quantcli.engine import make_job, run
 
         job = make_job(
-            source, None, out_type=qtype, bits=bits, imatrix=imatrix, include_weights=include_weights,
-            exclude_weights=exclude_weights, pure=pure, output_tensor_type=output_tensor_type,
-            token_embedding_type=token_embedding_type, tensor_types=tensor_type, tensor_type_file=tensor_type_file,
-            leave_output_tensor=leave_output_tensor, override_kv=override_kv, strict=strict, dry_run=True,
+            source, None, out_type=qtype, bits=bits, **recipe, strict=strict, dry_run=True,
             recipe_only=True, command="plan",
         )  # fmt: skip
         doc = run(job)

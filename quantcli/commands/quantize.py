@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -30,20 +31,12 @@ Examples:
 
 def register(app: typer.Typer) -> None:
     @app.command("quantize", help=HELP)
+    @opt.recipe_options()
     def quantize(
         source: Path = typer.Argument(..., metavar="INPUT", help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
         output: Path = typer.Argument(..., metavar="OUTPUT", help="Output GGUF path."),
         qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
-        imatrix: str | None = opt.imatrix(),
-        include_weights: list[str] = opt.include_weights(),
-        exclude_weights: list[str] = opt.exclude_weights(),
-        output_tensor_type: str | None = opt.output_tensor_type(),
-        token_embedding_type: str | None = opt.token_embedding_type(),
-        tensor_type: list[str] = opt.tensor_type(),
-        override_kv: list[str] = opt.override_kv(),
-        tensor_type_file: Path | None = opt.tensor_type_file(),
-        leave_output_tensor: bool = opt.leave_output_tensor(),
-        pure: bool = opt.pure(),
+        recipe: dict[str, Any] = opt.RECIPE,
         allow_requantize: bool = typer.Option(
             False, "--allow-requantize", help="Allow already-quantized input tensors."
         ),
@@ -55,10 +48,7 @@ def register(app: typer.Typer) -> None:
         from quantcli.engine import make_job, run
 
         job = make_job(
-            source, output, out_type=qtype, imatrix=imatrix, include_weights=include_weights,
-            exclude_weights=exclude_weights, pure=pure, output_tensor_type=output_tensor_type,
-            token_embedding_type=token_embedding_type, tensor_types=tensor_type, tensor_type_file=tensor_type_file,
-            leave_output_tensor=leave_output_tensor, override_kv=override_kv, strict=strict, force=force,
+            source, output, out_type=qtype, **recipe, strict=strict, force=force,
             threads=threads, allow_requantize=allow_requantize, recipe_only=True, command="quantize",
         )  # fmt: skip
         progress = show_progress(json_out)

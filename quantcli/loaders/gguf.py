@@ -19,6 +19,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported
+from quantcli.loaders.closing import Closing
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -30,7 +31,9 @@ MAX_KV = 1 << 16
 MAX_TENSORS = 1 << 20
 
 _U64 = struct.Struct("<Q")
-_SCALAR_FORMATS: dict[GGUFValueType, str] = {
+# GGUF's scalar value types: struct formats (little-endian; bool is one byte) and the NumPy dtypes of array
+# elements. The writer (writers/gguf.py) encodes with the same tables.
+SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",
     GGUFValueType.INT8: "<b",
     GGUFValueType.UINT16: "<H",
@@ -43,7 +46,7 @@ _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.INT64: "<q",
     GGUFValueType.FLOAT64: "<d",
 }
-_NUMPY_DTYPES: dict[GGUFValueType, str] = {
+NUMPY_DTYPES: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<u1",
     GGUFValueType.INT8: "<i1",
     GGUFValueType.UINT16: "<u2",
@@ -127,7 +130,7 @@ class _Cursor:
             raise InputInvalid(f"{self.path}: unknown GGUF value type {raw} for {what}") from None
 
 
-class GGUFFile:
+class GGUFFile(Closing):
     """A GGUF file opened read-only with mmap. Use as a context manager or call close()."""
 
     def __init__(self, path: str | Path) -> None:
@@ -232,7 +235,7 @@ class GGUFFile:
     def _read_scalar(self, cur: _Cursor, key: str, vtype: GGUFValueType) -> Any:
         if vtype == GGUFValueType.STRING:
             return cur.string(f"value of {key!r}")
-        return cur.unpack(_SCALAR_FORMATS[vtype], f"value of {key!r}")
+        return cur.unpack(SCALAR_FORMATS[vtype], f"value of {key!r}")
 
     def _read_array(self, cur: _Cursor, key: str, array_type: GGUFValueType) -> Any:
         n = cur.unpack("<Q", f"array length of {key!r}")
@@ -240,7 +243,7 @@ class GGUFFile:
             raise Unsupported(f"{self.path}: nested arrays ({key!r}) are not supported")
         if array_type == GGUFValueType.STRING:
             return self._read_strings(cur, key, n)
-        dtype = np.dtype(_NUMPY_DTYPES[array_type])
+        dtype = np.dtype(NUMPY_DTYPES[array_type])
         cur.need(n * dtype.itemsize, f"array {key!r}")
         arr = np.frombuffer(self._buf, dtype=dtype, count=n, offset=cur.pos).copy()
         cur.pos += n * dtype.itemsize
@@ -335,12 +338,6 @@ class GGUFFile:
             except BufferError:  # a NumPy view still references the map; the GC closes it later
                 pass
         self._fh.close()
-
-    def __enter__(self) -> GGUFFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def read_gguf(path: str | Path) -> GGUFFile:

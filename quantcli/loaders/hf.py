@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported
+from quantcli.loaders.closing import Closing
 from quantcli.loaders.safetensors import SafetensorsFile, TensorInfo
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -43,7 +44,7 @@ def _load_json(path: Path, what: str) -> Any:
         raise InputMissing(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
 
-class Checkpoint:
+class Checkpoint(Closing):
     """A validated HF checkpoint: `config`, `directory`, tensor names/infos, `read(name)`."""
 
     def __init__(self, directory: Path, config: dict[str, Any], files: list[SafetensorsFile]) -> None:
@@ -94,12 +95,6 @@ class Checkpoint:
     def close(self) -> None:
         for st in self.files:
             st.close()
-
-    def __enter__(self) -> Checkpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _shard_files_from_index(directory: Path) -> list[SafetensorsFile]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from quantcli.loaders.closing import Closing
 from quantcli.loaders.hf import Checkpoint, open_hf_checkpoint
 from quantcli.loaders.safetensors import TensorInfo
 from quantcli.quants.packed import PackedFormat, Scheme, detect_format
@@ -23,7 +24,7 @@ from quantcli.quants.packed import PackedFormat, Scheme, detect_format
 _ST_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
 
-class PackedCheckpoint:
+class PackedCheckpoint(Closing):
     """A `Checkpoint` look-alike whose quantized modules read as dequantized `.weight` tensors."""
 
     def __init__(self, inner: Checkpoint, fmt: type[PackedFormat], scheme: Scheme) -> None:
@@ -87,12 +88,6 @@ class PackedCheckpoint:
 
     def close(self) -> None:
         self.inner.close()
-
-    def __enter__(self) -> PackedCheckpoint:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _logical_shape(fmt: type[PackedFormat], parts: dict[str, TensorInfo], scheme: Scheme) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from quantcli.errors import UsageError
-from quantcli.plan.core import Overrides, Plan, TensorDecision
+from quantcli.plan.core import Overrides, Plan, TensorDecision, TensorSpec
 from quantcli.plan.ftypes import FTYPES
 from quantcli.plan.rules import ModelInfo
 
@@ -103,12 +103,9 @@ def fell_back(qtype: GGMLQuantizationType, ftype: LlamaFileType) -> bool:
 
 
 @dataclass(frozen=True)
-class ConverterTensor:
+class ConverterTensor(TensorSpec):
     """One tensor as the converter writes it: GGUF name, ne (fastest dimension first), type, source dtype."""
 
-    name: str
-    ne: tuple[int, ...]
-    type: GGMLQuantizationType
     source_dtype: str
 
 

@@ -357,20 +357,14 @@ def mixture_type(
             why += f" ({QKV_DEAD_BRANCH})"
         return t, f"{cat.value}: {why}"
 
-    if cat == Category.ATTENTION_K:
-        if m.n_expert == 8:
-            return T.Q8_0, "attn_k: 8 experts -> Q8_0"
+    if cat == Category.ATTENTION_K and m.n_expert == 8:
+        return T.Q8_0, "attn_k: 8 experts -> Q8_0"
+    if cat in (Category.ATTENTION_K, Category.ATTENTION_Q):
+        # llama-quantize's attn_k and attn_q branches: the same two IQ3 recipe rules.
         if ftype == "IQ3_XS":
-            return T.IQ3_XXS, "attn_k: IQ3_XS recipe"
+            return T.IQ3_XXS, f"{cat.value}: IQ3_XS recipe"
         if ftype == "IQ3_XXS":
-            return T.IQ2_S, "attn_k: IQ3_XXS recipe"
-        return new_type, "recipe default"
-
-    if cat == Category.ATTENTION_Q:
-        if ftype == "IQ3_XS":
-            return T.IQ3_XXS, "attn_q: IQ3_XS recipe"
-        if ftype == "IQ3_XXS":
-            return T.IQ2_S, "attn_q: IQ3_XXS recipe"
+            return T.IQ2_S, f"{cat.value}: IQ3_XXS recipe"
         return new_type, "recipe default"
 
     if cat == Category.FFN_DOWN:

@@ -31,7 +31,7 @@ from quantcli.arch import (
     hparam_values,
 )
 from quantcli.errors import InputInvalid, Unsupported
-from quantcli.loaders import FLOAT_DTYPES, Checkpoint, open_checkpoint
+from quantcli.loaders import FLOAT_DTYPES, Checkpoint, Closing, open_checkpoint
 from quantcli.plan.converter import (
     FTYPE_LABEL,
     ConverterTensor,
@@ -158,7 +158,7 @@ def _check_encodable(meta: MetadataBuilder, config_path: Path) -> None:
 
 
 @dataclass
-class ConverterView:
+class ConverterView(Closing):
     """What convert_hf_to_gguf.py would write for a checkpoint: every tensor and the complete KV section.
     Holds the open checkpoint (use as a context manager)."""
 
@@ -179,12 +179,6 @@ class ConverterView:
 
     def close(self) -> None:
         self.ckpt.close()
-
-    def __enter__(self) -> ConverterView:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _matrix_dtypes(ckpt: Checkpoint, spec: ArchSpec) -> list[str]:

@@ -26,38 +26,15 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from quantcli import quants
 from quantcli.atomic import atomic_path
+from quantcli.loaders.gguf import NUMPY_DTYPES, SCALAR_FORMATS
 from quantcli.quants.floats import f32_to_bf16_bits
 
 ALIGNMENT = 32  # gguf_init_empty() and GGUFWriter: no general.alignment key is ever written by us
 GGUF_VERSION = 3
 
-# struct formats of GGUF's scalar value types (little-endian; bool is one byte).
-_SCALAR = {
-    GGUFValueType.UINT8: "<B",
-    GGUFValueType.INT8: "<b",
-    GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I",
-    GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q",
-    GGUFValueType.FLOAT64: "<d",
-    GGUFValueType.BOOL: "?",
-}
-# NumPy dtypes of the numeric array element types, for packing long arrays in one call.
-_ARRAY_DTYPES = {
-    GGUFValueType.UINT8: "<u1",
-    GGUFValueType.INT8: "<i1",
-    GGUFValueType.UINT16: "<u2",
-    GGUFValueType.INT16: "<i2",
-    GGUFValueType.UINT32: "<u4",
-    GGUFValueType.INT32: "<i4",
-    GGUFValueType.FLOAT32: "<f4",
-    GGUFValueType.UINT64: "<u8",
-    GGUFValueType.INT64: "<i8",
-    GGUFValueType.FLOAT64: "<f8",
-}
+# NumPy dtypes of the numeric array element types, for packing long arrays in one call. Not bool: struct's
+# "?" writes any true value as 1, a NumPy cast would keep it.
+_ARRAY_DTYPES = {t: d for t, d in NUMPY_DTYPES.items() if t != GGUFValueType.BOOL}
 
 
 def encode_string(s: str | bytes) -> bytes:
@@ -72,8 +49,8 @@ def encode_value(value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | Non
 
 
 def _encode_bare(value: Any, vtype: GGUFValueType, sub_type: GGUFValueType | None = None) -> bytes:
-    if vtype in _SCALAR:
-        return struct.pack(_SCALAR[vtype], value)
+    if vtype in SCALAR_FORMATS:
+        return struct.pack(SCALAR_FORMATS[vtype], value)
     if vtype == GGUFValueType.STRING:
         return encode_string(value)
     if vtype != GGUFValueType.ARRAY:
