@@ -8,10 +8,6 @@ written by `quantcli convert`, a GGUF imatrix and a legacy `.dat` imatrix for it
 crafting from the bases, never modifying them), returns the `quantcli` argv (outputs go to `out`), and
 names the documented exit code (README.md / quantcli/errors.py) the CLI must end with. Random damage
 is seeded, so every run builds the same bytes.
-
-A case with `bug=` is a known defect in a file another engineer owns (docs/hardening.md, "Open
-findings"): the tests mark it xfail(strict=True), so fixing the bug turns the test into an XPASS failure
-that says "remove the marker".
 """
 
 from __future__ import annotations
@@ -541,7 +537,6 @@ class Case:
     build: Callable[[Path, Path, Bases], list[str]]
     expect: int | frozenset[int]
     needle: str = ""  # text the error line must contain (the file or field it names)
-    bug: str | None = None  # open finding in docs/hardening.md (xfail until fixed)
     flips: bool = False  # random damage: exit 0 with a readable output is also acceptable
 
     @property

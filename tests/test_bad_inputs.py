@@ -150,10 +150,7 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> Bases:
 
 
 def _param(case: Case) -> object:
-    marks = []
-    if case.bug:
-        marks.append(pytest.mark.xfail(strict=True, reason=f"open finding {case.bug} in docs/hardening.md"))
-    return pytest.param(case, id=case.id, marks=marks)
+    return pytest.param(case, id=case.id)
 
 
 def run_case(case: Case, bases: Bases, tmp: Path) -> tuple[Outcome, Path, Path, dict]:

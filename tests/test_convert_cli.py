@@ -50,3 +50,21 @@ def test_single_safetensors_file_equals_directory(smollm2_dir: Path, tmp_path: P
         == 0
     )
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_output_directory_takes_the_default_name(tmp_path: Path) -> None:
+    """`-o DIR/` and `-o EXISTING_DIR` put the default-named GGUF inside; a packed `-o` names the directory."""
+    from test_batch_models import tiny_llama
+
+    model = tiny_llama(tmp_path / "tiny", seed=3)
+    (tmp_path / "new").mkdir()
+    for target, expected in ((f"{tmp_path / 'made'}/", tmp_path / "made"), (str(tmp_path / "new"), tmp_path / "new")):
+        if target.endswith("/"):
+            Path(target).mkdir()
+        proc = _cli(str(model), "--type", "q8_0", "-o", target, "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["output"] == str(expected / "tiny-Q8_0.gguf")
+        assert (expected / "tiny-Q8_0.gguf").is_file()
+    proc = _cli(str(model), "--format", "mlx", "--bits", "4", "--group-size", "32", "-o",
+                str(tmp_path / "new"), "--json", cwd=tmp_path)
+    assert proc.returncode == 6  # an existing packed output directory needs --force

@@ -114,15 +114,6 @@ class Job:
     threads: int | None = None
     output_stem: str | None = None  # names the default output (a Hub source's repo name)
 
-    def option_record(self) -> dict[str, Any]:
-        """Everything that decides the output bytes (batch's skip-if-done sidecar compares it)."""
-        t = self.target
-        record: dict[str, Any] = {"kind": t.kind, "format": t.format, "out_type": t.out_type,
-                                  "recipe": t.recipe.name if t.recipe else None, "bits": t.bits,
-                                  "group_size": t.group_size, "max_shard_size": t.max_shard_size,
-                                  "allow_requantize": self.allow_requantize}  # fmt: skip
-        record.update({k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.recipe).items()})
-        return record
 
 
 def make_job(

@@ -121,10 +121,12 @@ def default_output_name(stem: str, target: Target, converter_label: str | None =
 
 
 def resolve_output(output: Path | str | None, default_name: str) -> Path:
-    """`-o` as given; `-o DIR/` (a trailing separator) means the default name inside DIR; no `-o`: the
-    default name in the current directory."""
+    """`-o` as given; `-o DIR/` (a trailing separator), or an existing directory when the output is a file
+    (GGUF), means the default name inside DIR; no `-o`: the default name in the current directory. (A packed
+    output is itself a directory: `-o` names it, and an existing one needs --force.)"""
     if output is None:
         return Path.cwd() / default_name
-    if str(output).endswith(("/", os.sep)):
-        return Path(output) / default_name
-    return Path(output)
+    path = Path(output)
+    if str(output).endswith(("/", os.sep)) or (default_name.endswith(".gguf") and path.is_dir()):
+        return path / default_name
+    return path

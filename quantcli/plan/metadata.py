@@ -1,5 +1,5 @@
-"""The output KV section llama-quantize writes, and the imatrix as it applies one (spec §5.7 of
-formats/gguf.md): the input's KV pairs in input order, minus `general.quantization_version`,
+"""The output KV section llama-quantize writes, and the imatrix as it applies one (formats/gguf.md):
+the input's KV pairs in input order, minus `general.quantization_version`,
 `general.file_type` and the split keys, then `general.quantization_version` (u32 2) and `general.file_type`
 (u32 ftype) appended, then the --override-kv keys, then the `quantize.imatrix.*` keys when an imatrix is used.
 """

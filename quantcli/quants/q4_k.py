@@ -2,7 +2,7 @@
 
 Block (144 bytes): d:f16, dmin:f16, scales[12] (6-bit scale/min codes, packed), qs[128] (nibbles).
 Without an imatrix this is ggml's quantize_row_q4_K_ref, with one quantize_row_q4_K_impl (llama-quantize's
-dispatch, spec §3.2). The scale/min machinery (ggml.quantize_scale_min_blocks) is shared with Q5_K.
+dispatch; formats/ggml-kquants.md). The scale/min machinery (ggml.quantize_scale_min_blocks) is shared with Q5_K.
 """
 
 from __future__ import annotations

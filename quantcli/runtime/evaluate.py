@@ -1,4 +1,4 @@
-"""Chunked evaluation with llama-perplexity's protocol (spec §8): PPL, KLD against a base, imatrix driver.
+"""Chunked evaluation with llama-perplexity's protocol (docs/verification.md): PPL, KLD against a base, imatrix driver.
 
 Chunk i covers tokens [i*n_ctx, (i+1)*n_ctx) of the whole tokenized text (BOS prepended iff the vocab
 adds it); the KV cache is cleared per chunk; with add_bos the chunk's first token is replaced by BOS;
@@ -110,7 +110,7 @@ def is_llama_kl_base(path) -> bool:
 def read_llama_kl_base(
     path, tokenizer: Tokenizer, chunks: int | None
 ) -> tuple[ChunkPlan, list[QuantizedLogProbs]]:
-    """Tokens and uint16-coded base log-probs of a llama-perplexity --kl-divergence-base file (spec §8.2)."""
+    """Tokens and uint16-coded base log-probs of a llama-perplexity --kl-divergence-base file."""
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     header = np.frombuffer(raw[8:20].tobytes(), dtype="<i4")
     n_ctx, n_vocab, n_chunk = (int(v) for v in header)

@@ -1,4 +1,4 @@
-"""Importance matrix collected by the runtime, written in llama-imatrix's GGUF format (spec §7).
+"""Importance matrix collected by the runtime, written in llama-imatrix's GGUF format (formats/imatrix.md).
 
 As tools/imatrix/imatrix.cpp: for every matmul whose weight is a `blk.*` tensor (plus `output.weight`
 with process_output) and whose batch has at least 16 token rows, add each input row's squares to

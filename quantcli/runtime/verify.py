@@ -2,7 +2,7 @@
 
 Runs the source model (HF directory or GGUF) over the evaluation text, keeps its uint16-coded
 log-probs per scored position (as llama-perplexity's --kl-divergence-base), frees it, runs the output
-model and compares: PPL of both, their ratio, mean/p99 KLD and top-1 agreement (spec §8).
+model and compares: PPL of both, their ratio, mean/p99 KLD and top-1 agreement (docs/verification.md).
 """
 
 from __future__ import annotations

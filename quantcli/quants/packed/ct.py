@@ -1,4 +1,4 @@
-"""compressed-tensors `pack-quantized`, symmetric int, group strategy (formats/compressed-tensors.md)."""
+"""compressed-tensors `pack-quantized`, symmetric int, group strategy (formats/packed-safetensors.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPTQ v1 (`checkpoint_format: gptq`), symmetric, desc_act=false (formats/gptq.md)."""
+"""GPTQ v1 (`checkpoint_format: gptq`), symmetric, desc_act=false (formats/packed-safetensors.md)."""
 
 from __future__ import annotations
 

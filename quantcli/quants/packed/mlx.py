@@ -1,4 +1,4 @@
-"""MLX affine quantization as mlx-lm loads it (formats/mlx.md): w = scales * q + biases, q unsigned."""
+"""MLX affine quantization as mlx-lm loads it (formats/packed-safetensors.md): w = scales * q + biases, q unsigned."""
 
 from __future__ import annotations
 
