@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference import require_module
-from tiny_models import TINY
+from tiny_models import TINY, transformers_config
 
 from quantcli.runtime import Model, open_source
 from quantcli.runtime.metrics import KLDAccumulator, _percentile, nll_rows, quantize_log_probs
@@ -117,7 +117,7 @@ def _tiny_checkpoint(arch: str, directory: Path) -> object:
     from tokenizers import Tokenizer, models
 
     torch.manual_seed(0)
-    cfg_dict = dict(TINY[arch])
+    cfg_dict = transformers_config(arch)
     config = transformers.AutoConfig.for_model(**cfg_dict)
     config._attn_implementation = "eager"
     cls = getattr(transformers, cfg_dict["architectures"][0])
@@ -228,3 +228,112 @@ def test_spm_tokenizer_rebuilt_from_gguf_metadata() -> None:
     assert tok.decode(ids[1:]) == " hello world"
     # bytes not in the vocabulary fall back to <0xXX> tokens
     assert md["tokenizer.ggml.tokens"][tok.encode("€", add_special=False)[-1]].startswith("<0x")
+
+
+# ---- rope scaling: llama.cpp's factor choice and ggml's float32 cos/sin tables -----------------------------
+
+
+class _MemorySource:
+    """A one-layer phi3 model in memory (zeros; only the metadata and rope factors matter here)."""
+
+    description = "memory"
+
+    def __init__(self, metadata: dict, extra: dict[str, np.ndarray]) -> None:
+        self.metadata = {
+            "general.architecture": "phi3", "phi3.block_count": 1, "phi3.embedding_length": 32,
+            "phi3.feed_forward_length": 64, "phi3.attention.head_count": 2, "phi3.rope.dimension_count": 16,
+            **metadata,
+        }
+        self.tensors = {
+            "token_embd.weight": np.zeros((8, 32)), "output_norm.weight": np.ones(32),
+            "blk.0.attn_norm.weight": np.ones(32), "blk.0.ffn_norm.weight": np.ones(32),
+            "blk.0.attn_qkv.weight": np.zeros((96, 32)), "blk.0.attn_output.weight": np.zeros((32, 32)),
+            "blk.0.ffn_up.weight": np.zeros((128, 32)), "blk.0.ffn_down.weight": np.zeros((32, 64)),
+            **extra,
+        }
+
+    def names(self):
+        return self.tensors.keys()
+
+    def load(self, name: str) -> np.ndarray:
+        return self.tensors[name].astype(np.float32)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name].shape
+
+    def tensor_type(self, name: str):
+        from gguf import GGMLQuantizationType
+
+        return GGMLQuantizationType.F32
+
+
+_LONG = (1.0 + 0.37 * np.arange(8)).astype(np.float32)
+_SHORT = (1.0 + 0.05 * np.arange(8)).astype(np.float32)
+
+
+def _ggml_rope_cache(p: int, base: float, n_dims: int, freq_scale: float, ff: np.ndarray | None, mscale: float):
+    """ggml_rope_cache_init + rope_yarn (ext_factor 0) of ggml-cpu/ops.cpp, scalar, in float32."""
+    f32 = np.float32
+    theta_scale = f32(np.float64(f32(base)) ** np.float64(f32(-2.0) / f32(n_dims)))
+    theta = f32(p)
+    cos, sin = [], []
+    for i0 in range(0, n_dims, 2):
+        factor = f32(ff[i0 // 2]) if ff is not None else f32(1.0)
+        theta_interp = f32(f32(freq_scale) * f32(theta / factor))
+        cos.append(f32(f32(math.cos(theta_interp)) * f32(mscale)))
+        sin.append(f32(f32(math.sin(theta_interp)) * f32(mscale)))
+        theta = f32(theta * theta_scale)
+    return np.array(cos), np.array(sin)
+
+
+@pytest.mark.parametrize(
+    ("orig", "n_ctx", "expected"),
+    [(256, 1, "short"), (256, 256, "short"), (256, 257, "long"), (8, 1, "long"), (512, 300, "short")],
+)
+def test_phi3_rope_factor_choice_pads_context_like_llama_cpp(orig: int, n_ctx: int, expected: str) -> None:
+    """llama_model::get_rope_factors picks the long factors iff n_ctx_seq > n_ctx_orig_yarn, and
+    llama_context pads n_ctx_seq up to a multiple of 256."""
+    source = _MemorySource(
+        {"phi3.context_length": 4 * orig, "phi3.rope.scaling.original_context_length": orig},
+        {"rope_factors_long.weight": _LONG, "rope_factors_short.weight": _SHORT},
+    )
+    chosen = Model(source)._rope_factors(n_ctx)
+    np.testing.assert_array_equal(chosen, _LONG if expected == "long" else _SHORT)
+
+
+def test_rope_tables_are_ggml_float32_with_attn_factor() -> None:
+    attn = 1.632993161855452
+    source = _MemorySource(
+        {"phi3.context_length": 256, "phi3.rope.scaling.original_context_length": 8,
+         "phi3.rope.scaling.attn_factor": attn, "phi3.rope.freq_base": 10000.0},
+        {"rope_factors_long.weight": _LONG, "rope_factors_short.weight": _SHORT},
+    )
+    model = Model(source)
+    positions = np.array([0, 1, 7, 100, 4095, 131071])
+    cos, sin = model._rope_tables(positions, 10000.0, 1.0, model._rope_factors(128))
+    for row, p in enumerate(positions):
+        ref_cos, ref_sin = _ggml_rope_cache(int(p), 10000.0, 16, 1.0, _LONG, attn)
+        np.testing.assert_array_equal(cos[row, 0], ref_cos)
+        np.testing.assert_array_equal(sin[row, 0], ref_sin)
+    # linear scaling without factors: freq_scale = 1.0f / factor
+    cos, sin = model._rope_tables(positions, 500000.0, 1.0 / 8.0, None)
+    ref_cos, ref_sin = _ggml_rope_cache(4095, 500000.0, 16, 0.125, None, attn)
+    np.testing.assert_array_equal(cos[4, 0], ref_cos)
+    np.testing.assert_array_equal(sin[4, 0], ref_sin)
+
+
+def test_rope_scaling_the_runtime_does_not_compute_is_refused() -> None:
+    from quantcli.errors import InputInvalid, Unsupported
+
+    for scaling in ({"phi3.rope.scaling.type": "yarn", "phi3.rope.scaling.factor": 4.0},
+                    {"phi3.rope.scaling.type": "longrope"}):
+        with pytest.raises(Unsupported, match="rope scaling .* is not implemented in the runtime"):
+            Model(_MemorySource({"phi3.context_length": 256, **scaling}, {}))
+    with pytest.raises(InputInvalid, match=r"rope_factors_long.weight has shape \(7,\).*implies \(8,\)"):
+        Model(_MemorySource({"phi3.context_length": 256}, {"rope_factors_long.weight": _LONG[:7]}))
+    with pytest.raises(InputInvalid, match="rope_factors_long needs phi3.context_length"):
+        Model(_MemorySource({}, {"rope_factors_long.weight": _LONG}))
+    # type "none" never scales, whatever the factor (llama_context); "linear" divides the angle by it
+    none = Model(_MemorySource({"phi3.rope.scaling.type": "none", "phi3.rope.scaling.factor": 4.0}, {}))
+    linear = Model(_MemorySource({"phi3.rope.scaling.factor": 4.0}, {}))
+    assert (none.config.rope_freq_scale, linear.config.rope_freq_scale) == (1.0, 0.25)

@@ -26,8 +26,10 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 CTX, CHUNKS = 128, 2
-ARCHS = ["llama", "qwen2", "qwen3", "gemma3", "phi3"]
-SPM_ARCHS = {"llama", "qwen2", "gemma3", "phi3"}  # both converters try tokenizer.model first for qwen2
+# plus rope scaling (tests/tiny_models.py): llama-3's rope_freqs, Phi-3 long-rope with the long factors
+# (llama.cpp pads -c 128 to a 256-token context > the original 8) and with the short ones (original 256)
+ARCHS = ["llama", "qwen2", "qwen3", "gemma3", "phi3", "llama3-rope", "phi3-longrope", "phi3-shortrope"]
+SPM_ARCHS = set(ARCHS) - {"qwen3"}  # both converters try tokenizer.model first for qwen2
 
 
 @pytest.fixture(scope="module")

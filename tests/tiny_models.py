@@ -100,7 +100,40 @@ _TINY_OWN = {
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
+# Rope scaling. llama3-rope: rope_freqs.weight, with wavelengths on both sides of the smoothing band.
+# phi3-longrope: rope_factors_long/short and rope.scaling.attn_factor (sqrt(1 + ln 32 / ln 8) ≈ 1.63);
+# llama.cpp pads every context to 256 > 8 and transformers sees more than 8 positions, so both use the
+# long factors. phi3-shortrope: original context 256, which neither exceeds, so the short factors.
+_TINY_OWN["llama3-rope"] = dict(
+    _TINY_OWN["llama"], rope_theta=500000.0,
+    rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64,
+    ),
+)
+_TINY_OWN["phi3-longrope"] = dict(
+    _TINY_OWN["phi3"], original_max_position_embeddings=8, max_position_embeddings=256, rope_scaling="longrope",
+)
+_TINY_OWN["phi3-shortrope"] = dict(
+    _TINY_OWN["phi3"], original_max_position_embeddings=256, max_position_embeddings=1024,
+    rope_scaling="longrope",
+)
 TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
+
+
+def transformers_config(arch: str, **overrides: object) -> dict:
+    """TINY[arch] with `overrides`, as a dict for transformers.AutoConfig.for_model. A "longrope" marker
+    becomes Phi-3 long/short factors, one per rotated pair of the final head size (distinct per pair, the
+    long ones far from 1, so a wrong choice or order shows)."""
+    cfg = dict(TINY[arch], **overrides)
+    if cfg.get("rope_scaling") == "longrope":
+        n_pairs = cfg["hidden_size"] // cfg["num_attention_heads"] // 2
+        cfg["rope_scaling"] = dict(
+            rope_type="longrope",
+            long_factor=[1.0 + 0.37 * i for i in range(n_pairs)],
+            short_factor=[1.0 + 0.05 * i for i in range(n_pairs)],
+        )
+    return cfg
 
 
 def make_arch_checkpoint(arch: str, directory: Path, bpe_tokenizer_dir: Path | None) -> Path:
@@ -115,7 +148,7 @@ def make_arch_checkpoint(arch: str, directory: Path, bpe_tokenizer_dir: Path | N
     spm = bpe_tokenizer_dir is None
     vocab_size = VOCAB_SIZE if spm else 49152
     # rows of 256 so that Q4_K_M really uses k-quants
-    cfg = dict(TINY[arch], hidden_size=256, intermediate_size=512, vocab_size=vocab_size)
+    cfg = transformers_config(arch, hidden_size=256, intermediate_size=512, vocab_size=vocab_size)
     if arch == "qwen3":
         cfg["head_dim"] = 64
     cfg.update(bos_token_id=1, eos_token_id=2, pad_token_id=3 if spm else 2)

@@ -74,6 +74,8 @@ class ModelConfig:
     rope_base: float
     rope_dim: int
     rope_freq_scale: float
+    rope_attn_factor: float  # ggml_rope_ext's attn_factor: cos and sin are multiplied by it
+    rope_ctx_orig: int  # n_ctx_orig_yarn: above it (padded context) Phi-3 uses rope_factors_long
     rope_base_swa: float
     sliding_window: int
     swa_layers: list[bool] = field(default_factory=list)
@@ -120,11 +122,17 @@ class ModelConfig:
             )
         head_dim_k = positive("attention.key_length", key("attention.key_length", n_embd // n_head or 1))
         head_dim_v = positive("attention.value_length", key("attention.value_length", head_dim_k))
-        scaling = key("rope.scaling.type", "none")
-        factor = float(key("rope.scaling.factor", 1.0) or 1.0)
-        if scaling not in ("none", "linear") and (factor != 1.0 or scaling == "longrope"):
-            # YaRN / longrope change the attention factor as well as the angles: not implemented
+        # llama_model::load_hparams: an absent type is "linear"; an absent or zero factor means 1.
+        scaling = key("rope.scaling.type", "linear")
+        factor = float(key("rope.scaling.factor", 0.0) or 1.0)
+        if (scaling == "yarn" and factor != 1.0) or scaling not in ("none", "linear", "yarn"):
+            # YaRN's ramp and magnitude correction are not implemented. A "longrope" type key comes from
+            # TextModel archs, where llama.cpp has no factor tensors and so ignores the model's scaling;
+            # Phi-3's converter writes no type key and runs as "linear" with rope_factors_long/short.
             raise Unsupported(f"rope scaling {scaling!r} is not implemented in the runtime")
+        # YaRN at factor 1 rotates by the unscaled angle (up to one float32 rounding in its ramp dims).
+        # The model rounds 1/factor to float32: the same value as ggml's 1.0f/factor.
+        freq_scale = 1.0 if scaling == "none" else 1.0 / factor
         sliding_window = int(key("attention.sliding_window", 0) or 0)
         swa_layers = [False] * n_layer
         if sliding_window > 0 and traits.swa_pattern_default:
@@ -155,7 +163,10 @@ class ModelConfig:
             norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_base=float(key("rope.freq_base", 10000.0)),
             rope_dim=_rope_dim(arch, key("rope.dimension_count", head_dim_k), head_dim_k),
-            rope_freq_scale=1.0 / factor,
+            rope_freq_scale=freq_scale,
+            # llama_context: cparams.yarn_attn_factor (1 without YaRN) times rope.scaling.attn_factor
+            rope_attn_factor=float(key("rope.scaling.attn_factor", 1.0)),
+            rope_ctx_orig=int(key("rope.scaling.original_context_length", key("context_length", 0)) or 0),
             rope_base_swa=float(key("rope.freq_base_swa", 10000.0)),
             sliding_window=sliding_window,
             swa_layers=swa_layers,

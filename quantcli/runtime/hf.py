@@ -38,7 +38,8 @@ class HFSource:
         tensors = checkpoint_tensors(self.checkpoint, spec, cfg, LlamaFileType.ALL_F32, _as_f32)
         self._tensors = {t.name: t for t in tensors}
         meta = MetadataBuilder(spec.gguf_arch)
-        for method, value in hparam_values(spec, cfg):
+        # early_hparams too: Phi-3's rope.scaling.attn_factor is one, and it scales every rope angle's cos/sin
+        for method, value in [*hparam_values(spec, cfg, early=True), *hparam_values(spec, cfg)]:
             meta.call(method, value)
         self.metadata: dict[str, Any] = {key: _plain(value) for key, value in meta.values().items()}
         self.description = f"HF checkpoint {self.directory}"

@@ -97,6 +97,15 @@ class Model:
                 raise InputInvalid(f"{where}: {name} has shape {got}, but {a}.{key} implies {shape}")
 
         expect("token_embd.weight", (c.n_vocab, c.n_embd), "embedding_length")
+        for name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"):
+            # one factor per rotated pair ({n_rot/2} in llama.cpp; trailing 1-dims allowed as in ggml)
+            shape = tuple(self.source.shape(name)) if self.has(name) else (c.rope_dim // 2,)
+            if shape[-1] != c.rope_dim // 2 or int(np.prod(shape)) != c.rope_dim // 2:
+                raise InputInvalid(
+                    f"{where}: {name} has shape {shape}, but {a}.rope.dimension_count implies ({c.rope_dim // 2},)"
+                )
+        if c.rope_ctx_orig <= 0 and self.has("rope_factors_long.weight"):
+            raise InputInvalid(f"{where}: rope_factors_long needs {a}.context_length to choose long or short")
         q_rows, kv_rows = c.n_head * c.head_dim_k, c.n_head_kv * c.head_dim_k
         for il in range(c.n_layer):
             p = f"blk.{il}."
@@ -221,7 +230,7 @@ class Model:
         swa = bool(c.swa_layers[il]) if c.sliding_window else False
         base = c.rope_base_swa if swa else c.rope_base
         scale = 1.0 if swa else c.rope_freq_scale
-        cos, sin = self._rope_tables(positions, base, scale, il)
+        cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(cache.n_ctx))
         q = self._rope(q, cos, sin)
         k = self._rope(k, cos, sin)
         if self.emulate_ggml:  # F16 KV cache; Q meets K as F16 (vec_dot_type of an F16 tensor)
@@ -257,22 +266,40 @@ class Model:
             return np.float32(0.5) * g * (np.float32(1.0) + np.tanh(inner))
         return g / (np.float32(1.0) + np.exp(-g))
 
+    def _rope_factors(self, n_ctx: int) -> np.ndarray | None:
+        """llama_model::get_rope_factors: llama-3's rope_freqs if present; else Phi-3's long factors when
+        llama.cpp's per-sequence context for `n_ctx` exceeds the original training context, else the
+        short ones. llama_context pads n_ctx_seq up to a multiple of 256, so `-c 128` already counts as
+        256; `n_ctx` here is the KV cache size, which eval/imatrix/generate size as llama.cpp's -c."""
+        if self.has("rope_freqs.weight"):
+            return self.weight("rope_freqs.weight").reshape(-1)
+        n_ctx_seq = -(-n_ctx // 256) * 256
+        name = "rope_factors_long.weight" if n_ctx_seq > self.config.rope_ctx_orig else "rope_factors_short.weight"
+        return self.weight(name).reshape(-1) if self.has(name) else None
+
     def _rope_tables(
-        self, positions: np.ndarray, base: float, freq_scale: float, il: int
+        self, positions: np.ndarray, base: float, freq_scale: float, factors: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """cos/sin per (position, pair) exactly as ggml-cpu's ggml_rope_cache_init + rope_yarn (ext_factor
+        0), in float32 and in its order: theta = p·theta_scale^i by a running float product, divided by
+        the pair's freq factor, times freq_scale; cos/sin of that times attn_factor."""
         c = self.config
         half = c.rope_dim // 2
-        inv_freq = base ** (-2.0 * np.arange(half, dtype=np.float64) / c.rope_dim)
-        for factors in (
-            "rope_freqs.weight",
-            "rope_factors_short.weight",
-            f"blk.{il}.rope_factors_short.weight",
-        ):
-            if self.has(factors):  # llama-3 style (rope_freqs) or phi3 longrope at short context
-                inv_freq = inv_freq / self.weight(factors).astype(np.float64)
-                break
-        theta = positions.astype(np.float64)[:, None] * freq_scale * inv_freq[None, :]
-        return np.cos(theta).astype(np.float32)[:, None, :], np.sin(theta).astype(np.float32)[:, None, :]
+        f32 = np.float32
+        theta_scale = f32(np.float64(f32(base)) ** np.float64(f32(-2.0) / f32(c.rope_dim)))  # powf
+        theta = np.empty((positions.size, half), np.float32)
+        running = positions.astype(np.float32)
+        for i in range(half):
+            theta[:, i] = running
+            running = running * theta_scale
+        if factors is not None:
+            theta /= factors[:half].astype(np.float32)
+        theta *= f32(freq_scale)
+        # cosf/sinf of a float32 angle: correctly rounded via double (glibc's are within an ulp of it)
+        mscale = f32(c.rope_attn_factor)
+        cos = np.cos(theta.astype(np.float64)).astype(np.float32) * mscale
+        sin = np.sin(theta.astype(np.float64)).astype(np.float32) * mscale
+        return cos[:, None, :], sin[:, None, :]
 
     def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         rd = self.config.rope_dim
