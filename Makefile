@@ -26,6 +26,10 @@ install-ref: install $(CONSTRAINTS)
 install-clients: install-ref
 	$(PIP) install --quiet -c $(CONSTRAINTS) 'compressed-tensors==0.20.0' 'mlx[cpu]==0.32.4' 'mlx-lm==0.32.2' \
 		'optimum==2.3.0' 'gptqmodel==7.6.0' 'ray==2.60.0'
+	# compressed-tensors 0.12, the last release that writes and reads `actorder: "group"` (weight_g_idx),
+	# kept apart from 0.20 (tests/test_prequantized.py puts it first on PYTHONPATH for one subprocess).
+	$(PIP) install --quiet --no-deps --upgrade --target "$${QUANTCLI_CACHE:-$$HOME/.cache/quantcli}/compressed-tensors-0.12.2" \
+		'compressed-tensors==0.12.2'
 
 fixture: install
 	$(PYTHON) scripts/make_smollm2_fixture.py

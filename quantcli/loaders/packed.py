@@ -1,6 +1,7 @@
-"""Read packed safetensors (compressed-tensors, MLX, GPTQ v1) back as an ordinary checkpoint.
+"""Read packed safetensors (compressed-tensors, MLX, GPTQ v1) and FP8 checkpoints back as an ordinary
+checkpoint.
 
-Each quantized Linear's packed tensors are replaced by `<module>.weight`, dequantized on read exactly as
+Each quantized Linear's stored tensors are replaced by `<module>.weight`, dequantized on read exactly as
 the format's client does (values in the model dtype). Everything downstream (conversion to GGUF, the
 runtime) then sees a plain HF checkpoint, as llama.cpp's converter does for these formats.
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from quantcli.errors import InputInvalid, QuantcliError
 from quantcli.loaders.closing import Closing
 from quantcli.loaders.hf import Checkpoint, open_hf_checkpoint
 from quantcli.loaders.safetensors import TensorInfo
@@ -40,8 +42,8 @@ class PackedCheckpoint(Closing):
         self._modules: dict[str, list[str]] = {}  # dequantized weight name -> its packed tensors
         self._order: list[str] = []
         for name in names:
-            module = name.rsplit(".", 1)[0]
-            if fmt.is_quantized(module, present):
+            module, _, suffix = name.rpartition(".")
+            if suffix in fmt.parts and fmt.is_quantized(module, present):
                 weight = f"{module}.weight"
                 if weight not in self._modules:
                     self._modules[weight] = []
@@ -67,16 +69,27 @@ class PackedCheckpoint(Closing):
     def tensor_info(self, name: str) -> TensorInfo:
         if name not in self._modules:
             return self.inner.tensor_info(name)
-        parts = {n.removeprefix(name.removesuffix(".weight") + "."): self.inner.tensor_info(n) for n in self._modules[name]}
+        module = name.removesuffix(".weight")
+        parts = {n.removeprefix(module + "."): self.inner.tensor_info(n) for n in self._modules[name]}
         first = next(iter(parts.values()))
-        out, n = _logical_shape(self.fmt, parts, self.scheme)
+        try:
+            out, n = self.fmt.logical_shape({k: v.shape for k, v in parts.items()}, self.scheme)
+        except (KeyError, ValueError):
+            # a stored tensor missing, or of the wrong rank: the checkpoint does not match its config
+            raise InputInvalid(
+                f"{first.file}: {module} has {sorted(parts)}, not the tensors of a {self.fmt.name} weight"
+            ) from None
         dtype = _ST_DTYPE[self.scheme.dtype]
-        return replace(first, name=name, dtype=dtype, shape=(out, n), nbytes=out * n * 2 if dtype != "F32" else out * n * 4)
+        return replace(first, name=name, dtype=dtype, shape=(out, n), nbytes=out * n * (4 if dtype == "F32" else 2))
 
     def read(self, name: str) -> np.ndarray:
         if name not in self._modules:
             return self.inner.read(name)
-        weight = self.fmt.dequantize(self._parts(name), self.scheme)
+        try:
+            weight = self.fmt.dequantize(self._parts(name), self.scheme)
+        except QuantcliError as exc:
+            # the format names the bad tensor's role; say which module of which checkpoint
+            raise type(exc)(f"{self.directory}: {name.removesuffix('.weight')}: {exc}", exc.exit_code) from None
         return weight.astype(self.scheme.np_dtype)
 
     def release(self, name: str) -> None:
@@ -88,16 +101,6 @@ class PackedCheckpoint(Closing):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def _logical_shape(fmt: type[PackedFormat], parts: dict[str, TensorInfo], scheme: Scheme) -> tuple[int, int]:
-    """(out, in) of the dequantized weight, from the packed tensors' shapes alone (no data read)."""
-    if fmt.name == "gptq":
-        groups, out = parts["scales"].shape
-        return out, groups * scheme.group_size
-    scales = parts["weight_scale"] if "weight_scale" in parts else parts["scales"]
-    out, groups = scales.shape
-    return out, groups * scheme.group_size
 
 
 def maybe_packed(ckpt: Checkpoint) -> Checkpoint | PackedCheckpoint:

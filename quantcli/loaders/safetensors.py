@@ -24,8 +24,8 @@ from quantcli.errors import InputInvalid, InputMissing, Unsupported
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 # safetensors dtype name -> (bytes per element, NumPy dtype or None when we cannot represent it).
-# BF16's NumPy dtype comes from `ml_dtypes`, imported on first use (see `numpy_dtype`): 0.6 s that a
-# GGUF-only job must not pay.
+# BF16's and FP8's NumPy dtypes come from `ml_dtypes`, imported on first use (see `numpy_dtype`): 0.6 s
+# that a GGUF-only job must not pay.
 DTYPES: dict[str, tuple[int, Any]] = {
     "F64": (8, np.dtype("<f8")),
     "F32": (4, np.dtype("<f4")),
@@ -40,15 +40,15 @@ DTYPES: dict[str, tuple[int, Any]] = {
     "U16": (2, np.dtype("<u2")),
     "U8": (1, np.dtype("u1")),
     "BOOL": (1, np.dtype("bool")),
-    "F8_E4M3": (1, None),
-    "F8_E5M2": (1, None),
+    "F8_E4M3": (1, "float8_e4m3fn"),
+    "F8_E5M2": (1, "float8_e5m2"),
 }
 
 
 def numpy_dtype(dtype: str) -> np.dtype | None:
     """The NumPy dtype of safetensors dtype `dtype`, or None when we cannot represent it."""
     np_dtype = DTYPES[dtype][1]
-    if isinstance(np_dtype, str):  # "bfloat16"
+    if isinstance(np_dtype, str):  # an ml_dtypes name
         import ml_dtypes
 
         return np.dtype(getattr(ml_dtypes, np_dtype))

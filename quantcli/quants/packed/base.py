@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from quantcli.errors import Unsupported
+from quantcli.errors import InputInvalid, Unsupported
 
 
 class _ModelDtypes(Mapping[str, type]):
@@ -41,6 +41,7 @@ class Scheme:
     bits: int
     group_size: int
     dtype: str = "bfloat16"  # the model dtype: scales (and dequantized weights) live in it
+    block: tuple[int, int] | None = None  # FP8 block scales (rows, cols) per scale, read-only formats
 
     @property
     def np_dtype(self) -> type:
@@ -56,8 +57,13 @@ class PackedFormat:
     """One packed layout: quantize a Linear weight into its tensors, dequantize them, describe the config."""
 
     name: ClassVar[str]
-    bits_allowed: ClassVar[tuple[int, ...]]
+    bits_allowed: ClassVar[tuple[int, ...]] = ()
     groups_allowed: ClassVar[tuple[int, ...]] = (32, 64, 128)
+    # The tensor suffixes of a quantized module that make up its weight; any other tensor of the module
+    # (`bias`) stays as it is.
+    parts: ClassVar[tuple[str, ...]]
+    # False for the pre-quantized layouts we only read (FP8): not an output --format.
+    writable: ClassVar[bool] = True
     _registry: ClassVar[dict[str, type[PackedFormat]]] = {}
 
     def __init_subclass__(cls, name: str | None = None, **kw: object) -> None:
@@ -98,6 +104,11 @@ class PackedFormat:
         raise NotImplementedError
 
     @classmethod
+    def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:
+        """(out, in) of the dequantized weight, from the stored tensors' shapes alone (no data read)."""
+        raise NotImplementedError
+
+    @classmethod
     def config(cls, scheme: Scheme, ignore: list[str]) -> dict[str, object]:
         """The `config.json` entries this format's client reads."""
         raise NotImplementedError
@@ -113,12 +124,12 @@ class PackedFormat:
 
 
 def get_format(name: str) -> type[PackedFormat]:
+    """An output format (--format)."""
+    writable = {n: f for n, f in PackedFormat._registry.items() if f.writable}
     try:
-        return PackedFormat._registry[name]
+        return writable[name]
     except KeyError:
-        raise Unsupported(
-            f"unknown --format {name!r} (supported: gguf, {', '.join(sorted(PackedFormat._registry))})"
-        ) from None
+        raise Unsupported(f"unknown --format {name!r} (supported: gguf, {', '.join(sorted(writable))})") from None
 
 
 def detect_format(config: dict) -> tuple[type[PackedFormat], Scheme] | None:
@@ -132,3 +143,29 @@ def detect_format(config: dict) -> tuple[type[PackedFormat], Scheme] | None:
 def grouped(weight: np.ndarray, group_size: int) -> np.ndarray:
     out, n = weight.shape
     return np.asarray(weight, dtype=np.float32).reshape(out, n // group_size, group_size)
+
+
+def group_index(g_idx: np.ndarray | None, n: int, group_size: int, ngroups: int) -> np.ndarray:
+    """The group of each input column: `g_idx` (GPTQ act-order) when stored, else contiguous groups.
+
+    A stored g_idx equal to the contiguous arange (what GPTQ writes without act-order) gives the same groups.
+    Bad values are malformed input (exit 4; the loader names the tensor): never index out of the scales.
+    """
+    if g_idx is None:
+        return np.arange(n) // group_size
+    idx = np.asarray(g_idx)
+    if idx.shape != (n,) or idx.dtype.kind not in "iu":
+        raise InputInvalid(f"g_idx must be {n} integers, got {idx.dtype} {list(idx.shape)}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= ngroups):
+        raise InputInvalid(f"g_idx values must be group numbers in [0, {ngroups})")
+    return idx
+
+
+def round_through(x: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
+    """A float32 product rounded as compressed-tensors computes it: in the scale's dtype, then stored in the
+    model dtype (two roundings when those differ, e.g. float16 scales in a bfloat16 model)."""
+    scale_dtype = np.asarray(scale).dtype.name
+    if scale_dtype in ("bfloat16", "float16") and scale_dtype != dtype:
+        x = round_to(x, scale_dtype)
+    return round_to(x, dtype)

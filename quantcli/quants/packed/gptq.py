@@ -1,16 +1,21 @@
-"""GPTQ v1 (`checkpoint_format: gptq`), symmetric, desc_act=false (formats/packed-safetensors.md)."""
+"""GPTQ v1 (`checkpoint_format: gptq`), symmetric (formats/packed-safetensors.md).
+
+We write desc_act=false; we read desc_act=true too: each column's group is its `g_idx` entry, as
+GPTQModel's dequantize_weight and llama.cpp's converter index scales and zeros with g_idx.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from quantcli.errors import Unsupported
-from quantcli.quants.packed.base import PackedFormat, Scheme, grouped, round_to
+from quantcli.quants.packed.base import PackedFormat, Scheme, group_index, grouped, round_to
 from quantcli.quants.packed.bits import pack_rows, packed_words, unpack_rows
 
 
 class Gptq(PackedFormat, name="gptq"):
     bits_allowed = (4, 8)
+    parts = ("qweight", "qzeros", "scales", "g_idx")
 
     @classmethod
     def layout(cls, out: int, n: int, scheme: Scheme) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -48,13 +53,16 @@ class Gptq(PackedFormat, name="gptq"):
         scales = np.asarray(tensors["scales"]).astype(np.float32)  # (ngroups, out)
         ngroups, out = scales.shape
         n = ngroups * scheme.group_size
-        g_idx = np.asarray(tensors.get("g_idx", np.arange(n) // scheme.group_size)).astype(np.intp)
-        if not np.array_equal(g_idx, np.arange(n) // scheme.group_size):
-            raise Unsupported("GPTQ checkpoint with act-order (permuted g_idx) is not supported")
+        g_idx = group_index(tensors.get("g_idx"), n, scheme.group_size, ngroups)
         q = unpack_rows(np.ascontiguousarray(np.asarray(tensors["qweight"]).T), scheme.bits, n).T  # (n, out)
         zeros = unpack_rows(tensors["qzeros"], scheme.bits, out).astype(np.float32) + 1  # v1: stored z - 1
         w = (q.astype(np.float32) - zeros[g_idx]) * scales[g_idx]
         return round_to(np.ascontiguousarray(w.T), "float16")
+
+    @classmethod
+    def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:
+        groups, out = parts["scales"]
+        return out, groups * scheme.group_size
 
     @classmethod
     def config(cls, scheme: Scheme, ignore: list[str]) -> dict[str, object]:
@@ -78,8 +86,6 @@ class Gptq(PackedFormat, name="gptq"):
             return None
         if qc.get("checkpoint_format", "gptq") != "gptq":
             raise Unsupported(f"GPTQ checkpoint_format {qc.get('checkpoint_format')!r} is not supported (only v1 'gptq')")
-        if qc.get("desc_act"):
-            raise Unsupported("GPTQ checkpoint with desc_act=true is not supported")
         return Scheme(int(qc["bits"]), int(qc["group_size"]), "float16")
 
     @classmethod

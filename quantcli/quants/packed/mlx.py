@@ -10,6 +10,7 @@ from quantcli.quants.packed.bits import pack_rows, packed_words, unpack_rows
 
 class Mlx(PackedFormat, name="mlx"):
     bits_allowed = (2, 3, 4, 5, 6, 8)
+    parts = ("weight", "scales", "biases")
 
     @classmethod
     def layout(cls, out: int, n: int, scheme: Scheme) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -46,6 +47,11 @@ class Mlx(PackedFormat, name="mlx"):
         # MLX computes in the model dtype: the product is rounded, then the sum.
         prod = round_to(q * scale[..., None], scheme.dtype)
         return round_to(prod + bias[..., None], scheme.dtype).reshape(out, n)
+
+    @classmethod
+    def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:
+        out, groups = parts["scales"]
+        return out, groups * scheme.group_size
 
     @classmethod
     def config(cls, scheme: Scheme, ignore: list[str]) -> dict[str, object]:
