@@ -115,6 +115,8 @@ def main() -> int:
         measure([sys.executable, "-m", "quantcli", *args], ours_env)
         starts[args[0]] = [measure([sys.executable, "-m", "quantcli", *args], ours_env) for _ in range(RUNS)]
     bare = [measure([sys.executable, "-c", "pass"], ours_env) for _ in range(RUNS)]
+    # What a quantize run imports before it reads a byte: the floor under its time.
+    imports = [measure([sys.executable, "-c", "import quantcli.cli, quantcli.engine"], ours_env) for _ in range(RUNS)]
     load_after = load_average()
     work.rmdir()
     pycache.cleanup()
@@ -143,8 +145,10 @@ def main() -> int:
         f"\nStart-up, median of {RUNS}: `quantcli --help` {median(starts['--help'], 'seconds'):.3f} s "
         f"({median(starts['--help'], 'cpu'):.3f} s CPU), `quantcli --version` "
         f"{median(starts['--version'], 'seconds'):.3f} s; a bare `python -c pass` takes "
-        f"{median(bare, 'seconds'):.3f} s here. The quantizers run in the C extension when it is built "
-        "(QUANTCLI_NATIVE=0 forces NumPy)."
+        f"{median(bare, 'seconds'):.3f} s here, and importing what a quantize run needs (the CLI, the engine, "
+        f"numpy, gguf) {median(imports, 'seconds'):.3f} s ({median(imports, 'cpu'):.3f} s CPU), single-threaded: "
+        "the part of quantcli's time that llama-quantize does not have. The quantizers run in the C extension "
+        "when it is built (QUANTCLI_NATIVE=0 forces NumPy)."
     )
     return 0 if all(row[3] for row in rows) else 1
 
