@@ -1,5 +1,7 @@
 """Heavy modules load only where they are used: `ml_dtypes` (0.6 s of import) is needed for BF16 safetensors
-and packed formats, never by `--help`, `--version` or a GGUF -> GGUF job.
+and packed formats, never by `--help`, `--version` or a GGUF -> GGUF job. A GGUF -> GGUF quantize imports
+neither pydantic (Typer's value conversion is replaced in cli.py) nor rich, nor the HF-source modules
+(tests/test_cli.py checks `--help` and `--version`).
 
 Each check runs in a fresh interpreter and reads its `sys.modules` afterwards.
 """
@@ -24,13 +26,13 @@ for argv in json.loads(sys.argv[1]):
         main(argv)
     except SystemExit as exc:
         assert not exc.code, (argv, exc.code)
-print(json.dumps(sorted(m for m in ("ml_dtypes",) if m in sys.modules)))
+print(json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)))
 """
 
 
-def _imported_after(*argvs: list[str]) -> list[str]:
+def _imported_after(*argvs: list[str], watch: tuple[str, ...] = ("ml_dtypes",)) -> list[str]:
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(argvs)],
+        [sys.executable, "-c", PROBE, json.dumps(argvs), json.dumps(watch)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -42,6 +44,14 @@ def _imported_after(*argvs: list[str]) -> list[str]:
 
 def test_help_and_version_do_not_import_ml_dtypes() -> None:
     assert _imported_after(["--help"], ["--version"], ["quantize", "--help"], ["convert", "--help"]) == []
+
+
+def test_gguf_quantize_imports_only_what_it_needs(tmp_path: Path) -> None:
+    src = build_synthetic_gguf(tmp_path / "tiny-f16.gguf", n_layer=1, n_embd=64, n_ff=128, n_vocab=320)
+    out = tmp_path / "tiny-q8_0.gguf"
+    watch = ("pydantic", "rich", "ml_dtypes", "huggingface_hub", "tokenizers", "quantcli.sources.hf", "quantcli.runtime")
+    assert _imported_after(["quantize", str(src), str(out), "Q8_0", "--threads", "2"], watch=watch) == []
+    assert out.stat().st_size > 0
 
 
 def test_gguf_loader_import_does_not_import_ml_dtypes() -> None:

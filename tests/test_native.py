@@ -110,6 +110,41 @@ def test_unsupported_type_returns_none():
 
 
 @needs_native
+@pytest.mark.parametrize("qtype", NATIVE_TYPES, ids=lambda t: t.name)
+def test_f16_and_bf16_rows_give_the_bytes_of_their_float32_values(qtype):
+    """The C code widens F16/BF16 rows itself (F16C or ggml's routine): exact, so the float32 bytes."""
+    rng = np.random.default_rng(7)
+    x16 = (rng.standard_normal((24, 512)) * 0.05).astype(np.float16)
+    x16[0] = np.arange(512, dtype=np.uint16).view(np.float16)  # zeros, F16 subnormals, smallest normals
+    x16[1, ::7] = np.float16(65504.0)
+    bf16_bits = (rng.standard_normal((24, 512)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    im = make_imatrix(512, 5, zeros=False) if qtype in USES_IMATRIX else None
+    for threads in (1, 3):
+        want = native.quantize_rows(qtype, x16.astype(np.float32), im, threads)
+        assert_same_bytes(native.quantize_rows(qtype, x16, im, threads), want, qtype, f"f16, {threads} threads")
+        wide = (bf16_bits.astype(np.uint32) << 16).view(np.float32)
+        got = native.quantize_rows(qtype, bf16_bits, im, threads, bf16=True)
+        assert_same_bytes(got, native.quantize_rows(qtype, wide, im, threads), qtype, f"bf16, {threads} threads")
+
+
+@needs_native
+def test_non_finite_rows_are_refused():
+    for dtype, bad in ((np.float32, np.nan), (np.float32, -np.inf), (np.float16, np.inf), (np.float16, np.nan)):
+        x = np.ones((5, 64), dtype)
+        x[3, 40] = bad
+        with pytest.raises(native.NonFinite):
+            native.quantize_rows(T.Q8_0, x, None, 2)
+    bits = np.full((2, 32), 0x3F80, np.uint16)  # BF16 1.0
+    bits[1, 5] = 0x7FC0  # BF16 NaN
+    with pytest.raises(native.NonFinite):
+        native.quantize_rows(T.Q4_0, bits, None, 1, bf16=True)
+    x = np.ones((300, 256), np.float16)
+    x[257, 9] = np.inf
+    with pytest.raises(Exception, match=r"w: non-finite value at row 257, column 9"):
+        quantize(x, T.Q4_K, name="w", use_native=True)
+
+
+@needs_native
 def test_bad_row_length_raises():
     with pytest.raises(ValueError):
         native.quantize_rows(T.Q4_K, np.ones((1, 96), np.float32), None, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def register(app: typer.Typer) -> None:
             source, output, out_type=qtype, **recipe, strict=strict, force=force,
             threads=threads, allow_requantize=allow_requantize, recipe_only=True, command="quantize",
         )  # fmt: skip
-        progress = show_progress(json_out)
+        # Not a terminal (a pipe, a bench): no progress, and no rich import (25 ms) just to learn that.
+        progress = sys.stderr.isatty() and show_progress(json_out)
 
         def on_tensor(t: object, i: int, n: int) -> None:
             if progress:
@@ -67,9 +69,11 @@ def register(app: typer.Typer) -> None:
         if missing:
             err.print(f"[yellow]imatrix has no entry for {len(missing)} tensor(s)[/], e.g. {missing[0]}")
         hist = ", ".join(f"{k} {v}" for k, v in summary["tensor_types"].items())
-        err.print(
+        # Plain text (no markup): printed without rich, one line each whatever the width.
+        print(
             f"{summary['output']}: {summary['file_type']}, {summary['n_tensors']} tensors ({hist}), "
             f"{summary['n_fallbacks']} fallback(s), {summary['bytes']:,} bytes, {summary['bits_per_weight']:.2f} bpw, "
             f"{summary['seconds']:.1f} s, peak RSS {summary['peak_rss_bytes'] / 2**20:.0f} MiB\n"
-            f"sha256 (whole file) {summary['sha256']}"
+            f"sha256 (whole file) {summary['sha256']}",
+            file=sys.stderr,
         )

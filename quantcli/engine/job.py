@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gguf import GGMLQuantizationType
 
@@ -41,8 +41,10 @@ from quantcli.plan.ftypes import Ftype, resolve_recipe
 from quantcli.plan.metadata import ImatrixUse, load_imatrix_use, output_kv
 from quantcli.plan.options import build_overrides
 from quantcli.plan.rules import ModelInfo, n_dims
-from quantcli.sources.hf import ConverterView, open_converter_view
 from quantcli.writers.gguf import OutputTensor, file_size, write_gguf
+
+if TYPE_CHECKING:  # sources.hf (architectures, vocabularies) loads only for an HF source
+    from quantcli.sources.hf import ConverterView
 
 OnTensor = Callable[[OutputTensor, int, int], None]
 _SAFETENSORS_TYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16,
@@ -287,6 +289,8 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
             check_output(out_path, job.force, inputs=_source_files(job))
         out_paths.append(out_path)
 
+    from quantcli.sources.hf import open_converter_view
+
     view = open_converter_view(job.source, job.target.out_type, before_plan=check_path)
     try:
         model = ModelInfo.from_metadata(view.metadata.values())
@@ -388,6 +392,8 @@ def _plan_checkpoint_recipe(job: Job) -> GGUFPlan:
     ftype = job.target.recipe
     imatrix = load_imatrix_use(job.recipe.imatrix, job.recipe.include_weights, job.recipe.exclude_weights)
     overrides = job.recipe.overrides(has_imatrix=imatrix is not None)
+    from quantcli.sources.hf import open_converter_view
+
     view: ConverterView = open_converter_view(job.source, "lossless")
     try:
         specs = [TensorSpec.from_numpy_shape(t.name, t.shape, t.type) for t in view.tensors]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -22,8 +22,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from quantcli import quants
 from quantcli.errors import InputInvalid
 from quantcli.plan.core import TensorDecision
-from quantcli.sources.hf import SourceTensor
 from quantcli.writers.gguf import encode
+
+if TYPE_CHECKING:  # an HF source is imported by the job that opens one, not by a GGUF -> GGUF run
+    from quantcli.sources.hf import SourceTensor
 
 _T = GGMLQuantizationType
 # Float types are copied/cast faster than a cache entry could be hashed and read: never cached.
@@ -84,11 +86,13 @@ class ConverterTensors:
         self._name, self._raw = None, None
 
 
-def rows_to_f32(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:
+def source_rows(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:
+    """Rows as `quants.quantize` takes them: F32 and F16 as they are stored (the quantizer widens F16 to
+    float32 exactly, row by row, without a float32 copy of the slab), other types dequantized to float32."""
     if qtype == _T.F32:
         return raw.view("<f4").reshape(nrows, ncols)
     if qtype == _T.F16:
-        return raw.view("<f2").astype(np.float32).reshape(nrows, ncols)
+        return raw.view("<f2").reshape(nrows, ncols)
     return quants.dequantize(raw, qtype, (nrows, ncols))
 
 
@@ -130,7 +134,7 @@ def requantized_chunks(
             r1 = min(r0 + step, rows_per_matrix)
             first = m * rows_per_matrix + r0
             begin, end = first * src_row, (first + r1 - r0) * src_row
-            rows = rows_to_f32(raw[begin:end], d.src_type, r1 - r0, ncols)
+            rows = source_rows(raw[begin:end], d.src_type, r1 - r0, ncols)
             encoded = quants.quantize(rows, d.type, im, name=d.name, threads=threads).tobytes()
             del rows
             if parts is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 _DIR = Path(__file__).resolve().parent
 
 T = GGMLQuantizationType
@@ -85,8 +85,8 @@ def _lib() -> ctypes.CDLL | None:
         return None
     lib.qc_quantize.restype = ctypes.c_int
     lib.qc_quantize.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-        ctypes.c_int,
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_int,
     ]  # fmt: skip
     lib.qc_dequantize.restype = ctypes.c_int
     lib.qc_dequantize.argtypes = [
@@ -114,10 +114,25 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Source element types qc_quantize widens itself (ggml type ids): no float32 copy of an F16/BF16 tensor.
+_SRC_TYPES = {np.dtype(np.float32): int(T.F32), np.dtype(np.float16): int(T.F16)}
+
+
+class NonFinite(ValueError):
+    """A source row holds a NaN or an infinity (the caller reports where)."""
+
+
 def quantize_rows(
-    qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None, threads: int | None
+    qtype: GGMLQuantizationType,
+    rows: np.ndarray,
+    imatrix: np.ndarray | None,
+    threads: int | None,
+    *,
+    bf16: bool = False,
 ) -> np.ndarray | None:
-    """float32 (nrows, ncols) -> uint8 (nrows, row_bytes), exactly ggml_quantize_chunk; None if not native.
+    """(nrows, ncols) float32 or float16 rows (or BF16 bits as uint16 with `bf16=True`) -> uint8 (nrows,
+    row_bytes), exactly ggml_quantize_chunk on the rows widened to float32; None if not native. Raises
+    NonFinite when a value is NaN or infinite.
 
     `imatrix` is float32 (ncols,) or None (ignored by the types whose ggml quantizer ignores it). `threads`
     None uses every CPU this process may run on; the bytes never depend on it.
@@ -126,7 +141,15 @@ def quantize_rows(
     lib = _lib()
     if lib is None or qtype not in NATIVE_TYPES:
         return None
-    x = np.ascontiguousarray(rows, dtype=np.float32)
+    if bf16:
+        x = np.ascontiguousarray(rows, dtype=np.uint16)
+        src_type = int(T.BF16)
+    else:
+        x = np.asarray(rows)
+        if x.dtype not in _SRC_TYPES:
+            x = x.astype(np.float32)
+        x = np.ascontiguousarray(x)
+        src_type = _SRC_TYPES[x.dtype]
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array of rows, got shape {x.shape}")
     nrows, ncols = x.shape
@@ -145,6 +168,7 @@ def quantize_rows(
     rc = lib.qc_quantize(
         int(qtype),
         x.ctypes.data,
+        src_type,
         out.ctypes.data,
         nrows,
         ncols,
@@ -153,6 +177,10 @@ def quantize_rows(
     )
     if rc == -1:
         return None
+    if rc == -3:
+        raise NonFinite(f"non-finite value in {qtype.name} source rows")
+    if rc == -4:
+        raise MemoryError(f"native {qtype.name} quantizer: no memory for a row buffer")
     if rc != 0:
         raise RuntimeError(f"native {qtype.name} quantizer failed (code {rc})")
     return out

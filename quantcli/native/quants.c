@@ -15,8 +15,10 @@
  * long chain of dependent float adds per candidate). quants_simd.h runs QC_LANES sub-blocks side by side,
  * one sub-block per SIMD lane, so each lane performs exactly the scalar sequence of operations.
  *
- * Entry point: qc_quantize(type, src, dst, nrows, n_per_row, imatrix, nthreads). Rows are split between
- * pthreads; every quantizer is row-local, so the bytes never depend on the thread count.
+ * Entry point: qc_quantize(type, src, src_type, dst, nrows, n_per_row, imatrix, nthreads). Rows are split
+ * between pthreads; every quantizer is row-local, so the bytes never depend on the thread count. The source
+ * rows may be F32, F16 or BF16: each row is widened to float32 (exactly, as ggml's to_float does) in a
+ * per-thread buffer just before it is quantized, so an F16 GGUF never needs a float32 copy of a tensor.
  */
 #include <float.h>
 #include <math.h>
@@ -25,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define QC_ABI_VERSION 1
+#define QC_ABI_VERSION 2
 
 #define QK_K 256
 #define GROUP_MAX_EPS 1e-15f
@@ -1517,26 +1519,96 @@ static const qtype_info *find_type(int type) {
     return NULL;
 }
 
+/* source element types of qc_quantize (ggml type ids) */
+enum { SRC_F32 = 0, SRC_F16 = 1, SRC_BF16 = 30 };
+
 typedef struct {
     const qtype_info *info;
-    const float *src; /* quantize: float rows in; dequantize: float rows out (fdst) */
+    const void *src; /* quantize: rows in (src_type); dequantize: unused */
+    int src_type;
     uint8_t *dst;
     const uint8_t *qsrc;
     float *fdst;
     int64_t row0, row1, n_per_row;
     size_t row_size;
     const float *qw;
+    int status; /* quantize: 0, -3 when a row holds a NaN/Inf (nothing is written for it), -4 out of memory */
 } job;
 
-static void run_rows(const job *j) {
-    for (int64_t r = j->row0; r < j->row1; ++r) {
-        if (j->fdst) j->info->deq(j->qsrc + r * j->row_size, j->fdst + r * j->n_per_row, j->n_per_row);
-        else j->info->fn(j->src + r * j->n_per_row, j->dst + r * j->row_size, j->n_per_row, j->qw);
+/* F16 -> float32 is exact whichever way it is done: the F16C instruction where the CPU has it (8 values per
+   instruction), else ggml's portable routine. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define QC_HAVE_F16C_PATH 1
+__attribute__((target("avx,f16c"))) static void f16_row_f16c(const half *restrict s, float *restrict d, int64_t n) {
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) _mm256_storeu_ps(d + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + k))));
+    for (; k < n; ++k) d[k] = fp16_to_fp32(s[k]);
+}
+#endif
+
+static void f16_row(const half *restrict s, float *restrict d, int64_t n) {
+#ifdef QC_HAVE_F16C_PATH
+    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+        f16_row_f16c(s, d, n);
+        return;
     }
+#endif
+    for (int64_t k = 0; k < n; ++k) d[k] = fp16_to_fp32(s[k]);
+}
+
+/* One source row as float32 in `buf` (F32 rows are used in place). Returns 0 when every value is finite. */
+QC_CLONES
+static int widen_row(const job *j, int64_t r, float *buf, const float **row) {
+    const int64_t n = j->n_per_row;
+    int bad = 0;
+    if (j->src_type == SRC_F16) {
+        const half *s = (const half *)j->src + r * n;
+        for (int64_t k = 0; k < n; ++k) bad |= (s[k] & 0x7C00) == 0x7C00;
+        f16_row(s, buf, n);
+        *row = buf;
+    } else if (j->src_type == SRC_BF16) {
+        const uint16_t *s = (const uint16_t *)j->src + r * n;
+        for (int64_t k = 0; k < n; ++k) {
+            buf[k] = f32_from_bits((uint32_t)s[k] << 16);
+            bad |= (s[k] & 0x7F80) == 0x7F80;
+        }
+        *row = buf;
+    } else {
+        const float *s = (const float *)j->src + r * n;
+        for (int64_t k = 0; k < n; ++k) bad |= (f32_to_bits(s[k]) & 0x7F800000) == 0x7F800000;
+        *row = s;
+    }
+    return bad;
+}
+
+static void run_rows(job *j) {
+    if (j->fdst) {
+        for (int64_t r = j->row0; r < j->row1; ++r)
+            j->info->deq(j->qsrc + r * j->row_size, j->fdst + r * j->n_per_row, j->n_per_row);
+        return;
+    }
+    float *buf = NULL;
+    if (j->src_type != SRC_F32 && j->row1 > j->row0) {
+        buf = malloc((size_t)j->n_per_row * sizeof(float));
+        if (!buf) {
+            j->status = -4;
+            return;
+        }
+    }
+    for (int64_t r = j->row0; r < j->row1; ++r) {
+        const float *row;
+        if (widen_row(j, r, buf, &row)) {
+            j->status = -3;
+            break;
+        }
+        j->info->fn(row, j->dst + r * j->row_size, j->n_per_row, j->qw);
+    }
+    free(buf);
 }
 
 static void *run_rows_thread(void *arg) {
-    run_rows((const job *)arg);
+    run_rows((job *)arg);
     return NULL;
 }
 
@@ -1552,8 +1624,9 @@ QC_API const char *qc_source_hash(void) { return QC_SOURCE_HASH; }
 
 QC_API int qc_supports(int type) { return find_type(type) != NULL; }
 
-/* Splits rows [0, nrows) over nthreads pthreads (the calling thread takes the first share). */
-static void run_threads(job proto, int64_t nrows, int nthreads) {
+/* Splits rows [0, nrows) over nthreads pthreads (the calling thread takes the first share). Returns the first
+   non-zero job status, else 0. */
+static int run_threads(job proto, int64_t nrows, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 256) nthreads = 256;
     if (nthreads > nrows) nthreads = (int)(nrows > 0 ? nrows : 1);
@@ -1565,7 +1638,7 @@ static void run_threads(job proto, int64_t nrows, int nthreads) {
     }
     if (nthreads == 1) {
         run_rows(&jobs[0]);
-        return;
+        return jobs[0].status;
     }
     pthread_t tids[256];
     int started[256] = {0};
@@ -1575,21 +1648,26 @@ static void run_threads(job proto, int64_t nrows, int nthreads) {
         if (started[t]) pthread_join(tids[t], NULL);
         else run_rows(&jobs[t]); /* no thread could be started: do its share here */
     }
+    for (int t = 0; t < nthreads; ++t)
+        if (jobs[t].status) return jobs[t].status;
+    return 0;
 }
 
-/* Quantize nrows rows of n_per_row floats. Returns 0 on success, -1 for an unsupported type, -2 for a row
-   length that is not a multiple of the block size. */
-QC_API int qc_quantize(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
-                       int nthreads) {
+/* Quantize nrows rows of n_per_row values of src_type (SRC_F32/F16/BF16). Returns 0 on success, -1 for an
+   unsupported type, -2 for a row length that is not a multiple of the block size, -3 when a value is NaN or
+   infinite (the output is then incomplete), -4 when a row buffer cannot be allocated, -5 for an unknown
+   src_type. */
+QC_API int qc_quantize(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
+                       const float *imatrix, int nthreads) {
     const qtype_info *info = find_type(type);
     if (!info) return -1;
     if (n_per_row <= 0 || n_per_row % info->block) return -2;
+    if (src_type != SRC_F32 && src_type != SRC_F16 && src_type != SRC_BF16) return -5;
     /* types whose ggml quantizer ignores the imatrix */
     if (type == T_Q8_0 || type == T_TQ1_0 || type == T_TQ2_0 || type == T_MXFP4) imatrix = NULL;
-    job proto = {info, src, dst, NULL, NULL, 0, 0, n_per_row, (size_t)(n_per_row / info->block) * info->type_size,
-                 imatrix};
-    run_threads(proto, nrows, nthreads);
-    return 0;
+    job proto = {info, src, src_type, dst, NULL, NULL, 0, 0, n_per_row,
+                 (size_t)(n_per_row / info->block) * info->type_size, imatrix, 0};
+    return run_threads(proto, nrows, nthreads);
 }
 
 /* The type's to_float on nrows rows: same return codes as qc_quantize. */
@@ -1597,8 +1675,7 @@ QC_API int qc_dequantize(int type, const void *src, float *dst, int64_t nrows, i
     const qtype_info *info = find_type(type);
     if (!info) return -1;
     if (n_per_row <= 0 || n_per_row % info->block) return -2;
-    job proto = {info, NULL, NULL, src, dst, 0, 0, n_per_row, (size_t)(n_per_row / info->block) * info->type_size,
-                 NULL};
-    run_threads(proto, nrows, nthreads);
-    return 0;
+    job proto = {info, NULL, SRC_F32, NULL, src, dst, 0, 0, n_per_row,
+                 (size_t)(n_per_row / info->block) * info->type_size, NULL, 0};
+    return run_threads(proto, nrows, nthreads);
 }

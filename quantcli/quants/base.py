@@ -127,24 +127,40 @@ def quantize(
         e_im = None if im is None else im[expert * ncols : (expert + 1) * ncols]
         for r0 in range(e0, e0 + rows_per_expert, step):
             r1 = min(r0 + step, e0 + rows_per_expert)
-            chunk = np.ascontiguousarray(rows2d[r0:r1], dtype=np.float32)
-            if not np.isfinite(chunk).all():
-                bad = np.argwhere(~np.isfinite(chunk))[0]
-                raise InputInvalid(f"{name}: non-finite value at row {r0 + int(bad[0])}, column {int(bad[1])}")
-            out[r0:r1] = _quantize_chunk(cls, chunk, e_im, use_native, threads)
+            out[r0:r1] = _quantize_chunk(cls, rows2d[r0:r1], e_im, use_native, threads, name, r0)
     return out.reshape(*lead, cls.row_bytes(ncols))
 
 
 def _quantize_chunk(
-    cls: type[QuantType], rows: np.ndarray, imatrix: np.ndarray | None, use_native: bool, threads: int | None
+    cls: type[QuantType],
+    rows: np.ndarray,
+    imatrix: np.ndarray | None,
+    use_native: bool,
+    threads: int | None,
+    name: str,
+    row0: int,
 ) -> np.ndarray:
     if use_native:
         from quantcli import native
 
-        result = native.quantize_rows(cls.qtype, rows, imatrix, threads)
+        # The C quantizer widens F16 rows itself and checks finiteness on the way (one pass, no float32 copy).
+        try:
+            result = native.quantize_rows(cls.qtype, rows, imatrix, threads)
+        except native.NonFinite:
+            _refuse_non_finite(np.asarray(rows, dtype=np.float32), name, row0)
+            raise
         if result is not None:
             return result
-    return cls.quantize_rows(rows, imatrix)
+    chunk = np.ascontiguousarray(rows, dtype=np.float32)
+    _refuse_non_finite(chunk, name, row0)
+    return cls.quantize_rows(chunk, imatrix)
+
+
+def _refuse_non_finite(chunk: np.ndarray, name: str, row0: int) -> None:
+    finite = np.isfinite(chunk)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        raise InputInvalid(f"{name}: non-finite value at row {row0 + int(bad[0])}, column {int(bad[1])}")
 
 
 def dequantize(
