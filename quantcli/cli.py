@@ -6,9 +6,7 @@ documented exit code (README.md); `--json` runs also get an error object on stdo
 Start-up cost: `quantcli --help` and `--version` import Typer and the command modules only. Command
 modules import numpy, rich, the runtime and the engine inside the command function, and help is
 formatted by Typer's plain (Click) formatter: its rich/markdown formatter alone costs more import time
-than the whole plain `--help`. Option values are converted by `_PlainCoercion`, not by the pydantic
-TypeAdapters Typer builds per parameter (importing pydantic and building them cost more CPU than a whole
-Q8_0 quantization of a 27M-parameter model).
+than the whole plain `--help`.
 """
 
 from __future__ import annotations
@@ -21,16 +19,12 @@ import signal
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import typer
 import typer.exceptions
 from typer import _click
-from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
-from typer._param_types import coerce_cli_path
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
 from quantcli import __version__
 from quantcli.console import json_doc
@@ -44,77 +38,19 @@ _CLICK_ERROR = _click.exceptions.ClickException
 
 COMMANDS = ["convert", "plan", "quantize", "inspect", "eval", "generate", "imatrix", "batch"]
 
-
-@dataclass(frozen=True)
-class _PlainCoercion(RuntimeParam):
-    """Typer's value conversion for the annotations our commands use (str, int, Path, list[str]) done
-    directly; any other annotation or value, and every value Typer would reject, goes to Typer's own
-    (pydantic) conversion, so accepted values and error messages are Typer's."""
-
-    descriptor: TypeDescriptor
-
-    def _coerce_value(self, value: Any, param: Any, ctx: _click.Context) -> Any:
-        ann, info = self.annotation, self.parameter_info
-        if ann is bool and isinstance(value, bool):
-            return value
-        if ann is str and isinstance(value, str) and info.parser is None:
-            return value
-        if ann == list[str] and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        if ann is Path and isinstance(value, (str, Path)) and info.parser is None:
-            # Typer's path checks (exists=, resolve_path=, ...) still run; only str -> Path is ours.
-            return coerce_cli_path(Path(value), info, path_type=Path, param=param, ctx=ctx)
-        if ann is int and info.parser is None and not info.clamp:
-            number = _plain_int(value)
-            if (
-                number is not None
-                and (info.min is None or number >= info.min)
-                and (info.max is None or number <= info.max)
-            ):
-                return number
-        return build_runtime_param(self.descriptor)._coerce_value(value, param=param, ctx=ctx)
-
-
-def _plain_int(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit() and value.count("-") <= 1:
-        return int(value)
-    return None
-
-
-def _use_plain_coercion(param: Any) -> Any:
-    if param is not None and param._runtime_param is None:
-        d = param.type_descriptor
-        # Typer builds its converter lazily into this slot; ours is put there first.
-        param._runtime_param = _PlainCoercion(d.parameter_info, d.annotation, d)
-    return param
-
-
-class PlainGroup(TyperGroup):
-    """The root command: its options (--version, --help) are converted by `_PlainCoercion` too."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            _use_plain_coercion(param)
-
-    def get_help_option(self, ctx: _click.Context) -> Any:
-        return _use_plain_coercion(super().get_help_option(ctx))
+app = typer.Typer(
+    name="quantcli",
+    help="Convert Hugging Face checkpoints to llama.cpp-exact quantized GGUF (and packed safetensors).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
 
 
 class PlainHelpCommand(TyperCommand):
     """Help as plain text: the help text as written (line breaks kept, no markdown backticks), arguments
-    and options with plain metavars (`MODEL`, `TYPE`, `N`), never Typer's `{source}` or `<list[str]>`.
-    Values are converted by `_PlainCoercion`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            _use_plain_coercion(param)
-
-    def get_help_option(self, ctx: _click.Context) -> Any:
-        return _use_plain_coercion(super().get_help_option(ctx))
+    and options with plain metavars (`MODEL`, `TYPE`, `N`), never Typer's `{source}` or `<list[str]>`."""
 
     def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -152,17 +88,6 @@ class PlainHelpCommand(TyperCommand):
         if opts:
             with formatter.section("Options"):
                 formatter.write_dl(opts)
-
-
-app = typer.Typer(
-    name="quantcli",
-    help="Convert Hugging Face checkpoints to llama.cpp-exact quantized GGUF (and packed safetensors).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    cls=PlainGroup,
-)
 
 
 _TYPE_METAVARS = {"int": "N", "float": "X", "path": "PATH", "file": "FILE", "directory": "DIR"}

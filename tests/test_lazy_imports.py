@@ -1,6 +1,6 @@
 """Heavy modules load only where they are used: `ml_dtypes` (0.6 s of import) is needed for BF16 safetensors
 and packed formats, never by `--help`, `--version` or a GGUF -> GGUF job. A GGUF -> GGUF quantize imports
-neither pydantic (Typer's value conversion is replaced in cli.py) nor rich, nor the HF-source modules
+neither rich nor the HF-source modules
 (tests/test_cli.py checks `--help` and `--version`).
 
 Each check runs in a fresh interpreter and reads its `sys.modules` afterwards.
@@ -49,7 +49,7 @@ def test_help_and_version_do_not_import_ml_dtypes() -> None:
 def test_gguf_quantize_imports_only_what_it_needs(tmp_path: Path) -> None:
     src = build_synthetic_gguf(tmp_path / "tiny-f16.gguf", n_layer=1, n_embd=64, n_ff=128, n_vocab=320)
     out = tmp_path / "tiny-q8_0.gguf"
-    watch = ("pydantic", "rich", "ml_dtypes", "huggingface_hub", "tokenizers", "quantcli.sources.hf", "quantcli.runtime")
+    watch = ("rich", "ml_dtypes", "huggingface_hub", "tokenizers", "quantcli.sources.hf", "quantcli.runtime")
     assert _imported_after(["quantize", str(src), str(out), "Q8_0", "--threads", "2"], watch=watch) == []
     assert out.stat().st_size > 0
 
