@@ -1,5 +1,5 @@
 """Helpers the scripts/bench_*.py sections share: the SmolLM2 fixture, an F16 GGUF of it made by llama.cpp's
-own converter, and a file's sha256. (Named with a leading underscore so bench.py does not run it as a section.)
+own converter, a process timed by GNU time, and a file's sha256. (Named with a leading underscore so bench.py does not run it as a section.)
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +54,19 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS bytes, stdout) of `cmd`, measured by GNU time; raises when it fails."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *cmd],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stderr[-3000:]}")
+        wall, rss_kib = report.read().split()[-2:]
+    return float(wall), int(rss_kib) * 1024, proc.stdout

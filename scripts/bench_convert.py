@@ -10,7 +10,6 @@ Markdown on stdout, progress on stderr.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,29 +19,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import reference_convert  # noqa: E402
-from _benchlib import sha256, smollm2_fixture  # noqa: E402
+from _benchlib import sha256, smollm2_fixture, timed  # noqa: E402
 
 TYPES = ("bf16", "q8_0")
 
 
 def log(message: str) -> None:
     print(f"[bench_convert] {message}", file=sys.stderr, flush=True)
-
-
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of `cmd`, measured by GNU time."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        proc = subprocess.run(
-            ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *cmd],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stderr[-3000:]}")
-        wall, rss_kib = report.read().split()[-2:]
-    return float(wall), int(rss_kib) * 1024
 
 
 def main() -> int:
@@ -66,7 +49,7 @@ def main() -> int:
             ours = tmp / f"ours-{outtype}.gguf"
             ref = tmp / f"ref-{outtype}.gguf"
             log(f"quantcli convert --type {outtype}")
-            t_ours, rss_ours = timed(
+            t_ours, rss_ours, _ = timed(
                 [
                     sys.executable,
                     "-m",
@@ -83,7 +66,7 @@ def main() -> int:
                 our_env,
             )
             log(f"convert_hf_to_gguf.py --outtype {outtype}")
-            t_ref, rss_ref = timed(
+            t_ref, rss_ref, _ = timed(
                 [
                     sys.executable,
                     str(src / "convert_hf_to_gguf.py"),
@@ -137,7 +120,7 @@ def one_pass(model: Path, src: Path, ref_env: dict[str, str], our_env: dict[str,
         tmp = Path(tmp_name)
         inter = tmp / "intermediate-bf16.gguf"
         log("convert_hf_to_gguf.py --outtype bf16 (step 1 of the reference)")
-        t_conv, rss_conv = timed(
+        t_conv, rss_conv, _ = timed(
             [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16", "--outfile", str(inter)],
             src,
             ref_env,
@@ -145,13 +128,13 @@ def one_pass(model: Path, src: Path, ref_env: dict[str, str], our_env: dict[str,
         for flag, value, recipe in RECIPES:
             ours, ref = tmp / f"ours-{recipe}.gguf", tmp / f"ref-{recipe}.gguf"
             log(f"quantcli convert {flag} {value}")
-            t_ours, rss_ours = timed(
+            t_ours, rss_ours, _ = timed(
                 [sys.executable, "-m", "quantcli", "convert", str(model), flag, value, "-o", str(ours), "--json"],
                 REPO,
                 our_env,
             )
             log(f"llama-quantize {recipe} (step 2 of the reference)")
-            t_q, rss_q = timed([str(tool("llama-quantize")), str(inter), str(ref), recipe], tmp, tool_env())
+            t_q, rss_q, _ = timed([str(tool("llama-quantize")), str(inter), str(ref), recipe], tmp, tool_env())
             rows.append(
                 (f"{flag} {value}", recipe, t_ours, rss_ours, t_conv + t_q, max(rss_conv, rss_q),
                  inter.stat().st_size, sha256(ours) == sha256(ref), ours.stat().st_size)

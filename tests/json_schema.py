@@ -108,12 +108,13 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "optional": {
             **{k: SHARED[k] for k in ("bits", "group_size", "files", "tensors")},
             "dry_run": "bool", "bytes_exact": "bool", "verify": "object", **_ENGINE_EXTRA, "dtype": "str",
-            "tensor_bytes": "int", "src_tensor_bytes": "int",
+            "tensor_bytes": "int", "src_tensor_bytes": "int", "stages": "object",
         },
     },
     "quantize": {
         "required": {**{k: SHARED[k] for k in _GGUF_RESULT}, "imatrix": "str|null", "imatrix_missing": "list"},
-        "optional": {k: v for k, v in _ENGINE_EXTRA.items() if k not in ("imatrix", "imatrix_missing")},
+        "optional": {**{k: v for k, v in _ENGINE_EXTRA.items() if k not in ("imatrix", "imatrix_missing")},
+                     "stages": "object"},
     },
     "batch": {
         "required": {

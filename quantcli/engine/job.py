@@ -29,7 +29,7 @@ from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
 from quantcli.engine import result as results
 from quantcli.engine.progress import ByteProgress, CountProgress
-from quantcli.engine.stream import ConverterTensors, TensorBytes, requantized_chunks
+from quantcli.engine.stream import ConverterTensors, TensorBytes, requantized_chunks, stage_times
 from quantcli.engine.target import Target, default_output_name, model_stem, resolve_output, resolve_target
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError, VerifyFailed
 from quantcli.jobstate import TensorCache, model_input_files
@@ -216,6 +216,7 @@ class GGUFPlan:
     imatrix_missing: list[str] = field(default_factory=list)
     close: Callable[[], None] = lambda: None
     use_cache: Callable[[TensorCache | None], None] = lambda cache: None  # --resume: where quantized bytes go
+    stages: dict[str, float] = field(default_factory=stage_times)  # seconds per stream stage (by `chunks`)
 
     @property
     def file_size(self) -> int:
@@ -246,7 +247,8 @@ def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache
 
         try:
             size, sha256 = write_gguf(
-                out_path, planned.kv, planned.tensors, planned.chunks, force=job.force, on_tensor=tensor_done
+                out_path, planned.kv, planned.tensors, planned.chunks, force=job.force, on_tensor=tensor_done,
+                times=planned.stages,
             )
         finally:
             if bar is not None:
@@ -297,7 +299,8 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
         plan = converter_plan([t.converter_tensor() for t in view.tensors], view.ftype, model)
         if job.strict:
             plan.refuse_fallbacks()
-        source = ConverterTensors(view.tensors, job.threads)
+        stages = stage_times()
+        source = ConverterTensors(view.tensors, job.threads, times=stages)
         by_name = {t.name: t for t in view.tensors}
 
         def chunks(t: OutputTensor) -> Iterable[Any]:
@@ -316,6 +319,7 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
             chunks=chunks,
             close=view.close,
             use_cache=lambda cache: setattr(source, "tensor_cache", cache),
+            stages=stages,
         )
         return planned
     except BaseException:
@@ -331,7 +335,7 @@ def _recipe_plan(metadata: dict[str, Any], specs: list[TensorSpec], ftype: Ftype
 
 def _requantizing(
     job: Job, plan: Plan, kv: list[tuple[str, bytes]], src: TensorBytes, imatrix: ImatrixUse | None,
-    architecture: str, pipeline: str, close: Callable[[], None],
+    architecture: str, pipeline: str, close: Callable[[], None], stages: dict[str, float],
 ) -> GGUFPlan:  # fmt: skip
     missing = check_plan_executable(plan, imatrix, job.allow_requantize, job.strict)
     by_name = plan.by_name()
@@ -340,7 +344,7 @@ def _requantizing(
     def chunks(t: OutputTensor) -> Iterable[Any]:
         d = by_name[t.name]
         weights = imatrix.imatrix.weights_for(d.name, d.ne) if imatrix is not None and d.changes else None
-        return requantized_chunks(src, d, weights, job.threads, state["cache"])
+        return requantized_chunks(src, d, weights, job.threads, state["cache"], stages)
 
     assert plan.recipe is not None
     planned = GGUFPlan(
@@ -356,6 +360,7 @@ def _requantizing(
         imatrix_missing=missing,
         close=close,
         use_cache=lambda cache: state.__setitem__("cache", cache),
+        stages=stages,
     )
     return planned
 
@@ -379,7 +384,7 @@ def _plan_gguf_source(job: Job, out_path: Path) -> GGUFPlan:
         src_kv = [(key, item.raw) for key, item in src.kv.items()]
         kv = output_kv(src_kv, ftype, imatrix, overrides.kv_overrides)
         return _requantizing(job, plan, kv, src, imatrix, src.architecture,
-                             f"llama-quantize {ftype.name}", src.close)  # fmt: skip
+                             f"llama-quantize {ftype.name}", src.close, stage_times())  # fmt: skip
     except BaseException:
         src.close()
         raise
@@ -400,8 +405,10 @@ def _plan_checkpoint_recipe(job: Job) -> GGUFPlan:
         plan = _recipe_plan(view.metadata.values(), specs, ftype, overrides)
         kv = output_kv(view.metadata.encoded(), ftype, imatrix, overrides.kv_overrides)
         pipeline = f"convert_hf_to_gguf.py --outtype {view.label.lower()} + llama-quantize {ftype.name}"
-        return _requantizing(job, plan, kv, ConverterTensors(view.tensors, job.threads), imatrix,
-                             view.architecture, pipeline, view.close)  # fmt: skip
+        stages = stage_times()
+        source = ConverterTensors(view.tensors, job.threads, times=stages)
+        return _requantizing(job, plan, kv, source, imatrix, view.architecture, pipeline, view.close,
+                             stages)  # fmt: skip
     except BaseException:
         view.close()
         raise

@@ -76,6 +76,7 @@ def gguf_result(
         "sha256": sha256,
         "peak_rss_bytes": peak_rss,
         "tensor_cache": tensor_cache.stats() if tensor_cache is not None else None,
+        "stages": {stage: round(seconds, 3) for stage, seconds in planned.stages.items()},
     })  # fmt: skip
     return doc
 

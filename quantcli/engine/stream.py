@@ -8,11 +8,18 @@
 
 A tensor cache (quantcli.jobstate.TensorCache, `--resume`) keeps quantized bytes across runs, keyed by what
 decides them. Only the current tensor is held in memory.
+
+Both sources add the seconds they spend to a `stage_times()` dict (the --json `stages`): "read" (checkpoint
+bytes to float; a memory-mapped file is read where its pages are first touched, so a GGUF source's reads
+fall into "quantize" or "write"), "transform" (the architecture's transforms), "quantize" (every encode and
+decode between float and a GGML type, the intermediate's included); the GGUF writer adds "hash", "write"
+and "sync" (close, fsync, rename).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +39,12 @@ _T = GGMLQuantizationType
 _FLOATS = (_T.F32, _T.F16, _T.BF16)
 # Rows are converted to float32 in slabs of at most this many elements (16 MiB of float32).
 _SLAB_ELEMENTS = 4 << 20
+STAGES = ("read", "transform", "quantize", "hash", "write", "sync")
+
+
+def stage_times() -> dict[str, float]:
+    """Seconds per stage of the streaming stage, all zero (STAGES, in pipeline order)."""
+    return dict.fromkeys(STAGES, 0.0)
 
 
 class TensorBytes(Protocol):
@@ -45,10 +58,17 @@ class TensorBytes(Protocol):
 class ConverterTensors:
     """The bytes of the GGUF convert_hf_to_gguf.py writes, made in memory one tensor at a time."""
 
-    def __init__(self, tensors: Sequence[SourceTensor], threads: int | None = None, tensor_cache: Any = None) -> None:
+    def __init__(
+        self,
+        tensors: Sequence[SourceTensor],
+        threads: int | None = None,
+        tensor_cache: Any = None,
+        times: dict[str, float] | None = None,
+    ) -> None:
         self.by_name = {t.name: t for t in tensors}
         self.threads = threads
         self.tensor_cache = tensor_cache
+        self.times = stage_times() if times is None else times
         self._name: str | None = None
         self._raw: np.ndarray | None = None
 
@@ -57,7 +77,12 @@ class ConverterTensors:
             return self._raw
         self._drop()
         tensor = self.by_name[name]
-        data = tensor.produce()
+        started = time.perf_counter()
+        data = tensor.read()
+        read = time.perf_counter()
+        data = tensor.transform(data)
+        self.times["read"] += read - started
+        self.times["transform"] += time.perf_counter() - read
         if tuple(data.shape) != tensor.shape:
             raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
         key = None
@@ -67,7 +92,9 @@ class ConverterTensors:
         if hit is not None:
             raw = np.frombuffer(hit, np.uint8)
         else:
+            started = time.perf_counter()
             raw = encode(data, tensor.type, tensor.name, self.threads)
+            self.times["quantize"] += time.perf_counter() - started
             if key:
                 self.tensor_cache.put(key, raw)
         del data
@@ -102,8 +129,11 @@ def requantized_chunks(
     weights: np.ndarray | None,
     threads: int | None,
     tensor_cache: Any = None,
+    times: dict[str, float] | None = None,
 ) -> Iterator[np.ndarray | bytes]:
-    """One tensor's new bytes (without padding), as llama-quantize writes them."""
+    """One tensor's new bytes (without padding), as llama-quantize writes them; the decode and re-encode
+    seconds go to `times["quantize"]`."""
+    times = stage_times() if times is None else times
     raw = src.tensor_bytes(d.name)
     if not d.changes:
         yield raw
@@ -134,8 +164,10 @@ def requantized_chunks(
             r1 = min(r0 + step, rows_per_matrix)
             first = m * rows_per_matrix + r0
             begin, end = first * src_row, (first + r1 - r0) * src_row
+            started = time.perf_counter()
             rows = source_rows(raw[begin:end], d.src_type, r1 - r0, ncols)
             encoded = quants.quantize(rows, d.type, im, name=d.name, threads=threads).tobytes()
+            times["quantize"] += time.perf_counter() - started
             del rows
             if parts is not None:
                 parts.append(encoded)

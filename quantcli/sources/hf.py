@@ -53,10 +53,17 @@ class SourceTensor:
     name: str
     shape: tuple[int, ...]
     type: GGMLQuantizationType
-    produce: Callable[[], np.ndarray]  # float32 or float16 array of `shape`
+    # The stored values as float32 or float16 (a memory-mapped checkpoint's pages are faulted in here), then
+    # the architecture's transforms to an array of `shape`: two steps so the engine can time them apart.
+    read: Callable[[], np.ndarray]
+    transform: Callable[[np.ndarray], np.ndarray] = lambda data: data
     source_name: str = ""
     source_dtype: str = ""
     release: Callable[[], None] | None = None  # drop the checkpoint's mapped pages once the tensor is used
+
+    def produce(self) -> np.ndarray:
+        """The tensor's values (float32 or float16, `shape`)."""
+        return self.transform(self.read())
 
     @property
     def ne(self) -> tuple[int, ...]:
@@ -70,17 +77,24 @@ class SourceTensor:
         return ConverterTensor(self.name, self.ne, self.type, self.source_dtype)
 
 
-def _producer(ckpt: Checkpoint, spec: ArchSpec, hf_name: str, ctx: TransformContext) -> Callable[[], np.ndarray]:
-    def produce() -> np.ndarray:
+def _reader(ckpt: Checkpoint, hf_name: str) -> Callable[[], np.ndarray]:
+    def read() -> np.ndarray:
         data = ckpt.read(hf_name)
         # The converter works in float32 for everything that is not F16/F32 (BF16 -> F32 is exact).
         if data.dtype not in (np.float16, np.float32):
             data = data.astype(np.float32)
-        for transform in spec.transforms_for(hf_name):
-            data = transform.apply(data, ctx)
         return data
 
-    return produce
+    return read
+
+
+def _transformer(spec: ArchSpec, hf_name: str, ctx: TransformContext) -> Callable[[np.ndarray], np.ndarray]:
+    def transform(data: np.ndarray) -> np.ndarray:
+        for step in spec.transforms_for(hf_name):
+            data = step.apply(data, ctx)
+        return data
+
+    return transform
 
 
 def checkpoint_tensors(
@@ -94,7 +108,9 @@ def checkpoint_tensors(
     tensors: list[SourceTensor] = []
     for gguf_name, array in spec.extra_tensors(cfg) if spec.extra_tensors is not None else []:
         qtype = type_rule(gguf_name, tuple(array.shape), ftype)
-        tensors.append(SourceTensor(gguf_name, tuple(array.shape), qtype, lambda array=array: array, "", "F32"))
+        tensors.append(
+            SourceTensor(gguf_name, tuple(array.shape), qtype, lambda array=array: array, source_dtype="F32")
+        )
     for hf_name in ckpt.tensor_names():
         if spec.is_skipped(hf_name):
             continue
@@ -114,7 +130,8 @@ def checkpoint_tensors(
                 gguf_name,
                 shape,
                 type_rule(gguf_name, shape, ftype),
-                _producer(ckpt, spec, hf_name, ctx),
+                _reader(ckpt, hf_name),
+                _transformer(spec, hf_name, ctx),
                 hf_name,
                 info.dtype,
                 release=lambda hf_name=hf_name: ckpt.release(hf_name),

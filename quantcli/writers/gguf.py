@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,20 +185,27 @@ def encode(data: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: in
 
 
 class _HashingFile:
-    """A binary file that hashes what is written to it (the --json sha256 without reading the file back)."""
+    """A binary file that hashes what is written to it (the --json sha256 without reading the file back).
+    `times` (optional) accumulates the seconds spent hashing ("hash") and writing ("write")."""
 
-    def __init__(self, fh: BinaryIO) -> None:
+    def __init__(self, fh: BinaryIO, times: dict[str, float] | None = None) -> None:
         self.fh = fh
         self.digest = hashlib.sha256()
         self.size = 0
+        self.times = times
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
         if isinstance(data, np.ndarray):
             view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
         else:
             view = memoryview(data).cast("B")
+        started = time.perf_counter()
         self.digest.update(view)
+        hashed = time.perf_counter()
         written = self.fh.write(view)
+        if self.times is not None:
+            self.times["hash"] = self.times.get("hash", 0.0) + hashed - started
+            self.times["write"] = self.times.get("write", 0.0) + time.perf_counter() - hashed
         if written != view.nbytes:
             raise OSError(f"short write: {written} of {view.nbytes} bytes")
         self.size += written
@@ -215,13 +223,15 @@ def write_gguf(
     *,
     force: bool = False,
     on_tensor: Callable[[OutputTensor, int, int], None] | None = None,
+    times: dict[str, float] | None = None,
 ) -> tuple[int, str]:
     """Write the file atomically: metadata, then for each tensor the chunks `chunks(tensor)` yields, padded to
-    the alignment. Returns (size, sha256 of the whole file)."""
+    the alignment. Returns (size, sha256 of the whole file). `times` receives the seconds spent hashing,
+    writing and syncing (keys "hash", "write", "sync"); producing the chunks is the caller's time."""
     meta = metadata_bytes(kv, tensors)
     total = len(tensors)
     with atomic_path(path, force) as tmp, open(tmp, "wb") as raw_fh:
-        fh = _HashingFile(raw_fh)
+        fh = _HashingFile(raw_fh, times)
         fh.write(meta)
         for i, tensor in enumerate(tensors):
             start = fh.size
@@ -237,4 +247,7 @@ def write_gguf(
         if fh.size != expected:
             raise AssertionError(f"wrote {fh.size} bytes, planned {expected}")
         sha256 = fh.digest.hexdigest()
+        closing = time.perf_counter()
+    if times is not None:  # close, fsync and rename (atomic_path): the data reaches the disk here
+        times["sync"] = times.get("sync", 0.0) + time.perf_counter() - closing
     return fh.size, sha256
