@@ -2,8 +2,9 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .cache/install.stamp
+QUANTCLI_CACHE ?= $(HOME)/.cache/quantcli
 
-.PHONY: install install-ref install-clients demo test test-plain test-fast lint bench fixture llamacpp clean
+.PHONY: install install-ref install-clients install-llmc demo test test-plain test-fast lint bench fixture llamacpp clean
 
 $(STAMP): pyproject.toml setup.py quantcli_build.py quantcli/native/quants.c quantcli/native/quants_simd.h
 	$(PIP) install --quiet -e '.[dev]'
@@ -26,10 +27,19 @@ install-ref: install $(CONSTRAINTS)
 install-clients: install-ref
 	$(PIP) install --quiet -c $(CONSTRAINTS) 'compressed-tensors==0.20.0' 'mlx[cpu]==0.32.4' 'mlx-lm==0.32.2' \
 		'optimum==2.3.0' 'gptqmodel==7.6.0' 'ray==2.60.0'
-	# compressed-tensors 0.12, the last release that writes and reads `actorder: "group"` (weight_g_idx),
-	# kept apart from 0.20 (tests/test_prequantized.py puts it first on PYTHONPATH for one subprocess).
-	$(PIP) install --quiet --no-deps --upgrade --target "$${QUANTCLI_CACHE:-$$HOME/.cache/quantcli}/compressed-tensors-0.12.2" \
+	$(PIP) install --quiet --no-deps --upgrade --target "$(QUANTCLI_CACHE)/compressed-tensors-0.12.2" \
 		'compressed-tensors==0.12.2'
+	$(MAKE) install-llmc
+
+# compressed-tensors 0.12, the last release that writes and reads `actorder: "group"` (weight_g_idx), is
+# installed apart from 0.20 above (tests/test_prequantized.py puts it first on PYTHONPATH for one subprocess).
+# llm-compressor, the GPTQ reference of tests/test_gptq.py, lives in its own venv: it pins transformers and
+# compressed-tensors versions other than ours. It sees our torch (system site packages, same pin).
+LLMC_VENV := $(QUANTCLI_CACHE)/venv-llmc
+install-llmc: $(CONSTRAINTS)
+	$(PYTHON) -m venv --system-site-packages $(LLMC_VENV)
+	$(LLMC_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) 'llmcompressor==0.14.0.1' \
+		'compressed-tensors==0.19.0' 'transformers==5.17.0' 'auto-round==0.15.1'
 
 fixture: install
 	$(PYTHON) scripts/make_smollm2_fixture.py

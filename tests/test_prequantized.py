@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGUFReader
-from reference import REPO, convert_with_llamacpp, reference_missing, require_module, tool, tool_env
+from reference import (
+    REPO,
+    cache_root,
+    convert_with_llamacpp,
+    reference_missing,
+    require_module,
+    tool,
+    tool_env,
+)
 from spm_fixture import VOCAB_SIZE, add_spm_tokenizer
 
 from quantcli.engine import convert_model
@@ -158,7 +166,7 @@ def test_ct_w4a16_static_actorder_no_g_idx(tmp_path: Path) -> None:
 
 def _legacy_ct() -> Path:
     """compressed-tensors 0.12, installed apart (`make install-clients`) so that the suite keeps 0.20."""
-    path = Path(os.environ.get("QUANTCLI_CACHE") or Path.home() / ".cache" / "quantcli") / "compressed-tensors-0.12.2"
+    path = cache_root() / "compressed-tensors-0.12.2"
     if not (path / "compressed_tensors").is_dir():
         reference_missing(f"compressed-tensors 0.12.2 not installed in {path} (make install-clients)")
     return path

@@ -11,7 +11,6 @@ from llama-imatrix on a small text (GGUF and legacy .dat) or are written by hand
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -218,9 +217,9 @@ def test_f32_source_matches(tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def smollm2_f16(smollm2_dir: Path) -> Path:
     """llama.cpp's convert_hf_to_gguf.py --outtype f16 of the fixture, cached next to the fixture."""
-    from reference import convert_with_llamacpp
+    from reference import cache_root, convert_with_llamacpp
 
-    cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / "plan-tests"
+    cache = cache_root() / "plan-tests"
     cache.mkdir(parents=True, exist_ok=True)
     weights = smollm2_dir / "model.safetensors"
     stamp = f"{weights.stat().st_size}-{int(weights.stat().st_mtime)}"
