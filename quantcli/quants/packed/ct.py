@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantcli.errors import Unsupported
-from quantcli.quants.packed.base import PackedFormat, Scheme, grouped, round_to
+from quantcli.quants.packed.base import PackedFormat, Scheme, config_int, config_object, grouped, round_to
 from quantcli.quants.packed.bits import pack_rows, packed_words, unpack_rows
 
 CT_VERSION = "0.20.0"
@@ -90,16 +90,18 @@ class CompressedTensors(PackedFormat, name="ct"):
         qc = config.get("quantization_config") or {}
         if qc.get("quant_method") != "compressed-tensors":
             return None
-        groups = list((qc.get("config_groups") or {}).values())
+        groups = list(config_object(qc.get("config_groups"), "quantization_config.config_groups").values())
         if len(groups) != 1 or qc.get("format") != "pack-quantized":
             raise Unsupported("compressed-tensors checkpoint: only one pack-quantized config group is supported")
-        w = groups[0].get("weights") or {}
+        group = config_object(groups[0], "quantization_config.config_groups entry")
+        w = config_object(group.get("weights"), "quantization_config weights")
         if w.get("type") != "int" or not w.get("symmetric", False) or w.get("strategy") != "group":
             raise Unsupported("compressed-tensors checkpoint: only symmetric int group quantization is supported")
         if w.get("actorder"):
             raise Unsupported("compressed-tensors checkpoint: activation ordering (g_idx) is not supported")
         dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-        return Scheme(int(w["num_bits"]), int(w["group_size"]), str(dtype))
+        where = "quantization_config weights"
+        return Scheme(config_int(w, "num_bits", where), config_int(w, "group_size", where), str(dtype))
 
     @classmethod
     def is_quantized(cls, module: str, names: set[str]) -> bool:
