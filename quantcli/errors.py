@@ -21,6 +21,12 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # SIGINT / SIGTERM
 
 
+def printable(name: str) -> str:
+    """A name read from a file, as an error message shows it: as is when printable, else its repr, so that a
+    newline or control character in a hostile tensor name cannot split the one-line error."""
+    return name if name.isprintable() else repr(name)
+
+
 class QuantcliError(Exception):
     """An error caused by the user's input or environment: printed as one line, never a traceback."""
 

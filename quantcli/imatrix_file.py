@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from quantcli.errors import ImatrixMismatch, InputInvalid, InputMissing, UsageError
+from quantcli.errors import ImatrixMismatch, InputInvalid, InputMissing, UsageError, printable
 
 IN_SUM2 = ".in_sum2"
 # Tensor names are < 64 bytes in ggml (GGML_MAX_NAME); a longer one is a corrupt length field, not a name
@@ -68,7 +68,7 @@ class Imatrix:
         if name in ("token_embd.weight", "per_layer_token_embd.weight"):
             return None
         raise ImatrixMismatch(
-            f"imatrix entry {name} has {values.size} values but the tensor needs {expected} "
+            f"imatrix entry {printable(name)} has {values.size} values but the tensor needs {expected} "
             f"(imatrix {self.path.name} was made for a different model?)"
         )
 
@@ -152,14 +152,14 @@ def _load_gguf(path: Path) -> Imatrix:
         for name in sorted(pairs, key=lambda s: s.encode()):
             slots = pairs[name]
             if "sums" not in slots or "counts" not in slots:
-                raise InputInvalid(f"{path}: mismatched sums and counts for {name}")
+                raise InputInvalid(f"{path}: mismatched sums and counts for {printable(name)}")
             sums_info, counts_info = f.tensors[slots["sums"]], f.tensors[slots["counts"]]
             if sums_info.type != GGMLQuantizationType.F32 or counts_info.type != GGMLQuantizationType.F32:
-                raise InputInvalid(f"{path}: sums and counts for {name} must be F32")
+                raise InputInvalid(f"{path}: sums and counts for {printable(name)} must be F32")
             sums = np.array(f.tensor_bytes(slots["sums"]).view("<f4"), dtype=np.float32)
             counts = _lround(np.array(f.tensor_bytes(slots["counts"]).view("<f4"))).astype(np.float32)
             if counts.size == 0 or sums.size % counts.size:
-                raise InputInvalid(f"{path}: {name} has {sums.size} sums for {counts.size} counts")
+                raise InputInvalid(f"{path}: {printable(name)} has {sums.size} sums for {counts.size} counts")
             ne0 = sums.size // counts.size
             per_matrix = sums.reshape(counts.size, ne0)
             weights = np.ones_like(per_matrix)
@@ -201,10 +201,10 @@ def _parse_legacy(path: Path, data: bytes | mmap.mmap) -> Imatrix:
             raise InputInvalid(f"{path}: not an imatrix (bad name length in entry {i + 1})")
         name = data[pos : pos + n].split(b"\0", 1)[0].decode("utf-8", errors="replace")
         pos += n
-        ncall = take("<i", f"ncall of {name}")
-        nval = take("<i", f"value count of {name}")
+        ncall = take("<i", f"ncall of {printable(name)}")
+        nval = take("<i", f"value count of {printable(name)}")
         if nval < 1 or pos + 4 * nval > len(data):
-            raise InputInvalid(f"{path}: bad value count for entry {name}")
+            raise InputInvalid(f"{path}: bad value count for entry {printable(name)}")
         values = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
         if ncall > 0:
@@ -224,5 +224,5 @@ def _parse_legacy(path: Path, data: bytes | mmap.mmap) -> Imatrix:
 
 def _finite(values: np.ndarray, name: str, path: Path) -> np.ndarray:
     if not np.isfinite(values).all():
-        raise InputInvalid(f"imatrix {path.name} contains non-finite values for {name}")
+        raise InputInvalid(f"imatrix {path.name} contains non-finite values for {printable(name)}")
     return values.astype(np.float32, copy=False)

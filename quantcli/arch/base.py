@@ -262,6 +262,20 @@ def check_tensors(
                 )
 
 
+def _check_rope_objects(cfg: Config) -> None:
+    """rope_parameters / rope_scaling (and their per-attention-type sets) are read with dict methods: a list
+    or a number there would be an AttributeError mid-plan, so it is refused here, naming the key."""
+    for key in ("rope_parameters", "rope_scaling"):
+        value = cfg.get(key)
+        if value is None or value == {}:
+            continue
+        if not isinstance(value, dict):
+            raise InputInvalid(f"config.json: {key} is {value!r}, expected an object")
+        for sub in ("full_attention", "sliding_attention"):
+            if sub in value and not isinstance(value[sub], dict):
+                raise InputInvalid(f"config.json: {key}.{sub} is {value[sub]!r}, expected an object")
+
+
 def effective_config(spec: ArchSpec, config: Config) -> Config:
     """config.json as transformers' AutoConfig(...).to_dict() would present it to the converter.
 
@@ -273,6 +287,7 @@ def effective_config(spec: ArchSpec, config: Config) -> Config:
     if isinstance(config.get("text_config"), dict):
         cfg.update(config["text_config"])
     check_size_keys(cfg)
+    _check_rope_objects(cfg)
     if spec.derive_config is not None:
         spec.derive_config(cfg)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from quantcli.errors import InputInvalid, InputMissing, Unsupported
+from quantcli.errors import InputInvalid, InputMissing, Unsupported, printable
 from quantcli.loaders.closing import Closing
 
 GGUF_MAGIC = b"GGUF"
@@ -196,24 +196,25 @@ class GGUFFile(Closing):
         infos: list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]] = []
         for _ in range(n_tensors):
             name = cur.string("tensor name", _MAX_NAME)
-            n_dims = cur.unpack("<I", f"n_dims of {name}")
+            label = printable(name)
+            n_dims = cur.unpack("<I", f"n_dims of {label}")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise InputInvalid(f"{self.path}: tensor {name} has {n_dims} dimensions")
-            cur.need(8 * n_dims, f"shape of {name}")
+                raise InputInvalid(f"{self.path}: tensor {label} has {n_dims} dimensions")
+            cur.need(8 * n_dims, f"shape of {label}")
             ne = tuple(int(v) for v in struct.unpack_from(f"<{n_dims}q", self._buf, cur.pos))
             cur.pos += 8 * n_dims
-            raw_type = cur.unpack("<i", f"type of {name}")
-            offset = cur.unpack("<Q", f"offset of {name}")
+            raw_type = cur.unpack("<i", f"type of {label}")
+            offset = cur.unpack("<Q", f"offset of {label}")
             try:
                 qtype = GGMLQuantizationType(raw_type)
             except ValueError:
-                raise Unsupported(f"{self.path}: tensor {name} has unknown ggml type {raw_type}") from None
+                raise Unsupported(f"{self.path}: tensor {label} has unknown ggml type {raw_type}") from None
             if any(d <= 0 for d in ne):
-                raise InputInvalid(f"{self.path}: tensor {name} has shape {list(ne)}")
+                raise InputInvalid(f"{self.path}: tensor {label} has shape {list(ne)}")
             block = GGML_QUANT_SIZES[qtype][0]
             if ne[0] % block:
                 raise InputInvalid(
-                    f"{self.path}: tensor {name} row length {ne[0]} is not a multiple of {block}"
+                    f"{self.path}: tensor {label} row length {ne[0]} is not a multiple of {block}"
                 )
             infos.append((name, ne, qtype, offset))
 
@@ -227,7 +228,7 @@ class GGUFFile(Closing):
             nbytes = type_nbytes(qtype, ne)
             if offset % self.alignment or offset + nbytes > data_size:
                 raise InputInvalid(
-                    f"{self.path}: tensor {name} data [{offset}, {offset + nbytes}) lies outside the file "
+                    f"{self.path}: tensor {printable(name)} data [{offset}, {offset + nbytes}) lies outside the file "
                     f"or is misaligned (data section is {max(data_size, 0)} bytes)"
                 )
             self.tensors[name] = TensorInfo(name, ne, qtype, offset, nbytes)

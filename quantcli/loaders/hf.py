@@ -36,7 +36,7 @@ def _load_json(path: Path, what: str) -> Any:
             return json.load(fh)
     except FileNotFoundError:
         raise InputMissing(f"{path}: {what} not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, an integer of more than 4300 digits
         raise InputInvalid(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise InputInvalid(f"{path}: not valid JSON (nested too deeply)") from None

@@ -20,10 +20,12 @@ import numpy as np
 from quantcli.errors import InputInvalid, QuantcliError
 from quantcli.loaders.closing import Closing
 from quantcli.loaders.hf import Checkpoint, open_hf_checkpoint
-from quantcli.loaders.safetensors import TensorInfo
+from quantcli.loaders.safetensors import FLOAT_DTYPES, TensorInfo
 from quantcli.quants.packed import PackedFormat, Scheme, detect_format
 
 _ST_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+# Integer safetensors dtypes by element size: packed words are read as raw bits, signed or not.
+_INT_DTYPES = {4: ("I32", "U32"), 8: ("I64", "U64")}
 
 
 class PackedCheckpoint(Closing):
@@ -51,6 +53,33 @@ class PackedCheckpoint(Closing):
                 self._modules[weight].append(name)
             else:
                 self._order.append(name)
+        for weight in self._modules:
+            self._check_layout(weight)
+
+    def _check_layout(self, weight: str) -> None:
+        """Every packed tensor the format needs is there with the shape and dtype kind its layout gives for
+        the weight's (out, in), before any data is read: dequantizing mismatched parts would fail inside
+        NumPy (a reshape or broadcast error) instead of naming the tensor."""
+        module = weight.removesuffix(".weight")
+        parts = {n.removeprefix(module + "."): self.inner.tensor_info(n) for n in self._modules[weight]}
+        scales = _scales_name(self.fmt)
+        where = f"{self.directory}: packed {self.fmt.name} module {module!r}"
+        if scales not in parts or len(parts[scales].shape) != 2 or 0 in parts[scales].shape:
+            raise InputInvalid(f"{where}: {scales} is missing or not a non-empty matrix")
+        out, n = _logical_shape(self.fmt, parts, self.scheme)
+        for suffix, (dtype, shape) in self.fmt.layout(out, n, self.scheme).items():
+            info = parts.get(suffix)
+            if info is None:
+                if suffix == "g_idx":  # optional: GPTQ without act-order may omit it
+                    continue
+                raise InputInvalid(f"{where}: tensor {suffix} is missing")
+            kind = "f" if dtype.kind in "fV" else "i"  # V: ml_dtypes' bfloat16
+            ok_dtypes = FLOAT_DTYPES if kind == "f" else _INT_DTYPES[dtype.itemsize]
+            if info.shape != shape or info.dtype not in ok_dtypes:
+                raise InputInvalid(
+                    f"{where}: tensor {suffix} is {info.dtype} {list(info.shape)}, expected "
+                    f"{'/'.join(ok_dtypes)} {list(shape)} for a ({out}, {n}) weight"
+                )
 
     @property
     def architecture(self) -> str | None:
@@ -85,8 +114,15 @@ class PackedCheckpoint(Closing):
     def read(self, name: str) -> np.ndarray:
         if name not in self._modules:
             return self.inner.read(name)
+        parts = self._parts(name)
+        out, n = self.tensor_info(name).shape
+        if self.fmt.name == "ct" and [int(v) for v in parts["weight_shape"]] != [out, n]:
+            raise InputInvalid(
+                f"{self.directory}: {name.removesuffix('.weight')}.weight_shape is "
+                f"{[int(v) for v in parts['weight_shape']]}, but its scales give ({out}, {n})"
+            )
         try:
-            weight = self.fmt.dequantize(self._parts(name), self.scheme)
+            weight = self.fmt.dequantize(parts, self.scheme)
         except QuantcliError as exc:
             # the format names the bad tensor's role; say which module of which checkpoint
             raise type(exc)(f"{self.directory}: {name.removesuffix('.weight')}: {exc}", exc.exit_code) from None
@@ -101,6 +137,19 @@ class PackedCheckpoint(Closing):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _scales_name(fmt: type[PackedFormat]) -> str:
+    return "weight_scale" if fmt.name == "ct" else "scales"
+
+
+def _logical_shape(fmt: type[PackedFormat], parts: dict[str, TensorInfo], scheme: Scheme) -> tuple[int, int]:
+    """(out, in) of the dequantized weight, from the packed tensors' shapes alone (no data read)."""
+    if fmt.name == "gptq":
+        groups, out = parts["scales"].shape
+        return out, groups * scheme.group_size
+    out, groups = parts[_scales_name(fmt)].shape
+    return out, groups * scheme.group_size
 
 
 def maybe_packed(ckpt: Checkpoint) -> Checkpoint | PackedCheckpoint:

@@ -127,6 +127,10 @@ class SafetensorsFile:
             raise self._fail(f"header names tensor {exc.args[0]!r} twice") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self._fail(f"header is not valid JSON ({exc})") from None
+        except ValueError as exc:  # an integer of more than 4300 digits (Python's int parsing limit)
+            raise self._fail(f"header is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise self._fail("header is not valid JSON (nested too deeply)") from None
         if not isinstance(header, dict):
             raise self._fail("header is not a JSON object")
         data_start = 8 + header_len
@@ -151,7 +155,8 @@ class SafetensorsFile:
         if not isinstance(entry, dict):
             raise self._fail(f"{where}: header entry is not an object")
         dtype = entry.get("dtype")
-        if dtype not in DTYPES:
+        # isinstance first: an object or a list is unhashable and `in` would raise TypeError.
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise self._fail(f"{where}: unknown dtype {dtype!r}")
         shape = entry.get("shape")
         if not isinstance(shape, list) or not all(

@@ -24,7 +24,8 @@ def read_json_object(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError: UnicodeDecodeError, JSONDecodeError, and an integer of more than 4300 digits.
+    except (ValueError, RecursionError) as exc:
         raise InputInvalid(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputInvalid(f"{path}: expected a JSON object, found {type(data).__name__}")

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from quantcli.errors import InputInvalid
 from quantcli.vocab.metadata import VocabMetadata, read_json_object
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,75 @@ ADD_TOKEN_KEYS = {
 
 def _read_json(path: Path) -> Any:
     return read_json_object(path)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expect(ok: bool, file: Path, what: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise InputInvalid(f"{file}: {what} is {_short(value)}, expected {expected}")
+
+
+def _objects(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+
+
+def check_tokenizer_json(tokenizer: dict[str, Any], file: Path) -> None:
+    """The shape of every tokenizer.json field SpecialVocab walks (the converter's code assumes it and would
+    raise AttributeError / TypeError on anything else): refused here, naming the field."""
+    model = tokenizer.get("model", {})
+    _expect(isinstance(model, dict), file, "model", model, "an object")
+    merges = model.get("merges")
+    if isinstance(merges, list) and merges:
+        _expect(
+            all(isinstance(m, str) for m in merges)
+            or all(isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m) for m in merges),
+            file, "model.merges", merges, 'strings "a b" or pairs of strings',
+        )
+    normalizers = [tokenizer.get("normalizer")]
+    while normalizers:
+        norm = normalizers.pop()
+        if not norm:
+            continue
+        _expect(isinstance(norm, dict), file, "a normalizer", norm, "an object")
+        if norm.get("type") == "Sequence":
+            inner = norm.get("normalizers", [])
+            _expect(isinstance(inner, list), file, "normalizer.normalizers", inner, "a list")
+            normalizers.extend(inner)
+    added = tokenizer.get("added_tokens", [])
+    _expect(_objects(added), file, "added_tokens", added, "a list of objects")
+    post = tokenizer.get("post_processor")
+    if post:
+        _expect(isinstance(post, dict), file, "post_processor", post, "an object")
+        processors = post.get("processors", [post])
+        _expect(_objects(processors), file, "post_processor.processors", processors, "a list of objects")
+        for proc in processors:
+            for key in ("single", "pair"):
+                steps = proc.get(key, [])
+                _expect(_objects(steps), file, f"post_processor {key}", steps, "a list of objects")
+                for step in steps:
+                    for kind in ("SpecialToken", "Sequence"):
+                        _expect(isinstance(step.get(kind, {}), dict), file, f"post_processor {key} {kind}",
+                                step.get(kind), "an object")
+            for key in ("cls", "sep"):
+                if key in proc:
+                    _expect(isinstance(proc[key], list) and proc[key], file, f"post_processor {key}", proc[key],
+                            "a non-empty list")
+
+
+def check_chat_template(value: Any, file: Path) -> None:
+    """chat_template: a string or a list of {"name": str, "template": str} (GGUFWriter.add_chat_template)."""
+    if value is None or isinstance(value, str):
+        return
+    _expect(
+        isinstance(value, list)
+        and all(isinstance(c, dict) and isinstance(c.get("name", ""), str)
+                and isinstance(c.get("template", ""), (str, type(None))) for c in value),
+        file, "chat_template", value, 'a string or a list of {"name", "template"} strings',
+    )
 
 
 class SpecialVocab:
@@ -98,11 +168,11 @@ class SpecialVocab:
                     merges.append(f"{parts[0]} {parts[1]}")
         self.merges = merges
 
-    def _set_special_token(self, typ: str, tid: Any) -> None:
+    def _set_special_token(self, typ: str, tid: Any, source: Path | None = None) -> None:
         if not isinstance(tid, int):
             return
-        if tid < 0:
-            raise ValueError(f"invalid value for special token type {typ}: {tid}")
+        if tid < 0:  # the converter raises ValueError (a traceback); ours names the file
+            raise InputInvalid(f"{source or 'tokenizer'}: invalid value for special token type {typ}: {tid}")
         if self.n_vocab is None or tid < self.n_vocab:
             if typ not in self.special_token_ids:
                 self.special_token_ids[typ] = tid
@@ -146,6 +216,7 @@ class SpecialVocab:
         tokenizer_file = path / "tokenizer.json"
         if tokenizer_file.is_file():
             tokenizer = _read_json(tokenizer_file)
+            check_tokenizer_json(tokenizer, tokenizer_file)
             if self.load_merges:
                 self._load_merges_from_tokenizer_json(tokenizer)
             if normalizer := tokenizer.get("normalizer"):
@@ -157,6 +228,7 @@ class SpecialVocab:
         tokenizer_config_file = path / "tokenizer_config.json"
         if tokenizer_config_file.is_file():
             tokenizer_config = _read_json(tokenizer_config_file)
+            check_chat_template(tokenizer_config.get("chat_template"), tokenizer_config_file)
         if tokenizer:
             special_bos = (tokenizer_config or {}).get("bos_token")
             special_cls = (tokenizer_config or {}).get("cls_token")
@@ -247,6 +319,7 @@ class SpecialVocab:
                     )
         elif chat_template_json.is_file():
             chat_template_alt = _read_json(chat_template_json).get("chat_template")
+            check_chat_template(chat_template_alt, chat_template_json)
         chat_template = tokenizer_config.get("chat_template", chat_template_alt)
         if chat_template is None or isinstance(chat_template, (str, list)):
             self.chat_template = chat_template
@@ -262,7 +335,7 @@ class SpecialVocab:
             else:
                 continue
             token_id = next((tok.get("id") for tok in added_tokens if tok.get("content") == content), None)
-            self._set_special_token(typ, token_id)
+            self._set_special_token(typ, token_id, path / "tokenizer.json")
 
     def _try_load_from_config_json(self, path: Path) -> None:
         config_file = path / "config.json"
@@ -271,9 +344,9 @@ class SpecialVocab:
         config = _read_json(config_file)
         for typ in self.special_token_types:
             token_id = config.get(f"{typ}_token_id")
-            if token_id is None and "text_config" in config:
+            if token_id is None and isinstance(config.get("text_config"), dict):
                 token_id = config["text_config"].get(f"{typ}_token_id")
-            self._set_special_token(typ, token_id)
+            self._set_special_token(typ, token_id, config_file)
 
 
 def add_chat_template(meta: VocabMetadata, value: str | list[dict[str, str]] | None) -> None:

@@ -133,11 +133,45 @@ def get_format(name: str) -> type[PackedFormat]:
 
 
 def detect_format(config: dict) -> tuple[type[PackedFormat], Scheme] | None:
+    """The packed format `config` declares and its scheme, validated so that dequantizing cannot fail on a
+    config value (bits the format cannot unpack, a group size of 0, an unknown model dtype)."""
+    for key in ("quantization_config", "quantization"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise InputInvalid(f"config.json: {key} is {config[key]!r}, expected an object")
     for fmt in PackedFormat._registry.values():
         scheme = fmt.scheme_from_config(config)
         if scheme is not None:
+            if scheme.bits not in fmt.bits_allowed:
+                raise Unsupported(
+                    f"config.json: {fmt.name} checkpoint with {scheme.bits}-bit weights is not supported "
+                    f"(bits {', '.join(map(str, fmt.bits_allowed))})"
+                )
+            if scheme.group_size <= 0:
+                raise InputInvalid(f"config.json: {fmt.name} group_size {scheme.group_size} is not positive")
+            if scheme.dtype not in MODEL_DTYPES:
+                raise Unsupported(
+                    f"config.json: {fmt.name} checkpoint in dtype {scheme.dtype!r} is not supported "
+                    f"({', '.join(MODEL_DTYPES)})"
+                )
             return fmt, scheme
     return None
+
+
+def config_int(section: dict, key: str, where: str) -> int:
+    """An integer field of a quantization config; anything else (missing, a string, a float) is InputInvalid."""
+    value = section.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputInvalid(f"config.json: {where}.{key} is {value!r}, expected an integer")
+    return value
+
+
+def config_object(value: object, where: str) -> dict:
+    """A nested object of a quantization config (null counts as empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputInvalid(f"config.json: {where} is {value!r}, expected an object")
+    return value
 
 
 def grouped(weight: np.ndarray, group_size: int) -> np.ndarray:

@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 
 from quantcli.errors import InputInvalid, Unsupported
-from quantcli.quants.packed.base import PackedFormat, Scheme, group_index, grouped, round_through, round_to
+from quantcli.quants.packed.base import (
+    PackedFormat,
+    Scheme,
+    config_int,
+    config_object,
+    group_index,
+    grouped,
+    round_through,
+    round_to,
+)
 from quantcli.quants.packed.bits import pack_rows, packed_words, unpack_rows
 
 CT_VERSION = "0.20.0"
@@ -120,12 +129,14 @@ class CompressedTensors(PackedFormat, name="ct"):
         w = ct_weights(qc, "pack-quantized")
         if w.get("type") != "int" or not w.get("symmetric", False) or w.get("strategy") != "group":
             raise Unsupported("compressed-tensors checkpoint: only symmetric int group quantization is supported")
-        if int(w["num_bits"]) not in cls.bits_allowed:
+        where = "quantization_config weights"
+        bits = config_int(w, "num_bits", where)
+        if bits not in cls.bits_allowed:
             raise Unsupported(
-                f"compressed-tensors checkpoint: {w['num_bits']}-bit pack-quantized is not supported "
+                f"compressed-tensors checkpoint: {bits}-bit pack-quantized is not supported "
                 f"(only {', '.join(map(str, cls.bits_allowed))})"
             )
-        return Scheme(int(w["num_bits"]), int(w["group_size"]), model_dtype(config))
+        return Scheme(bits, config_int(w, "group_size", where), model_dtype(config))
 
     @classmethod
     def is_quantized(cls, module: str, names: set[str]) -> bool:
@@ -143,7 +154,7 @@ def model_dtype(config: dict) -> str:
 def ct_weights(qc: dict[str, Any], fmt: str) -> dict[str, Any]:
     """The weight arguments of a compressed-tensors config with one `fmt` group; what cannot be read
     exactly (several groups, online transforms, output activations) is refused in one line."""
-    groups = list((qc.get("config_groups") or {}).values())
+    groups = list(config_object(qc.get("config_groups"), "quantization_config.config_groups").values())
     if len(groups) != 1 or qc.get("format") != fmt or not isinstance(groups[0], dict):
         raise Unsupported(f"compressed-tensors checkpoint: only one {fmt} config group is supported")
     if qc.get("transform_config"):

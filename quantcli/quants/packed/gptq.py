@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantcli.errors import Unsupported
-from quantcli.quants.packed.base import PackedFormat, Scheme, group_index, grouped, round_to
+from quantcli.quants.packed.base import PackedFormat, Scheme, config_int, group_index, grouped, round_to
 from quantcli.quants.packed.bits import pack_rows, packed_words, unpack_rows
 
 
@@ -86,7 +86,8 @@ class Gptq(PackedFormat, name="gptq"):
             return None
         if qc.get("checkpoint_format", "gptq") != "gptq":
             raise Unsupported(f"GPTQ checkpoint_format {qc.get('checkpoint_format')!r} is not supported (only v1 'gptq')")
-        return Scheme(int(qc["bits"]), int(qc["group_size"]), "float16")
+        where = "quantization_config"
+        return Scheme(config_int(qc, "bits", where), config_int(qc, "group_size", where), "float16")
 
     @classmethod
     def is_quantized(cls, module: str, names: set[str]) -> bool:

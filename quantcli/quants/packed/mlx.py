@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantcli.quants.packed.base import PackedFormat, Scheme, grouped, round_to
+from quantcli.quants.packed.base import PackedFormat, Scheme, config_int, grouped, round_to
 from quantcli.quants.packed.bits import pack_rows, packed_words, unpack_rows
 
 
@@ -64,7 +64,7 @@ class Mlx(PackedFormat, name="mlx"):
         if not isinstance(q, dict) or q.get("mode", "affine") != "affine":
             return None
         dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-        return Scheme(int(q["bits"]), int(q["group_size"]), str(dtype))
+        return Scheme(config_int(q, "bits", "quantization"), config_int(q, "group_size", "quantization"), str(dtype))
 
     @classmethod
     def is_quantized(cls, module: str, names: set[str]) -> bool:
