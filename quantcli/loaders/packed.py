@@ -53,8 +53,9 @@ class PackedCheckpoint(Closing):
                 self._modules[weight].append(name)
             else:
                 self._order.append(name)
-        for weight in self._modules:
-            self._check_layout(weight)
+        if fmt.writable:  # the integer group formats; the FP8 formats check their scales when they dequantize
+            for weight in self._modules:
+                self._check_layout(weight)
 
     def _check_layout(self, weight: str) -> None:
         """Every packed tensor the format needs is there with the shape and dtype kind its layout gives for

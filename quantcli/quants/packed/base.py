@@ -141,12 +141,13 @@ def detect_format(config: dict) -> tuple[type[PackedFormat], Scheme] | None:
     for fmt in PackedFormat._registry.values():
         scheme = fmt.scheme_from_config(config)
         if scheme is not None:
-            if scheme.bits not in fmt.bits_allowed:
+            # integer group formats (the ones we also write); the read-only FP8 formats check their own config
+            if fmt.writable and scheme.bits not in fmt.bits_allowed:
                 raise Unsupported(
                     f"config.json: {fmt.name} checkpoint with {scheme.bits}-bit weights is not supported "
                     f"(bits {', '.join(map(str, fmt.bits_allowed))})"
                 )
-            if scheme.group_size <= 0:
+            if fmt.writable and scheme.group_size <= 0:
                 raise InputInvalid(f"config.json: {fmt.name} group_size {scheme.group_size} is not positive")
             if scheme.dtype not in MODEL_DTYPES:
                 raise Unsupported(
