@@ -4,18 +4,24 @@ One graph covers llama/mistral, qwen2, qwen3, gemma3 and phi3 (as llama.cpp's sr
 them): the differences are either visible in the tensor list (biases, q/k norms, post-norms, fused QKV or
 gate+up, tied output) or are architecture traits in `ModelConfig.traits` (rope style, activation,
 embedding scale, sliding-window layers). Prompts are processed as a batch (one matmul per weight for all
-tokens); generation reuses a KV cache. Weights are dequantized to float32 per tensor and kept while they
-fit `cache_budget_bytes`; above that, each layer is dequantized again when it is used.
+tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
+float32 per tensor and kept while they fit `cache_budget_bytes`; above that, each layer is dequantized
+again when it is used. `forward_sequences` (eval, verify) runs several independent sequences layer by
+layer and keeps no float32 copy beyond the layer in use.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import psutil
 from gguf import GGMLQuantizationType
+from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid, Unsupported, UsageError
 from quantcli.runtime.config import ModelConfig
@@ -196,18 +202,32 @@ class Model:
         positions = np.arange(n_tok)
         x = self._embed(self._load_rows("token_embd.weight", tokens.reshape(-1)))
 
+        # Attention is small matmuls and elementwise softmax, which BLAS threads do not speed up: the
+        # sequences are spread over one thread per core instead (NumPy releases the GIL), BLAS single-
+        # threaded meanwhile. Threads split work, not sums: the numbers do not depend on the count.
+        workers = min(n_seq, os.cpu_count() or 1)
+
         def attend(il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int) -> np.ndarray:
             out = np.empty((n_seq * n_tok, c.n_head * c.head_dim_v), np.float32)
-            for s in range(n_seq):
+
+            def one(s: int) -> None:
                 rows = slice(s * n_tok, (s + 1) * n_tok)
                 keys = np.ascontiguousarray(k[rows].transpose(1, 0, 2))
                 values = np.ascontiguousarray(v[rows].transpose(1, 0, 2))
                 out[rows] = self._attention(q[rows], keys, values, positions, window)
+
+            if pool is None:
+                for s in range(n_seq):
+                    one(s)
+            else:
+                with threadpool_limits(limits=1, user_api="blas"):
+                    list(pool.map(one, range(n_seq)))
             return out
 
         row_positions = np.tile(positions, n_seq)  # of each row of x, for RoPE
-        for il in range(c.n_layer):
-            x = self._layer(il, x, row_positions, self._transient_weight, attend, None)
+        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            for il in range(c.n_layer):
+                x = self._layer(il, x, row_positions, self._transient_weight, attend, None)
         w_out = self._transient_weight(self.output_name)
         rows = np.asarray(output_rows)
         for s in range(n_seq):
