@@ -154,14 +154,16 @@ def test_tiny_model_matches_transformers(arch: str, tmp_path: Path) -> None:
     model.forward(tokens[5:6], cache2)
     tail = model.forward(tokens[6:], cache2, output_rows=np.arange(6))
     assert np.abs(tail - got[6:]).max() <= 1e-4 * max(1.0, scale)
-    # eval's layer-major path over independent sequences gives `forward`'s numbers on each sequence
+    # eval's layer-major path over independent sequences gives `forward`'s numbers on each sequence, as
+    # closely as the KV-cache split above: BLAS may sum a 12-row and a 24-row product of these tiny
+    # matrices differently, and with the F16 emulation a last-bit difference can flip a rounding)
     seqs = np.stack([tokens, tokens[::-1]])
     rows = np.arange(3, tokens.size)
     for emulate in (False, True):
         m = Model(open_source(tmp_path), emulate_ggml=emulate)
         for seq, batched in zip(seqs, m.forward_sequences(seqs, rows), strict=True):
             single = m.forward(seq, m.new_cache(32), output_rows=rows)
-            assert np.array_equal(batched, single), (arch, emulate)
+            assert np.abs(batched - single).max() <= 1e-4 * max(1.0, scale), (arch, emulate)
 
 
 def _vec_dot_reference(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
