@@ -193,8 +193,9 @@ class Model:
 
         Layer-major: every matmul takes the rows of all S sequences at once, so each weight is dequantized
         once per call into a float32 copy that is dropped after its layer (memory: one layer's weights
-        plus the activations of S*T tokens; not the float32 model), and BLAS sees S*T-row matrices. Same
-        numbers as `forward` on each sequence with a fresh cache."""
+        plus the activations of S*T tokens; not the float32 model), and BLAS sees S*T-row matrices. The
+        operations of `forward` on each sequence with a fresh cache (on SmolLM2 the logits are bit-identical;
+        BLAS may sum tiny products in another order for another row count)."""
         c = self.config
         tokens = np.asarray(tokens, dtype=np.int64)
         n_seq, n_tok = tokens.shape
