@@ -1,8 +1,10 @@
-"""Bench section: `quantcli eval` (NumPy runtime) vs llama-perplexity, 8 chunks of 512 on SmolLM2 F16.
+"""Bench section: `quantcli eval` (NumPy runtime) vs llama-perplexity -t 2, 8 chunks of 512 on SmolLM2 F16
+and Q4_K_M.
 
-Both run in this process's machine one after the other on the same GGUF (made by llama.cpp's own
-convert_hf_to_gguf.py --outtype f16 from the SmolLM2 fixture) and the shipped eval text. Markdown on
-stdout, progress on stderr.
+The F16 GGUF is llama.cpp's own (convert_hf_to_gguf.py --outtype f16 from the SmolLM2 fixture), the
+Q4_K_M one llama-quantize's from it, so both tools read the same bytes. Per file, llama-perplexity runs
+first and `quantcli eval` right after, on the shipped eval text; wall time, CPU time and peak RSS come
+from the kernel's accounting of each child process (wait4). Markdown on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,47 +27,75 @@ from _benchlib import cache_dir, convert_f16_with_llamacpp, smollm2_fixture  # n
 
 CHUNKS = 8
 N_CTX = 512
+THREADS = 2
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def f16_gguf() -> Path:
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    wall: float
+    cpu: float  # user + system seconds
+    peak_rss: int  # bytes
+
+
+def run_measured(cmd: list[str], **kw) -> Run:
+    """Run `cmd`; its wall time, CPU time and peak RSS as the kernel accounts them (wait4)."""
+    t0 = time.perf_counter()
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    parts: dict[str, str] = {}
+
+    def drain(name: str, stream) -> None:
+        parts[name] = stream.read()
+
+    readers = [
+        threading.Thread(target=drain, args=("out", popen.stdout)),
+        threading.Thread(target=drain, args=("err", popen.stderr)),
+    ]
+    for r in readers:
+        r.start()
+    _, status, usage = os.wait4(popen.pid, 0)
+    wall = time.perf_counter() - t0
+    for r in readers:
+        r.join()
+    popen.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
+    return Run(
+        popen.returncode,
+        parts["out"],
+        parts["err"],
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss * 1024,
+    )
+
+
+def models() -> dict[str, Path]:
+    from reference import tool, tool_env
+
     fixture = smollm2_fixture()
-    out = cache_dir("bench") / "smollm2-f16.gguf"
-    if not out.exists():
-        _log(f"converting {fixture} -> {out} with llama.cpp's convert_hf_to_gguf.py")
-    return convert_f16_with_llamacpp(fixture, out)
-
-
-def run_sampling_rss(cmd: list[str], **kw) -> tuple[subprocess.CompletedProcess, int]:
-    """Run `cmd`, sampling its resident set size every 20 ms; (result, peak RSS bytes)."""
-    import psutil
-
-    peak = 0
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw) as popen:
-        ps = psutil.Process(popen.pid)
-        out_parts: list[str] = []
-
-        def drain(stream, sink: list[str]) -> None:
-            sink.append(stream.read())
-
-        readers = [
-            threading.Thread(target=drain, args=(popen.stdout, out_parts)),
-            threading.Thread(target=drain, args=(popen.stderr, out_parts)),
-        ]
-        for r in readers:
-            r.start()
-        while popen.poll() is None:
-            try:
-                peak = max(peak, ps.memory_info().rss)
-            except psutil.Error:
-                break
-            time.sleep(0.02)
-        for r in readers:
-            r.join()
-    return subprocess.CompletedProcess(cmd, popen.returncode, "".join(out_parts), ""), peak
+    f16 = cache_dir("bench") / "smollm2-f16.gguf"
+    if not f16.exists():
+        _log(f"converting {fixture} -> {f16} with llama.cpp's convert_hf_to_gguf.py")
+    convert_f16_with_llamacpp(fixture, f16)
+    q4 = cache_dir("bench") / "smollm2-q4_k_m.gguf"
+    if not q4.exists():
+        _log(f"llama-quantize {f16.name} -> {q4.name} Q4_K_M")
+        tmp = q4.with_suffix(".part")
+        proc = subprocess.run(
+            [str(tool("llama-quantize")), str(f16), str(tmp), "Q4_K_M", str(THREADS)],
+            capture_output=True,
+            text=True,
+            env=tool_env(),
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"llama-quantize failed:\n{proc.stderr[-3000:]}")
+        tmp.rename(q4)
+    return {"F16": f16, "Q4_K_M": q4}
 
 
 def main() -> int:
@@ -72,56 +103,59 @@ def main() -> int:
 
     from quantcli.runtime.textdata import DEFAULT_TEXT
 
-    model = f16_gguf()
-    threads = os.cpu_count() or 1
-    _log(f"llama-perplexity, {CHUNKS} chunks of {N_CTX}, {threads} threads")
-    t0 = time.perf_counter()
-    cmd = [str(tool("llama-perplexity")), "-m", str(model), "-f", str(DEFAULT_TEXT), "-c", str(N_CTX)]
-    proc, llama_rss = run_sampling_rss([*cmd, "--chunks", str(CHUNKS), "-t", str(threads)], env=tool_env())
-    llama_s = time.perf_counter() - t0
-    if proc.returncode != 0:
-        _log(proc.stdout[-2000:])
-        return 1
-    llama_ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout).group(1))
-
-    _log("quantcli eval")
-    t0 = time.perf_counter()
-    ours_proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "quantcli",
-            "eval",
-            str(model),
-            "--ctx",
-            str(N_CTX),
-            "--chunks",
-            str(CHUNKS),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    ours_s = time.perf_counter() - t0
-    if ours_proc.returncode != 0:
-        _log(ours_proc.stderr[-2000:])
-        return 1
-    ours = json.loads(ours_proc.stdout)
-
     mib = 1 << 20
+    rows = []
+    for label, model in models().items():
+        _log(f"{label}: llama-perplexity, {CHUNKS} chunks of {N_CTX}, -t {THREADS}")
+        llama = run_measured(
+            [
+                str(tool("llama-perplexity")),
+                *("-m", str(model), "-f", str(DEFAULT_TEXT), "-c", str(N_CTX)),
+                *("--chunks", str(CHUNKS), "-t", str(THREADS)),
+            ],
+            env=tool_env(),
+        )
+        if llama.returncode != 0:
+            _log(llama.stderr[-2000:])
+            return 1
+        llama_ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", llama.stdout + llama.stderr).group(1))
+        _log(f"{label}: quantcli eval")
+        ours = run_measured(
+            [
+                sys.executable,
+                *("-m", "quantcli", "eval", str(model)),
+                *("--ctx", str(N_CTX), "--chunks", str(CHUNKS), "--json"),
+            ],
+            cwd=REPO,
+        )
+        if ours.returncode != 0:
+            _log(ours.stderr[-2000:])
+            return 1
+        ppl = json.loads(ours.stdout)["ppl"]
+        rows.append((label, llama, llama_ppl, ours, ppl))
+
     print("## eval (NumPy runtime vs llama-perplexity)\n")
-    print("| tool | wall time (s) | PPL | peak RSS (MiB) |")
-    print("|---|--:|--:|--:|")
-    print(f"| llama-perplexity (-t {threads}) | {llama_s:.1f} | {llama_ppl:.4f} | {llama_rss / mib:.0f} |")
-    print(f"| quantcli eval | {ours_s:.1f} | {ours['ppl']:.4f} | {ours['peak_rss_bytes'] / mib:.0f} |")
+    print(
+        "| model | tool | wall (s) | CPU (s) | peak RSS (MiB) | PPL | wall ratio | RSS ratio |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|"
+    )
+    for label, llama, llama_ppl, ours, ppl in rows:
+        print(
+            f"| {label} | llama-perplexity -t {THREADS} | {llama.wall:.1f} | {llama.cpu:.1f} "
+            f"| {llama.peak_rss / mib:.0f} | {llama_ppl:.4f} | | |"
+        )
+        print(
+            f"| {label} | quantcli eval | {ours.wall:.1f} | {ours.cpu:.1f} | {ours.peak_rss / mib:.0f} "
+            f"| {ppl:.4f} | {ours.wall / llama.wall:.2f}x | {ours.peak_rss / llama.peak_rss:.2f}x |"
+        )
     print()
     print(
-        f"SmolLM2-135M F16 GGUF (llama.cpp's converter), the shipped eval text, {CHUNKS} chunks of {N_CTX} "
-        f"tokens ({ours['tokens_scored']} scored). Wall times include process start, model load and "
-        f"tokenization. quantcli/llama time ratio: {ours_s / llama_s:.2f}x (goal: within 3x). "
-        f"PPL difference: {100 * (ours['ppl'] / llama_ppl - 1):+.3f} %. The runtime is NumPy float32 with "
-        "ggml's activation rounding emulated (docs/verification.md)."
+        f"SmolLM2-135M: llama.cpp's F16 GGUF and llama-quantize's Q4_K_M of it, the shipped eval text, "
+        f"{CHUNKS} chunks of {N_CTX} tokens, llama-perplexity first and quantcli right after on the same "
+        "file. Wall times include process start, model load and tokenization; CPU is user + system of "
+        "the whole process (busy-waiting worker threads count). Goal: wall ratio <= 1.0x, RSS ratio "
+        "<= 1.3x, and quantcli's PPL unchanged by speed work (it emulates ggml's activation rounding; "
+        "docs/verification.md)."
     )
     return 0
 

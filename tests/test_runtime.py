@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType
 from reference import require_module
 from tiny_models import TINY, transformers_config
 
 from quantcli.runtime import Model, open_source
 from quantcli.runtime.metrics import KLDAccumulator, _percentile, nll_rows, quantize_log_probs
+from quantcli.runtime.numerics import vec_dot_round_trip
 
 # ---- metrics against a line-by-line port of perplexity.cpp ----------------------------------------------
 
@@ -152,6 +154,65 @@ def test_tiny_model_matches_transformers(arch: str, tmp_path: Path) -> None:
     model.forward(tokens[5:6], cache2)
     tail = model.forward(tokens[6:], cache2, output_rows=np.arange(6))
     assert np.abs(tail - got[6:]).max() <= 1e-4 * max(1.0, scale)
+    # eval's layer-major path over independent sequences gives `forward`'s numbers on each sequence, as
+    # closely as the KV-cache split above: BLAS may sum a 12-row and a 24-row product of these tiny
+    # matrices differently, and with the F16 emulation a last-bit difference can flip a rounding)
+    seqs = np.stack([tokens, tokens[::-1]])
+    rows = np.arange(3, tokens.size)
+    for emulate in (False, True):
+        m = Model(open_source(tmp_path), emulate_ggml=emulate)
+        for seq, batched in zip(seqs, m.forward_sequences(seqs, rows), strict=True):
+            single = m.forward(seq, m.new_cache(32), output_rows=rows)
+            assert np.abs(batched - single).max() <= 1e-4 * max(1.0, scale), (arch, emulate)
+
+
+def _vec_dot_reference(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """The activation round trips written plainly (numerics.py's docstring), one pass per operation."""
+    if qtype == GGMLQuantizationType.F16:
+        return x.astype(np.float16).astype(np.float32)
+    size = 32 if qtype == GGMLQuantizationType.Q8_0 else 256
+    blocks = x.reshape(-1, size)
+    with np.errstate(divide="ignore"):
+        if size == 32:
+            amax = np.abs(blocks).max(axis=1)
+            d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+            inv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+            q = np.rint(blocks * inv[:, None])
+        else:
+            signed = blocks[np.arange(blocks.shape[0]), np.abs(blocks).argmax(axis=1)]
+            iscale = np.where(signed != 0, np.float32(-127) / signed, np.float32(0)).astype(np.float32)
+            d = np.where(iscale != 0, np.float32(1) / iscale, np.float32(0)).astype(np.float32)
+            q = np.minimum(np.float32(127), np.rint(iscale[:, None] * blocks))
+    return (q * d[:, None]).astype(np.float32).reshape(x.shape)
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_K"])
+def test_activation_round_trips_are_bit_exact(qtype: str) -> None:
+    """The in-place slab versions (bit tricks for F16) equal the plain formulation bit for bit: normal
+    values, float16 subnormals and overflow, zeros, ties and arbitrary float32 bit patterns."""
+    t = GGMLQuantizationType[qtype]
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((64, 1536)) * 3).astype(np.float32)
+    x[0] = 0
+    x[1, :300] = 0
+    x[2] *= np.float32(1e-6)  # float16 subnormals
+    x[3] *= np.float32(1e5)  # float16 overflow
+    x[4] = np.float32(1 + 2.0**-11) * rng.integers(1, 64, 1536)  # ties at the float16 rounding bit
+    x[5] = rng.integers(0, 2**32, 1536, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x[5][~np.isfinite(x[5])] = 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = _vec_dot_reference(x, t)
+        got = vec_dot_round_trip(x, t)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    if t == GGMLQuantizationType.F16:
+        every = np.sort(np.arange(2**15, dtype=np.uint16).view(np.float16).astype(np.float32))
+        every = every[np.isfinite(every)]
+        ties = ((every[:-1].astype(np.float64) + every[1:]) / 2).astype(np.float32)  # exact midpoints
+        near = [np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(0))]
+        for probe in (every, ties, -ties, *near, np.float32([65504, 65519.99, 65520, 1e9])):
+            with np.errstate(over="ignore"):
+                ref = probe.astype(np.float16).astype(np.float32)
+            assert np.array_equal(vec_dot_round_trip(probe, t).view(np.uint32), ref.view(np.uint32))
 
 
 def test_runtime_traits_come_from_arch_tables() -> None:

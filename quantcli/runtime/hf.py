@@ -64,6 +64,9 @@ class HFSource:
             raise InputInvalid(f"{name}: produced shape {data.shape}, planned {self.shape(name)}")
         return data
 
+    def load_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self.load(name)[np.asarray(rows)]
+
 
 # config.json keys the runtime turns into numbers (the converter would write them as GGUF ints/floats).
 _NUMERIC_CONFIG_KEYS = (

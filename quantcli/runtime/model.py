@@ -4,21 +4,28 @@ One graph covers llama/mistral, qwen2, qwen3, gemma3 and phi3 (as llama.cpp's sr
 them): the differences are either visible in the tensor list (biases, q/k norms, post-norms, fused QKV or
 gate+up, tied output) or are architecture traits in `ModelConfig.traits` (rope style, activation,
 embedding scale, sliding-window layers). Prompts are processed as a batch (one matmul per weight for all
-tokens); generation reuses a KV cache. Weights are dequantized to float32 per tensor and kept while they
-fit `cache_budget_bytes`; above that, each layer is dequantized again when it is used.
+tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
+float32 per tensor and kept while they fit `cache_budget_bytes`; above that, each layer is dequantized
+again when it is used. `forward_sequences` (eval, verify) runs several independent sequences layer by
+layer and keeps no float32 copy beyond the layer in use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import psutil
+from gguf import GGMLQuantizationType
+from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid, Unsupported, UsageError
 from quantcli.runtime.config import ModelConfig
-from quantcli.runtime.numerics import vec_dot_round_trip
+from quantcli.runtime.numerics import round_f16_, vec_dot_round_trip
 from quantcli.runtime.weights import TensorSource
 
 # An observer sees the float32 input rows of every matmul whose weight is a `blk.*` tensor (imatrix).
@@ -168,33 +175,129 @@ class Model:
         `output_rows` are indices into `tokens` whose logits are wanted (default: the last one only).
         """
         c = self.config
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = self._check_tokens(tokens)
         n_tok = tokens.size
         if cache.used + n_tok > cache.n_ctx:
             raise InputInvalid(f"context overflow: {cache.used + n_tok} tokens > n_ctx {cache.n_ctx}")
-        if tokens.min(initial=0) < 0 or tokens.max(initial=0) >= c.n_vocab:
-            raise InputInvalid("token id out of range")
         positions = np.arange(cache.used, cache.used + n_tok)
-        x = self.weight("token_embd.weight")[tokens].astype(np.float32)
-        if c.traits.embed_scale_sqrt_n_embd:
-            x *= np.float32(np.sqrt(np.float32(c.n_embd)))
+        x = self._embed(self.weight("token_embd.weight")[tokens])
+
+        def attend(il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int) -> np.ndarray:
+            start = cache.used
+            cache.keys[il][:, start : start + n_tok] = k.transpose(1, 0, 2)
+            cache.values[il][:, start : start + n_tok] = v.transpose(1, 0, 2)
+            n_kv = int(positions[-1]) + 1
+            return self._attention(q, cache.keys[il][:, :n_kv], cache.values[il][:, :n_kv], positions, window)
+
         for il in range(c.n_layer):
-            x = self._layer(il, x, positions, cache, observer)
+            x = self._layer(il, x, positions, self.weight, attend, observer)
         cache.used += n_tok
         rows = np.array([n_tok - 1]) if output_rows is None else np.asarray(output_rows)
-        h = self._rms_norm(x[rows], self.weight("output_norm.weight"))
-        logits = self._matmul(h, self.output_name, observer if self.output_name == "output.weight" else None)
+        w_out = self.weight(self.output_name)
+        return self._logits(x[rows], w_out, observer if self.output_name == "output.weight" else None)
+
+    def forward_sequences(self, tokens: np.ndarray, output_rows: np.ndarray) -> Iterator[np.ndarray]:
+        """Independent sequences (S, T), each at positions 0..T-1 with an empty KV cache (a perplexity
+        chunk); yields each sequence's logits (len(output_rows), n_vocab) in order.
+
+        Layer-major: every matmul takes the rows of all S sequences at once, so each weight is dequantized
+        once per call into a float32 copy that is dropped after its layer (memory: one layer's weights
+        plus the activations of S*T tokens; not the float32 model), and BLAS sees S*T-row matrices. The
+        operations of `forward` on each sequence with a fresh cache (on SmolLM2 the logits are bit-identical;
+        BLAS may sum tiny products in another order for another row count)."""
+        c = self.config
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n_seq, n_tok = tokens.shape
+        self._check_tokens(tokens)
+        positions = np.arange(n_tok)
+        x = self._embed(self._load_rows("token_embd.weight", tokens.reshape(-1)))
+
+        # Attention is small matmuls and elementwise softmax, which BLAS threads do not speed up: the
+        # sequences are spread over one thread per core instead (NumPy releases the GIL), BLAS single-
+        # threaded meanwhile. Threads split work, not sums: the numbers do not depend on the count.
+        workers = min(n_seq, os.cpu_count() or 1)
+
+        def attend(il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int) -> np.ndarray:
+            out = np.empty((n_seq * n_tok, c.n_head * c.head_dim_v), np.float32)
+
+            def one(s: int) -> None:
+                rows = slice(s * n_tok, (s + 1) * n_tok)
+                keys = np.ascontiguousarray(k[rows].transpose(1, 0, 2))
+                values = np.ascontiguousarray(v[rows].transpose(1, 0, 2))
+                out[rows] = self._attention(q[rows], keys, values, positions, window)
+
+            if pool is None:
+                for s in range(n_seq):
+                    one(s)
+            else:
+                with threadpool_limits(limits=1, user_api="blas"):
+                    list(pool.map(one, range(n_seq)))
+            return out
+
+        row_positions = np.tile(positions, n_seq)  # of each row of x, for RoPE
+        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            for il in range(c.n_layer):
+                x = self._layer(il, x, row_positions, self._transient_weight, attend, None)
+        w_out = self._transient_weight(self.output_name)
+        rows = np.asarray(output_rows)
+        for s in range(n_seq):
+            yield self._logits(x[s * n_tok + rows], w_out, None)
+
+    def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.min(initial=0) < 0 or tokens.max(initial=0) >= self.config.n_vocab:
+            raise InputInvalid("token id out of range")
+        return tokens.reshape(-1)
+
+    def _transient_weight(self, name: str) -> np.ndarray:
+        """A weight for one use: the cached copy if there is one, else dequantized and not kept."""
+        w = self._weights.get(name)
+        if w is not None:
+            return w
+        w = np.ascontiguousarray(self.source.load(name), dtype=np.float32)
+        if w.ndim == 1:
+            self._weights[name] = w
+        return w
+
+    def _load_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        w = self._weights.get(name)
+        return w[rows] if w is not None else self.source.load_rows(name, rows)
+
+    def _embed(self, rows: np.ndarray) -> np.ndarray:
+        x = np.array(rows, dtype=np.float32, order="C")
+        if self.config.traits.embed_scale_sqrt_n_embd:
+            x *= np.float32(np.sqrt(np.float32(self.config.n_embd)))
+        return x
+
+    def _logits(self, x: np.ndarray, w_out: np.ndarray, observer: MatmulObserver | None) -> np.ndarray:
+        c = self.config
+        h = self._rms_norm(x, self.weight("output_norm.weight"))
+        logits = self._matmul(h, self.output_name, observer, w_out)
         if c.final_logit_softcap:
             cap = np.float32(c.final_logit_softcap)
             logits = np.tanh(logits / cap) * cap
         return logits
 
-    def _matmul(self, x: np.ndarray, name: str, observer: MatmulObserver | None) -> np.ndarray:
+    def _matmul(
+        self,
+        x: np.ndarray,
+        name: str,
+        observer: MatmulObserver | None,
+        w: np.ndarray,
+        rounded: dict[GGMLQuantizationType, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """x @ w.T (+ bias). `rounded` memoizes x as each weight type sees it, for matmuls sharing x."""
         if observer is not None:
             observer(name, x)  # llama-imatrix sees the F32 rows before ggml converts them
         if self.emulate_ggml:
-            x = vec_dot_round_trip(x, self._types[name])
-        y = x @ self.weight(name).T
+            qtype = self._types[name]
+            xr = None if rounded is None else rounded.get(qtype)
+            if xr is None:
+                xr = vec_dot_round_trip(x, qtype)
+                if rounded is not None:
+                    rounded[qtype] = xr
+            x = xr
+        y = x @ w.T
         bias = name.removesuffix(".weight") + ".bias"
         if bias in self.names:
             y += self.weight(bias)
@@ -206,27 +309,37 @@ class Model:
         return (x * (np.float32(1.0) / np.sqrt(mean_sq + eps))) * w
 
     def _layer(
-        self, il: int, x: np.ndarray, positions: np.ndarray, cache: KVCache, observer: MatmulObserver | None
+        self,
+        il: int,
+        x: np.ndarray,
+        positions: np.ndarray,
+        weight: Callable[[str], np.ndarray],
+        attend: Callable[[int, np.ndarray, np.ndarray, np.ndarray, int], np.ndarray],
+        obs: MatmulObserver | None,
     ) -> np.ndarray:
+        """One decoder block on the rows of `x` (updated in place and returned) at `positions` (one per
+        row); `weight` fetches a tensor, `attend(il, q, k, v, window)` stores K/V where the caller keeps
+        them and attends."""
         c = self.config
         p = f"blk.{il}."
-        obs = observer
-        h = self._rms_norm(x, self.weight(p + "attn_norm.weight"))
+        h = self._rms_norm(x, weight(p + "attn_norm.weight"))
         n_q, n_k = c.n_head * c.head_dim_k, c.n_head_kv * c.head_dim_k
+        shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if self.has(p + "attn_qkv.weight"):
-            qkv = self._matmul(h, p + "attn_qkv.weight", obs)
+            qkv = self._matmul(h, p + "attn_qkv.weight", obs, weight(p + "attn_qkv.weight"))
             q, k, v = qkv[:, :n_q], qkv[:, n_q : n_q + n_k], qkv[:, n_q + n_k :]
         else:
-            q = self._matmul(h, p + "attn_q.weight", obs)
-            k = self._matmul(h, p + "attn_k.weight", obs)
-            v = self._matmul(h, p + "attn_v.weight", obs)
+            q = self._matmul(h, p + "attn_q.weight", obs, weight(p + "attn_q.weight"), shared)
+            k = self._matmul(h, p + "attn_k.weight", obs, weight(p + "attn_k.weight"), shared)
+            v = self._matmul(h, p + "attn_v.weight", obs, weight(p + "attn_v.weight"), shared)
+        del h, shared
         n_tok = x.shape[0]
         q = q.reshape(n_tok, c.n_head, c.head_dim_k)
         k = k.reshape(n_tok, c.n_head_kv, c.head_dim_k)
         v = v.reshape(n_tok, c.n_head_kv, c.head_dim_v)
         if self.has(p + "attn_q_norm.weight"):
-            q = self._rms_norm(q, self.weight(p + "attn_q_norm.weight"))
-            k = self._rms_norm(k, self.weight(p + "attn_k_norm.weight"))
+            q = self._rms_norm(q, weight(p + "attn_q_norm.weight"))
+            k = self._rms_norm(k, weight(p + "attn_k_norm.weight"))
         swa = bool(c.swa_layers[il]) if c.sliding_window else False
         base = c.rope_base_swa if swa else c.rope_base
         scale = 1.0 if swa else c.rope_freq_scale
@@ -234,37 +347,64 @@ class Model:
         q = self._rope(q, cos, sin)
         k = self._rope(k, cos, sin)
         if self.emulate_ggml:  # F16 KV cache; Q meets K as F16 (vec_dot_type of an F16 tensor)
-            q = q.astype(np.float16).astype(np.float32)
-        start = cache.used
-        if self.emulate_ggml:
-            k = k.astype(np.float16).astype(np.float32)
-            v = v.astype(np.float16).astype(np.float32)
-        cache.keys[il][:, start : start + n_tok] = k.transpose(1, 0, 2)
-        cache.values[il][:, start : start + n_tok] = v.transpose(1, 0, 2)
-        attn = self._attention(q, cache, il, positions, c.sliding_window if swa else 0)
-        out = self._matmul(attn, p + "attn_output.weight", obs)
+            q = round_f16_(q)
+            k = round_f16_(k)
+            v = round_f16_(np.ascontiguousarray(v))
+        attn = attend(il, q, k, v, c.sliding_window if swa else 0)
+        del q, k, v
+        out = self._matmul(attn, p + "attn_output.weight", obs, weight(p + "attn_output.weight"))
+        del attn
         if self.has(p + "post_attention_norm.weight"):
-            out = self._rms_norm(out, self.weight(p + "post_attention_norm.weight"))
-        x = x + out
-        h = self._rms_norm(x, self.weight(p + "ffn_norm.weight"))
-        if self.has(p + "ffn_gate.weight"):
-            gate = self._matmul(h, p + "ffn_gate.weight", obs)
-            up = self._matmul(h, p + "ffn_up.weight", obs)
+            out = self._rms_norm(out, weight(p + "post_attention_norm.weight"))
+        x += out
+        del out
+        ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
+        ffn_w = {n: weight(n) for n in ffn_names if self.has(n)}
+        # Row slabs bound the (rows, n_ff) temporaries when many tokens go through at once; an observer
+        # (imatrix) sees each matmul's rows in one call, as llama-imatrix does.
+        step = n_tok if obs is not None else max(64, (1 << 21) // max(1, c.n_ff))
+        for r0 in range(0, n_tok, step):
+            xs = x[r0 : r0 + step]
+            xs += self._ffn(il, xs, ffn_w, obs, weight)
+        return x
+
+    def _ffn(
+        self,
+        il: int,
+        x: np.ndarray,
+        ffn_w: dict[str, np.ndarray],
+        obs: MatmulObserver | None,
+        weight: Callable[[str], np.ndarray],
+    ) -> np.ndarray:
+        c = self.config
+        p = f"blk.{il}."
+        h = self._rms_norm(x, weight(p + "ffn_norm.weight"))
+        shared: dict[GGMLQuantizationType, np.ndarray] = {}
+        if p + "ffn_gate.weight" in ffn_w:
+            gate = self._matmul(h, p + "ffn_gate.weight", obs, ffn_w[p + "ffn_gate.weight"], shared)
+            up = self._matmul(h, p + "ffn_up.weight", obs, ffn_w[p + "ffn_up.weight"], shared)
         else:  # phi3: ffn_up holds [gate; up] (2*n_ff rows), split like ggml_swiglu
-            fused = self._matmul(h, p + "ffn_up.weight", obs)
+            fused = self._matmul(h, p + "ffn_up.weight", obs, ffn_w[p + "ffn_up.weight"])
             gate, up = fused[:, : c.n_ff], fused[:, c.n_ff :]
-        act = self._activation(gate) * up
-        out = self._matmul(act, p + "ffn_down.weight", obs)
+        del h, shared
+        act = self._activation(gate)
+        act *= up
+        del gate, up
+        out = self._matmul(act, p + "ffn_down.weight", obs, ffn_w[p + "ffn_down.weight"])
         if self.has(p + "post_ffw_norm.weight"):
-            out = self._rms_norm(out, self.weight(p + "post_ffw_norm.weight"))
-        return x + out
+            out = self._rms_norm(out, weight(p + "post_ffw_norm.weight"))
+        return out
 
     def _activation(self, g: np.ndarray) -> np.ndarray:
+        """A new array: gelu(g) or silu(g), in ggml's operation order."""
         if self.config.traits.activation == "gelu":
             # ggml_gelu: tanh approximation
             inner = np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)
             return np.float32(0.5) * g * (np.float32(1.0) + np.tanh(inner))
-        return g / (np.float32(1.0) + np.exp(-g))
+        t = np.negative(g)
+        np.exp(t, out=t)
+        t += np.float32(1.0)
+        return np.divide(g, t, out=t)
 
     def _rope_factors(self, n_ctx: int) -> np.ndarray | None:
         """llama_model::get_rope_factors: llama-3's rope_freqs if present; else Phi-3's long factors when
@@ -315,40 +455,41 @@ class Model:
         return out
 
     def _attention(
-        self, q: np.ndarray, cache: KVCache, il: int, positions: np.ndarray, window: int
+        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int
     ) -> np.ndarray:
+        """q (T, n_head, d) at increasing `positions` against keys/values (n_head_kv, S, d) of positions
+        0..S-1 (causal, optional sliding window) -> (T, n_head*d_v)."""
         c = self.config
         n_tok = q.shape[0]
-        n_kv_used = int(positions[-1]) + 1
         group = c.n_head // c.n_head_kv
-        keys = cache.keys[il][:, :n_kv_used]  # (kv, S, d)
-        values = cache.values[il][:, :n_kv_used]
         # (n_kv, group, T, d): query heads sharing a KV head are stacked so one 3-D matmul serves them
         qg = np.ascontiguousarray(q.transpose(1, 0, 2)).reshape(c.n_head_kv, group, n_tok, c.head_dim_k)
-        keys_t = np.ascontiguousarray(keys.transpose(0, 2, 1))  # (kv, d, S)
-        values = np.ascontiguousarray(values)
-        key_pos = np.arange(n_kv_used)
-        masked = key_pos[None, :] > positions[:, None]
-        if window:
-            masked |= (positions[:, None] - key_pos[None, :]) >= window
-        bias = np.where(masked, np.float32(-np.inf), np.float32(0.0)).astype(np.float32)
         out = np.empty((c.n_head_kv, group, n_tok, c.head_dim_v), np.float32)
-        step = max(1, (1 << 24) // max(1, c.n_head * n_kv_used))  # bound the score matrix to ~64 MB
+        # Query blocks bound the scores to ~64 MB. Every block spans all keys: a shorter softmax row or
+        # PV product would sum in another order, and the F16 rounding downstream turns such last-bit
+        # differences into visible PPL changes.
+        n_kv = keys.shape[1]
+        key_pos = np.arange(n_kv)
+        step = max(1, (1 << 24) // max(1, c.n_head * n_kv))
         for t0 in range(0, n_tok, step):
             t1 = min(n_tok, t0 + step)
             n = t1 - t0
-            qs = np.ascontiguousarray(qg[:, :, t0:t1]).reshape(c.n_head_kv, group * n, c.head_dim_k)
-            scores = (qs @ keys_t).reshape(c.n_head_kv, group, n, n_kv_used)
+            pos = positions[t0:t1, None]
+            masked = key_pos[None, :] > pos
+            if window:
+                masked |= (pos - key_pos[None, :]) >= window
+            bias = np.where(masked, np.float32(-np.inf), np.float32(0.0)).astype(np.float32)
+            qs = qg[:, :, t0:t1].reshape(c.n_head_kv, group * n, c.head_dim_k)
+            scores = (qs @ keys[:, :n_kv].transpose(0, 2, 1)).reshape(c.n_head_kv, group, n, n_kv)
             scores *= np.float32(c.attn_scale)
             if c.attn_logit_softcap:
                 cap = np.float32(c.attn_logit_softcap)
                 scores = np.tanh(scores / cap) * cap
-            scores += bias[t0:t1]
+            scores += bias
             scores -= scores.max(axis=-1, keepdims=True)
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
-            out[:, :, t0:t1] = (scores.reshape(c.n_head_kv, group * n, n_kv_used) @ values).reshape(
+            out[:, :, t0:t1] = (scores.reshape(c.n_head_kv, group * n, n_kv) @ values[:, :n_kv]).reshape(
                 c.n_head_kv, group, n, c.head_dim_v
             )
         return out.reshape(c.n_head, n_tok, c.head_dim_v).transpose(1, 0, 2).reshape(n_tok, -1)
-

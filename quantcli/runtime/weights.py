@@ -2,7 +2,8 @@
 
 A source yields float32 arrays in NumPy orientation (the reverse of GGUF `ne`: a weight is (out, in)),
 one tensor at a time. `GGUFSource` dequantizes the stored bytes through `quantcli.quants.dequantize`;
-`HFSource` (quantcli/runtime/hf.py) maps an HF checkpoint to the same names in memory.
+`HFSource` (quantcli/runtime/hf.py) maps an HF checkpoint to the same names in memory. `load_rows` serves
+the embedding lookup without dequantizing the whole token table.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class TensorSource(Protocol):
     def names(self) -> Iterable[str]: ...
 
     def load(self, name: str) -> np.ndarray: ...
+
+    def load_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """float32 rows `rows` (indices along the first NumPy axis) of a 2-D tensor."""
+        ...
 
     def shape(self, name: str) -> tuple[int, ...]: ...
 
@@ -66,6 +71,14 @@ class GGUFSource:
         if np.shares_memory(out, raw):
             out = out.copy()  # F32 tensors come back as views of the mapping
         self.file.release(name)  # the float32 copy is what the model keeps; drop the mapped pages
+        return out
+
+    def load_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        # ggml rows are independent byte ranges (no block crosses a row): dequantize only those asked for.
+        shape = self.shape(name)
+        raw = self.file.tensor_bytes(name).reshape(shape[0], -1)
+        out = dequantize_bytes(raw[np.asarray(rows)], self.tensor_type(name), (len(rows), shape[1]), name)
+        self.file.release(name)
         return out
 
 
