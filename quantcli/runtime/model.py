@@ -190,7 +190,7 @@ class Model:
             return self._attention(q, cache.keys[il][:, :n_kv], cache.values[il][:, :n_kv], positions, window)
 
         for il in range(c.n_layer):
-            x = self._layer(il, x, positions, self.weight, attend, observer)
+            x = self._layer(il, x, positions, self.weight, attend, observer, cache.n_ctx)
         cache.used += n_tok
         rows = np.array([n_tok - 1]) if output_rows is None else np.asarray(output_rows)
         w_out = self.weight(self.output_name)
@@ -237,7 +237,7 @@ class Model:
         row_positions = np.tile(positions, n_seq)  # of each row of x, for RoPE
         with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
             for il in range(c.n_layer):
-                x = self._layer(il, x, row_positions, self._transient_weight, attend, None)
+                x = self._layer(il, x, row_positions, self._transient_weight, attend, None, n_tok)
         w_out = self._transient_weight(self.output_name)
         rows = np.asarray(output_rows)
         for s in range(n_seq):
@@ -316,10 +316,11 @@ class Model:
         weight: Callable[[str], np.ndarray],
         attend: Callable[[int, np.ndarray, np.ndarray, np.ndarray, int], np.ndarray],
         obs: MatmulObserver | None,
+        n_ctx: int,
     ) -> np.ndarray:
         """One decoder block on the rows of `x` (updated in place and returned) at `positions` (one per
         row); `weight` fetches a tensor, `attend(il, q, k, v, window)` stores K/V where the caller keeps
-        them and attends."""
+        them and attends; `n_ctx` is the context llama.cpp would run with (it picks Phi-3's rope factors)."""
         c = self.config
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + "attn_norm.weight"))
@@ -343,7 +344,7 @@ class Model:
         swa = bool(c.swa_layers[il]) if c.sliding_window else False
         base = c.rope_base_swa if swa else c.rope_base
         scale = 1.0 if swa else c.rope_freq_scale
-        cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(cache.n_ctx))
+        cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(n_ctx))
         q = self._rope(q, cos, sin)
         k = self._rope(k, cos, sin)
         if self.emulate_ggml:  # F16 KV cache; Q meets K as F16 (vec_dot_type of an F16 tensor)
