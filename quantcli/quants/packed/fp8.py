@@ -37,10 +37,20 @@ def _expand_blocks(scale: np.ndarray, shape: tuple[int, int], block: tuple[int, 
     return np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)[:out, :n]
 
 
-class CompressedTensorsFp8(PackedFormat, name="ct-fp8"):
-    """compressed-tensors `float-quantized`: `weight` (FP8) and `weight_scale`."""
+class _Fp8Format(PackedFormat):
+    """FP8 checkpoints keep the weight's own shape (one FP8 value per weight); read only."""
 
     writable = False
+
+    @classmethod
+    def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:
+        out, n = parts["weight"]
+        return out, n
+
+
+class CompressedTensorsFp8(_Fp8Format, name="ct-fp8"):
+    """compressed-tensors `float-quantized`: `weight` (FP8) and `weight_scale`."""
+
     # input_scale: static activation quantization, dropped (formats/packed-safetensors.md)
     parts = ("weight", "weight_scale", "input_scale")
 
@@ -63,11 +73,6 @@ class CompressedTensorsFp8(PackedFormat, name="ct-fp8"):
         else:
             raise InputInvalid(f"weight_scale is {list(stored.shape)}, which does not fit a weight of {[out, n]}")
         return round_through(w * full, stored, scheme.dtype)
-
-    @classmethod
-    def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:
-        out, n = parts["weight"]
-        return out, n
 
     @classmethod
     def scheme_from_config(cls, config: dict) -> Scheme | None:
@@ -96,12 +101,11 @@ class CompressedTensorsFp8(PackedFormat, name="ct-fp8"):
         return f"{module}.weight_scale" in names and f"{module}.weight" in names
 
 
-class Fp8BlockScaled(PackedFormat, name="fp8"):
+class Fp8BlockScaled(_Fp8Format, name="fp8"):
     """`quant_method: fp8` (DeepSeek-V3, Qwen3-FP8): `weight` (FP8) and `weight_scale_inv`, a float32
     multiplier per `weight_block_size` block (despite its name it multiplies, as DeepSeek's own
     weight_dequant, transformers and llama.cpp's converter use it)."""
 
-    writable = False
     # activation_scale / input_scale: static activation scales, dropped (formats/packed-safetensors.md)
     parts = ("weight", "weight_scale_inv", "activation_scale", "input_scale")
 
@@ -119,11 +123,6 @@ class Fp8BlockScaled(PackedFormat, name="fp8"):
             raise InputInvalid(f"weight_scale_inv is {list(scale.shape)} but the config has no weight_block_size")
         # transformers: (fp8 -> float32) * (scale -> float32), then .to(model dtype).
         return round_to(w * full, scheme.dtype)
-
-    @classmethod
-    def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:
-        out, n = parts["weight"]
-        return out, n
 
     @classmethod
     def scheme_from_config(cls, config: dict) -> Scheme | None:
