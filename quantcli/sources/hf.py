@@ -21,15 +21,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 
-from quantcli.arch import (
-    ArchSpec,
-    TransformContext,
-    check_layer_count,
-    check_tensors,
-    effective_config,
-    get_arch,
-    hparam_values,
-)
+from quantcli import arch
 from quantcli.errors import InputInvalid, Unsupported
 from quantcli.loaders import FLOAT_DTYPES, Checkpoint, Closing, open_checkpoint
 from quantcli.plan.converter import (
@@ -88,7 +80,7 @@ def _reader(ckpt: Checkpoint, hf_name: str) -> Callable[[], np.ndarray]:
     return read
 
 
-def _transformer(spec: ArchSpec, hf_name: str, ctx: TransformContext) -> Callable[[np.ndarray], np.ndarray]:
+def _transformer(spec: arch.ArchSpec, hf_name: str, ctx: arch.TransformContext) -> Callable[[np.ndarray], np.ndarray]:
     def transform(data: np.ndarray) -> np.ndarray:
         for step in spec.transforms_for(hf_name):
             data = step.apply(data, ctx)
@@ -98,13 +90,13 @@ def _transformer(spec: ArchSpec, hf_name: str, ctx: TransformContext) -> Callabl
 
 
 def checkpoint_tensors(
-    ckpt: Checkpoint, spec: ArchSpec, cfg: dict[str, Any], ftype: LlamaFileType, type_rule: TypeRule
+    ckpt: Checkpoint, spec: arch.ArchSpec, cfg: dict[str, Any], ftype: LlamaFileType, type_rule: TypeRule
 ) -> list[SourceTensor]:
     """Every output tensor in the converter's order (extra generated tensors first), typed by `type_rule`."""
     shapes = {n: ckpt.tensor_info(n).shape for n in ckpt.tensor_names() if not spec.is_skipped(n)}
-    check_layer_count(spec, cfg, len(shapes))
+    arch.check_layer_count(spec, cfg, len(shapes))
     names = spec.name_map(cfg)
-    check_tensors(spec, cfg, shapes, names, str(ckpt.directory))
+    arch.check_tensors(spec, cfg, shapes, names, str(ckpt.directory))
     tensors: list[SourceTensor] = []
     for gguf_name, array in spec.extra_tensors(cfg) if spec.extra_tensors is not None else []:
         qtype = type_rule(gguf_name, tuple(array.shape), ftype)
@@ -120,7 +112,7 @@ def checkpoint_tensors(
         info = ckpt.tensor_info(hf_name)
         if info.dtype not in FLOAT_DTYPES:
             raise Unsupported(f"{info.file}: tensor {hf_name!r} is {info.dtype}; only F32, F16 and BF16 are converted")
-        ctx = TransformContext(config=cfg, hf_name=hf_name, directory=ckpt.directory)
+        ctx = arch.TransformContext(config=cfg, hf_name=hf_name, directory=ckpt.directory)
         shape = info.shape
         for transform in spec.transforms_for(hf_name):
             if transform.out_shape is not None:
@@ -180,7 +172,7 @@ class ConverterView(Closing):
     Holds the open checkpoint (use as a context manager)."""
 
     ckpt: Checkpoint
-    spec: ArchSpec
+    spec: arch.ArchSpec
     cfg: dict[str, Any]
     ftype: LlamaFileType
     tensors: list[SourceTensor]
@@ -198,7 +190,7 @@ class ConverterView(Closing):
         self.ckpt.close()
 
 
-def _matrix_dtypes(ckpt: Checkpoint, spec: ArchSpec) -> list[str]:
+def _matrix_dtypes(ckpt: Checkpoint, spec: arch.ArchSpec) -> list[str]:
     infos = [ckpt.tensor_info(n) for n in ckpt.tensor_names() if not spec.is_skipped(n)]
     return [i.dtype for i in infos if len(i.shape) >= 2]
 
@@ -214,8 +206,8 @@ def open_converter_view(
     known, before the tensors and the tokenizer are read (the engine checks the output path there)."""
     ckpt = open_checkpoint(source)
     try:
-        spec = get_arch(ckpt.config, where=str(ckpt.directory / "config.json"))
-        cfg = effective_config(spec, ckpt.config)
+        spec = arch.get_arch(ckpt.config, where=str(ckpt.directory / "config.json"))
+        cfg = arch.effective_config(spec, ckpt.config)
         if out_type == "lossless":
             ftype = lossless_ftype(_matrix_dtypes(ckpt, spec))
         else:
@@ -228,12 +220,12 @@ def open_converter_view(
         vocab = read_vocab(ckpt.directory, ckpt.config).entries
 
         meta = MetadataBuilder(spec.gguf_arch)
-        for method, value in hparam_values(spec, cfg, early=True):
+        for method, value in arch.hparam_values(spec, cfg, early=True):
             meta.call(method, value)
         for t in tensors:
             meta.add_tensor_info(t.name, t.shape, t.type)
         _general_metadata(meta, ckpt.directory)
-        for method, value in hparam_values(spec, cfg):
+        for method, value in arch.hparam_values(spec, cfg):
             meta.call(method, value)
         meta.writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _check_encodable(meta, ckpt.directory / "config.json")
