@@ -52,15 +52,17 @@ def safetensors_header(path: Path) -> dict:
         return json.loads(fh.read(size))
 
 
-@pytest.fixture(scope="session")
-def synthetic_dir() -> Path:
+def _fixture_path(*flags: str) -> Path:
+    """Build (once, cached) the fixture the script makes with `flags`; its path."""
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--synthetic", "--print-path"],
-        check=True,
-        capture_output=True,
-        text=True,
+        [sys.executable, str(SCRIPT), *flags, "--print-path"], check=True, capture_output=True, text=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir() -> Path:
+    return _fixture_path("--synthetic")
 
 
 # ------------------------------------------------------------------------------------------ unit
@@ -251,13 +253,7 @@ def test_fixture_builds_in_a_fresh_cache_identically(tmp_path: Path, synthetic_d
 
 @pytest.fixture(scope="session")
 def smollm2_offgrid_dir() -> Path:
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--off-grid", "--print-path"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
+    return _fixture_path("--off-grid")
 
 
 def _requantized_blocks(model_dir: Path) -> dict[str, tuple[int, int, int, int]]:
