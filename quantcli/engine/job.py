@@ -27,8 +27,8 @@ from gguf import GGMLQuantizationType
 
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
-from quantcli.engine import result as results
 from quantcli.engine.progress import ByteProgress, CountProgress
+from quantcli.engine.result import gguf_result, packed_plan_result, packed_result, plan_result
 from quantcli.engine.stream import ConverterTensors, TensorBytes, requantized_chunks, stage_times
 from quantcli.engine.target import Target, default_output_name, model_stem, resolve_output, resolve_target
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError, VerifyFailed
@@ -233,7 +233,7 @@ def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache
     out_path = out_paths[0]
     try:
         if job.dry_run:
-            return results.plan_result(job, planned, out_path)
+            return plan_result(job, planned, out_path)
         if job.resume and tensor_cache is None:
             tensor_cache = TensorCache.for_output(out_path, resume=True)
         planned.use_cache(tensor_cache)
@@ -257,7 +257,7 @@ def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache
             tensor_cache.discard()
     finally:
         planned.close()
-    return results.gguf_result(job, planned, out_path, size, sha256, peak_rss_bytes(), tensor_cache)
+    return gguf_result(job, planned, out_path, size, sha256, peak_rss_bytes(), tensor_cache)
 
 
 def _planned_output(job: Job) -> Path:
@@ -441,7 +441,7 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
         # Packed formats have no fallback types: a row the group size does not divide is refused above,
         # so --strict has nothing more to refuse.
         if job.dry_run:
-            return results.packed_plan_result(job, ckpt, fmt, scheme, out_path)
+            return packed_plan_result(job, ckpt, fmt, scheme, out_path)
         bar = CountProgress(len(names)) if progress else None
         done = [0]
 
@@ -460,7 +460,7 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
         finally:
             if bar is not None:
                 bar.close()
-        return results.packed_result(job, written, scheme, ckpt)
+        return packed_result(job, written, scheme, ckpt)
 
 
 # --------------------------------------------------------------------------------------------------------
