@@ -36,9 +36,9 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "quantcli")
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "quantcli":
-            # `from pkg import module` imports the module (and runs pkg/__init__ first, as any import of it
-            # does); `from pkg import name` imports pkg. Each name is kept as `pkg.name`: resolve() walks
-            # back to the package when no module has that name.
+            # `from pkg import x` imports pkg itself (its __init__ runs and x is looked up on it), and
+            # pkg.x when x is a module: both are edges. resolve() walks `pkg.x` back to pkg when x is a name.
+            found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names)
     return found
 
@@ -107,7 +107,7 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     """The walk finds imports inside functions (lazy imports are the usual way to hide an upward arrow)."""
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from quantcli.engine.job import run\n    import quantcli.cli\n")
-    assert imports_of(source) == {"quantcli.engine.job.run", "quantcli.cli"}
+    assert imports_of(source) == {"quantcli.engine.job", "quantcli.engine.job.run", "quantcli.cli"}
     assert layer_of("quantcli.engine.job") > layer_of("quantcli.plan.core")
     # `from quantcli.engine import Job` inside engine/job.py is an edge to the package: engine/__init__ imports
     # job, so that is a cycle the graph walk sees
