@@ -16,6 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 N_EMBD, N_HEAD, N_KV, N_FF, N_LAYER = 64, 4, 2, 96, 2
 
 
+def tiny_gguf_and_text(directory: Path) -> tuple[Path, Path]:
+    """The tiny random F32 llama GGUF and the eval text, written into `directory`."""
+    _tiny_gguf(directory / "tiny-f32.gguf")
+    (directory / "text.txt").write_text(TEXT, encoding="utf-8")
+    return directory / "tiny-f32.gguf", directory / "text.txt"
+
+
 def _tiny_gguf(path: Path, qtype: GGMLQuantizationType = GGMLQuantizationType.F32, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), "llama")

@@ -336,12 +336,9 @@ def dead_pid() -> int:
 
 @pytest.fixture(scope="module")
 def tiny_gguf_and_text(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from test_eval_cli import TEXT, _tiny_gguf
+    import test_eval_cli
 
-    directory = tmp_path_factory.mktemp("faults-imatrix")
-    _tiny_gguf(directory / "tiny-f32.gguf")
-    (directory / "text.txt").write_text(TEXT, encoding="utf-8")
-    return directory / "tiny-f32.gguf", directory / "text.txt"
+    return test_eval_cli.tiny_gguf_and_text(tmp_path_factory.mktemp("faults-imatrix"))
 
 
 @pytest.mark.parametrize("command", ["convert", "convert-resume", "quantize", "packed", "imatrix"])

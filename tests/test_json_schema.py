@@ -11,7 +11,7 @@ from pathlib import Path
 import json_schema as S
 import pytest
 from test_batch_models import tiny_llama
-from test_eval_cli import TEXT, _tiny_gguf
+from test_eval_cli import tiny_gguf_and_text
 from test_plan_synthetic import build_synthetic_gguf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,10 +92,7 @@ def test_checker_rejects_drift() -> None:
 # ---- runtime commands (tiny GGUF) --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tiny")
-    _tiny_gguf(d / "tiny-f32.gguf")
-    (d / "text.txt").write_text(TEXT, encoding="utf-8")
-    return d / "tiny-f32.gguf", d / "text.txt"
+    return tiny_gguf_and_text(tmp_path_factory.mktemp("tiny"))
 
 
 def test_eval_json(tiny: tuple[Path, Path]) -> None:
