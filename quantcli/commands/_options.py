@@ -115,29 +115,86 @@ _RECIPE: tuple[tuple[str, str, Any, Callable[..., Any]], ...] = (
 )
 
 
+def method() -> Any:
+    return typer.Option(
+        None, "--method", metavar="METHOD",
+        help="rtn (default: round-to-nearest, llama.cpp's quantizers) or gptq (calibrated, docs/calibration.md).",
+    )  # fmt: skip
+
+
+def calib() -> Any:
+    return typer.Option(
+        [], "--calib", metavar="FILE",
+        help="Calibration text: UTF-8 text or JSONL with a \"text\" field (repeatable; default: the bundled text).",
+    )  # fmt: skip
+
+
+def calib_samples() -> Any:
+    return typer.Option(None, "--calib-samples", metavar="N", help="Calibration samples (default 64).")
+
+
+def calib_seq_len() -> Any:
+    return typer.Option(None, "--calib-seq-len", metavar="L", help="Tokens per calibration sample (default 512).")
+
+
+def act_order() -> Any:
+    return typer.Option(
+        None, "--act-order/--no-act-order", help="GPTQ: columns by decreasing activation energy (default on)."
+    )
+
+
+def damp() -> Any:
+    return typer.Option(None, "--damp", metavar="X", help="GPTQ damping, a fraction of mean diag(H) (default 0.01).")
+
+
+# Default of the parameter that `calibration_options` replaces with the group.
+CALIBRATION: Any = object()
+
+_CALIBRATION: tuple[tuple[str, str, Any, Callable[..., Any]], ...] = (
+    ("method", "method", str | None, method),
+    ("calib", "calib", list[str], calib),
+    ("calib_samples", "calib_samples", int | None, calib_samples),
+    ("calib_seq_len", "calib_seq_len", int | None, calib_seq_len),
+    ("act_order", "act_order", bool | None, act_order),
+    ("damp", "damp", float | None, damp),
+)
+
+
 def recipe_options(**helps: str) -> Callable[[_Command], _Command]:
     """Put llama-quantize's recipe options where the command has its `recipe: ... = RECIPE` parameter; the
     command gets them as one dict of `make_job` keywords. `helps` replaces an option's help line (by parameter name)."""
-    unknown = set(helps) - {name for name, *_ in _RECIPE}
+    return _option_group(RECIPE, _RECIPE, helps)
+
+
+def calibration_options() -> Callable[[_Command], _Command]:
+    """Put the calibration options (--method, --calib ...) where the command has its
+    `calibration: ... = CALIBRATION` parameter, as one dict of `make_job` keywords."""
+    return _option_group(CALIBRATION, _CALIBRATION, {})
+
+
+def _option_group(
+    marker: Any, table: tuple[tuple[str, str, Any, Callable[..., Any]], ...], helps: dict[str, str]
+) -> Callable[[_Command], _Command]:
+    unknown = set(helps) - {name for name, *_ in table}
     if unknown:
-        raise TypeError(f"no recipe option {sorted(unknown)}")
+        raise TypeError(f"no option {sorted(unknown)} in this group")
 
     def decorate(command: _Command) -> _Command:
         signature = inspect.signature(command, eval_str=True)
         params: list[inspect.Parameter] = []
         for param in signature.parameters.values():
-            if param.default is not RECIPE:
+            if param.default is not marker:
                 params.append(param)
                 continue
-            for name, _, annotation, factory in _RECIPE:
+            for name, _, annotation, factory in table:
                 option = factory(helps[name]) if name in helps else factory()
                 params.append(inspect.Parameter(name, param.kind, default=option, annotation=annotation))
 
-        (slot,) = [p.name for p in signature.parameters.values() if p.default is RECIPE]
+        (slot,) = [p.name for p in signature.parameters.values() if p.default is marker]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> None:
-            kwargs[slot] = {keyword: kwargs.pop(name) for name, keyword, *_ in _RECIPE}
+            kwargs[slot] = {keyword: kwargs.pop(name) for name, keyword, *_ in table}
             command(**kwargs)
 
         # Typer reads the options from the signature and the type hints.

@@ -26,7 +26,8 @@ safetensors (compressed-tensors, MLX, GPTQ).
 
 `--dry-run` prints every tensor's type and why, and the exact output size, without writing. `--verify`
 runs the source and the output on a text afterwards and fails (exit 9) if the mean KLD is above
-`--max-kld`. Without `-o`, the output is `<model>-<TYPE>.gguf` in the current directory.
+`--max-kld`. `--method gptq` quantizes layer by layer against calibration text run through the model
+(`--calib`; docs/calibration.md). Without `-o`, the output is `<model>-<TYPE>.gguf` in the current directory.
 
 Examples:
 
@@ -35,6 +36,7 @@ Examples:
 * `quantcli convert ./SmolLM2-135M --bits 4 --imatrix imatrix.gguf --tensor-type 'attn_v=q8_0' --dry-run`
 * `quantcli convert ./SmolLM2-135M --type q8_0 -o smol-q8_0.gguf` (the converter's own Q8_0)
 * `quantcli convert ./SmolLM2-135M --format mlx --bits 4`
+* `quantcli convert ./SmolLM2-135M --format ct --bits 4 --group-size 64 --method gptq --calib my.jsonl`
 * `quantcli convert HuggingFaceTB/SmolLM2-135M-Instruct --bits 4 --resume` (download; resumable)
 """
 
@@ -42,6 +44,7 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("convert", help=HELP)
     @opt.recipe_options(override_kv="KEY=TYPE:VALUE metadata override, as llama-quantize.")
+    @opt.calibration_options()
     def convert(
         source: Path = typer.Argument(
             ...,
@@ -74,6 +77,7 @@ def register(app: typer.Typer) -> None:
             None, "--max-shard-size", metavar="SIZE", help="Packed formats: largest safetensors shard, e.g. 5GB (default)."
         ),
         recipe: dict[str, Any] = opt.RECIPE,
+        calibration: dict[str, Any] = opt.CALIBRATION,
         strict: bool = opt.strict("Refuse (exit 8) before any compute if any tensor needs a fallback type."),
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Print the per-tensor plan and the output size; write nothing."
@@ -108,7 +112,7 @@ def register(app: typer.Typer) -> None:
         # Every option combination is refused before a Hub download or any file is opened.
         job = make_job(
             source, output, out_type=out_type, bits=bits, format=fmt, group_size=group_size,
-            max_shard_size=max_shard_size, **recipe, verify=verify, max_kld=max_kld,
+            max_shard_size=max_shard_size, **recipe, **calibration, verify=verify, max_kld=max_kld,
             eval_text=eval_text, verify_chunks=verify_chunks, force=force, threads=threads, resume=resume,
             strict=strict, dry_run=dry_run,
         )  # fmt: skip

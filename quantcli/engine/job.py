@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from gguf import GGMLQuantizationType
 
 from quantcli.atomic import check_output, check_output_dir
+from quantcli.engine.calibrate import CalibrationOptions, calibration_options, check_packed_format
 from quantcli.console import peak_rss_bytes
 from quantcli.engine.progress import ByteProgress, CountProgress
 from quantcli.engine.result import gguf_result, packed_plan_result, packed_result, plan_result
@@ -115,6 +116,7 @@ class Job:
     allow_requantize: bool = False
     threads: int | None = None
     output_stem: str | None = None  # names the default output (a Hub source's repo name)
+    calibration: CalibrationOptions | None = None  # --method gptq and its data; None: round-to-nearest
 
 
 
@@ -142,6 +144,12 @@ def make_job(
     eval_text: Path | str | None = None,
     verify_chunks: int | None = None,
     recipe_only: bool = False,
+    method: str | None = None,
+    calib: Sequence[str] = (),
+    calib_samples: int | None = None,
+    calib_seq_len: int | None = None,
+    act_order: bool | None = None,
+    damp: float | None = None,
     **flags: Any,
 ) -> Job:
     """A Job from the command line's (and a manifest's) option names. Every combination that cannot run is
@@ -171,7 +179,27 @@ def make_job(
     if verify and eval_text is not None and not Path(eval_text).is_file():
         raise InputMissing(f"--eval-text {eval_text} does not exist")
     verify_opts = VerifyOptions(max_kld, str(eval_text) if eval_text else None, verify_chunks) if verify else None
-    return Job(str(source), target, None if output is None else str(output), recipe, verify_opts, **flags)
+    calibration = calibration_options(method, tuple(calib), calib_samples, calib_seq_len, act_order, damp)
+    if calibration is not None:
+        _check_calibration(calibration, target)
+    return Job(str(source), target, None if output is None else str(output), recipe, verify_opts, **flags,
+               calibration=calibration)  # fmt: skip
+
+
+def _check_calibration(calibration: CalibrationOptions, target: Target) -> None:
+    method = f"--method {calibration.method}"
+    if target.kind == "converter":
+        raise UsageError(
+            f"{method} needs a quantized output (--bits N, a recipe such as --type Q4_K_M, or --format ct/gptq/mlx); "
+            f"--type {target.out_type} is convert_hf_to_gguf.py's own output"
+        )
+    if target.kind == "packed":
+        from quantcli.quants.packed import Scheme
+
+        assert target.bits is not None and target.group_size is not None
+        check_packed_format(calibration, target.packed_format, Scheme(target.bits, target.group_size))
+        return
+    raise Unsupported(f"{method} writes packed formats (--format ct, gptq or mlx); GGUF output is round-to-nearest")
 
 
 def convert_model(source: Path | str, output: Path | str | None = None, *, progress: bool = False,
@@ -224,7 +252,8 @@ class GGUFPlan:
 
 
 def _source_files(job: Job) -> list[Path]:
-    return model_input_files(Path(job.source)) + job.recipe.input_files()
+    calib = job.calibration.input_files() if job.calibration is not None else []
+    return model_input_files(Path(job.source)) + job.recipe.input_files() + calib
 
 
 def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache: TensorCache | None) -> dict[str, Any]:
@@ -442,6 +471,8 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
         # so --strict has nothing more to refuse.
         if job.dry_run:
             return packed_plan_result(job, ckpt, fmt, scheme, out_path)
+        if job.calibration is not None:
+            return _run_packed_calibrated(job, ckpt, fmt, scheme, out_path, progress, on_tensor)
         bar = CountProgress(len(names)) if progress else None
         done = [0]
 
@@ -461,6 +492,43 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
             if bar is not None:
                 bar.close()
         return packed_result(job, written, scheme, ckpt)
+
+
+def _run_packed_calibrated(
+    job: Job, ckpt: Any, fmt: Any, scheme: Any, out_path: Path, progress: bool, on_tensor: OnTensor | None
+) -> dict[str, Any]:
+    """Calibrate every packed linear into a spill directory (block by block), then write the directory."""
+    import dataclasses as dc
+
+    from quantcli.engine.calibrate import calibrate_packed, spill_store
+    from quantcli.writers.packed import is_linear_weight, write_packed
+
+    assert job.calibration is not None
+    if job.calibration.act_order and fmt.carries_g_idx:
+        scheme = dc.replace(scheme, act_order=True)
+    names = ckpt.tensor_names()
+    linear = {n for n in names if is_linear_weight(n, ckpt.tensor_info(n).shape)}
+    with spill_store(out_path) as store:
+        bar = CountProgress(0) if progress else None
+        try:
+            def block_done(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.progress.update(bar.task, total=total, completed=done, description=f"calibrating block {done}")
+
+            facts = calibrate_packed(job.calibration, Path(job.source), linear, fmt, scheme, store, block_done)
+        finally:
+            if bar is not None:
+                bar.close()
+        written = write_packed(ckpt, out_path, fmt, scheme, force=job.force, max_shard_size=job.target.max_shard_size,
+                               calibrated=store.get)  # fmt: skip
+    result = packed_result(job, written, scheme, ckpt)
+    result["calibration"] = facts
+    if on_tensor is not None:
+        for i, name in enumerate(names, 1):
+            info = ckpt.tensor_info(name)
+            qtype = _SAFETENSORS_TYPES.get(info.dtype, GGMLQuantizationType.F32)
+            on_tensor(OutputTensor(name, tuple(reversed(info.shape)), qtype), i, len(names))
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------

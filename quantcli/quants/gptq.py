@@ -37,12 +37,15 @@ class Hessian:
         """Accumulate activations of shape (..., columns): every leading index is one observation."""
         columns = self.matrix.shape[0]
         rows = np.asarray(x, dtype=np.float64).reshape(-1, columns)
-        m = rows.shape[0]
+        self.add_gram(rows.T @ rows, rows.shape[0])
+
+    def add_gram(self, gram: np.ndarray, m: int) -> None:
+        """Accumulate `m` observations given by their Gram matrix XᵀX (computed by the caller, e.g. in float32)."""
         if m == 0:
             return
         total = self.count + m
         self.matrix *= self.count / total
-        self.matrix += (2.0 / total) * (rows.T @ rows)
+        self.matrix += (2.0 / total) * np.asarray(gram, dtype=np.float64)
         self.count = total
 
 

@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType, LlamaFileType
 from quantcli.arch import effective_config, get_arch, hparam_values
 from quantcli.errors import InputInvalid
 from quantcli.loaders import open_checkpoint
-from quantcli.sources.hf import checkpoint_tensors
+from quantcli.sources.hf import SourceTensor, checkpoint_tensors
 from quantcli.vocab import read_vocab
 from quantcli.writers.gguf import MetadataBuilder
 
@@ -51,6 +51,10 @@ class HFSource:
 
     def names(self) -> Iterable[str]:
         return self._tensors.keys()
+
+    def source_tensor(self, name: str) -> SourceTensor:
+        """The converter's view of GGUF tensor `name`: its HF source name, reader and transform."""
+        return self._tensors[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(int(n) for n in self._tensors[name].shape)

@@ -205,17 +205,45 @@ class Model:
         plus the activations of S*T tokens; not the float32 model), and BLAS sees S*T-row matrices. The
         operations of `forward` on each sequence with a fresh cache (on SmolLM2 the logits are bit-identical;
         BLAS may sum tiny products in another order for another row count)."""
-        c = self.config
         tokens = np.asarray(tokens, dtype=np.int64)
         n_seq, n_tok = tokens.shape
-        self._check_tokens(tokens)
-        positions = np.arange(n_tok)
-        x = self._embed(self._load_rows("token_embd.weight", tokens.reshape(-1)))
+        x = self.embed_sequences(tokens)
+        with self._sequence_pool(n_seq) as pool:
+            for il in range(self.config.n_layer):
+                x = self.sequence_layer(il, x, n_seq, pool=pool)
+        w_out = self.transient_weight(self.output_name)
+        rows = np.asarray(output_rows)
+        for s in range(n_seq):
+            yield self._logits(x[s * n_tok + rows], w_out, None)
 
+    def embed_sequences(self, tokens: np.ndarray) -> np.ndarray:
+        """The first layer's input rows (S*T, n_embd) for independent sequences `tokens` (S, T)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self._check_tokens(tokens)
+        return self._embed(self._load_rows("token_embd.weight", tokens.reshape(-1)))
+
+    def _sequence_pool(self, n_seq: int) -> ThreadPoolExecutor | nullcontext[None]:
         # Attention is small matmuls and elementwise softmax, which BLAS threads do not speed up: the
         # sequences are spread over one thread per core instead (NumPy releases the GIL), BLAS single-
         # threaded meanwhile. Threads split work, not sums: the numbers do not depend on the count.
         workers = min(n_seq, os.cpu_count() or 1)
+        return ThreadPoolExecutor(workers) if workers > 1 else nullcontext()
+
+    def sequence_layer(
+        self,
+        il: int,
+        x: np.ndarray,
+        n_seq: int,
+        weight: Callable[[str], np.ndarray] | None = None,
+        observer: MatmulObserver | None = None,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> np.ndarray:
+        """Decoder block `il` on the rows of `n_seq` independent sequences (S*T, n_embd), updated in place
+        and returned. `weight` (default: the model's own, dequantized for this use) lets a caller run the
+        block with other weights (calibration feeds the quantized block's output to the next one)."""
+        c = self.config
+        n_tok = x.shape[0] // n_seq
+        positions = np.arange(n_tok)
 
         def attend(il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int) -> np.ndarray:
             out = np.empty((n_seq * n_tok, c.n_head * c.head_dim_v), np.float32)
@@ -235,13 +263,7 @@ class Model:
             return out
 
         row_positions = np.tile(positions, n_seq)  # of each row of x, for RoPE
-        with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-            for il in range(c.n_layer):
-                x = self._layer(il, x, row_positions, self._transient_weight, attend, None, n_tok)
-        w_out = self._transient_weight(self.output_name)
-        rows = np.asarray(output_rows)
-        for s in range(n_seq):
-            yield self._logits(x[s * n_tok + rows], w_out, None)
+        return self._layer(il, x, row_positions, weight or self.transient_weight, attend, observer, n_tok)
 
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -249,7 +271,7 @@ class Model:
             raise InputInvalid("token id out of range")
         return tokens.reshape(-1)
 
-    def _transient_weight(self, name: str) -> np.ndarray:
+    def transient_weight(self, name: str) -> np.ndarray:
         """A weight for one use: the cached copy if there is one, else dequantized and not kept."""
         w = self._weights.get(name)
         if w is not None:

@@ -65,7 +65,10 @@ def write_packed(
     force: bool = False,
     max_shard_size: int = 5 * 1024**3,
     on_tensor: Callable[[str], None] | None = None,
+    calibrated: Callable[[str], dict[str, np.ndarray] | None] | None = None,
 ) -> dict[str, object]:
+    """`calibrated(name)`: a linear's tensors made by a calibration stage (GPTQ), written instead of
+    round-to-nearest's; None for a linear it did not quantize."""
     start = time.perf_counter()
     names = ckpt.tensor_names()
     linear = [n for n in names if is_linear_weight(n, ckpt.tensor_info(n).shape)]
@@ -102,10 +105,12 @@ def write_packed(
                 writer = SafetensorsStreamWriter(fh, [t for _, ts in shard for t in ts], {"format": "pt"})
                 for src, targets in shard:
                     if src in linear:
-                        weights = np.asarray(ckpt.read(src), dtype=np.float32)
-                        _require_finite(weights, src)
-                        tensors = fmt.quantize(weights, scheme)
-                        del weights
+                        tensors = calibrated(src) if calibrated is not None else None
+                        if tensors is None:
+                            weights = np.asarray(ckpt.read(src), dtype=np.float32)
+                            _require_finite(weights, src)
+                            tensors = fmt.quantize(weights, scheme)
+                            del weights
                         module = src.removesuffix(".weight")
                         for t in targets:
                             writer.write(t.name, tensors[t.name.removeprefix(module + ".")])

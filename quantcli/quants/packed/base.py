@@ -42,6 +42,8 @@ class Scheme:
     group_size: int
     dtype: str = "bfloat16"  # the model dtype: scales (and dequantized weights) live in it
     block: tuple[int, int] | None = None  # FP8 block scales (rows, cols) per scale, read-only formats
+    # Columns grouped by GPTQ's act-order (a `g_idx` permutation stored with the weight; formats that carry it)
+    act_order: bool = False
 
     @property
     def np_dtype(self) -> type:
@@ -102,6 +104,23 @@ class PackedFormat:
     def dequantize(cls, tensors: dict[str, np.ndarray], scheme: Scheme) -> np.ndarray:
         """The client's dequantized weight, in the model dtype's values, returned as float32 (out, in)."""
         raise NotImplementedError
+
+    # GPTQ's grid (symmetric integer codes in [-2^(bits-1), 2^(bits-1) - 1], one scale per group) as this
+    # format stores it: the dtype its scales are held in, or None when the format cannot hold that grid.
+    @classmethod
+    def gptq_scale_dtype(cls, scheme: Scheme) -> str | None:
+        return None
+
+    # Whether the format stores a column -> group map (`g_idx`), so act-order groups need not be contiguous.
+    carries_g_idx: ClassVar[bool] = False
+
+    @classmethod
+    def from_codes(
+        cls, codes: np.ndarray, scales: np.ndarray, g_idx: np.ndarray | None, scheme: Scheme
+    ) -> dict[str, np.ndarray]:
+        """Tensors holding signed codes (out, in) with group scales (out, in / group) — values of
+        `gptq_scale_dtype` — and, where the format carries one, each column's group `g_idx` (in,)."""
+        raise Unsupported(f"--format {cls.name} cannot store GPTQ's symmetric grid")
 
     @classmethod
     def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:

@@ -51,10 +51,21 @@ class CompressedTensors(PackedFormat, name="ct"):
         scale = round_to(absmax / np.float32((2 * qmax + 1) / 2), scheme.dtype)
         scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
         q = np.clip(np.rint(g / scale[..., None]), -qmax - 1, qmax).astype(np.int16)
-        unsigned = (q + (qmax + 1)).reshape(out, n).astype(np.uint8)
+        return cls.from_codes(q.reshape(out, n), scale, None, scheme)
+
+    @classmethod
+    def gptq_scale_dtype(cls, scheme: Scheme) -> str | None:
+        return scheme.dtype
+
+    @classmethod
+    def from_codes(
+        cls, codes: np.ndarray, scales: np.ndarray, g_idx: np.ndarray | None, scheme: Scheme
+    ) -> dict[str, np.ndarray]:
+        out, n = codes.shape
+        unsigned = (codes.astype(np.int16) + (1 << (scheme.bits - 1))).astype(np.uint8)
         return {
             "weight_packed": pack_rows(unsigned, scheme.bits).view(np.int32),
-            "weight_scale": scale.astype(scheme.np_dtype),
+            "weight_scale": np.asarray(scales, dtype=np.float32).astype(scheme.np_dtype),
             "weight_shape": np.array([out, n], dtype=np.int64),
         }
 

@@ -37,15 +37,32 @@ class Gptq(PackedFormat, name="gptq"):
         absmax = np.abs(g).max(axis=-1)
         scale = round_to(np.float32(2) * absmax / np.float32(maxq), "float16")
         scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
-        q = np.clip(np.rint(g / scale[..., None]) + zero, 0, maxq).astype(np.uint8).reshape(out, n)
+        q = np.clip(np.rint(g / scale[..., None]), -zero, zero - 1).astype(np.int16).reshape(out, n)
+        return cls.from_codes(q, scale, None, scheme)
+
+    @classmethod
+    def gptq_scale_dtype(cls, scheme: Scheme) -> str | None:
+        return "float16"
+
+    carries_g_idx = True
+
+    @classmethod
+    def from_codes(
+        cls, codes: np.ndarray, scales: np.ndarray, g_idx: np.ndarray | None, scheme: Scheme
+    ) -> dict[str, np.ndarray]:
+        out, n = codes.shape
+        zero = 1 << (scheme.bits - 1)
+        q = (codes.astype(np.int16) + zero).astype(np.uint8)
         ngroups = n // scheme.group_size
         # v1 stores zero - 1 (the historical AutoGPTQ off-by-one that every v1 reader undoes).
         zeros = np.full((ngroups, out), zero - 1, dtype=np.uint8)
+        if g_idx is None:
+            g_idx = np.arange(n, dtype=np.int32) // scheme.group_size
         return {
             "qweight": np.ascontiguousarray(pack_rows(q, scheme.bits).T).view(np.int32),  # packed along the input dim
             "qzeros": pack_rows(zeros, scheme.bits).view(np.int32),
-            "scales": np.ascontiguousarray(scale.T).astype(np.float16),
-            "g_idx": (np.arange(n, dtype=np.int32) // scheme.group_size).astype(np.int32),
+            "scales": np.ascontiguousarray(np.asarray(scales, dtype=np.float32).T).astype(np.float16),
+            "g_idx": np.asarray(g_idx, dtype=np.int32),
         }
 
     @classmethod
@@ -70,7 +87,7 @@ class Gptq(PackedFormat, name="gptq"):
             "quantization_config": {
                 "bits": scheme.bits,
                 "checkpoint_format": "gptq",
-                "desc_act": False,
+                "desc_act": scheme.act_order,
                 "group_size": scheme.group_size,
                 "lm_head": False,
                 "quant_method": "gptq",

@@ -38,6 +38,25 @@ class Mlx(PackedFormat, name="mlx"):
         }
 
     @classmethod
+    def gptq_scale_dtype(cls, scheme: Scheme) -> str | None:
+        return scheme.dtype
+
+    @classmethod
+    def from_codes(
+        cls, codes: np.ndarray, scales: np.ndarray, g_idx: np.ndarray | None, scheme: Scheme
+    ) -> dict[str, np.ndarray]:
+        # The symmetric grid as an affine one: q = code + 2^(bits-1), bias = -2^(bits-1)·scale (exact: a
+        # power-of-two multiple of a value of the model dtype).
+        out, n = codes.shape
+        half = 1 << (scheme.bits - 1)
+        scale = np.asarray(scales, dtype=np.float32)
+        return {
+            "weight": pack_rows((codes.astype(np.int16) + half).astype(np.uint8), scheme.bits),
+            "scales": scale.astype(scheme.np_dtype),
+            "biases": (scale * np.float32(-half)).astype(scheme.np_dtype),
+        }
+
+    @classmethod
     def dequantize(cls, tensors: dict[str, np.ndarray], scheme: Scheme) -> np.ndarray:
         scale = np.asarray(tensors["scales"]).astype(np.float32)
         bias = np.asarray(tensors["biases"]).astype(np.float32)

@@ -1,0 +1,210 @@
+"""The calibration stage of a job (`--method gptq`): between plan and stream, one decoder block at a time.
+
+The runtime (quantcli.runtime.calibrate) runs the source checkpoint block by block over the calibration
+samples and collects each linear's input Hessian; this stage quantizes the block's linears with GPTQ on the
+output's grid, stores the results in a spill directory (one file per tensor, so memory holds one block), and
+returns the values the output will hold, which the runtime feeds to the next block. The sink then writes
+the stored tensors where the plain quantizer's would have gone; every other tensor streams as usual.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError
+from quantcli.quants.gptq import GPTQConfig, gptq_quantize
+from quantcli.quants.packed import PackedFormat, Scheme
+
+METHODS = ("rtn", "gptq")  # rtn: no calibration (round-to-nearest / llama.cpp's quantizers)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """`--method` and the calibration data options (docs/calibration.md)."""
+
+    method: str = "gptq"
+    files: tuple[str, ...] = ()  # --calib; empty: the bundled text
+    samples: int | None = None  # --calib-samples (default runtime.calibrate.DEFAULT_SAMPLES)
+    seq_len: int | None = None  # --calib-seq-len (default runtime.calibrate.DEFAULT_SEQ_LEN)
+    act_order: bool = True  # GPTQ columns by decreasing Hessian diagonal
+    damp: float = 0.01  # GPTQ damping, a fraction of mean diag(H)
+
+    def input_files(self) -> list[Path]:
+        return [Path(p) for p in self.files]
+
+
+def calibration_options(
+    method: str | None,
+    calib: tuple[str, ...] | list[str] = (),
+    samples: int | None = None,
+    seq_len: int | None = None,
+    act_order: bool | None = None,
+    damp: float | None = None,
+) -> CalibrationOptions | None:
+    """The options of a job, or None for round-to-nearest; contradictions are UsageError before any work."""
+    method = (method or "rtn").lower()
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r} (supported: {', '.join(METHODS)})")
+    given = [flag for flag, value in (("--calib", calib), ("--calib-samples", samples),
+             ("--calib-seq-len", seq_len), ("--act-order", act_order), ("--damp", damp)) if value]  # fmt: skip
+    if method == "rtn":
+        if given:
+            raise UsageError(f"{', '.join(given)} need --method gptq")
+        return None
+    if samples is not None and samples < 1:
+        raise UsageError(f"--calib-samples must be at least 1, not {samples}")
+    if seq_len is not None and seq_len < 8:
+        raise UsageError(f"--calib-seq-len must be at least 8, not {seq_len}")
+    if damp is not None and not 0.0 < damp < 1.0:
+        raise UsageError(f"--damp must be in (0, 1), not {damp}")
+    for path in calib:
+        if not Path(path).is_file():
+            raise InputMissing(f"--calib {path} does not exist")
+    return CalibrationOptions(
+        method, tuple(str(p) for p in calib), samples, seq_len, True if act_order is None else act_order,
+        0.01 if damp is None else damp,
+    )  # fmt: skip
+
+
+def check_packed_format(opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme) -> None:
+    """Refuse a format that cannot hold GPTQ's grid before anything is opened."""
+    if fmt.gptq_scale_dtype(scheme) is None:
+        raise Unsupported(f"--method {opts.method} cannot be stored in --format {fmt.name} (use ct, gptq or mlx)")
+
+
+class SpillStore:
+    """Quantized tensors kept on disk between the calibration stage and the sink: one raw file per array,
+    its dtype and shape in memory (NumPy's .npy cannot describe bfloat16)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=False)
+        self.parts: dict[str, dict[str, tuple[np.dtype, tuple[int, ...]]]] = {}
+
+    def put(self, name: str, tensors: dict[str, np.ndarray]) -> None:
+        for part, array in tensors.items():
+            (self.directory / f"{name}.{part}").write_bytes(np.ascontiguousarray(array).tobytes())
+        self.parts[name] = {part: (array.dtype, array.shape) for part, array in tensors.items()}
+
+    def get(self, name: str) -> dict[str, np.ndarray] | None:
+        parts = self.parts.get(name)
+        if parts is None:
+            return None
+        return {
+            part: np.fromfile(self.directory / f"{name}.{part}", dtype=np.uint8).view(dtype).reshape(shape)
+            for part, (dtype, shape) in parts.items()
+        }
+
+
+@contextmanager
+def spill_store(output: Path) -> Iterator[SpillStore]:
+    """A spill directory beside the output (same filesystem, removed afterwards whatever happens)."""
+    directory = output.parent / f".{output.name}.calibration.tmp"
+    if directory.exists():
+        shutil.rmtree(directory)  # left by a killed run: its contents belong to no one
+    store = SpillStore(directory)
+    try:
+        yield store
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def calibrate_packed(
+    opts: CalibrationOptions,
+    source: Path,
+    linear_names: set[str],
+    fmt: type[PackedFormat],
+    scheme: Scheme,
+    store: SpillStore,
+    on_block: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
+    format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
+    from quantcli.runtime.calibrate import (
+        DEFAULT_SAMPLES,
+        DEFAULT_SEQ_LEN,
+        BlockInputs,
+        calibrate_blocks,
+        calibration_samples,
+        read_calibration_text,
+    )
+    from quantcli.runtime import load_tokenizer
+    from quantcli.runtime.hf import HFSource
+    from quantcli.runtime.model import Model
+
+    started = time.perf_counter()
+    text = read_calibration_text(opts.files)
+    hf = HFSource(source)
+    model = Model(hf, cache_budget_bytes=0, emulate_ggml=False)
+    tokenizer = load_tokenizer(source, hf)
+    samples = calibration_samples(
+        tokenizer, text.text, opts.samples or DEFAULT_SAMPLES, opts.seq_len or DEFAULT_SEQ_LEN
+    )
+    scale_dtype = fmt.gptq_scale_dtype(scheme)
+    assert scale_dtype is not None
+    # Act-order groups follow the processing order only where the format stores g_idx; elsewhere the
+    # groups stay contiguous and act-order only changes the order columns are visited in.
+    dynamic_groups = opts.act_order and fmt.carries_g_idx
+    config = GPTQConfig(
+        bits=scheme.bits, group_size=scheme.group_size, damp=opts.damp, block_size=128,
+        act_order=opts.act_order, scales="dynamic" if not opts.act_order or dynamic_groups else "static",
+        scale_dtype=scale_dtype,
+    )  # fmt: skip
+    done: set[str] = set()
+    raised: dict[str, float] = {}
+    gptq_seconds = [0.0]
+
+    def quantize_block(block: BlockInputs) -> dict[str, np.ndarray]:
+        values: dict[str, np.ndarray] = {}
+        for name, hessian in block.hessians.items():
+            tensor = hf.source_tensor(name)
+            if tensor.source_name not in linear_names:
+                continue
+            weight = np.asarray(tensor.read(), dtype=np.float32)  # HF orientation: columns are the inputs
+            if not np.isfinite(weight).all():
+                row, col = (int(i) for i in np.argwhere(~np.isfinite(weight))[0])
+                raise InputInvalid(f"{tensor.source_name}: non-finite value at row {row}, column {col}")
+            t0 = time.perf_counter()
+            # One BLAS thread: GPTQ is a column loop of small products and one Cholesky, which threads
+            # slow down (a 1536² Cholesky took 13x longer with two threads on a busy 2-core machine).
+            with threadpool_limits(limits=1, user_api="blas"):
+                result = gptq_quantize(weight, hessian.matrix, config)
+            gptq_seconds[0] += time.perf_counter() - t0
+            if result.damp != opts.damp:
+                raised[tensor.source_name] = round(result.damp, 4)
+            g_idx = result.g_idx if fmt.carries_g_idx else None
+            tensors = fmt.from_codes(result.codes, result.scales, g_idx, scheme)
+            store.put(tensor.source_name, tensors)
+            done.add(tensor.source_name)
+            # The values the client computes with, in the runtime's (GGUF) orientation, for the next block.
+            values[name] = np.asarray(tensor.transform(fmt.dequantize(tensors, scheme)), dtype=np.float32)
+        return values
+
+    calibrate_blocks(model, samples, quantize_block, on_block=on_block)
+    missing = sorted(linear_names - done)
+    if missing:
+        raise Unsupported(f"calibration: the runtime never fed {missing[0]} ({len(missing)} linears without inputs)")
+    return {
+        "method": opts.method,
+        "text": list(text.sources),
+        "text_sha256": text.sha256,
+        "samples": int(samples.shape[0]),
+        "seq_len": int(samples.shape[1]),
+        "tokens": int(samples.size),
+        "act_order": opts.act_order,
+        "group_order": "g_idx" if dynamic_groups else "contiguous",
+        "scales": config.scales,
+        "damp": opts.damp,
+        "damp_raised": raised,
+        "gptq_seconds": round(gptq_seconds[0], 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,173 @@
+"""Layer-sequential calibration: the runtime runs the source model one decoder block at a time over the
+calibration samples, hands each block's input statistics to a quantizer, and feeds the *quantized* block's
+output to the next block (as GPTQ and llm-compressor's sequential pipeline do).
+
+Memory holds the activations of the samples (S·T rows of n_embd), one block's float32 weights and that
+block's statistics, never the whole model's. The forward pass is plain float32 (`emulate_ggml=False`):
+calibration needs the model's values, not llama.cpp's activation rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from quantcli.errors import InputInvalid, InputMissing
+from quantcli.quants.gptq import Hessian
+from quantcli.runtime.model import Model
+from quantcli.runtime.tokenizer import Tokenizer
+
+DEFAULT_CALIB_TEXT = Path(__file__).resolve().parent.parent / "data" / "calib.txt"
+DEFAULT_SAMPLES = 64
+DEFAULT_SEQ_LEN = 512
+
+
+@dataclass(frozen=True)
+class CalibrationText:
+    text: str
+    sources: tuple[str, ...]  # as recorded in outputs
+    sha256: str
+
+
+def read_calibration_text(paths: Sequence[Path | str]) -> CalibrationText:
+    """The calibration text of `--calib` files (plain UTF-8 text, or JSONL whose records have a `text`
+    field), documents joined by a blank line; the bundled text (docs/calibration.md) when none is given."""
+    files = [Path(p) for p in paths] or [DEFAULT_CALIB_TEXT]
+    parts: list[str] = []
+    for path in files:
+        if not path.is_file():
+            raise InputMissing(f"--calib {path} does not exist")
+        try:
+            raw = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputInvalid(f"--calib {path}: not UTF-8 text (byte {exc.start})") from None
+        parts.extend(_jsonl_texts(raw, path) if path.suffix == ".jsonl" else [raw])
+    text = "\n\n".join(parts)
+    if not text.strip():
+        raise InputInvalid(f"--calib {', '.join(map(str, files))}: no text")
+    sources = tuple(map(str, paths)) if paths else ("quantcli/data/calib.txt",)
+    return CalibrationText(text, sources, hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def _jsonl_texts(raw: str, path: Path) -> list[str]:
+    texts = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputInvalid(f"--calib {path}:{number}: not a JSON object ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InputInvalid(f"--calib {path}:{number}: a JSONL record needs a string \"text\" field")
+        texts.append(record["text"])
+    if not texts:
+        raise InputInvalid(f"--calib {path}: no records")
+    return texts
+
+
+def calibration_samples(tokenizer: Tokenizer, text: str, samples: int, seq_len: int) -> np.ndarray:
+    """(S, seq_len) token ids: the first `samples` consecutive windows of the tokenized text, each
+    starting with BOS when the vocabulary adds one — llama-imatrix's chunks of the same text, so an imatrix
+    made from it by llama-imatrix sees the same tokens. Fewer windows when the text is shorter."""
+    if samples < 1 or seq_len < 8:
+        raise InputInvalid(f"--calib-samples must be >= 1 and --calib-seq-len >= 8 (got {samples}, {seq_len})")
+    tokens = np.asarray(tokenizer.encode(text, add_special=True), dtype=np.int64)
+    available = tokens.size // seq_len
+    if available < 1:
+        raise InputInvalid(
+            f"the calibration text tokenizes to {tokens.size} tokens, less than one sample of --calib-seq-len "
+            f"{seq_len}"
+        )
+    n = min(samples, available)
+    out = tokens[: n * seq_len].reshape(n, seq_len).copy()
+    if tokenizer.add_bos and tokenizer.bos_id is not None:
+        out[:, 0] = tokenizer.bos_id
+    return out
+
+
+@dataclass
+class BlockInputs:
+    """What a block's quantizer gets: the Hessian of each linear's input (GGUF weight name -> running mean of
+    2·XᵀX, float64), shared between linears that read the same rows (q/k/v, gate/up), and the block's input
+    rows with a way to run the block on other weights (AWQ's loss)."""
+
+    layer: int
+    hessians: dict[str, Hessian]
+    x: np.ndarray  # (S*T, n_embd) input rows of the block, float32; do not modify
+    run: Callable[[dict[str, np.ndarray]], np.ndarray]  # weights by GGUF name -> the block's output rows
+    tokens: int = 0
+
+
+@dataclass
+class _HessianObserver:
+    """Collects 2·XᵀX of every `blk.*` matmul input, one Gram matrix per distinct input array (q/k/v see
+    the same rows). The Gram product runs in float32 (BLAS sgemm, as llm-compressor's torch does it) and is
+    accumulated in float64."""
+
+    hessians: dict[str, Hessian] = field(default_factory=dict)
+    # The rows of the last call and their Hessian, held (not their id, which a freed array passes on).
+    _last: tuple[np.ndarray, Hessian] | None = None
+
+    def __call__(self, name: str, rows: np.ndarray) -> None:
+        if not name.startswith("blk."):
+            return
+        if self._last is not None and self._last[0] is rows:
+            self.hessians[name] = self._last[1]
+            return
+        h = Hessian(rows.shape[-1])
+        flat = rows.reshape(-1, rows.shape[-1])
+        gram = flat.T @ flat
+        if not np.isfinite(gram).all():
+            raise InputInvalid(f"calibration: non-finite activations at the input of {name}")
+        h.add_gram(gram, flat.shape[0])
+        self.hessians[name] = h
+        self._last = (rows, h)
+
+
+QuantizeBlock = Callable[[BlockInputs], dict[str, np.ndarray]]
+
+
+def calibrate_blocks(
+    model: Model,
+    samples: np.ndarray,
+    quantize_block: QuantizeBlock,
+    *,
+    on_block: Callable[[int, int], None] | None = None,
+    replay: Callable[[int], dict[str, np.ndarray] | None] | None = None,
+) -> None:
+    """Run every block over `samples` (S, T); `quantize_block` returns the block's quantized weights (float32,
+    GGUF names and orientation: the values the output file will hold), which then produce the next block's
+    input. `replay(layer)` may return a block's already-quantized weights (a resumed run): the block is then
+    only run forward with them. `on_block(done, total)` reports progress."""
+    n_seq = samples.shape[0]
+    x = model.embed_sequences(samples)
+    n_layer = model.config.n_layer
+    for il in range(n_layer):
+        quantized = replay(il) if replay is not None else None
+        if quantized is None:
+            observer = _HessianObserver()
+            probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer)
+            del probe
+
+            def run(weights: dict[str, np.ndarray], il: int = il) -> np.ndarray:
+                return model.sequence_layer(il, x.copy(), n_seq, weight=_with(model, weights))
+
+            quantized = quantize_block(BlockInputs(il, observer.hessians, x, run, x.shape[0]))
+            del observer
+        x = model.sequence_layer(il, x, n_seq, weight=_with(model, quantized))
+        if on_block is not None:
+            on_block(il + 1, n_layer)
+
+
+def _with(model: Model, weights: dict[str, np.ndarray]) -> Callable[[str], np.ndarray]:
+    def weight(name: str) -> np.ndarray:
+        w = weights.get(name)
+        return w if w is not None else model.transient_weight(name)
+
+    return weight
