@@ -38,11 +38,12 @@ def gptq_quantize_ggml(
     block_size: int = 128,
     importance: np.ndarray | None = None,
     name: str = "tensor",
+    threads: int | None = None,
 ) -> np.ndarray:
     """The bytes of `gptq_ggml` (same arguments): uint8 (out, row_bytes), laid out exactly as
     `quantize(weight, qtype)` lays out its result, so they can be written in its place."""
     return gptq_ggml(
-        weight, hessian, qtype, damp=damp, block_size=block_size, importance=importance, name=name
+        weight, hessian, qtype, damp=damp, block_size=block_size, importance=importance, name=name, threads=threads
     ).data
 
 
@@ -55,13 +56,14 @@ def gptq_ggml(
     block_size: int = 128,
     importance: np.ndarray | None = None,
     name: str = "tensor",
+    threads: int | None = None,
 ) -> GgmlGPTQResult:
     """Quantize weight (out, in) against its layer's input Hessian (in, in) to the grid of `qtype`.
 
     `importance` (in,) is the per-column imatrix the ggml quantizer weighs its parameter search with;
     by default diag(H)/2, the mean of x² llama-imatrix would collect (H is a mean of 2·xᵀx). The lazy
     update runs every `block_size` columns, rounded up to a multiple of the type's block so that no ggml
-    block straddles two updates.
+    block straddles two updates. `threads` goes to the C quantizer (None: every CPU), as in `quantize`.
     """
     cls = get(qtype)
     if not issubclass(cls, GridQuantType):
@@ -99,7 +101,9 @@ def gptq_ggml(
             if col == 0:
                 # The block's columns with the errors of this update block's earlier columns applied.
                 slab = w1[i : i + qk] - hinv1[:i, i : i + qk].T @ err1[:i]
-                blocks = quantize(slab.T.astype(np.float32), cls.qtype, imatrix[j : j + qk], name=name)
+                blocks = quantize(
+                    slab.T.astype(np.float32), cls.qtype, imatrix[j : j + qk], name=name, threads=threads
+                )
                 grid = cls.grid(blocks)
                 # The quantizer's own levels stay wherever a sub-block's step is 0 (every level decodes
                 # the same there).
