@@ -91,6 +91,23 @@ def test_identity_hessian_is_nearest_rounding_on_the_quantizers_grid(layer, qtyp
         assert np.linalg.norm(weight - result.values) <= plain_error
 
 
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_levels_and_write_levels_are_inverse_on_any_bytes(qtype: T) -> None:
+    """Every bit of a block's level bytes is some level's: reading and writing back restores random blocks,
+    and levels stay in the type's declared range."""
+    cls = get(qtype)
+    blocks = np.random.default_rng(int(qtype)).integers(0, 256, (64, cls.type_size), dtype=np.uint8)
+    levels = cls.levels(blocks)
+    assert levels.shape == (64, cls.block_size)
+    assert cls.level_min <= levels.min() and levels.max() <= cls.level_max
+    rewritten = np.zeros_like(blocks)
+    cls.write_levels(rewritten, levels)
+    restored = blocks.copy()
+    cls.write_levels(restored, levels)
+    assert np.array_equal(restored, blocks)
+    assert np.array_equal(cls.levels(rewritten), levels)
+
+
 def test_deterministic_and_the_same_without_the_c_extension(layer, monkeypatch) -> None:
     weight, _, hessian = layer
     for qtype in (T.Q4_0, T.Q4_K):
