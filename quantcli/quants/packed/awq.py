@@ -44,15 +44,6 @@ def asymmetric_grid(groups: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
     return scale, zero
 
 
-def awq_fake_quantize(weight: np.ndarray, bits: int, group_size: int) -> np.ndarray:
-    """The weight as the awq format stores it and reads it back (float32 (out, in)): the fake-quantizer an
-    AWQ scale search targets for `--format awq`."""
-    g = grouped(weight, group_size)
-    scale, zero = asymmetric_grid(g, bits)
-    q = np.clip(np.rint(g / scale[..., None]) + zero[..., None], 0, (1 << bits) - 1)
-    return round_to((q - zero[..., None]) * scale[..., None], "float16").reshape(weight.shape)
-
-
 class Awq(PackedFormat, name="awq"):
     # AutoAWQ's GEMM layout, and every client's (transformers + gptqmodel, mlx-lm, vLLM), is 4-bit only.
     bits_allowed = (4,)
