@@ -153,3 +153,20 @@ def test_write_packed_checkpoint(tmp_path: Path, fmt: str, bits: int) -> None:
     assert deq.shape == src_w.shape
     assert np.abs(deq - src_w).max() < np.abs(src_w).max() * (0.2 if bits == 4 else 0.02)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantcli-tmp")]
+
+
+def test_convert_format_awq_runs_in_float16(tmp_path: Path) -> None:
+    """`convert --format awq` (RTN) on a bfloat16 model: float16 scales, kept tensors and torch_dtype — the
+    dtype AWQ clients run in — and 8-bit is refused before anything is written."""
+    from quantcli.engine import convert_model
+
+    src = make_tiny_llama(tmp_path / "src")
+    result = convert_model(src, tmp_path / "awq", format="awq", bits=4)
+    assert (result["format"], result["dtype"], result["group_size"]) == ("awq", "float16", 128)
+    ckpt = open_checkpoint(tmp_path / "awq", dequantize_packed=False)
+    assert ckpt.config["torch_dtype"] == "float16"
+    assert get_format("awq").scheme_from_config(ckpt.config) == Scheme(4, 128, "float16")
+    assert ckpt.tensor_info("model.norm.weight").dtype == "F16"
+    with pytest.raises(Unsupported, match="--bits 4"):
+        convert_model(src, tmp_path / "awq8", format="awq", bits=8)
+    assert not (tmp_path / "awq8").exists()

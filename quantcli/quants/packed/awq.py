@@ -48,6 +48,9 @@ class Awq(PackedFormat, name="awq"):
     # AutoAWQ's GEMM layout, and every client's (transformers + gptqmodel, mlx-lm, vLLM), is 4-bit only.
     bits_allowed = (4,)
     parts = ("qweight", "qzeros", "scales")
+    # AWQ models run in float16 (AutoAWQ's own, its kernels'): a bfloat16 torch_dtype would make
+    # transformers cast the float16 scales to bfloat16 and read other weights than the ones we wrote.
+    model_dtype = "float16"
 
     @classmethod
     def layout(cls, out: int, n: int, scheme: Scheme) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
