@@ -247,7 +247,7 @@ def test_awq_fake_quantizer_lowers_loss_on_salient_channels() -> None:
     w = (rng.standard_normal((64, 128)) * 0.05).astype(np.float32)
     qdq = packed_fake_quantizer(get_format("awq"), Scheme(4, 32, "float16"))
     found = awq_search(x, [w], qdq, n_grid=20)
-    assert found.ratio > 0 and found.loss < found.losses[0] * 0.9
+    assert found.ratio > 0 and found.loss < found.losses[0] * 0.5  # measured: r = 0.40, 0.33x
     assert found.losses[0] == pytest.approx(float(np.mean((linear_outputs(x, [w]) - x @ qdq(w).T) ** 2)), rel=1e-5)
 
 

@@ -197,8 +197,10 @@ def test_awq_in_mlx_lm(tmp_path: Path) -> None:
         bound = (np.abs(np.array(layer.biases.astype(mx.float32))) + 15 * np.array(layer.scales.astype(mx.float32)))
         assert np.all(np.abs(client_w - w) <= np.repeat(bound * 2.0**-10, 64, axis=1)), module
     ref = _reference(src, out, ours)
+    # measured max |Δ| 0.8 % of the largest logit in float16 (the checkpoint's dtype), 0.17 % in float32
+    _close(np.array(model(mx.array(PROMPT)).astype(mx.float32))[0], ref)
     model.set_dtype(mx.float32)
-    _close(np.array(model(mx.array(PROMPT)))[0], ref, rel=0.02)
+    _close(np.array(model(mx.array(PROMPT)))[0], ref, rel=0.01)
 
 
 def test_golden_vectors_still_match_clients() -> None:
