@@ -8,7 +8,10 @@ weights of the block at that moment) and ours is run on exactly those, with a Nu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,40 +32,57 @@ from quantcli.quants.awq import (
 )
 from quantcli.quants.packed import Scheme, get_format
 
-HIDDEN, HEADS, KV_HEADS, FF, GROUP, BITS = 128, 4, 2, 256, 32, 4
-HEAD_DIM = HIDDEN // HEADS
-ROPE_BASE = 10000.0
+BITS = 4
+
+
+@dataclass(frozen=True)
+class Dims:
+    hidden: int
+    heads: int
+    kv_heads: int
+    rope_base: float
+    group: int  # the quantization group of the comparison
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+TINY = Dims(hidden=128, heads=4, kv_heads=2, rope_base=10000.0, group=32)
+TINY_FF = 256
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The decoder layer's blocks in NumPy (mlx-lm's llama.py: non-traditional RoPE, causal GQA attention, SwiGLU)
 
 
-def _rope(x: np.ndarray) -> np.ndarray:
+def _rope(x: np.ndarray, dims: Dims) -> np.ndarray:
     """(B, H, L, D), rotating halves (rope_traditional=False)."""
-    half = HEAD_DIM // 2
-    freqs = ROPE_BASE ** (-np.arange(half, dtype=np.float64) * 2 / HEAD_DIM)
+    half = dims.head_dim // 2
+    freqs = dims.rope_base ** (-np.arange(half, dtype=np.float64) * 2 / dims.head_dim)
     angles = np.arange(x.shape[2])[:, None] * freqs[None, :]
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     x1, x2 = x[..., :half], x[..., half:]
     return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def _heads(y: np.ndarray, n: int) -> np.ndarray:
+def _heads(y: np.ndarray, n: int, dims: Dims) -> np.ndarray:
     b, length, _ = y.shape
-    return y.reshape(b, length, n, HEAD_DIM).transpose(0, 2, 1, 3)
+    return y.reshape(b, length, n, dims.head_dim).transpose(0, 2, 1, 3)
 
 
-def attention_block(x: np.ndarray, qkv: Sequence[np.ndarray], o_proj: np.ndarray) -> np.ndarray:
+def attention_block(x: np.ndarray, qkv: Sequence[np.ndarray], o_proj: np.ndarray, dims: Dims) -> np.ndarray:
     q, k, v = (x @ w.T for w in qkv)
-    q, k, v = _rope(_heads(q, HEADS)), _rope(_heads(k, KV_HEADS)), _heads(v, KV_HEADS)
-    k, v = np.repeat(k, HEADS // KV_HEADS, axis=1), np.repeat(v, HEADS // KV_HEADS, axis=1)
-    scores = q @ k.transpose(0, 1, 3, 2) * np.float32(HEAD_DIM**-0.5)
+    q, k = _rope(_heads(q, dims.heads, dims), dims), _rope(_heads(k, dims.kv_heads, dims), dims)
+    v = _heads(v, dims.kv_heads, dims)
+    repeat = dims.heads // dims.kv_heads
+    k, v = np.repeat(k, repeat, axis=1), np.repeat(v, repeat, axis=1)
+    scores = q @ k.transpose(0, 1, 3, 2) * np.float32(dims.head_dim**-0.5)
     length = x.shape[1]
     scores = np.where(np.tril(np.ones((length, length), dtype=bool)), scores, -np.inf)
     scores = np.exp(scores - scores.max(-1, keepdims=True))
     probs = scores / scores.sum(-1, keepdims=True)
-    out = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape[0], length, HIDDEN)
+    out = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape[0], length, dims.heads * dims.head_dim)
     return out @ o_proj.T
 
 
@@ -75,15 +95,16 @@ def mlp_block(x: np.ndarray, gate_up: Sequence[np.ndarray], down: np.ndarray) ->
 # mlx-lm's AWQ on one layer, recorded
 
 
-def _mlx_layer_model() -> tuple[Any, np.ndarray]:
+def _tiny_mlx_layer() -> tuple[Any, np.ndarray]:
     """A one-layer float32 Llama in mlx-lm with activation outliers (a few input channels of each norm ×8),
     and calibration tokens."""
     mx = require_module("mlx.core")
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.models.llama import Model, ModelArgs
 
-    args = ModelArgs(model_type="llama", hidden_size=HIDDEN, num_hidden_layers=1, intermediate_size=FF,
-                     num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, rms_norm_eps=1e-5, vocab_size=256)
+    args = ModelArgs(model_type="llama", hidden_size=TINY.hidden, num_hidden_layers=1, intermediate_size=TINY_FF,
+                     num_attention_heads=TINY.heads, num_key_value_heads=TINY.kv_heads, rms_norm_eps=1e-5,
+                     vocab_size=256)
     model = Model(args)
     rng = np.random.default_rng(0)
     params = {}
@@ -91,7 +112,7 @@ def _mlx_layer_model() -> tuple[Any, np.ndarray]:
         shape = value.shape
         if name.endswith("layernorm.weight"):
             w = 1 + 0.1 * rng.standard_normal(shape)
-            w[rng.choice(HIDDEN, 6, replace=False)] *= 8  # the salient channels AWQ protects
+            w[rng.choice(TINY.hidden, 6, replace=False)] *= 8  # the salient channels AWQ protects
         else:
             w = rng.standard_normal(shape) * (1.0 if "embed" in name else 0.05)
         params[name] = mx.array(w.astype(np.float32))
@@ -104,25 +125,24 @@ def _numpy(a: Any) -> np.ndarray:
     return np.array(a, dtype=np.float32)
 
 
-def run_mlx_awq() -> dict[str, list[dict[str, Any]]]:
-    """Run mlx-lm's awq_quantize (4-bit, group 32, n_grid 20) on the layer; record every search."""
+def run_mlx_awq(model: Any, tokens: np.ndarray, dims: Dims) -> dict[str, list[dict[str, Any]]]:
+    """Run mlx-lm's awq_quantize (4-bit, n_grid 20) on a one-layer model; record every search."""
     mx = require_module("mlx.core")
     import mlx.nn as nn
     from mlx.utils import tree_flatten
     from mlx_lm.quant import awq
 
-    model, tokens = _mlx_layer_model()
-    block = model.model.layers[0]
+    layer = model.model.layers[0]
     scale_calls: list[dict[str, Any]] = []
     clip_calls: list[dict[str, Any]] = []
     original_scale, original_clip = awq.search_best_scale, awq.search_best_clip
 
     def search_best_scale(layers: list, quantize_func: Any, block: Any, layer_kwargs: dict, n_grid: int) -> Any:
-        names = {id(m): n for n, m in model.model.layers[0].named_modules()}
+        names = {id(m): n for n, m in layer.named_modules()}
         record = {
             "linears": [names[id(m)] for m in layers],
             "x": _numpy(layers[0].input_feat),
-            "params": {n: _numpy(v) for n, v in tree_flatten(model.model.layers[0].parameters())},
+            "params": {n: _numpy(v) for n, v in tree_flatten(layer.parameters())},
         }
         scales = original_scale(layers, quantize_func, block, layer_kwargs, n_grid)
         record["scales"] = _numpy(scales)
@@ -142,52 +162,79 @@ def run_mlx_awq() -> dict[str, list[dict[str, Any]]]:
 
     awq.search_best_scale, awq.search_best_clip = search_best_scale, search_best_clip
     try:
-        awq.awq_quantize(model, mx.array(tokens), awq.llama_awq, group_size=GROUP, bits=BITS, n_grid=20)
+        awq.awq_quantize(model, mx.array(tokens), awq.llama_awq, group_size=dims.group, bits=BITS, n_grid=20)
     finally:
         awq.search_best_scale, awq.search_best_clip = original_scale, original_clip
-    assert isinstance(block.self_attn.q_proj, nn.QuantizedLinear)
+    assert isinstance(layer.self_attn.q_proj, nn.QuantizedLinear)
     return {"scale": scale_calls, "clip": clip_calls}
 
 
 @pytest.fixture(scope="module")
 def mlx_run() -> dict[str, list[dict[str, Any]]]:
-    return run_mlx_awq()
+    return run_mlx_awq(*_tiny_mlx_layer(), TINY)
 
 
-def mlx_fake_quantizer() -> Any:
+def mlx_fake_quantizer(group: int) -> Any:
     """mlx-lm's quantize_func (mx.quantize + mx.dequantize, affine) as a NumPy callable."""
     mx = require_module("mlx.core")
 
     def quantize_dequantize(w: np.ndarray) -> np.ndarray:
-        wq = mx.quantize(mx.array(w), bits=BITS, group_size=GROUP)
-        return _numpy(mx.dequantize(*wq, bits=BITS, group_size=GROUP))
+        wq = mx.quantize(mx.array(w), bits=BITS, group_size=group)
+        return _numpy(mx.dequantize(*wq, bits=BITS, group_size=group))
 
     return quantize_dequantize
 
 
-def _forward_for(record: dict[str, Any]) -> Any:
+def _forward_for(record: dict[str, Any], dims: Dims) -> Any:
     """Our block forward for a recorded search: the block's other weights as they were at that moment."""
     p = record["params"]
     linears = record["linears"]
     if linears[0].startswith("self_attn"):
-        return lambda x, ws: attention_block(x, ws, p["self_attn.o_proj.weight"])
+        return lambda x, ws: attention_block(x, ws, p["self_attn.o_proj.weight"], dims)
     if linears[0] == "mlp.gate_proj":
         return lambda x, ws: mlp_block(x, ws, p["mlp.down_proj.weight"])
     return None  # one linear scaled against the one before it: its own output
 
 
+def check_scale_searches(run: dict[str, list[dict[str, Any]]], dims: Dims) -> list[float]:
+    """Ours on every recorded search: the same ratio, the same scales within float noise. Returns the ratios."""
+    calls = run["scale"]
+    # mlx-lm's llama order; with GQA there is no v_proj -> o_proj group
+    assert [tuple(c["linears"]) for c in calls] == [g.linears for g in llama_scaling_groups(dims.heads, dims.kv_heads)]
+    qdq = mlx_fake_quantizer(dims.group)
+    ratios = []
+    for call in calls:
+        weights = [call["params"][f"{name}.weight"] for name in call["linears"]]
+        ours = awq_search(call["x"], weights, qdq, _forward_for(call, dims), n_grid=20)
+        assert len(call["ratio"]) == 1  # mlx-lm's scales are exactly one grid candidate
+        assert ours.ratio == call["ratio"][0], (call["linears"], ours.losses)
+        np.testing.assert_allclose(ours.scales, call["scales"], rtol=1e-5)
+        ratios.append(ours.ratio)
+    return ratios
+
+
+def check_clip_searches(run: dict[str, list[dict[str, Any]]], dims: Dims) -> None:
+    calls = run["clip"]
+    assert len(calls) == 5  # v, o, gate, up, down: q/k are never clipped
+    qdq = mlx_fake_quantizer(dims.group)
+    for call in calls:
+        ours = clip_search(call["x"], call["weight"], qdq, dims.group, n_grid=20)
+        np.testing.assert_allclose(ours, call["clipped"], rtol=1e-6, atol=0)
+    assert any(not np.array_equal(c["clipped"], c["weight"]) for c in calls)  # some group really was clipped
+
+
 def test_numpy_blocks_equal_mlx_blocks() -> None:
     """The NumPy forward the comparison uses is mlx-lm's block within float32 noise."""
     mx = require_module("mlx.core")
-    model, _ = _mlx_layer_model()
+    model, _ = _tiny_mlx_layer()
     layer = model.model.layers[0]
-    x = np.random.default_rng(1).standard_normal((2, 16, HIDDEN)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((2, 16, TINY.hidden)).astype(np.float32)
     p = {n: _numpy(getattr(getattr(layer, n.split(".")[0]), n.split(".")[1]).weight)
          for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
     ref_attn = _numpy(layer.self_attn(mx.array(x), mask="causal"))
     ours_attn = attention_block(x, [p["self_attn.q_proj"], p["self_attn.k_proj"], p["self_attn.v_proj"]],
-                                p["self_attn.o_proj"])
+                                p["self_attn.o_proj"], TINY)
     assert np.abs(ours_attn - ref_attn).max() < 1e-5 * np.abs(ref_attn).max()
     ref_mlp = _numpy(layer.mlp(mx.array(x)))
     ours_mlp = mlp_block(x, [p["mlp.gate_proj"], p["mlp.up_proj"]], p["mlp.down_proj"])
@@ -195,29 +242,33 @@ def test_numpy_blocks_equal_mlx_blocks() -> None:
 
 
 def test_scale_search_equals_mlx_lm(mlx_run: dict[str, list[dict[str, Any]]]) -> None:
-    calls = mlx_run["scale"]
-    # mlx-lm's llama order; with GQA there is no v_proj -> o_proj group
-    assert [tuple(c["linears"]) for c in calls] == [g.linears for g in llama_scaling_groups(HEADS, KV_HEADS)]
-    qdq = mlx_fake_quantizer()
-    ratios = []
-    for call in calls:
-        weights = [call["params"][f"{name}.weight"] for name in call["linears"]]
-        ours = awq_search(call["x"], weights, qdq, _forward_for(call), n_grid=20)
-        assert len(call["ratio"]) == 1  # mlx-lm's scales are exactly one grid candidate
-        assert ours.ratio == call["ratio"][0], (call["linears"], ours.losses)
-        np.testing.assert_allclose(ours.scales, call["scales"], rtol=1e-5)
-        ratios.append(ours.ratio)
+    ratios = check_scale_searches(mlx_run, TINY)
     assert any(r > 0 for r in ratios)  # the outlier channels really made a scaled candidate win
 
 
 def test_clip_search_equals_mlx_lm(mlx_run: dict[str, list[dict[str, Any]]]) -> None:
-    calls = mlx_run["clip"]
-    assert len(calls) == 5  # v, o, gate, up, down: q/k are never clipped
-    qdq = mlx_fake_quantizer()
-    for call in calls:
-        ours = clip_search(call["x"], call["weight"], qdq, GROUP, n_grid=20)
-        np.testing.assert_allclose(ours, call["clipped"], rtol=1e-6, atol=0)
-    assert any(not np.array_equal(c["clipped"], c["weight"]) for c in calls)  # some group really was clipped
+    check_clip_searches(mlx_run, TINY)
+
+
+@pytest.mark.slow
+def test_smollm2_layer0_equals_mlx_lm(smollm2_dir: Path) -> None:
+    """The same comparison on SmolLM2-135M's first decoder layer (real weights, float32) and real text."""
+    mx = require_module("mlx.core")
+    from mlx_lm.utils import load_model
+    from tokenizers import Tokenizer
+
+    from quantcli.runtime.textdata import DEFAULT_TEXT
+
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    dims = Dims(hidden=config["hidden_size"], heads=config["num_attention_heads"],
+                kv_heads=config["num_key_value_heads"], rope_base=float(config["rope_theta"]), group=64)
+    model, _ = load_model(smollm2_dir, lazy=True, strict=False, model_config={"num_hidden_layers": 1})
+    model.set_dtype(mx.float32)
+    ids = Tokenizer.from_file(str(smollm2_dir / "tokenizer.json")).encode(DEFAULT_TEXT.read_text()).ids
+    tokens = np.array(ids[: 2 * 64]).reshape(2, 64)
+    run = run_mlx_awq(model, tokens, dims)
+    check_scale_searches(run, dims)
+    check_clip_searches(run, dims)
 
 
 def test_folding_keeps_the_float_function() -> None:
