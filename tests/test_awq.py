@@ -24,6 +24,7 @@ from quantcli.quants.awq import (
     clip_search,
     fold_into_linear,
     fold_into_norm,
+    ggml_fake_quantizer,
     linear_outputs,
     llama_scaling_groups,
     packed_fake_quantizer,
@@ -300,6 +301,20 @@ def test_awq_fake_quantizer_lowers_loss_on_salient_channels() -> None:
     found = awq_search(x, [w], qdq, n_grid=20)
     assert found.ratio > 0 and found.loss < found.losses[0] * 0.5  # measured: r = 0.40, 0.33x
     assert found.losses[0] == pytest.approx(float(np.mean((linear_outputs(x, [w]) - x @ qdq(w).T) ** 2)), rel=1e-5)
+
+
+def test_ggml_fake_quantizer_is_the_gguf_bytes() -> None:
+    """Q4_K as the search's quantizer: exactly dequantize(quantize(w)), and a search with it runs."""
+    from quantcli.quants.base import dequantize, quantize
+
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((32, 256)) * 0.05).astype(np.float32)
+    qdq = ggml_fake_quantizer("Q4_K")
+    assert np.array_equal(qdq(w), dequantize(quantize(w, "Q4_K"), "Q4_K", w.shape))
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    x[:, :3] *= 30
+    found = awq_search(x, [w], qdq, n_grid=10)
+    assert found.loss <= found.losses[0] and len(found.losses) == 10
 
 
 def test_search_refuses_mismatched_shapes() -> None:

@@ -75,6 +75,19 @@ def packed_fake_quantizer(fmt: type[PackedFormat], scheme: Scheme) -> QuantizeDe
     return quantize_dequantize
 
 
+def ggml_fake_quantizer(qtype: str) -> QuantizeDequantize:
+    """A GGML type's quantizer (the bytes llama-quantize writes, without an imatrix) as the search's fake
+    quantizer: rows are the weight's output rows, as in the GGUF. The search runs without an imatrix
+    because each trial's weight `W·s` sees other inputs (`x/s`); when the folded weight is finally quantized
+    with one, its imatrix is the inputs' mean square over s², `imatrix / s**2`."""
+    from quantcli.quants.base import dequantize, quantize
+
+    def quantize_dequantize(weight: np.ndarray) -> np.ndarray:
+        return dequantize(quantize(weight, qtype, name="AWQ trial"), qtype, weight.shape)
+
+    return quantize_dequantize
+
+
 def activation_mean(x: np.ndarray) -> np.ndarray:
     """The AWQ statistic: mean |x| per input channel over every leading index (tokens), float32 (in,)."""
     x = np.asarray(x, dtype=np.float32)
