@@ -48,7 +48,7 @@ def llama_scaling_groups(num_heads: int, num_kv_heads: int) -> tuple[ScalingGrou
 
     mlx-lm's `llama_awq` order (q/k/v, then up -> down before gate/up, so gate/up is searched on the
     already rescaled up_proj), plus llm-compressor's v_proj -> o_proj when v's output is o's input (no
-    grouped-query attention; with GQA one v channel feeds several heads and cannot take one scale)."""
+    grouped-query attention; with GQA their widths differ and llm-compressor skips the group too)."""
     groups = [ScalingGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn")]
     if num_heads == num_kv_heads:
         groups.append(ScalingGroup("self_attn.v_proj", ("self_attn.o_proj",), None))
