@@ -320,3 +320,10 @@ def test_ggml_fake_quantizer_is_the_gguf_bytes() -> None:
 def test_search_refuses_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="AWQ weights"):
         awq_search(np.zeros((4, 8), np.float32), [np.zeros((2, 6), np.float32)], lambda w: w)
+
+
+def test_scaling_groups_add_v_to_o_without_gqa() -> None:
+    with_gqa = [g.linears for g in llama_scaling_groups(9, 3)]
+    without = [(g.prev, g.linears) for g in llama_scaling_groups(8, 8)]
+    assert ("self_attn.o_proj",) not in with_gqa and len(with_gqa) == 3
+    assert without[1] == ("self_attn.v_proj", ("self_attn.o_proj",))
