@@ -224,6 +224,7 @@ def check_clip_searches(run: dict[str, list[dict[str, Any]]], dims: Dims) -> Non
     assert any(not np.array_equal(c["clipped"], c["weight"]) for c in calls)  # some group really was clipped
 
 
+@pytest.mark.slow  # mlx-lm, the reference
 def test_numpy_blocks_equal_mlx_blocks() -> None:
     """The NumPy forward the comparison uses is mlx-lm's block within float32 noise."""
     mx = require_module("mlx.core")
@@ -242,11 +243,13 @@ def test_numpy_blocks_equal_mlx_blocks() -> None:
     assert np.abs(ours_mlp - ref_mlp).max() < 1e-5 * np.abs(ref_mlp).max()
 
 
+@pytest.mark.slow  # mlx-lm, the reference
 def test_scale_search_equals_mlx_lm(mlx_run: dict[str, list[dict[str, Any]]]) -> None:
     ratios = check_scale_searches(mlx_run, TINY)
     assert any(r > 0 for r in ratios)  # the outlier channels really made a scaled candidate win
 
 
+@pytest.mark.slow  # mlx-lm, the reference
 def test_clip_search_equals_mlx_lm(mlx_run: dict[str, list[dict[str, Any]]]) -> None:
     check_clip_searches(mlx_run, TINY)
 
