@@ -845,6 +845,7 @@ case("packed_truncated_safetensors", "packed outputs", lambda inp, out, b: (
 case("packed_nan_weight_mlx", "packed outputs", _packed_nan("mlx", 4, 64), X.INPUT_INVALID, "non-finite")
 case("packed_nan_weight_ct", "packed outputs", _packed_nan("ct", 4, 32), X.INPUT_INVALID, "non-finite")
 case("packed_nan_weight_gptq", "packed outputs", _packed_nan("gptq", 8, 32), X.INPUT_INVALID, "non-finite")
+case("packed_nan_weight_awq", "packed outputs", _packed_nan("awq", 4, 32), X.INPUT_INVALID, "non-finite")
 
 # --- filesystem oddities in a model directory -------------------------------------------------------------
 def _sparse(path: Path, size: int) -> None:

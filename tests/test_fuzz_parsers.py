@@ -708,14 +708,14 @@ def test_tokenizer_model_mutated_bytes(tokenizer_files: dict[str, Any], data: st
         check_tokenizer_dir(d, tokenizer_files["config.json"])
 
 
-# --- packed read-back layouts: compressed-tensors, MLX, GPTQ v1 ------------------------------------------------
+# --- packed read-back layouts: compressed-tensors, MLX, GPTQ v1, AWQ ------------------------------------------------
 
 from quantcli.loaders import open_checkpoint  # noqa: E402
 from quantcli.quants.packed import Scheme, get_format  # noqa: E402
 from quantcli.writers.safetensors import write_file  # noqa: E402
 
 PACKED = [("ct", 4, 32), ("ct", 8, 64), ("ct", 2, 32), ("mlx", 4, 32), ("mlx", 3, 64), ("gptq", 4, 32),
-          ("gptq", 8, 64)]
+          ("gptq", 8, 64), ("awq", 4, 32), ("awq", 4, 64)]
 PACKED_MODULES = {"model.layers.0.mlp.up_proj": (96, 64), "model.layers.0.self_attn.o_proj": (64, 128)}
 PACKED_DTYPES = ["<i4", "<u4", "<i8", "<f2", "<f4", "u1"]
 
@@ -723,7 +723,7 @@ PACKED_DTYPES = ["<i4", "<u4", "<i8", "<f2", "<f4", "u1"]
 def packed_checkpoint(fmt_name: str, bits: int, group: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(config.json, tensors) of a tiny packed checkpoint: two quantized Linears and a plain norm."""
     fmt = get_format(fmt_name)
-    dtype = "float16" if fmt_name == "gptq" else "bfloat16"
+    dtype = "float16" if fmt_name in ("gptq", "awq") else "bfloat16"
     scheme = Scheme(bits, group, dtype)
     rng = np.random.default_rng(bits * 1000 + group)
     tensors: dict[str, np.ndarray] = {"model.norm.weight": np.ones(64, dtype=np.float32)}
@@ -739,7 +739,8 @@ def packed_edits(draw: st.DrawFn) -> tuple[str, int, int, list[tuple[list[Any], 
     config_edits = draw(st.lists(st.tuples(
         st.lists(st.sampled_from(["quantization_config", "quantization", "config_groups", "group_0", "weights",
                                   "num_bits", "bits", "group_size", "format", "quant_method", "strategy", "type",
-                                  "symmetric", "actorder", "desc_act", "checkpoint_format", "mode", "torch_dtype"])
+                                  "symmetric", "actorder", "desc_act", "checkpoint_format", "mode", "torch_dtype",
+                                  "version", "zero_point", "w_bit", "q_group_size"])
                  | st.integers(0, 3), min_size=1, max_size=4),
         json_values | json_ints), max_size=2))
     tensor_edits: dict[str, Any] = {}

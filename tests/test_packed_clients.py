@@ -1,6 +1,7 @@
 """Packed outputs loaded by their real clients (`make install-clients`; CI runs these).
 
-compressed-tensors → transformers, MLX → mlx_lm on the CPU backend, GPTQ v1 → transformers + gptqmodel.
+compressed-tensors → transformers, MLX → mlx_lm on the CPU backend, GPTQ v1 → transformers + gptqmodel,
+AutoAWQ GEMM → transformers + gptqmodel (its AWQ CPU kernel) and mlx_lm (which converts it to MLX affine).
 Each client's dequantized weights must equal ours bit for bit (in the model dtype), and its logits must
 match our NumPy runtime's (itself checked against transformers' float32 forward on the same
 weights) within the model dtype's noise.
@@ -139,6 +140,67 @@ def test_gptq_in_transformers_gptqmodel(tmp_path: Path, bits: int) -> None:
             assert np.array_equal(client_w, w), module
         logits = model(torch.tensor(PROMPT)).logits[0].float().numpy()
     _close(logits, _reference(src, out, ours))
+
+
+def test_awq_packing_equals_gptqmodel_pack_awq() -> None:
+    """Our qweight/qzeros words are the ones gptqmodel's own AWQ packer writes for the same codes."""
+    torch = require_module("torch")
+    require_module("gptqmodel")
+    from gptqmodel.quantization.awq.utils.packing_utils import pack_awq as client_pack
+
+    from quantcli.quants.packed.awq import pack_awq
+
+    rng = np.random.default_rng(5)
+    codes, zeros = rng.integers(0, 16, size=(64, 48)), rng.integers(0, 16, size=(2, 48))
+    qweight, qzeros = client_pack(torch.from_numpy(codes).int(), torch.from_numpy(zeros).int(), 4)
+    assert np.array_equal(pack_awq(codes), qweight.numpy())
+    assert np.array_equal(pack_awq(zeros), qzeros.numpy())
+
+
+def test_awq_in_transformers_gptqmodel(tmp_path: Path) -> None:
+    torch = require_module("torch")
+    require_module("gptqmodel")
+    from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
+    from transformers import AutoModelForCausalLM
+
+    scheme = Scheme(4, 64, "float16")
+    src, out = _write(tmp_path, "awq", scheme)
+    ours = _ours(out, "awq", scheme)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float16, device_map="cpu")
+    with torch.no_grad():
+        for module, w in ours.items():
+            layer = model.get_submodule(module)
+            assert "Awq" in type(layer).__name__, type(layer)
+            client_w = dequantize_gemm(layer.qweight, layer.qzeros, layer.scales, 4, 64).float().numpy().T
+            assert np.array_equal(client_w, w), module
+        logits = model(torch.tensor(PROMPT)).logits[0].float().numpy()
+    _close(logits, _reference(src, out, ours))
+
+
+def test_awq_in_mlx_lm(tmp_path: Path) -> None:
+    mx = require_module("mlx.core")
+    from mlx_lm.utils import load_model
+
+    scheme = Scheme(4, 64, "float16")
+    src, out = _write(tmp_path, "awq", scheme)
+    ours = _ours(out, "awq", scheme)
+    model, _ = load_model(out)
+    for module, w in ours.items():
+        layer = model
+        for part in module.split("."):
+            layer = layer[int(part)] if part.isdigit() else getattr(layer, part)
+        assert type(layer).__name__ == "QuantizedLinear"
+        client_w = np.array(mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=64, bits=4)
+                            .astype(mx.float32))
+        # mlx-lm stores bias = -z·scale in float16 and computes q·scale + bias in float16: three roundings
+        # (bias, product, sum) of half a float16 step each, so |Δ| <= 2^-10 (|bias| + 15·scale) per group.
+        bound = (np.abs(np.array(layer.biases.astype(mx.float32))) + 15 * np.array(layer.scales.astype(mx.float32)))
+        assert np.all(np.abs(client_w - w) <= np.repeat(bound * 2.0**-10, 64, axis=1)), module
+    ref = _reference(src, out, ours)
+    # measured max |Δ| 0.8 % of the largest logit in float16 (the checkpoint's dtype), 0.17 % in float32
+    _close(np.array(model(mx.array(PROMPT)).astype(mx.float32))[0], ref)
+    model.set_dtype(mx.float32)
+    _close(np.array(model(mx.array(PROMPT)))[0], ref, rel=0.01)
 
 
 def test_golden_vectors_still_match_clients() -> None:

@@ -25,7 +25,8 @@ def _tensors(path: Path) -> dict[str, bytes]:
     return {t.name: bytes(t.data.tobytes()) for t in GGUFReader(path).tensors}
 
 
-@pytest.mark.parametrize(("fmt", "bits", "dtype"), [("ct", 4, "bfloat16"), ("mlx", 3, "bfloat16"), ("gptq", 4, "float16")])
+@pytest.mark.parametrize(("fmt", "bits", "dtype"), [("ct", 4, "bfloat16"), ("mlx", 3, "bfloat16"), ("gptq", 4, "float16"),
+                                                ("awq", 4, "float16")])
 def test_packed_smollm2_converts_to_its_dequantized_weights(
     smollm2_dir: Path, tmp_path: Path, fmt: str, bits: int, dtype: str
 ) -> None:

@@ -22,7 +22,7 @@ safetensors (compressed-tensors, MLX, GPTQ).
 * `--type auto|f32|f16|bf16|q8_0`: what `convert_hf_to_gguf.py --outtype TYPE` writes, byte for byte.
   Its q8_0 is the converter's own (tensor/key order and fallback rule differ from llama-quantize's Q8_0
   recipe): `--bits 8` gives llama-quantize's (docs/recipes.md).
-* `--format ct|mlx|gptq --bits N`: a packed safetensors directory (`<model>-<FORMAT>-<N>bit`).
+* `--format ct|mlx|gptq|awq --bits N`: a packed safetensors directory (`<model>-<FORMAT>-<N>bit`).
 
 `--dry-run` prints every tensor's type and why, and the exact output size, without writing. `--verify`
 runs the source and the output on a text afterwards and fails (exit 9) if the mean KLD is above
@@ -69,9 +69,9 @@ def register(app: typer.Typer) -> None:
         bits: int | None = typer.Option(
             None, "--bits", metavar="N", help="8 6 5 4 3 2 (GGUF recipe, docs/recipes.md) or a packed format's bit width."
         ),
-        fmt: str = typer.Option("gguf", "--format", metavar="FORMAT", help="gguf, ct (compressed-tensors), mlx or gptq."),
+        fmt: str = typer.Option("gguf", "--format", metavar="FORMAT", help="gguf, ct (compressed-tensors), mlx, gptq or awq."),
         group_size: int | None = typer.Option(
-            None, "--group-size", metavar="N", help="Packed formats: weights per scale (default 128 ct/gptq, 64 mlx)."
+            None, "--group-size", metavar="N", help="Packed formats: weights per scale (default 128 ct/gptq/awq, 64 mlx)."
         ),
         max_shard_size: str | None = typer.Option(
             None, "--max-shard-size", metavar="SIZE", help="Packed formats: largest safetensors shard, e.g. 5GB (default)."

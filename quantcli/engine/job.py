@@ -459,7 +459,7 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
         check_output_dir(out_path, job.force, inputs=_source_files(job))
     with open_checkpoint(job.source) as ckpt:
         # scales (and the tensors kept as they are) live in the model's dtype
-        dtype = str(ckpt.config.get("torch_dtype") or "bfloat16")
+        dtype = fmt.model_dtype or str(ckpt.config.get("torch_dtype") or "bfloat16")
         assert target.bits is not None and target.group_size is not None
         scheme = Scheme(target.bits, target.group_size, dtype if dtype in MODEL_DTYPES else "bfloat16")
         names = ckpt.tensor_names()

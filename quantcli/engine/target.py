@@ -5,7 +5,7 @@ Three kinds of target (docs/recipes.md):
 * "converter": `--type auto|f32|f16|bf16|q8_0` — convert_hf_to_gguf.py's own output, byte for byte;
 * "recipe": `--bits N` or `--type Q4_K_M` (any llama-quantize recipe) — the converter at the checkpoint's
   precision followed by llama-quantize, byte for byte, in one pass;
-* "packed": `--format ct|mlx|gptq --bits N` — a packed safetensors directory.
+* "packed": `--format ct|mlx|gptq|awq --bits N` — a packed safetensors directory.
 `--bits N` for GGUF always means llama-quantize's recipe (plan.ftypes.BITS_RECIPES): 8 is its Q8_0.
 """
 
@@ -22,9 +22,9 @@ from quantcli.plan.ftypes import Ftype, ftype_from_bits, parse_ftype
 from quantcli.quants.packed import PackedFormat, Scheme, get_format
 
 CONVERTER_TYPES = tuple(OUT_TYPES)
-PACKED_FORMATS = ("ct", "mlx", "gptq")
+PACKED_FORMATS = ("ct", "mlx", "gptq", "awq")
 FORMATS = ("gguf", *PACKED_FORMATS)
-DEFAULT_GROUP_SIZE = {"ct": 128, "mlx": 64, "gptq": 128}
+DEFAULT_GROUP_SIZE = {"ct": 128, "mlx": 64, "gptq": 128, "awq": 128}
 DEFAULT_MAX_SHARD = 5 * 1000**3  # "5GB", as transformers' save_pretrained
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -92,9 +92,9 @@ def resolve_target(
         shard = parse_size(max_shard_size) if max_shard_size is not None else DEFAULT_MAX_SHARD
         return Target("packed", fmt, bits=int(bits), group_size=group, max_shard_size=shard)
     if group_size is not None:
-        raise UsageError("--group-size applies to packed formats (--format ct|mlx|gptq)")
+        raise UsageError("--group-size applies to packed formats (--format ct|mlx|gptq|awq)")
     if max_shard_size is not None:
-        raise UsageError("--max-shard-size applies to packed formats (--format ct|mlx|gptq)")
+        raise UsageError("--max-shard-size applies to packed formats (--format ct|mlx|gptq|awq)")
     if bits is not None:
         if out_type not in (None, "auto"):
             raise UsageError("give --type or --bits, not both")

@@ -1,4 +1,4 @@
-"""Read packed safetensors (compressed-tensors, MLX, GPTQ v1) and FP8 checkpoints back as an ordinary
+"""Read packed safetensors (compressed-tensors, MLX, GPTQ v1, AutoAWQ GEMM) and FP8 checkpoints back as an ordinary
 checkpoint.
 
 Each quantized Linear's stored tensors are replaced by `<module>.weight`, dequantized on read exactly as
@@ -146,11 +146,7 @@ def _scales_name(fmt: type[PackedFormat]) -> str:
 
 def _logical_shape(fmt: type[PackedFormat], parts: dict[str, TensorInfo], scheme: Scheme) -> tuple[int, int]:
     """(out, in) of the dequantized weight, from the packed tensors' shapes alone (no data read)."""
-    if fmt.name == "gptq":
-        groups, out = parts["scales"].shape
-        return out, groups * scheme.group_size
-    out, groups = parts[_scales_name(fmt)].shape
-    return out, groups * scheme.group_size
+    return fmt.logical_shape({k: v.shape for k, v in parts.items()}, scheme)
 
 
 def maybe_packed(ckpt: Checkpoint) -> Checkpoint | PackedCheckpoint:

@@ -147,16 +147,16 @@ def _quantize_chunk(
         try:
             result = native.quantize_rows(cls.qtype, rows, imatrix, threads)
         except native.NonFinite:
-            _refuse_non_finite(np.asarray(rows, dtype=np.float32), name, row0)
+            refuse_non_finite(np.asarray(rows, dtype=np.float32), name, row0)
             raise
         if result is not None:
             return result
     chunk = np.ascontiguousarray(rows, dtype=np.float32)
-    _refuse_non_finite(chunk, name, row0)
+    refuse_non_finite(chunk, name, row0)
     return cls.quantize_rows(chunk, imatrix)
 
 
-def _refuse_non_finite(chunk: np.ndarray, name: str, row0: int) -> None:
+def refuse_non_finite(chunk: np.ndarray, name: str, row0: int) -> None:
     finite = np.isfinite(chunk)
     if not finite.all():
         bad = np.argwhere(~finite)[0]

@@ -90,6 +90,66 @@ class SlicedQuantType(QuantType):
         )
 
 
+@dataclass(frozen=True)
+class LevelGrid:
+    """The values a row of encoded blocks can hold, from their stored parameters (d, dmin, sub-block
+    scales): element e of block b decodes as `step[b, s] * (level - zero)`, plus `offset[b, s]` where the
+    type has a min, with s = e // sub_size, all in float32 exactly as the type's to_float computes it."""
+
+    step: np.ndarray  # float32 (nblocks, n_sub)
+    offset: np.ndarray | None  # float32 (nblocks, n_sub), added after the product; None: no min
+    sub_size: int
+    zero: int  # the stored level of code 0 (8 for Q4_0, 0 for the types with a min and for Q8_0)
+
+    def values(self, levels: np.ndarray, first: int = 0) -> np.ndarray:
+        """float32 values of stored levels (nblocks, k): elements first..first+k-1 of every block."""
+        nb, k = levels.shape
+        q = (levels.astype(np.int32) - np.int32(self.zero)).astype(F32)
+        if first == 0 and k == self.step.shape[1] * self.sub_size:
+            # A whole block: broadcast per sub-block (the dequantizer's shape, no per-element copies).
+            q = q.reshape(nb, -1, self.sub_size)
+            out = self.step[:, :, None] * q
+            if self.offset is not None:
+                out += self.offset[:, :, None]
+            return out.reshape(nb, k)
+        sub = (first + np.arange(k)) // self.sub_size
+        out = self.step[:, sub] * q
+        if self.offset is not None:
+            out += self.offset[:, sub]
+        return out
+
+
+class GridQuantType(SlicedQuantType):
+    """A type whose blocks are parameters plus one integer level per element on an affine grid
+    (Q4_0..Q8_0, Q2_K..Q6_K). The three methods below are the only readers and writers of its levels and
+    parameters: the dequantizer, the quantizer's packing and GPTQ on the type's grid (gptq_ggml.py) all
+    go through them."""
+
+    level_min: ClassVar[int]  # the stored levels' range (Q8_0's are signed bytes)
+    level_max: ClassVar[int]
+
+    @classmethod
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        """(nblocks, type_size) uint8 -> the grid their parameters define."""
+        raise NotImplementedError
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        """(nblocks, type_size) uint8 -> stored levels (nblocks, block_size), an integer dtype."""
+        raise NotImplementedError
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        """Store levels (nblocks, block_size), each in [level_min, level_max], into blocks' level bytes in
+        place; the parameter bytes are left as they are."""
+        raise NotImplementedError
+
+    @classmethod
+    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
+        blocks = np.ascontiguousarray(data).reshape(-1, cls.type_size)
+        return cls.grid(blocks).values(cls.levels(blocks)).reshape(data.shape[0], ncols)
+
+
 # ---------------------------------------------------------------- block layouts
 
 
@@ -722,19 +782,13 @@ def quantize_scale_min_blocks(rows: np.ndarray, imatrix: np.ndarray | None, p: S
     return ScaleMinBlocks(d=d, dmin=dmin, scales=packed, levels=final)
 
 
-def dequantize_scale_min_blocks(
-    d: np.ndarray, dmin: np.ndarray, scales: np.ndarray, levels: np.ndarray
-) -> np.ndarray:
-    """y = (d*sc)*q - (dmin*m) per sub-block, as dequantize_row_q4_K / q5_K compute it.
-
-    d, dmin: (NB,) fp16 values (any float dtype); levels (NB, 256).
-    """
-    sc, m = unpack_scale_min_k4(scales)
-    d1 = d.astype(F32)[:, None] * sc.astype(F32)
-    m1 = dmin.astype(F32)[:, None] * m.astype(F32)
-    nb = levels.shape[0]
-    q = levels.reshape(nb, 8, 32).astype(F32)
-    return (d1[:, :, None] * q - m1[:, :, None]).reshape(nb, QK_K)
+def scale_min_grid(blocks: np.ndarray) -> LevelGrid:
+    """Q4_K / Q5_K blocks (d:f16, dmin:f16, scales[12] first): y = (d*sc)*q - (dmin*m) per 32-element
+    sub-block, as dequantize_row_q4_K / q5_K compute it (x - y is x + (-y) in IEEE arithmetic)."""
+    sc, m = unpack_scale_min_k4(blocks[:, 4:16])
+    step = read_half(blocks, 0) * sc.astype(F32)
+    offset = -(read_half(blocks, 2) * m.astype(F32))
+    return LevelGrid(step=step, offset=offset, sub_size=32, zero=0)
 
 
 # ---------------------------------------------------------------- IQ4_NL / IQ4_XS

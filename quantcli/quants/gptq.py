@@ -114,6 +114,16 @@ def _lower_inverse(lower: np.ndarray) -> np.ndarray:
     return out
 
 
+def without_dead_columns(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float64 copy of H in which every dead input (H_ii = 0: a column no calibration token ever
+    activates) has H_ii = 1, and the mask of those columns. Their weights cannot matter, so callers zero
+    them; H_ii = 1 makes H invertible there and keeps them out of every other column's update."""
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    return h, dead
+
+
 def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, float]:
     """Upper U with UᵀU = (H + λI)⁻¹, λ = damp · mean diag(H). When the Cholesky fails the fraction is
     raised by DAMP_STEP (GPTQModel) instead of falling back to round-to-nearest (llm-compressor).
@@ -151,13 +161,8 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, config: GPTQConfig) -
     n_groups = n // gs
 
     weight32 = np.asarray(weight, dtype=np.float32)
-    H = np.array(hessian, dtype=np.float64)
+    H, dead = without_dead_columns(hessian)
     diag = np.diag(H).copy()
-    dead = diag == 0
-    # A column no calibration token ever activates: its weight cannot matter, so zero it and make H
-    # invertible there (H_ii = 1 keeps it out of every other column's update).
-    H[dead, dead] = 1.0
-    diag[dead] = 1.0
 
     if config.scales == "static":
         # Observed on the weight as loaded, before dead columns are zeroed (the observer runs first).

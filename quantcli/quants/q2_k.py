@@ -14,7 +14,8 @@ from gguf import GGMLQuantizationType
 from quantcli.quants.ggml import (
     F32,
     QK_K,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     as_blocks,
     half_bytes,
     kquant_impl_weights,
@@ -29,8 +30,9 @@ from quantcli.quants.ggml import (
 )
 
 
-class Q2_K(SlicedQuantType, qtype=GGMLQuantizationType.Q2_K):
+class Q2_K(GridQuantType, qtype=GGMLQuantizationType.Q2_K):
     uses_imatrix = True
+    level_min, level_max = 0, 3
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -68,25 +70,30 @@ class Q2_K(SlicedQuantType, qtype=GGMLQuantizationType.Q2_K):
         with np.errstate(all="ignore"):
             requant = nearest_int((blocks.reshape(nb, 16, 16) + dm[:, :, None]) / dd[:, :, None])
         np.clip(requant, 0, 3, out=requant)
-        final = np.where((dd != 0)[:, :, None], requant, levels.T.reshape(nb, 16, 16)).reshape(nb, 2, 4, 32)
-        qs = final[:, :, 0, :] | (final[:, :, 1, :] << 2) | (final[:, :, 2, :] << 4) | (final[:, :, 3, :] << 6)
+        final = np.where((dd != 0)[:, :, None], requant, levels.T.reshape(nb, 16, 16))
         out = np.empty((nb, cls.type_size), dtype=np.uint8)
         out[:, 0:16] = codes.astype(np.uint8)
-        out[:, 16:80] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)
+        cls.write_levels(out, final.reshape(nb, QK_K))
         out[:, 80:82] = half_bytes(d)
         out[:, 82:84] = half_bytes(dmin)
         return out.reshape(nrows, -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        nrows = data.shape[0]
-        blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
-        nb = blk.shape[0]
-        codes = blk[:, 0:16].astype(np.int32)
-        d = read_half(blk, 80).reshape(nb)
-        dmin = read_half(blk, 82).reshape(nb)
-        dl = d[:, None] * (codes & 0xF).astype(F32)
-        ml = dmin[:, None] * (codes >> 4).astype(F32)
-        qs = blk[:, 16:80].reshape(nb, 2, 1, 32)
-        q = ((qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3).astype(F32).reshape(nb, 16, 16)
-        return (dl[:, :, None] * q - ml[:, :, None]).reshape(nrows, ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        codes = blocks[:, 0:16].astype(np.int32)
+        step = read_half(blocks, 80) * (codes & 0xF).astype(F32)
+        # C: dl * q - ml, and x - y is x + (-y) in IEEE arithmetic
+        offset = -(read_half(blocks, 82) * (codes >> 4).astype(F32))
+        return LevelGrid(step=step, offset=offset, sub_size=16, zero=0)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        qs = blocks[:, 16:80].reshape(-1, 2, 1, 32)
+        return ((qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3).reshape(-1, QK_K)
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        nb = levels.shape[0]
+        lv = levels.astype(np.int32, copy=False).reshape(nb, 2, 4, 32)
+        qs = lv[:, :, 0, :] | (lv[:, :, 1, :] << 2) | (lv[:, :, 2, :] << 4) | (lv[:, :, 3, :] << 6)
+        blocks[:, 16:80] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)

@@ -15,7 +15,8 @@ from gguf import GGMLQuantizationType
 from quantcli.quants.ggml import (
     F32,
     QK_K,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     as_blocks,
     half_bytes,
     kquant_impl_weights,
@@ -51,8 +52,9 @@ def unpack_q3_scales(packed: np.ndarray) -> np.ndarray:
     return (low | (high << 4)) - 32
 
 
-class Q3_K(SlicedQuantType, qtype=GGMLQuantizationType.Q3_K):
+class Q3_K(GridQuantType, qtype=GGMLQuantizationType.Q3_K):
     uses_imatrix = True
+    level_min, level_max = 0, 7
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -92,30 +94,33 @@ class Q3_K(SlicedQuantType, qtype=GGMLQuantizationType.Q3_K):
         np.clip(requant, -4, 3, out=requant)
         requant += 4
         final = np.where((dd != 0)[:, :, None], requant, levels.T.reshape(nb, 16, 16)).reshape(nb, QK_K)
-
-        high = final > 3
-        hbits = high.reshape(nb, 8, 32).astype(np.int32) << np.arange(8, dtype=np.int32)[None, :, None]
-        hmask = np.bitwise_or.reduce(hbits, axis=1)
-        low = np.where(high, final - 4, final).reshape(nb, 2, 4, 32)
-        qs = low[:, :, 0, :] | (low[:, :, 1, :] << 2) | (low[:, :, 2, :] << 4) | (low[:, :, 3, :] << 6)
         out = np.empty((nb, cls.type_size), dtype=np.uint8)
-        out[:, 0:32] = hmask.astype(np.uint8)
-        out[:, 32:96] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)
+        cls.write_levels(out, final)
         out[:, 96:108] = packed
         out[:, 108:110] = half_bytes(d)
         return out.reshape(nrows, -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        nrows = data.shape[0]
-        blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
-        nb = blk.shape[0]
-        d = read_half(blk, 108).reshape(nb)
-        dl = d[:, None] * unpack_q3_scales(blk[:, 96:108]).astype(F32)  # (nb, 16)
-        qs = blk[:, 32:96].reshape(nb, 2, 1, 32)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        step = read_half(blocks, 108) * unpack_q3_scales(blocks[:, 96:108]).astype(F32)  # (nb, 16)
+        return LevelGrid(step=step, offset=None, sub_size=16, zero=4)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        nb = blocks.shape[0]
+        qs = blocks[:, 32:96].reshape(nb, 2, 1, 32)
         low = (qs >> (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1)) & 3  # (nb, 2, 4, 32) uint8
-        hm = blk[:, 0:32][:, None, :]  # (nb, 1, 32)
+        hm = blocks[:, 0:32][:, None, :]  # (nb, 1, 32)
         hbit = (hm >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1  # (nb, 8, 32): e = 32*m + t
         # level L = low | hbit<<2 in 0..7, value L - 4 (== low - (hbit ? 0 : 4))
-        q = ((low.reshape(nb, 8, 32) | (hbit << 2)).view(np.int8) - np.int8(4)).astype(F32).reshape(nb, 16, 16)
-        return (dl[:, :, None] * q).reshape(nrows, ncols)
+        return (low.reshape(nb, 8, 32) | (hbit << 2)).reshape(nb, QK_K)
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        nb = levels.shape[0]
+        high = levels > 3
+        hbits = high.reshape(nb, 8, 32).astype(np.int32) << np.arange(8, dtype=np.int32)[None, :, None]
+        low = np.where(high, levels - 4, levels).astype(np.int32).reshape(nb, 2, 4, 32)
+        qs = low[:, :, 0, :] | (low[:, :, 1, :] << 2) | (low[:, :, 2, :] << 4) | (low[:, :, 3, :] << 6)
+        blocks[:, 0:32] = np.bitwise_or.reduce(hbits, axis=1).astype(np.uint8)
+        blocks[:, 32:96] = (qs & 0xFF).astype(np.uint8).reshape(nb, 64)

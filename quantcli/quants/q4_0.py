@@ -10,8 +10,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.ggml import (
-    F32,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     half_bytes,
     pack_nibbles,
     read_half,
@@ -20,21 +20,27 @@ from quantcli.quants.ggml import (
 )
 
 
-class Q4_0(SlicedQuantType, qtype=GGMLQuantizationType.Q4_0):
+class Q4_0(GridQuantType, qtype=GGMLQuantizationType.Q4_0):
     uses_imatrix = True
     searches_without_imatrix = False
+    level_min, level_max = 0, 15
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         d, qt = symmetric_block_codes(rows, imatrix, 8)
         out = np.empty((qt.shape[1], cls.type_size), dtype=np.uint8)
         out[:, 0:2] = half_bytes(d)
-        out[:, 2:] = pack_nibbles(qt)
+        cls.write_levels(out, qt.T)
         return out.reshape(rows.shape[0], -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        blocks = data.reshape(-1, cls.type_size)
-        d = read_half(blocks, 0)
-        q = unpack_nibbles(blocks[:, 2:]).astype(np.int8) - np.int8(8)
-        return (q.astype(F32) * d).reshape(data.shape[0], ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return LevelGrid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=8)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        return unpack_nibbles(blocks[:, 2:])
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        blocks[:, 2:] = pack_nibbles(levels.T)

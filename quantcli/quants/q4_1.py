@@ -10,8 +10,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.ggml import (
-    F32,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     half_bytes,
     min_block_codes,
     pack_nibbles,
@@ -20,9 +20,10 @@ from quantcli.quants.ggml import (
 )
 
 
-class Q4_1(SlicedQuantType, qtype=GGMLQuantizationType.Q4_1):
+class Q4_1(GridQuantType, qtype=GGMLQuantizationType.Q4_1):
     uses_imatrix = True
     searches_without_imatrix = False
+    level_min, level_max = 0, 15
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -30,13 +31,17 @@ class Q4_1(SlicedQuantType, qtype=GGMLQuantizationType.Q4_1):
         out = np.empty((qt.shape[1], cls.type_size), dtype=np.uint8)
         out[:, 0:2] = half_bytes(d)
         out[:, 2:4] = half_bytes(m)
-        out[:, 4:] = pack_nibbles(qt)
+        cls.write_levels(out, qt.T)
         return out.reshape(rows.shape[0], -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        blocks = data.reshape(-1, cls.type_size)
-        d = read_half(blocks, 0)
-        m = read_half(blocks, 2)
-        q = unpack_nibbles(blocks[:, 4:]).astype(F32)
-        return (q * d + m).reshape(data.shape[0], ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return LevelGrid(step=read_half(blocks, 0), offset=read_half(blocks, 2), sub_size=32, zero=0)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        return unpack_nibbles(blocks[:, 4:])
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        blocks[:, 4:] = pack_nibbles(levels.T)

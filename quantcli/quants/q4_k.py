@@ -12,42 +12,45 @@ from gguf import GGMLQuantizationType
 
 from quantcli.quants.ggml import (
     QK_K,
+    GridQuantType,
+    LevelGrid,
     ScaleMinParams,
-    SlicedQuantType,
-    dequantize_scale_min_blocks,
     half_bytes,
     quantize_scale_min_blocks,
-    read_half,
+    scale_min_grid,
 )
 
 Q4K_PARAMS = ScaleMinParams(nmax=15, ref_rmin=-1.0, ref_nstep=20, clamp_impl_codes=False)
 
 
-class Q4_K(SlicedQuantType, qtype=GGMLQuantizationType.Q4_K):
+class Q4_K(GridQuantType, qtype=GGMLQuantizationType.Q4_K):
     uses_imatrix = True
+    level_min, level_max = 0, 15
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
         res = quantize_scale_min_blocks(rows, imatrix, Q4K_PARAMS)
         nb = res.levels.shape[0]
-        lv = res.levels.reshape(nb, 4, 2, 32)  # group g: sub-block 2g low nibbles, 2g+1 high nibbles
-        qs = (lv[:, :, 0, :] | (lv[:, :, 1, :] << 4)).astype(np.uint8).reshape(nb, 128)
         out = np.empty((nb, cls.type_size), dtype=np.uint8)
         out[:, 0:2] = half_bytes(res.d)
         out[:, 2:4] = half_bytes(res.dmin)
         out[:, 4:16] = res.scales
-        out[:, 16:144] = qs
+        cls.write_levels(out, res.levels)
         return out.reshape(nrows, -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        nrows = data.shape[0]
-        blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
-        nb = blk.shape[0]
-        d = read_half(blk, 0).reshape(nb)
-        dmin = read_half(blk, 2).reshape(nb)
-        qs = blk[:, 16:144].reshape(nb, 4, 1, 32)
-        levels = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(nb, QK_K)
-        return dequantize_scale_min_blocks(d, dmin, blk[:, 4:16], levels).reshape(nrows, ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return scale_min_grid(blocks)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        qs = blocks[:, 16:144].reshape(-1, 4, 1, 32)
+        return np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, QK_K)
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        nb = levels.shape[0]
+        lv = levels.reshape(nb, 4, 2, 32)  # group g: sub-block 2g low nibbles, 2g+1 high nibbles
+        blocks[:, 16:144] = (lv[:, :, 0, :] | (lv[:, :, 1, :] << 4)).astype(np.uint8).reshape(nb, 128)
 

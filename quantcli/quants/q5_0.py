@@ -9,8 +9,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.ggml import (
-    F32,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     half_bytes,
     pack_bit4,
     pack_nibbles,
@@ -21,22 +21,28 @@ from quantcli.quants.ggml import (
 )
 
 
-class Q5_0(SlicedQuantType, qtype=GGMLQuantizationType.Q5_0):
+class Q5_0(GridQuantType, qtype=GGMLQuantizationType.Q5_0):
     uses_imatrix = True
     searches_without_imatrix = False
+    level_min, level_max = 0, 31
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         d, qt = symmetric_block_codes(rows, imatrix, 16)
         out = np.empty((qt.shape[1], cls.type_size), dtype=np.uint8)
         out[:, 0:2] = half_bytes(d)
-        out[:, 2:6] = pack_bit4(qt)
-        out[:, 6:] = pack_nibbles(qt)
+        cls.write_levels(out, qt.T)
         return out.reshape(rows.shape[0], -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        blocks = data.reshape(-1, cls.type_size)
-        d = read_half(blocks, 0)
-        q = (unpack_nibbles(blocks[:, 6:]) | unpack_bit4(blocks[:, 2:6])).astype(np.int8) - np.int8(16)
-        return (q.astype(F32) * d).reshape(data.shape[0], ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return LevelGrid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=16)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        return unpack_nibbles(blocks[:, 6:]) | unpack_bit4(blocks[:, 2:6])
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        blocks[:, 2:6] = pack_bit4(levels.T)
+        blocks[:, 6:] = pack_nibbles(levels.T)

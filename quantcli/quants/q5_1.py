@@ -10,8 +10,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from quantcli.quants.ggml import (
-    F32,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     half_bytes,
     min_block_codes,
     pack_bit4,
@@ -22,9 +22,10 @@ from quantcli.quants.ggml import (
 )
 
 
-class Q5_1(SlicedQuantType, qtype=GGMLQuantizationType.Q5_1):
+class Q5_1(GridQuantType, qtype=GGMLQuantizationType.Q5_1):
     uses_imatrix = True
     searches_without_imatrix = False
+    level_min, level_max = 0, 31
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -32,14 +33,18 @@ class Q5_1(SlicedQuantType, qtype=GGMLQuantizationType.Q5_1):
         out = np.empty((qt.shape[1], cls.type_size), dtype=np.uint8)
         out[:, 0:2] = half_bytes(d)
         out[:, 2:4] = half_bytes(m)
-        out[:, 4:8] = pack_bit4(qt)
-        out[:, 8:] = pack_nibbles(qt)
+        cls.write_levels(out, qt.T)
         return out.reshape(rows.shape[0], -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        blocks = data.reshape(-1, cls.type_size)
-        d = read_half(blocks, 0)
-        m = read_half(blocks, 2)
-        q = (unpack_nibbles(blocks[:, 8:]) | unpack_bit4(blocks[:, 4:8])).astype(F32)
-        return (q * d + m).reshape(data.shape[0], ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return LevelGrid(step=read_half(blocks, 0), offset=read_half(blocks, 2), sub_size=32, zero=0)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        return unpack_nibbles(blocks[:, 8:]) | unpack_bit4(blocks[:, 4:8])
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        blocks[:, 4:8] = pack_bit4(levels.T)
+        blocks[:, 8:] = pack_nibbles(levels.T)

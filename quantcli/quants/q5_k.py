@@ -12,12 +12,12 @@ from gguf import GGMLQuantizationType
 
 from quantcli.quants.ggml import (
     QK_K,
+    GridQuantType,
+    LevelGrid,
     ScaleMinParams,
-    SlicedQuantType,
-    dequantize_scale_min_blocks,
     half_bytes,
     quantize_scale_min_blocks,
-    read_half,
+    scale_min_grid,
 )
 
 Q5K_PARAMS = ScaleMinParams(nmax=31, ref_rmin=-0.5, ref_nstep=15, clamp_impl_codes=True)
@@ -25,36 +25,39 @@ _GROUP_SHIFTS = np.arange(8, dtype=np.uint8).reshape(4, 2, 1)  # bit of (group g
 _GROUP_BITS = np.int32(1) << _GROUP_SHIFTS.astype(np.int32)
 
 
-class Q5_K(SlicedQuantType, qtype=GGMLQuantizationType.Q5_K):
+class Q5_K(GridQuantType, qtype=GGMLQuantizationType.Q5_K):
     uses_imatrix = True
+    level_min, level_max = 0, 31
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         nrows = rows.shape[0]
         res = quantize_scale_min_blocks(rows, imatrix, Q5K_PARAMS)
         nb = res.levels.shape[0]
-        lv = res.levels.reshape(nb, 4, 2, 32)
-        low = lv & 0xF
-        qs = (low[:, :, 0, :] | (low[:, :, 1, :] << 4)).astype(np.uint8).reshape(nb, 128)
-        qh = np.where(lv > 15, _GROUP_BITS, 0).sum(axis=(1, 2)).astype(np.uint8)  # disjoint bits: OR == sum
         out = np.empty((nb, cls.type_size), dtype=np.uint8)
         out[:, 0:2] = half_bytes(res.d)
         out[:, 2:4] = half_bytes(res.dmin)
         out[:, 4:16] = res.scales
-        out[:, 16:48] = qh
-        out[:, 48:176] = qs
+        cls.write_levels(out, res.levels)
         return out.reshape(nrows, -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        nrows = data.shape[0]
-        blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
-        nb = blk.shape[0]
-        d = read_half(blk, 0).reshape(nb)
-        dmin = read_half(blk, 2).reshape(nb)
-        qh = blk[:, 16:48][:, None, None, :]  # (nb, 1, 1, 32) uint8
-        qs = blk[:, 48:176].reshape(nb, 4, 1, 32)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return scale_min_grid(blocks)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        qh = blocks[:, 16:48][:, None, None, :]  # (nb, 1, 1, 32) uint8
+        qs = blocks[:, 48:176].reshape(-1, 4, 1, 32)
         low = np.concatenate([qs & 0xF, qs >> 4], axis=2)  # (nb, 4, 2, 32) uint8
         high = ((qh >> _GROUP_SHIFTS) & 1) << 4
-        levels = (low | high).reshape(nb, QK_K)
-        return dequantize_scale_min_blocks(d, dmin, blk[:, 4:16], levels).reshape(nrows, ncols)
+        return (low | high).reshape(-1, QK_K)
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        nb = levels.shape[0]
+        lv = levels.reshape(nb, 4, 2, 32)
+        low = lv & 0xF
+        blocks[:, 48:176] = (low[:, :, 0, :] | (low[:, :, 1, :] << 4)).astype(np.uint8).reshape(nb, 128)
+        # disjoint bits: OR == sum
+        blocks[:, 16:48] = np.where(lv > 15, _GROUP_BITS, 0).sum(axis=(1, 2)).astype(np.uint8)

@@ -15,7 +15,8 @@ from quantcli.quants.ggml import (
     F32,
     GROUP_MAX_EPS,
     QK_K,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     as_blocks,
     half_bytes,
     make_qx_quants,
@@ -27,8 +28,9 @@ from quantcli.quants.ggml import (
 )
 
 
-class Q6_K(SlicedQuantType, qtype=GGMLQuantizationType.Q6_K):
+class Q6_K(GridQuantType, qtype=GGMLQuantizationType.Q6_K):
     uses_imatrix = True
+    level_min, level_max = 0, 63
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -51,31 +53,36 @@ class Q6_K(SlicedQuantType, qtype=GGMLQuantizationType.Q6_K):
         np.clip(requant, -32, 31, out=requant)
         requant += 32
         search_codes = codes.T.reshape(nb, 16, 16)
-        levels = np.where((dd != 0)[:, :, None], requant, search_codes).reshape(nb, 2, 4, 32)
-        ql = np.empty((nb, 2, 2, 32), dtype=np.int32)
-        ql[:, :, 0, :] = (levels[:, :, 0, :] & 0xF) | ((levels[:, :, 2, :] & 0xF) << 4)
-        ql[:, :, 1, :] = (levels[:, :, 1, :] & 0xF) | ((levels[:, :, 3, :] & 0xF) << 4)
-        top = levels >> 4
-        qh = top[:, :, 0, :] | (top[:, :, 1, :] << 2) | (top[:, :, 2, :] << 4) | (top[:, :, 3, :] << 6)
+        levels = np.where((dd != 0)[:, :, None], requant, search_codes)
         out = np.empty((nb, cls.type_size), dtype=np.uint8)
-        out[:, 0:128] = (ql & 0xFF).astype(np.uint8).reshape(nb, 128)
-        out[:, 128:192] = (qh & 0xFF).astype(np.uint8).reshape(nb, 64)
+        cls.write_levels(out, levels.reshape(nb, QK_K))
         out[:, 192:208] = sc.view(np.uint8)
         out[:, 208:210] = half_bytes(d)
         out[empty] = 0  # an all-zero block (max |scale| < 1e-15) is written as 210 zero bytes
         return out.reshape(nrows, -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        nrows = data.shape[0]
-        blk = np.ascontiguousarray(data).reshape(-1, cls.type_size)
-        nb = blk.shape[0]
-        ql = blk[:, 0:128].reshape(nb, 2, 2, 32).astype(np.int32)
-        qh = blk[:, 128:192].reshape(nb, 2, 1, 32).astype(np.int32)
-        sc = blk[:, 192:208].copy().view(np.int8).astype(F32)  # (nb, 16)
-        d = read_half(blk, 208).reshape(nb)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        sc = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(F32)  # (nb, 16)
+        # C: d * sc[is] * q == (d*sc)*q
+        return LevelGrid(step=read_half(blocks, 208) * sc, offset=None, sub_size=16, zero=32)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        ql = blocks[:, 0:128].reshape(-1, 2, 2, 32).astype(np.int32)
+        qh = blocks[:, 128:192].reshape(-1, 2, 1, 32).astype(np.int32)
         low = np.concatenate([ql & 0xF, ql >> 4], axis=2)  # (nb, 2, 4, 32): k = 0,1 low nibbles; 2,3 high
         high = (qh >> (2 * np.arange(4, dtype=np.int32)).reshape(1, 1, 4, 1)) & 3
-        q = ((low | (high << 4)) - 32).astype(F32).reshape(nb, 16, 16)
-        dl = d[:, None] * sc  # C: d * sc[is] * q == (d*sc)*q
-        return (dl[:, :, None] * q).reshape(nrows, ncols)
+        return (low | (high << 4)).reshape(-1, QK_K)
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        nb = levels.shape[0]
+        lv = levels.astype(np.int32, copy=False).reshape(nb, 2, 4, 32)
+        ql = np.empty((nb, 2, 2, 32), dtype=np.int32)
+        ql[:, :, 0, :] = (lv[:, :, 0, :] & 0xF) | ((lv[:, :, 2, :] & 0xF) << 4)
+        ql[:, :, 1, :] = (lv[:, :, 1, :] & 0xF) | ((lv[:, :, 3, :] & 0xF) << 4)
+        top = lv >> 4
+        qh = top[:, :, 0, :] | (top[:, :, 1, :] << 2) | (top[:, :, 2, :] << 4) | (top[:, :, 3, :] << 6)
+        blocks[:, 0:128] = (ql & 0xFF).astype(np.uint8).reshape(nb, 128)
+        blocks[:, 128:192] = (qh & 0xFF).astype(np.uint8).reshape(nb, 64)

@@ -7,7 +7,8 @@ from gguf import GGMLQuantizationType
 
 from quantcli.quants.ggml import (
     F32,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
     half_bytes,
     read_half,
     transposed_blocks,
@@ -30,9 +31,10 @@ def roundf_to_int8(v: np.ndarray) -> np.ndarray:
     return v.astype(np.int8)  # float -> int conversion truncates toward zero
 
 
-class Q8_0(SlicedQuantType, qtype=GGMLQuantizationType.Q8_0):
+class Q8_0(GridQuantType, qtype=GGMLQuantizationType.Q8_0):
     uses_imatrix = False
     searches_without_imatrix = False
+    level_min, level_max = -128, 127  # ggml's quantizer writes -127..127, to_float reads any int8
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -50,12 +52,17 @@ class Q8_0(SlicedQuantType, qtype=GGMLQuantizationType.Q8_0):
         out[:, 0:2] = half_bytes(d)
         with np.errstate(invalid="ignore"):
             codes = roundf_to_int8(scaled).view(np.uint8)
-        out[:, 2:] = zero_codes_where_inverse_overflows(codes.T, inv).T
+        cls.write_levels(out, zero_codes_where_inverse_overflows(codes.T, inv).T)
         return out.reshape(rows.shape[0], -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        blocks = data.reshape(-1, cls.type_size)
-        d = read_half(blocks, 0)
-        q = np.ascontiguousarray(blocks[:, 2:]).view(np.int8).astype(F32)
-        return (q * d).reshape(data.shape[0], ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return LevelGrid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=0)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(blocks[:, 2:]).view(np.int8)
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        blocks[:, 2:] = levels.astype(np.int8, copy=False).view(np.uint8)  # uint8 input: its own bytes

@@ -66,6 +66,9 @@ class PackedFormat:
     parts: ClassVar[tuple[str, ...]]
     # False for the pre-quantized layouts we only read (FP8): not an output --format.
     writable: ClassVar[bool] = True
+    # The dtype the format's models run in whatever the source's (kept tensors, `torch_dtype`); None: the
+    # source checkpoint's own.
+    model_dtype: ClassVar[str | None] = None
     _registry: ClassVar[dict[str, type[PackedFormat]]] = {}
 
     def __init_subclass__(cls, name: str | None = None, **kw: object) -> None:
