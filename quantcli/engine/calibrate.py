@@ -129,6 +129,7 @@ def calibrate_packed(
 ) -> dict[str, Any]:
     """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
     format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
+    from quantcli.runtime import load_tokenizer
     from quantcli.runtime.calibrate import (
         DEFAULT_SAMPLES,
         DEFAULT_SEQ_LEN,
@@ -137,7 +138,6 @@ def calibrate_packed(
         calibration_samples,
         read_calibration_text,
     )
-    from quantcli.runtime import load_tokenizer
     from quantcli.runtime.hf import HFSource
     from quantcli.runtime.model import Model
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from gguf import GGMLQuantizationType
 
 from quantcli.atomic import check_output, check_output_dir
-from quantcli.engine.calibrate import CalibrationOptions, calibration_options, check_packed_format
 from quantcli.console import peak_rss_bytes
+from quantcli.engine.calibrate import CalibrationOptions, calibration_options, check_packed_format
 from quantcli.engine.progress import ByteProgress, CountProgress
 from quantcli.engine.result import gguf_result, packed_plan_result, packed_result, plan_result
 from quantcli.engine.stream import ConverterTensors, TensorBytes, requantized_chunks, stage_times

@@ -155,7 +155,7 @@ def calibrate_blocks(
             probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer)
             del probe
 
-            def run(weights: dict[str, np.ndarray], il: int = il) -> np.ndarray:
+            def run(weights: dict[str, np.ndarray], il: int = il, x: np.ndarray = x) -> np.ndarray:
                 return model.sequence_layer(il, x.copy(), n_seq, weight=_with(model, weights))
 
             quantized = quantize_block(BlockInputs(il, observer.hessians, x, run, x.shape[0]))
