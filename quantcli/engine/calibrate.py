@@ -15,14 +15,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError
-from quantcli.quants.gptq import GPTQConfig, gptq_quantize
+from quantcli.quants.gptq import GPTQConfig, Hessian, gptq_quantize
 from quantcli.quants.packed import PackedFormat, Scheme
+
+if TYPE_CHECKING:  # the HF source is opened only by a calibrating job
+    from quantcli.sources.hf import SourceTensor
 
 METHODS = ("rtn", "gptq")  # rtn: no calibration (round-to-nearest / llama.cpp's quantizers)
 
@@ -35,7 +38,9 @@ class CalibrationOptions:
     files: tuple[str, ...] = ()  # --calib; empty: the bundled text
     samples: int | None = None  # --calib-samples (default runtime.calibrate.DEFAULT_SAMPLES)
     seq_len: int | None = None  # --calib-seq-len (default runtime.calibrate.DEFAULT_SEQ_LEN)
-    act_order: bool = True  # GPTQ columns by decreasing Hessian diagonal
+    # GPTQ columns by decreasing Hessian diagonal: None = the default (on for packed formats; GGUF grids
+    # visit columns in order)
+    act_order: bool | None = None
     damp: float = 0.01  # GPTQ damping, a fraction of mean diag(H)
 
     def input_files(self) -> list[Path]:
@@ -70,9 +75,8 @@ def calibration_options(
         if not Path(path).is_file():
             raise InputMissing(f"--calib {path} does not exist")
     return CalibrationOptions(
-        method, tuple(str(p) for p in calib), samples, seq_len, True if act_order is None else act_order,
-        0.01 if damp is None else damp,
-    )  # fmt: skip
+        method, tuple(str(p) for p in calib), samples, seq_len, act_order, 0.01 if damp is None else damp
+    )
 
 
 def check_packed_format(opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme) -> None:
@@ -118,17 +122,20 @@ def spill_store(output: Path) -> Iterator[SpillStore]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def calibrate_packed(
+# One linear's calibrated quantization: (GGUF name, the converter's view of it, its input Hessian) -> the
+# values the output will hold, float32 in GGUF orientation, or None to leave the tensor to the sink.
+QuantizeLinear = Callable[[str, "SourceTensor", Hessian], "np.ndarray | None"]
+
+
+def run_calibration(
     opts: CalibrationOptions,
     source: Path,
-    linear_names: set[str],
-    fmt: type[PackedFormat],
-    scheme: Scheme,
-    store: SpillStore,
+    quantize_linear: QuantizeLinear,
     on_block: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
-    format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
+    """Run the checkpoint at `source` block by block over the calibration samples, calling
+    `quantize_linear(gguf_name, source_tensor, hessian)` for every linear the runtime feeds; returns the
+    facts for the result's `calibration` key (the caller adds its own)."""
     from quantcli.runtime import load_tokenizer
     from quantcli.runtime.calibrate import (
         DEFAULT_SAMPLES,
@@ -149,50 +156,22 @@ def calibrate_packed(
     samples = calibration_samples(
         tokenizer, text.text, opts.samples or DEFAULT_SAMPLES, opts.seq_len or DEFAULT_SEQ_LEN
     )
-    scale_dtype = fmt.gptq_scale_dtype(scheme)
-    assert scale_dtype is not None
-    # Act-order groups follow the processing order only where the format stores g_idx; elsewhere the
-    # groups stay contiguous and act-order only changes the order columns are visited in.
-    dynamic_groups = opts.act_order and fmt.carries_g_idx
-    config = GPTQConfig(
-        bits=scheme.bits, group_size=scheme.group_size, damp=opts.damp, block_size=128,
-        act_order=opts.act_order, scales="dynamic" if not opts.act_order or dynamic_groups else "static",
-        scale_dtype=scale_dtype,
-    )  # fmt: skip
-    done: set[str] = set()
-    raised: dict[str, float] = {}
-    gptq_seconds = [0.0]
+    quantize_seconds = [0.0]
 
     def quantize_block(block: BlockInputs) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = {}
         for name, hessian in block.hessians.items():
-            tensor = hf.source_tensor(name)
-            if tensor.source_name not in linear_names:
-                continue
-            weight = np.asarray(tensor.read(), dtype=np.float32)  # HF orientation: columns are the inputs
-            if not np.isfinite(weight).all():
-                row, col = (int(i) for i in np.argwhere(~np.isfinite(weight))[0])
-                raise InputInvalid(f"{tensor.source_name}: non-finite value at row {row}, column {col}")
             t0 = time.perf_counter()
             # One BLAS thread: GPTQ is a column loop of small products and one Cholesky, which threads
             # slow down (a 1536² Cholesky took 13x longer with two threads on a busy 2-core machine).
             with threadpool_limits(limits=1, user_api="blas"):
-                result = gptq_quantize(weight, hessian.matrix, config)
-            gptq_seconds[0] += time.perf_counter() - t0
-            if result.damp != opts.damp:
-                raised[tensor.source_name] = round(result.damp, 4)
-            g_idx = result.g_idx if fmt.carries_g_idx else None
-            tensors = fmt.from_codes(result.codes, result.scales, g_idx, scheme)
-            store.put(tensor.source_name, tensors)
-            done.add(tensor.source_name)
-            # The values the client computes with, in the runtime's (GGUF) orientation, for the next block.
-            values[name] = np.asarray(tensor.transform(fmt.dequantize(tensors, scheme)), dtype=np.float32)
+                quantized = quantize_linear(name, hf.source_tensor(name), hessian)
+            quantize_seconds[0] += time.perf_counter() - t0
+            if quantized is not None:
+                values[name] = quantized
         return values
 
     calibrate_blocks(model, samples, quantize_block, on_block=on_block)
-    missing = sorted(linear_names - done)
-    if missing:
-        raise Unsupported(f"calibration: the runtime never fed {missing[0]} ({len(missing)} linears without inputs)")
     return {
         "method": opts.method,
         "text": list(text.sources),
@@ -200,11 +179,108 @@ def calibrate_packed(
         "samples": int(samples.shape[0]),
         "seq_len": int(samples.shape[1]),
         "tokens": int(samples.size),
-        "act_order": opts.act_order,
-        "group_order": "g_idx" if dynamic_groups else "contiguous",
-        "scales": config.scales,
         "damp": opts.damp,
-        "damp_raised": raised,
-        "gptq_seconds": round(gptq_seconds[0], 3),
+        "quantize_seconds": round(quantize_seconds[0], 3),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _source_weight(tensor: Any, name: str) -> np.ndarray:
+    weight = np.asarray(tensor.read(), dtype=np.float32)
+    if not np.isfinite(weight).all():
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(weight))[0])
+        raise InputInvalid(f"{name}: non-finite value at row {row}, column {col}")
+    return weight
+
+
+def calibrate_packed(
+    opts: CalibrationOptions,
+    source: Path,
+    linear_names: set[str],
+    fmt: type[PackedFormat],
+    scheme: Scheme,
+    store: SpillStore,
+    on_block: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
+    format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
+    scale_dtype = fmt.gptq_scale_dtype(scheme)
+    assert scale_dtype is not None
+    # Act-order groups follow the processing order only where the format stores g_idx; elsewhere the
+    # groups stay contiguous and act-order only changes the order columns are visited in.
+    act_order = opts.act_order is not False
+    dynamic_groups = act_order and fmt.carries_g_idx
+    config = GPTQConfig(
+        bits=scheme.bits, group_size=scheme.group_size, damp=opts.damp, block_size=128,
+        act_order=act_order, scales="dynamic" if not act_order or dynamic_groups else "static",
+        scale_dtype=scale_dtype,
+    )  # fmt: skip
+    done: set[str] = set()
+    raised: dict[str, float] = {}
+
+    def quantize_linear(name: str, tensor: SourceTensor, hessian: Hessian) -> np.ndarray | None:
+        if tensor.source_name not in linear_names:
+            return None
+        weight = _source_weight(tensor, tensor.source_name)  # HF orientation: columns are the inputs
+        result = gptq_quantize(weight, hessian.matrix, config)
+        if result.damp != opts.damp:
+            raised[tensor.source_name] = round(result.damp, 4)
+        g_idx = result.g_idx if fmt.carries_g_idx else None
+        tensors = fmt.from_codes(result.codes, result.scales, g_idx, scheme)
+        store.put(tensor.source_name, tensors)
+        done.add(tensor.source_name)
+        # The values the client computes with, in the runtime's (GGUF) orientation, for the next block.
+        return np.asarray(tensor.transform(fmt.dequantize(tensors, scheme)), dtype=np.float32)
+
+    facts = run_calibration(opts, source, quantize_linear, on_block)
+    missing = sorted(linear_names - done)
+    if missing:
+        raise Unsupported(f"calibration: the runtime never fed {missing[0]} ({len(missing)} linears without inputs)")
+    facts.update({
+        "act_order": act_order,
+        "group_order": "g_idx" if dynamic_groups else "contiguous",
+        "scales": config.scales,
+        "damp_raised": raised,
+    })  # fmt: skip
+    return facts
+
+
+def calibrate_gguf(
+    opts: CalibrationOptions,
+    source: Path,
+    decisions: dict[str, Any],
+    importance: Callable[[str, Any], np.ndarray | None],
+    store: SpillStore,
+    threads: int | None = None,
+    on_block: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """GPTQ on the GGML grid of each linear's planned type (`decisions`: GGUF name -> TensorDecision), the
+    bytes into `store` under the GGUF name. A linear whose type has no GPTQ grid (IQ*, TQ*, floats) is
+    quantized as llama-quantize does and only its values go on to the next block."""
+    from quantcli import quants
+    from quantcli.quants.ggml import GridQuantType
+    from quantcli.quants.gptq_ggml import gptq_ggml
+
+    calibrated: list[str] = []
+    plain: dict[str, str] = {}
+
+    def quantize_linear(name: str, tensor: SourceTensor, hessian: Hessian) -> np.ndarray | None:
+        d = decisions.get(name)
+        if d is None or not d.changes:
+            return None  # kept at the source's precision: the next block sees the source values
+        weight = _source_weight(tensor, name)
+        weight = np.asarray(tensor.transform(weight), dtype=np.float32)  # GGUF orientation
+        imatrix = importance(name, d)
+        if issubclass(quants.get(d.type), GridQuantType):
+            result = gptq_ggml(weight, hessian.matrix, d.type, damp=opts.damp, importance=imatrix, name=name,
+                               threads=threads)  # fmt: skip
+            store.put(name, {"data": result.data})
+            calibrated.append(name)
+            return result.values
+        plain[name] = d.type.name
+        data = quants.quantize(weight, d.type, imatrix, name=name, threads=threads)
+        return quants.dequantize(data, d.type, weight.shape)
+
+    facts = run_calibration(opts, source, quantize_linear, on_block)
+    facts.update({"act_order": False, "calibrated_tensors": len(calibrated), "round_to_nearest": plain})
+    return facts

@@ -27,7 +27,14 @@ from gguf import GGMLQuantizationType
 
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
-from quantcli.engine.calibrate import CalibrationOptions, calibration_options, check_packed_format
+from quantcli.engine.calibrate import (
+    CalibrationOptions,
+    SpillStore,
+    calibrate_gguf,
+    calibration_options,
+    check_packed_format,
+    spill_store,
+)
 from quantcli.engine.progress import ByteProgress, CountProgress
 from quantcli.engine.result import gguf_result, packed_plan_result, packed_result, plan_result
 from quantcli.engine.stream import ConverterTensors, TensorBytes, requantized_chunks, stage_times
@@ -199,7 +206,8 @@ def _check_calibration(calibration: CalibrationOptions, target: Target) -> None:
         assert target.bits is not None and target.group_size is not None
         check_packed_format(calibration, target.packed_format, Scheme(target.bits, target.group_size))
         return
-    raise Unsupported(f"{method} writes packed formats (--format ct, gptq or mlx); GGUF output is round-to-nearest")
+    if calibration.act_order:
+        raise UsageError(f"--act-order: {method} on GGUF grids visits columns in order (packed formats only)")
 
 
 def convert_model(source: Path | str, output: Path | str | None = None, *, progress: bool = False,
@@ -245,6 +253,9 @@ class GGUFPlan:
     close: Callable[[], None] = lambda: None
     use_cache: Callable[[TensorCache | None], None] = lambda cache: None  # --resume: where quantized bytes go
     stages: dict[str, float] = field(default_factory=stage_times)  # seconds per stream stage (by `chunks`)
+    # The calibration stage (--method gptq): fills the spill store `chunks` reads calibrated tensors from,
+    # returns the result's `calibration` facts.
+    calibrate: Callable[[SpillStore, bool], dict[str, Any]] | None = None
 
     @property
     def file_size(self) -> int:
@@ -263,29 +274,42 @@ def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache
     try:
         if job.dry_run:
             return plan_result(job, planned, out_path)
-        if job.resume and tensor_cache is None:
-            tensor_cache = TensorCache.for_output(out_path, resume=True)
-        planned.use_cache(tensor_cache)
-        bar = ByteProgress(len(planned.tensors), sum(t.nbytes for t in planned.tensors)) if progress else None
-
-        def tensor_done(tensor: OutputTensor, index: int, total: int) -> None:
-            if bar is not None:
-                bar.advance(tensor)
-            if on_tensor is not None:
-                on_tensor(tensor, index, total)
-
-        try:
-            size, sha256 = write_gguf(
-                out_path, planned.kv, planned.tensors, planned.chunks, force=job.force, on_tensor=tensor_done,
-                times=planned.stages,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        if job.resume and tensor_cache is not None:
-            tensor_cache.discard()
+        if planned.calibrate is not None:
+            with spill_store(out_path) as store:
+                facts = planned.calibrate(store, progress)
+                result = _write_gguf(job, planned, out_path, progress, on_tensor, tensor_cache)
+            result["calibration"] = facts
+            return result
+        return _write_gguf(job, planned, out_path, progress, on_tensor, tensor_cache)
     finally:
         planned.close()
+
+
+def _write_gguf(
+    job: Job, planned: GGUFPlan, out_path: Path, progress: bool, on_tensor: OnTensor | None,
+    tensor_cache: TensorCache | None,
+) -> dict[str, Any]:  # fmt: skip
+    if job.resume and tensor_cache is None:
+        tensor_cache = TensorCache.for_output(out_path, resume=True)
+    planned.use_cache(tensor_cache)
+    bar = ByteProgress(len(planned.tensors), sum(t.nbytes for t in planned.tensors)) if progress else None
+
+    def tensor_done(tensor: OutputTensor, index: int, total: int) -> None:
+        if bar is not None:
+            bar.advance(tensor)
+        if on_tensor is not None:
+            on_tensor(tensor, index, total)
+
+    try:
+        size, sha256 = write_gguf(
+            out_path, planned.kv, planned.tensors, planned.chunks, force=job.force, on_tensor=tensor_done,
+            times=planned.stages,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if job.resume and tensor_cache is not None:
+        tensor_cache.discard()
     return gguf_result(job, planned, out_path, size, sha256, peak_rss_bytes(), tensor_cache)
 
 
@@ -368,12 +392,31 @@ def _requantizing(
 ) -> GGUFPlan:  # fmt: skip
     missing = check_plan_executable(plan, imatrix, job.allow_requantize, job.strict)
     by_name = plan.by_name()
-    state: dict[str, TensorCache | None] = {"cache": None}
+    state: dict[str, Any] = {"cache": None, "store": None}
+
+    def weights_for(name: str, d: Any) -> Any:
+        return imatrix.imatrix.weights_for(d.name, d.ne) if imatrix is not None and d.changes else None
 
     def chunks(t: OutputTensor) -> Iterable[Any]:
         d = by_name[t.name]
-        weights = imatrix.imatrix.weights_for(d.name, d.ne) if imatrix is not None and d.changes else None
-        return requantized_chunks(src, d, weights, job.threads, state["cache"], stages)
+        made = state["store"].get(t.name) if state["store"] is not None else None
+        if made is not None:
+            return [made["data"]]
+        return requantized_chunks(src, d, weights_for(t.name, d), job.threads, state["cache"], stages)
+
+    calibrate = None
+    if job.calibration is not None:
+        opts = job.calibration
+
+        def calibrate(store: SpillStore, progress: bool) -> dict[str, Any]:
+            state["store"] = store
+            bar = CountProgress(0) if progress else None
+            try:
+                return calibrate_gguf(opts, Path(job.source), by_name, weights_for, store, job.threads,
+                                      _block_progress(bar))  # fmt: skip
+            finally:
+                if bar is not None:
+                    bar.close()
 
     assert plan.recipe is not None
     planned = GGUFPlan(
@@ -390,8 +433,17 @@ def _requantizing(
         close=close,
         use_cache=lambda cache: state.__setitem__("cache", cache),
         stages=stages,
+        calibrate=calibrate,
     )
     return planned
+
+
+def _block_progress(bar: CountProgress | None) -> Callable[[int, int], None]:
+    def block_done(done: int, total: int) -> None:
+        if bar is not None:
+            bar.progress.update(bar.task, total=total, completed=done, description=f"calibrating block {done}/{total}")
+
+    return block_done
 
 
 def _plan_gguf_source(job: Job, out_path: Path) -> GGUFPlan:
@@ -399,6 +451,9 @@ def _plan_gguf_source(job: Job, out_path: Path) -> GGUFPlan:
     ftype = job.target.recipe
     imatrix = load_imatrix_use(job.recipe.imatrix, job.recipe.include_weights, job.recipe.exclude_weights)
     overrides = job.recipe.overrides(has_imatrix=imatrix is not None)
+    if job.calibration is not None:
+        raise Unsupported(f"--method {job.calibration.method} needs an HF checkpoint source (the runtime calibrates "
+                          "the model it converts); this is a GGUF file")  # fmt: skip
     src = GGUFFile(job.source)
     try:
         if Path(job.source).resolve() == out_path.resolve():
@@ -500,22 +555,19 @@ def _run_packed_calibrated(
     """Calibrate every packed linear into a spill directory (block by block), then write the directory."""
     import dataclasses as dc
 
-    from quantcli.engine.calibrate import calibrate_packed, spill_store
+    from quantcli.engine.calibrate import calibrate_packed
     from quantcli.writers.packed import is_linear_weight, write_packed
 
     assert job.calibration is not None
-    if job.calibration.act_order and fmt.carries_g_idx:
+    if job.calibration.act_order is not False and fmt.carries_g_idx:
         scheme = dc.replace(scheme, act_order=True)
     names = ckpt.tensor_names()
     linear = {n for n in names if is_linear_weight(n, ckpt.tensor_info(n).shape)}
     with spill_store(out_path) as store:
         bar = CountProgress(0) if progress else None
         try:
-            def block_done(done: int, total: int) -> None:
-                if bar is not None:
-                    bar.progress.update(bar.task, total=total, completed=done, description=f"calibrating block {done}")
-
-            facts = calibrate_packed(job.calibration, Path(job.source), linear, fmt, scheme, store, block_done)
+            facts = calibrate_packed(job.calibration, Path(job.source), linear, fmt, scheme, store,
+                                     _block_progress(bar))  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
