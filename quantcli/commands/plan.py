@@ -37,18 +37,20 @@ def register(app: typer.Typer) -> None:
         leave_output_tensor="Keep output.weight as is.",
         pure="No k-quant mixture.",
     )
+    @opt.calibration_options()
     def plan(
         source: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF model directory."),
         qtype: str | None = typer.Option(None, "--type", "-t", metavar="TYPE", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
         bits: int | None = typer.Option(None, "--bits", metavar="N", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
         recipe: dict[str, Any] = opt.RECIPE,
+        calibration: dict[str, Any] = opt.CALIBRATION,
         strict: bool = opt.strict("Exit 8 if any tensor needs a fallback type."),
         json_out: bool = opt.json_out("Print the plan as JSON on stdout."),
     ) -> None:
         from quantcli.engine import make_job, run
 
         job = make_job(
-            source, None, out_type=qtype, bits=bits, **recipe, strict=strict, dry_run=True,
+            source, None, out_type=qtype, bits=bits, **recipe, **calibration, strict=strict, dry_run=True,
             recipe_only=True, command="plan",
         )  # fmt: skip
         doc = run(job)

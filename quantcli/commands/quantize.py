@@ -33,11 +33,13 @@ Examples:
 def register(app: typer.Typer) -> None:
     @app.command("quantize", help=HELP)
     @opt.recipe_options()
+    @opt.calibration_options()
     def quantize(
         source: Path = typer.Argument(..., metavar="INPUT", help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
         output: Path = typer.Argument(..., metavar="OUTPUT", help="Output GGUF path."),
         qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
         recipe: dict[str, Any] = opt.RECIPE,
+        calibration: dict[str, Any] = opt.CALIBRATION,
         allow_requantize: bool = typer.Option(
             False, "--allow-requantize", help="Allow already-quantized input tensors."
         ),
@@ -49,7 +51,7 @@ def register(app: typer.Typer) -> None:
         from quantcli.engine import make_job, run
 
         job = make_job(
-            source, output, out_type=qtype, **recipe, strict=strict, force=force,
+            source, output, out_type=qtype, **recipe, **calibration, strict=strict, force=force,
             threads=threads, allow_requantize=allow_requantize, recipe_only=True, command="quantize",
         )  # fmt: skip
         # Not a terminal (a pipe, a bench): no progress, and no rich import (25 ms) just to learn that.
