@@ -108,7 +108,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "optional": {
             **{k: SHARED[k] for k in ("bits", "group_size", "files", "tensors")},
             "dry_run": "bool", "bytes_exact": "bool", "verify": "object", **_ENGINE_EXTRA, "dtype": "str",
-            "tensor_bytes": "int", "src_tensor_bytes": "int", "stages": "object",
+            "tensor_bytes": "int", "src_tensor_bytes": "int", "stages": "object", "calibration": "object",
         },
     },
     "quantize": {
