@@ -31,7 +31,8 @@ ENTRY_KEYS = {"source", "type", "types", "bits", "format", "output", "options"}
 # Manifest `options:` a job passes to the engine, by their Python names (the CLI's flags, `-` -> `_`).
 JOB_OPTIONS = ("group_size", "max_shard_size", "imatrix", "include_weights", "exclude_weights", "pure",
                "output_tensor_type", "token_embedding_type", "tensor_types", "tensor_type_file",
-               "leave_output_tensor", "override_kv", "strict", "verify", "max_kld", "eval_text", "verify_chunks")
+               "leave_output_tensor", "override_kv", "strict", "verify", "max_kld", "eval_text", "verify_chunks",
+               "method", "calib", "calib_samples", "calib_seq_len", "act_order", "damp")
 # A manifest lists jobs: anything bigger is a mistake or an attack. YAML aliases make a small file expand
 # into an exponential number of values ("billion laughs"), so the parsed document is bounded too.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -366,7 +367,6 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
         TensorCache,
         inputs_fingerprint,
         is_current,
-        model_input_files,
         output_matches_sidecar,
         read_sidecar,
         write_sidecar,
@@ -380,8 +380,8 @@ def run_job(job_data: dict[str, Any], force: bool = False, threads: int | None =
                               "output": job.output}
     try:
         local = resolve_source(job.source)
-        # every file the job reads decides its bytes: the model's, the imatrix, the tensor-type file
-        files = model_input_files(local) + job.engine_job(local).recipe.input_files()
+        # every file the job reads decides its bytes: the model's, the imatrix, the tensor-type file, --calib
+        files = job.engine_job(local).input_files()
         inputs = inputs_fingerprint(files)
         options = job.convert_options()
         output = Path(job.output)

@@ -259,3 +259,29 @@ def test_gguf_source_refused(tiny: Path, tmp_path: Path) -> None:
     status, _, stderr = run_cli_in_process(["quantize", str(f16), str(tmp_path / "q.gguf"), "Q4_K_M",
                                             "--method", "gptq"])  # fmt: skip
     assert status == 5 and "needs an HF checkpoint" in stderr, stderr
+
+
+def test_batch_calibrates_as_convert_does(tiny: Path, tmp_path: Path) -> None:
+    """A manifest's calibration options are convert's (one make_job): same bytes, and the --calib file is an
+    input of the skip-if-done fingerprint (editing it makes the job stale)."""
+    from quantcli.batch import load_manifest, run_local
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(DEFAULT_CALIB_TEXT.read_text(encoding="utf-8")[:20000])
+    options = {"method": "gptq", "calib": [str(calib)], "calib_samples": 4, "calib_seq_len": 64}
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(json.dumps({"jobs": [
+        {"source": str(tiny), "type": "Q4_K_M", "options": options, "output": "batch/q4.gguf"},
+        {"source": str(tiny), "format": "ct", "bits": 4, "options": {**options, "group_size": 32}, "output": "batch/ct"},
+    ]}))  # fmt: skip
+    results = sorted(run_local(load_manifest(manifest)), key=lambda r: r["entry"])
+    assert [r["status"] for r in results] == ["converted", "converted"], results
+    q4 = _convert(str(tiny), "--type", "Q4_K_M", "--method", "gptq", "--calib", str(calib), *CALIB,
+                  "-o", str(tmp_path / "cli.gguf"))  # fmt: skip
+    assert q4["sha256"] == results[0]["sha256"]
+    ct = _convert(str(tiny), "--format", "ct", "--bits", "4", "--group-size", "32", "--method", "gptq",
+                  "--calib", str(calib), *CALIB, "-o", str(tmp_path / "cli-ct"))  # fmt: skip
+    assert ct["sha256"] == results[1]["sha256"]
+    assert [r["status"] for r in run_local(load_manifest(manifest))] == ["skipped", "skipped"]
+    calib.write_text(calib.read_text() + "\nmore text")
+    assert [r["status"] for r in run_local(load_manifest(manifest))] == ["converted", "converted"]

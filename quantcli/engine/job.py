@@ -125,6 +125,11 @@ class Job:
     output_stem: str | None = None  # names the default output (a Hub source's repo name)
     calibration: CalibrationOptions | None = None  # --method gptq and its data; None: round-to-nearest
 
+    def input_files(self) -> list[Path]:
+        """Every file the job reads, which together decide its output bytes (skip-if-done, output checks)."""
+        calib = self.calibration.input_files() if self.calibration is not None else []
+        return model_input_files(Path(self.source)) + self.recipe.input_files() + calib
+
 
 
 def make_job(
@@ -262,11 +267,6 @@ class GGUFPlan:
         return file_size(self.kv, self.tensors)
 
 
-def _source_files(job: Job) -> list[Path]:
-    calib = job.calibration.input_files() if job.calibration is not None else []
-    return model_input_files(Path(job.source)) + job.recipe.input_files() + calib
-
-
 def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache: TensorCache | None) -> dict[str, Any]:
     out_paths: list[Path] = []
     planned = _plan_gguf(job, out_paths)
@@ -332,7 +332,7 @@ def _plan_gguf(job: Job, out_paths: list[Path]) -> GGUFPlan:
     if not source.exists():
         raise InputMissing(f"{source} does not exist")
     if not job.dry_run:
-        check_output(out_path, job.force, inputs=_source_files(job))
+        check_output(out_path, job.force, inputs=job.input_files())
     return _plan_checkpoint_recipe(job)
 
 
@@ -341,7 +341,7 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
         stem = job.output_stem or model_stem(job.source)
         out_path = resolve_output(job.output, default_output_name(stem, job.target, FTYPE_LABEL[ftype]))
         if not job.dry_run:
-            check_output(out_path, job.force, inputs=_source_files(job))
+            check_output(out_path, job.force, inputs=job.input_files())
         out_paths.append(out_path)
 
     from quantcli.sources.hf import open_converter_view
@@ -511,7 +511,7 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
     fmt = target.packed_format
     out_path = _planned_output(job)
     if not job.dry_run:
-        check_output_dir(out_path, job.force, inputs=_source_files(job))
+        check_output_dir(out_path, job.force, inputs=job.input_files())
     with open_checkpoint(job.source) as ckpt:
         # scales (and the tensors kept as they are) live in the model's dtype
         dtype = fmt.model_dtype or str(ckpt.config.get("torch_dtype") or "bfloat16")
