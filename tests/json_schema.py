@@ -101,7 +101,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
             "tensors": SHARED["tensors"], "bytes_exact": "bool", "tensor_bytes": "int", "src_tensor_bytes": "int",
         },
         "optional": {**_ENGINE_EXTRA, "dry_run": "bool", "sha256": "str|null", "seconds": "float",
-                     "peak_rss_bytes": "int"},
+                     "peak_rss_bytes": "int", "calibration": "object"},
     },
     "convert": {
         "required": {k: SHARED[k] for k in _GGUF_RESULT},

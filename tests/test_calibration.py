@@ -206,6 +206,18 @@ def test_gguf_gptq_same_types_and_size_as_the_recipe(tiny: Path, tmp_path: Path)
     assert errors["gptq"] < 0.9 * errors["rtn"], errors
 
 
+def test_dry_run_says_what_calibration_would_use(tiny: Path, tmp_path: Path) -> None:
+    for flags in (["--bits", "4"], ["--format", "gptq", "--bits", "4", "--group-size", "32"]):
+        doc = _convert(str(tiny), *flags, "--method", "gptq", "--calib-samples", "8", "--dry-run",
+                       "-o", str(tmp_path / "out"))  # fmt: skip
+        assert doc["calibration"] == {"method": "gptq", "text": ["quantcli/data/calib.txt"], "samples": 8,
+                                      "seq_len": 512, "act_order": flags[0] == "--format", "damp": 0.01}  # fmt: skip
+    code, out, err = run_cli_in_process(["plan", str(tiny), "--type", "Q4_K_M", "--method", "gptq", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["calibration"]["method"] == "gptq"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_gguf_gptq_runs_in_llama_cpp(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "gptq.gguf"

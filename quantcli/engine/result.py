@@ -64,7 +64,22 @@ def plan_result(job: Job, planned: GGUFPlan, output: Path) -> dict[str, Any]:
         "src_tensor_bytes": plan.src_tensor_bytes,
         "tensors": [d.to_json() for d in plan.decisions],
     })  # fmt: skip
+    _planned_calibration(job, doc)
     return doc
+
+
+def _planned_calibration(job: Job, doc: dict[str, Any]) -> None:
+    """A dry run of a calibrating job says what the stage would use (nothing is run)."""
+    opts = job.calibration
+    if opts is None:
+        return
+    from quantcli.runtime.calibrate import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
+
+    doc["calibration"] = {
+        "method": opts.method, "text": list(opts.files) or ["quantcli/data/calib.txt"],
+        "samples": opts.samples or DEFAULT_SAMPLES, "seq_len": opts.seq_len or DEFAULT_SEQ_LEN,
+        "act_order": opts.act_order is not False if job.target.kind == "packed" else False, "damp": opts.damp,
+    }  # fmt: skip
 
 
 def gguf_result(
@@ -108,7 +123,7 @@ def packed_plan_result(job: Job, ckpt: Any, fmt: Any, scheme: Any, output: Path)
     histogram: dict[str, int] = {}
     for t in tensors:
         histogram[t["type"]] = histogram.get(t["type"], 0) + 1
-    return {
+    doc = {
         **_packed_facts(job, ckpt, fmt, scheme, None if job.command == "plan" else output),
         "dry_run": True,
         "sha256": None,  # nothing written
@@ -119,6 +134,8 @@ def packed_plan_result(job: Job, ckpt: Any, fmt: Any, scheme: Any, output: Path)
         "tensor_bytes": sum(t["bytes"] for t in tensors),
         "tensors": tensors,
     }
+    _planned_calibration(job, doc)
+    return doc
 
 
 _INT_SIZES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
