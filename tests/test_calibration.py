@@ -297,3 +297,42 @@ def test_batch_calibrates_as_convert_does(tiny: Path, tmp_path: Path) -> None:
     assert [r["status"] for r in run_local(load_manifest(manifest))] == ["skipped", "skipped"]
     calib.write_text(calib.read_text() + "\nmore text")
     assert [r["status"] for r in run_local(load_manifest(manifest))] == ["converted", "converted"]
+
+
+@pytest.mark.parametrize("flags", [["--type", "Q4_K_M"], ["--format", "gptq", "--bits", "4", "--group-size", "32"]])
+def test_resume_replays_the_finished_blocks(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            flags: list[str]) -> None:  # fmt: skip
+    """An interrupted calibrating run keeps its finished blocks with --resume; the next run replays them
+    and writes the bytes of an uninterrupted run."""
+    import quantcli.engine.calibrate as stage
+    import quantcli.quants.gptq_ggml as gptq_ggml
+
+    fresh = _convert(str(tiny), *flags, "--method", "gptq", *CALIB, "-o", str(tmp_path / "fresh"))
+    out = tmp_path / "out"
+    real_ggml, real_packed = gptq_ggml.gptq_ggml, stage.gptq_quantize
+
+    def fail_in_block_1(real):  # noqa: ANN001, ANN202
+        def wrapped(weight, hessian, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if weight.shape == (128, 256):  # ffn_down: block 0 passes it first, block 1 fails there
+                calls.append(1)
+                if len(calls) == 2:
+                    raise KeyboardInterrupt
+            return real(weight, hessian, *args, **kwargs)
+
+        return wrapped
+
+    calls: list[int] = []
+    monkeypatch.setattr(gptq_ggml, "gptq_ggml", fail_in_block_1(real_ggml))
+    monkeypatch.setattr(stage, "gptq_quantize", fail_in_block_1(real_packed))
+    code, _, _ = run_cli_in_process(["convert", str(tiny), *flags, "--method", "gptq", *CALIB, "-o", str(out),
+                                     "--resume"])  # fmt: skip
+    assert code == 130 and calls == [1, 1]  # interrupted (Ctrl-C's exit code) in block 1
+    assert not out.exists() and (tmp_path / ".out.calibration" / "index.json").is_file()
+    monkeypatch.undo()
+    resumed = _convert(str(tiny), *flags, "--method", "gptq", *CALIB, "-o", str(out), "--resume")
+    assert resumed["calibration"]["resumed_blocks"] == 1
+    assert resumed["sha256"] == fresh["sha256"]
+    assert not (tmp_path / ".out.calibration").exists()
+    # without --resume a left-over spill directory is not trusted
+    again = _convert(str(tiny), *flags, "--method", "gptq", *CALIB, "-o", str(tmp_path / "again"))
+    assert again["calibration"]["resumed_blocks"] == 0

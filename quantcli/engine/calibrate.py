@@ -9,6 +9,7 @@ the stored tensors where the plain quantizer's would have gone; every other tens
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError
 from quantcli.quants.gptq import GPTQConfig, Hessian, gptq_quantize
-from quantcli.quants.packed import PackedFormat, Scheme
+from quantcli.quants.packed import MODEL_DTYPES, PackedFormat, Scheme
 
 if TYPE_CHECKING:  # the HF source is opened only by a calibrating job
     from quantcli.sources.hf import SourceTensor
@@ -87,39 +88,69 @@ def check_packed_format(opts: CalibrationOptions, fmt: type[PackedFormat], schem
 
 class SpillStore:
     """Quantized tensors kept on disk between the calibration stage and the sink: one raw file per array,
-    its dtype and shape in memory (NumPy's .npy cannot describe bfloat16)."""
+    their dtypes and shapes in `index.json` (NumPy's .npy cannot describe bfloat16), with the blocks done.
 
-    def __init__(self, directory: Path) -> None:
+    With a `key` (--resume: what decides the output's bytes) a store left by an interrupted run of the same
+    job is reopened and its finished blocks are replayed instead of calibrated again."""
+
+    def __init__(self, directory: Path, key: str | None = None) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=False)
-        self.parts: dict[str, dict[str, tuple[np.dtype, tuple[int, ...]]]] = {}
+        self.key = key
+        self.parts: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+        self.blocks: dict[int, list[str]] = {}
+        index = directory / "index.json"
+        if key is not None and index.is_file():
+            saved = json.loads(index.read_text())
+            if saved.get("key") == key:
+                self.parts = {n: {part: (d, tuple(shape)) for part, (d, shape) in parts.items()}
+                              for n, parts in saved["parts"].items()}  # fmt: skip
+                self.blocks = {int(layer): names for layer, names in saved["blocks"].items()}
+                return
+        if directory.exists():
+            shutil.rmtree(directory)  # another job's, or an interrupted run's without --resume
+        directory.mkdir(parents=True)
 
     def put(self, name: str, tensors: dict[str, np.ndarray]) -> None:
         for part, array in tensors.items():
             (self.directory / f"{name}.{part}").write_bytes(np.ascontiguousarray(array).tobytes())
-        self.parts[name] = {part: (array.dtype, array.shape) for part, array in tensors.items()}
+        self.parts[name] = {part: (array.dtype.name, array.shape) for part, array in tensors.items()}
 
     def get(self, name: str) -> dict[str, np.ndarray] | None:
         parts = self.parts.get(name)
         if parts is None:
             return None
         return {
-            part: np.fromfile(self.directory / f"{name}.{part}", dtype=np.uint8).view(dtype).reshape(shape)
-            for part, (dtype, shape) in parts.items()
+            part: np.fromfile(self.directory / f"{name}.{part}", dtype=np.uint8).view(_dtype(d)).reshape(shape)
+            for part, (d, shape) in parts.items()
         }
+
+    def block_done(self, layer: int, names: list[str]) -> None:
+        """Record a finished block (the GGUF names of the linears it quantized); with a key, durably."""
+        self.blocks[layer] = names
+        if self.key is None:
+            return
+        index = {"key": self.key, "parts": self.parts, "blocks": self.blocks}
+        tmp = self.directory / "index.json.tmp"
+        tmp.write_text(json.dumps(index))
+        tmp.replace(self.directory / "index.json")
+
+
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(MODEL_DTYPES[name]) if name in MODEL_DTYPES else np.dtype(name)
 
 
 @contextmanager
-def spill_store(output: Path) -> Iterator[SpillStore]:
-    """A spill directory beside the output (same filesystem, removed afterwards whatever happens)."""
-    directory = output.parent / f".{output.name}.calibration.tmp"
-    if directory.exists():
-        shutil.rmtree(directory)  # left by a killed run: its contents belong to no one
-    store = SpillStore(directory)
+def spill_store(output: Path, key: str | None = None) -> Iterator[SpillStore]:
+    """The spill directory beside the output (same filesystem). Removed afterwards; with a resume `key`
+    it is kept when the job fails, for the next run of the same job to continue from."""
+    store = SpillStore(output.parent / f".{output.name}.calibration", key)
     try:
         yield store
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    except BaseException:
+        if key is None:
+            shutil.rmtree(store.directory, ignore_errors=True)
+        raise
+    shutil.rmtree(store.directory, ignore_errors=True)
 
 
 # One linear's calibrated quantization: (GGUF name, the converter's view of it, its input Hessian) -> the
@@ -131,11 +162,15 @@ def run_calibration(
     opts: CalibrationOptions,
     source: Path,
     quantize_linear: QuantizeLinear,
+    store: SpillStore,
+    replay_linear: Callable[[str, SourceTensor], np.ndarray],
     on_block: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the checkpoint at `source` block by block over the calibration samples, calling
-    `quantize_linear(gguf_name, source_tensor, hessian)` for every linear the runtime feeds; returns the
-    facts for the result's `calibration` key (the caller adds its own)."""
+    `quantize_linear(gguf_name, source_tensor, hessian)` for every linear the runtime feeds; a block the
+    store already holds (a resumed run) is replayed with `replay_linear(gguf_name, source_tensor)`, the
+    values its stored tensors decode to. Returns the facts for the result's `calibration` key (the caller
+    adds its own)."""
     from quantcli.runtime import load_tokenizer
     from quantcli.runtime.calibrate import (
         DEFAULT_SAMPLES,
@@ -169,9 +204,18 @@ def run_calibration(
             quantize_seconds[0] += time.perf_counter() - t0
             if quantized is not None:
                 values[name] = quantized
+        store.block_done(block.layer, sorted(values))
         return values
 
-    calibrate_blocks(model, samples, quantize_block, on_block=on_block)
+    def replay(layer: int) -> dict[str, np.ndarray] | None:
+        names = store.blocks.get(layer)
+        if names is None:
+            return None
+        replayed.append(layer)
+        return {name: replay_linear(name, hf.source_tensor(name)) for name in names}
+
+    replayed: list[int] = []
+    calibrate_blocks(model, samples, quantize_block, on_block=on_block, replay=replay)
     return {
         "method": opts.method,
         "text": list(text.sources),
@@ -181,6 +225,7 @@ def run_calibration(
         "tokens": int(samples.size),
         "damp": opts.damp,
         "quantize_seconds": round(quantize_seconds[0], 3),
+        "resumed_blocks": len(replayed),
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -232,7 +277,14 @@ def calibrate_packed(
         # The values the client computes with, in the runtime's (GGUF) orientation, for the next block.
         return np.asarray(tensor.transform(fmt.dequantize(tensors, scheme)), dtype=np.float32)
 
-    facts = run_calibration(opts, source, quantize_linear, on_block)
+    def replay_linear(name: str, tensor: SourceTensor) -> np.ndarray:
+        stored = store.get(tensor.source_name)
+        if stored is None:
+            raise InputInvalid(f"{store.directory}: {tensor.source_name} is missing; delete the directory")
+        done.add(tensor.source_name)
+        return np.asarray(tensor.transform(fmt.dequantize(stored, scheme)), dtype=np.float32)
+
+    facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block)
     missing = sorted(linear_names - done)
     if missing:
         raise Unsupported(f"calibration: the runtime never fed {missing[0]} ({len(missing)} linears without inputs)")
@@ -281,6 +333,18 @@ def calibrate_gguf(
         data = quants.quantize(weight, d.type, imatrix, name=name, threads=threads)
         return quants.dequantize(data, d.type, weight.shape)
 
-    facts = run_calibration(opts, source, quantize_linear, on_block)
+    def replay_linear(name: str, tensor: SourceTensor) -> np.ndarray:
+        d = decisions[name]
+        stored = store.get(name)
+        if stored is not None:
+            calibrated.append(name)
+            return quants.dequantize(stored["data"], d.type, tensor.shape)
+        # a linear without a GPTQ grid: its round-to-nearest values again (deterministic)
+        weight = np.asarray(tensor.transform(_source_weight(tensor, name)), dtype=np.float32)
+        plain[name] = d.type.name
+        data = quants.quantize(weight, d.type, importance(name, d), name=name, threads=threads)
+        return quants.dequantize(data, d.type, weight.shape)
+
+    facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block)
     facts.update({"act_order": False, "calibrated_tensors": len(calibrated), "round_to_nearest": plain})
     return facts

@@ -275,7 +275,7 @@ def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache
         if job.dry_run:
             return plan_result(job, planned, out_path)
         if planned.calibrate is not None:
-            with spill_store(out_path) as store:
+            with spill_store(out_path, _resume_key(job)) as store:
                 facts = planned.calibrate(store, progress)
                 result = _write_gguf(job, planned, out_path, progress, on_tensor, tensor_cache)
             result["calibration"] = facts
@@ -438,6 +438,24 @@ def _requantizing(
     return planned
 
 
+def _resume_key(job: Job) -> str | None:
+    """With --resume, what decides a calibrating job's bytes (inputs by size and mtime, every option but
+    where the output goes and how the run is shown), so a spill directory is only reused by the same job."""
+    if not job.resume:
+        return None
+    import hashlib
+    import json
+
+    from quantcli import __version__
+    from quantcli.jobstate import inputs_fingerprint
+
+    deciding = dataclasses.asdict(job)
+    for volatile in ("output", "force", "resume", "threads", "dry_run", "output_stem", "command"):
+        deciding.pop(volatile, None)
+    record = {"inputs": inputs_fingerprint(job.input_files()), "job": deciding, "version": __version__}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _block_progress(bar: CountProgress | None) -> Callable[[int, int], None]:
     def block_done(done: int, total: int) -> None:
         if bar is not None:
@@ -563,7 +581,7 @@ def _run_packed_calibrated(
         scheme = dc.replace(scheme, act_order=True)
     names = ckpt.tensor_names()
     linear = {n for n in names if is_linear_weight(n, ckpt.tensor_info(n).shape)}
-    with spill_store(out_path) as store:
+    with spill_store(out_path, _resume_key(job)) as store:
         bar = CountProgress(0) if progress else None
         try:
             facts = calibrate_packed(job.calibration, Path(job.source), linear, fmt, scheme, store,
