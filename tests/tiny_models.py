@@ -99,6 +99,27 @@ _TINY_OWN = {
         rope_theta=10000.0, original_max_position_embeddings=256, tie_word_embeddings=False,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
+    # softcaps far below the real 50/30 so that the tanh bends these small random logits; rope_theta 10000
+    # as every Gemma 2 (the converter writes no rope key, so llama.cpp always uses 10000)
+    "gemma2": dict(
+        architectures=["Gemma2ForCausalLM"], model_type="gemma2", head_dim=16, num_hidden_layers=4,
+        sliding_window=5, query_pre_attn_scalar=16, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+        rope_theta=10000.0,
+    ),
+    # granite-3.x-2b's multipliers
+    "granite": dict(
+        architectures=["GraniteForCausalLM"], model_type="granite", rope_theta=10000.0,
+        embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625, logits_scaling=8.0,
+    ),
+    "olmo2": dict(
+        architectures=["Olmo2ForCausalLM"], model_type="olmo2", num_key_value_heads=4, rope_theta=500000.0,
+        tie_word_embeddings=False,
+    ),
+    # 4 layers: the 4th has no rope
+    "smollm3": dict(
+        architectures=["SmolLM3ForCausalLM"], model_type="smollm3", num_hidden_layers=4, rope_theta=5000000.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    ),
 }
 # Rope scaling. llama3-rope: rope_freqs.weight, with wavelengths on both sides of the smoothing band.
 # phi3-longrope: rope_factors_long/short and rope.scaling.attn_factor (sqrt(1 + ln 32 / ln 8) ≈ 1.63);

@@ -1,9 +1,10 @@
 """Float32 NumPy forward pass of the decoder-only architectures we convert, on GGUF tensor names.
 
-One graph covers llama/mistral, qwen2, qwen3, gemma3 and phi3 (as llama.cpp's src/models/<arch>.cpp build
-them): the differences are either visible in the tensor list (biases, q/k norms, post-norms, fused QKV or
-gate+up, tied output) or are architecture traits in `ModelConfig.traits` (rope style, activation,
-embedding scale, sliding-window layers). Prompts are processed as a batch (one matmul per weight for all
+One graph covers llama/mistral, qwen2, qwen3, gemma2, gemma3, phi3, granite, olmo2 and smollm3 (as
+llama.cpp's src/models/<arch>.cpp build them): the differences are either visible in the tensor list
+(biases, per-head or full-width q/k norms, pre- and/or post-norms, fused QKV or gate+up, tied output), are
+GGUF keys (soft-capping, granite's multipliers) or are architecture traits in `ModelConfig.traits` (rope
+style, activation, embedding scale, sliding-window layers, no-rope layers). Prompts are processed as a batch (one matmul per weight for all
 tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
 float32 per tensor and kept while they fit `cache_budget_bytes`; above that, each layer is dequantized
 again when it is used. `forward_sequences` (eval, verify) runs several independent sequences layer by
@@ -82,9 +83,10 @@ class Model:
         needed = ["output_norm.weight"]
         for il in range(c.n_layer):
             p = f"blk.{il}."
+            # olmo2 normalises only the branch outputs (post-norms): no pre-norm tensors
+            needed += [] if self.has(p + "post_attention_norm.weight") else [p + "attn_norm.weight"]
+            needed += [] if self.has(p + "post_ffw_norm.weight") else [p + "ffn_norm.weight"]
             needed += [
-                p + "attn_norm.weight",
-                p + "ffn_norm.weight",
                 p + "ffn_down.weight",
                 p + "attn_output.weight",
             ]
@@ -124,6 +126,14 @@ class Model:
                 expect(p + "attn_k.weight", (kv_rows, c.n_embd), "attention.head_count_kv")
                 expect(p + "attn_v.weight", (c.n_head_kv * c.head_dim_v, c.n_embd), "attention.head_count_kv")
             expect(p + "attn_output.weight", (c.n_embd, c.n_head * c.head_dim_v), "attention.head_count")
+            for norm, rows in (("attn_q_norm", q_rows), ("attn_k_norm", kv_rows)):
+                # per head (qwen3, gemma3) or over the whole projection (olmo2)
+                name = p + norm + ".weight"
+                if self.has(name) and int(np.prod(self.source.shape(name))) not in (c.head_dim_k, rows):
+                    raise InputInvalid(
+                        f"{where}: {name} has shape {tuple(self.source.shape(name))}, expected ({c.head_dim_k},) "
+                        f"or ({rows},) from {a}.attention.head_count"
+                    )
             expect(p + "ffn_down.weight", (c.n_embd, c.n_ff), "feed_forward_length")
             if self.has(p + "ffn_gate.weight"):
                 expect(p + "ffn_gate.weight", (c.n_ff, c.n_embd), "feed_forward_length")
@@ -267,12 +277,16 @@ class Model:
         x = np.array(rows, dtype=np.float32, order="C")
         if self.config.traits.embed_scale_sqrt_n_embd:
             x *= np.float32(np.sqrt(np.float32(self.config.n_embd)))
+        if self.config.embedding_scale:
+            x *= np.float32(self.config.embedding_scale)
         return x
 
     def _logits(self, x: np.ndarray, w_out: np.ndarray, observer: MatmulObserver | None) -> np.ndarray:
         c = self.config
         h = self._rms_norm(x, self.weight("output_norm.weight"))
         logits = self._matmul(h, self.output_name, observer, w_out)
+        if c.logit_scale:
+            logits *= np.float32(1.0) / np.float32(c.logit_scale)
         if c.final_logit_softcap:
             cap = np.float32(c.final_logit_softcap)
             logits = np.tanh(logits / cap) * cap
@@ -323,7 +337,7 @@ class Model:
         them and attends; `n_ctx` is the context llama.cpp would run with (it picks Phi-3's rope factors)."""
         c = self.config
         p = f"blk.{il}."
-        h = self._rms_norm(x, weight(p + "attn_norm.weight"))
+        h = self._rms_norm(x, weight(p + "attn_norm.weight")) if self.has(p + "attn_norm.weight") else x
         n_q, n_k = c.n_head * c.head_dim_k, c.n_head_kv * c.head_dim_k
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if self.has(p + "attn_qkv.weight"):
@@ -335,18 +349,25 @@ class Model:
             v = self._matmul(h, p + "attn_v.weight", obs, weight(p + "attn_v.weight"), shared)
         del h, shared
         n_tok = x.shape[0]
+        q_norm, k_norm = (weight(p + n + ".weight") if self.has(p + n + ".weight") else None
+                          for n in ("attn_q_norm", "attn_k_norm"))
+        if q_norm is not None and q_norm.size == n_q:  # olmo2: one RMSNorm over all heads, before the split
+            q, k = self._rms_norm(q, q_norm), self._rms_norm(k, k_norm)
+            q_norm = k_norm = None
         q = q.reshape(n_tok, c.n_head, c.head_dim_k)
         k = k.reshape(n_tok, c.n_head_kv, c.head_dim_k)
         v = v.reshape(n_tok, c.n_head_kv, c.head_dim_v)
-        if self.has(p + "attn_q_norm.weight"):
-            q = self._rms_norm(q, weight(p + "attn_q_norm.weight"))
-            k = self._rms_norm(k, weight(p + "attn_k_norm.weight"))
+        if q_norm is not None:  # qwen3, gemma3: per head
+            q = self._rms_norm(q, q_norm)
+            k = self._rms_norm(k, k_norm)
         swa = bool(c.swa_layers[il]) if c.sliding_window else False
-        base = c.rope_base_swa if swa else c.rope_base
-        scale = 1.0 if swa else c.rope_freq_scale
-        cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(n_ctx))
-        q = self._rope(q, cos, sin)
-        k = self._rope(k, cos, sin)
+        step = c.traits.no_rope_layer_step
+        if not (step and (il + 1) % step == 0):  # smollm3: every 4th layer has no rope
+            base = c.rope_base_swa if swa else c.rope_base
+            scale = 1.0 if swa else c.rope_freq_scale
+            cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(n_ctx))
+            q = self._rope(q, cos, sin)
+            k = self._rope(k, cos, sin)
         if self.emulate_ggml:  # F16 KV cache; Q meets K as F16 (vec_dot_type of an F16 tensor)
             q = round_f16_(q)
             k = round_f16_(k)
@@ -357,6 +378,8 @@ class Model:
         del attn
         if self.has(p + "post_attention_norm.weight"):
             out = self._rms_norm(out, weight(p + "post_attention_norm.weight"))
+        if c.residual_scale:  # granite
+            out *= np.float32(c.residual_scale)
         x += out
         del out
         ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
@@ -379,7 +402,7 @@ class Model:
     ) -> np.ndarray:
         c = self.config
         p = f"blk.{il}."
-        h = self._rms_norm(x, weight(p + "ffn_norm.weight"))
+        h = self._rms_norm(x, weight(p + "ffn_norm.weight")) if self.has(p + "ffn_norm.weight") else x
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if p + "ffn_gate.weight" in ffn_w:
             gate = self._matmul(h, p + "ffn_gate.weight", obs, ffn_w[p + "ffn_gate.weight"], shared)
@@ -394,6 +417,8 @@ class Model:
         out = self._matmul(act, p + "ffn_down.weight", obs, ffn_w[p + "ffn_down.weight"])
         if self.has(p + "post_ffw_norm.weight"):
             out = self._rms_norm(out, weight(p + "post_ffw_norm.weight"))
+        if c.residual_scale:  # granite
+            out *= np.float32(c.residual_scale)
         return out
 
     def _activation(self, g: np.ndarray) -> np.ndarray:
