@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from spm_fixture import mixed_text
-from tiny_models import make_arch_checkpoint
+from tiny_models import BPE_ARCHS, make_arch_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,6 @@ ARCHS = [
     "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite", "olmo2", "smollm3", "llama3-rope",
     "phi3-longrope", "phi3-shortrope",
 ]  # fmt: skip
-# both converters try tokenizer.model first for qwen2; OLMo 2's converter reads only GPT-2 BPE
-SPM_ARCHS = set(ARCHS) - {"qwen3", "olmo2"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def ggufs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     arch = request.param
     root = tmp_path_factory.mktemp(arch)
     hf = root / "hf"
-    make_arch_checkpoint(arch, hf, None if arch in SPM_ARCHS else smollm2_dir)
+    make_arch_checkpoint(arch, hf, smollm2_dir if arch in BPE_ARCHS else None)
     f16, q4 = root / "f16.gguf", root / "q4_k_m.gguf"
     proc = convert_with_llamacpp(hf, f16, "f16")
     assert proc.returncode == 0, proc.stderr[-2000:]

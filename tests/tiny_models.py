@@ -143,6 +143,14 @@ _TINY_OWN["phi3-shortrope"] = dict(
 TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
 
 
+# Architectures whose checkpoints get SmolLM2's GPT-2 BPE tokenizer (make_arch_checkpoint); the others get
+# spm_fixture.py's SentencePiece vocabulary. OLMo 2's converter reads only GPT-2 BPE; for qwen3 see
+# tests/test_runtime_llamacpp_arch.py.
+BPE_ARCHS = frozenset({"qwen3", "olmo2"})
+# The architectures whose conversion tests use transformers-built checkpoints of their real config class.
+BUILT_ARCHS = ["gemma2", "granite", "olmo2", "smollm3"]
+
+
 def transformers_config(arch: str, **overrides: object) -> dict:
     """TINY[arch] with `overrides`, as a dict for transformers.AutoConfig.for_model. A "longrope" marker
     becomes Phi-3 long/short factors, one per rotated pair of the final head size (distinct per pair, the
