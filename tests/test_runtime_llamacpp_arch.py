@@ -1,8 +1,8 @@
 """The runtime against llama.cpp on every architecture we claim: tiny random checkpoints with real tokenizers.
 
 llama, qwen2, gemma2, gemma3, phi3, granite and smollm3 get the SentencePiece vocabulary of
-tests/spm_fixture.py (whitespace-run, user-defined, byte-fallback and control pieces); qwen3 and olmo2
-SmolLM2's GPT-2 BPE vocabulary ('smollm'; a Qwen2 vocabulary is not at hand, and transformers rebuilds any
+tests/spm_fixture.py (whitespace-run, user-defined, byte-fallback and control pieces); qwen3, olmo2 and
+phi4 SmolLM2's GPT-2 BPE vocabulary ('smollm'; a Qwen2 vocabulary is not at hand, and transformers rebuilds any
 tokenizer.json under model_type qwen2 with Qwen's own pre-tokenizer, which then matches no known
 pre-tokenizer hash). Each is
 converted to F16 by llama.cpp's own convert_hf_to_gguf.py and quantized to Q4_K_M by llama-quantize, so
@@ -30,8 +30,8 @@ CTX, CHUNKS = 128, 2
 # plus rope scaling (tests/tiny_models.py): llama-3's rope_freqs, Phi-3 long-rope with the long factors
 # (llama.cpp pads -c 128 to a 256-token context > the original 8) and with the short ones (original 256)
 ARCHS = [
-    "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite", "olmo2", "smollm3", "llama3-rope",
-    "phi3-longrope", "phi3-shortrope",
+    "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi4", "granite", "olmo2", "smollm3",
+    "llama3-rope", "phi3-longrope", "phi3-shortrope",
 ]  # fmt: skip
 
 

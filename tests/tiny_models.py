@@ -122,6 +122,13 @@ _TINY_OWN = {
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
+# Phi-4 (microsoft/phi-4) is Phi3ForCausalLM: 4:1 grouped-query attention, rope_theta 250000, no sliding
+# window (null: the converter writes 0, "to distinguish Phi-4"), the original context equal to the
+# maximum one, and a GPT2Tokenizer vocabulary.
+_TINY_OWN["phi4"] = dict(
+    _TINY_OWN["phi3"], num_key_value_heads=1, rope_theta=250000.0, original_max_position_embeddings=256,
+    sliding_window=None,
+)
 # Rope scaling. llama3-rope: rope_freqs.weight, with wavelengths on both sides of the smoothing band.
 # phi3-longrope: rope_factors_long/short and rope.scaling.attn_factor (sqrt(1 + ln 32 / ln 8) ≈ 1.63);
 # llama.cpp pads every context to 256 > 8 and transformers sees more than 8 positions, so both use the
@@ -144,11 +151,12 @@ TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
 
 
 # Architectures whose checkpoints get SmolLM2's GPT-2 BPE tokenizer (make_arch_checkpoint); the others get
-# spm_fixture.py's SentencePiece vocabulary. OLMo 2's converter reads only GPT-2 BPE; for qwen3 see
+# spm_fixture.py's SentencePiece vocabulary. OLMo 2's converter reads only GPT-2 BPE, Phi-4 ships one
+# (SmolLM2's tokenizer_config names GPT2Tokenizer, as Phi-4's does); for qwen3 see
 # tests/test_runtime_llamacpp_arch.py.
-BPE_ARCHS = frozenset({"qwen3", "olmo2"})
+BPE_ARCHS = frozenset({"qwen3", "olmo2", "phi4"})
 # The architectures whose conversion tests use transformers-built checkpoints of their real config class.
-BUILT_ARCHS = ["gemma2", "granite", "olmo2", "smollm3"]
+BUILT_ARCHS = ["gemma2", "granite", "olmo2", "smollm3", "phi4"]
 
 
 def transformers_config(arch: str, **overrides: object) -> dict:
