@@ -231,7 +231,7 @@ def test_runtime_traits_come_from_arch_tables() -> None:
                                                swa_pattern_default=2, swa_rope_base_is_main=True,
                                                attn_scale_n_embd_layers=46)
     assert arch_traits("granite") == ArchTraits(rope_neox=False)  # its multipliers are GGUF keys
-    assert arch_traits("olmo2") == ArchTraits(rope_neox=True)  # its norms show in the tensor list
+    assert arch_traits("olmo2") == ArchTraits(rope_neox=True, pre_norms=False)
     assert arch_traits("smollm3") == ArchTraits(rope_neox=False, no_rope_layer_step=4)
     with pytest.raises(
         Unsupported, match=r"'mistral'.*supported: gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, smollm3"

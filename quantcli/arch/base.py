@@ -62,7 +62,8 @@ class RuntimeTraits:
     )
     embedding_scale: str | None = None  # "sqrt_hidden": token embeddings multiplied by sqrt(n_embd) (gemma)
     qk_norm: bool = False  # per-head RMSNorm of q and k before rope (qwen3, gemma3)
-    post_norms: bool = False  # gemma3: post_attention_norm / post_ffw_norm on each branch output
+    post_norms: bool = False  # gemma2/3, olmo2: post_attention_norm / post_ffw_norm on each branch output
+    pre_norms: bool = True  # attn_norm / ffn_norm before each branch; olmo2 has none
     attention_bias: bool = False  # q/k/v biases (qwen2)
     fused_qkv: bool = False  # phi3: one attn_qkv tensor, rows [q; k; v]
     fused_gate_up: bool = False  # phi3: ffn_up holds [gate; up] rows

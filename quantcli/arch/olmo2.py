@@ -50,6 +50,6 @@ OLMO2 = register(
             "tie_word_embeddings": False,
         },
         derive_config=_derive,
-        runtime=RuntimeTraits(rope_style="neox", qk_norm=True, post_norms=True),
+        runtime=RuntimeTraits(rope_style="neox", qk_norm=True, post_norms=True, pre_norms=False),
     )
 )

@@ -28,6 +28,7 @@ class ArchTraits:
     swa_rope_base_is_main: bool = False  # gemma2: sliding layers use the main rope base without the swa key
     attn_scale_n_embd_layers: int = 0  # gemma2/3 27B (46/62 layers): 1/sqrt(n_embd/n_head), else head_dim
     no_rope_layer_step: int = 0  # smollm3: layer il skips rope when (il + 1) % step == 0
+    pre_norms: bool = True  # attn_norm/ffn_norm before each branch (olmo2: none, only post-norms)
 
 
 def arch_traits(arch: str) -> ArchTraits:
@@ -57,6 +58,7 @@ def _arch_tables_traits() -> dict[str, ArchTraits]:
                 swa_rope_base_is_main=rt.swa_rope_base_is_main,
                 attn_scale_n_embd_layers=rt.attn_scale_n_embd_layers,
                 no_rope_layer_step=rt.no_rope_layer_step,
+                pre_norms=rt.pre_norms,
             ),
         )
     return out

@@ -2,9 +2,9 @@
 
 One graph covers llama/mistral, qwen2, qwen3, gemma2, gemma3, phi3, granite, olmo2 and smollm3 (as
 llama.cpp's src/models/<arch>.cpp build them): the differences are either visible in the tensor list
-(biases, per-head or full-width q/k norms, pre- and/or post-norms, fused QKV or gate+up, tied output), are
-GGUF keys (soft-capping, granite's multipliers) or are architecture traits in `ModelConfig.traits` (rope
-style, activation, embedding scale, sliding-window layers, no-rope layers). Prompts are processed as a batch (one matmul per weight for all
+(biases, per-head or full-width q/k norms, post-norms, fused QKV or gate+up, tied output), are GGUF keys
+(soft-capping, granite's multipliers) or are architecture traits in `ModelConfig.traits` (rope style,
+activation, embedding scale, pre-norms or none, sliding-window layers, no-rope layers). Prompts are processed as a batch (one matmul per weight for all
 tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
 float32 per tensor and kept while they fit `cache_budget_bytes`; above that, each layer is dequantized
 again when it is used. `forward_sequences` (eval, verify) runs several independent sequences layer by
@@ -83,9 +83,8 @@ class Model:
         needed = ["output_norm.weight"]
         for il in range(c.n_layer):
             p = f"blk.{il}."
-            # olmo2 normalises only the branch outputs (post-norms): no pre-norm tensors
-            needed += [] if self.has(p + "post_attention_norm.weight") else [p + "attn_norm.weight"]
-            needed += [] if self.has(p + "post_ffw_norm.weight") else [p + "ffn_norm.weight"]
+            if c.traits.pre_norms:  # olmo2 normalises only the branch outputs (post-norms)
+                needed += [p + "attn_norm.weight", p + "ffn_norm.weight"]
             needed += [
                 p + "ffn_down.weight",
                 p + "attn_output.weight",
@@ -337,7 +336,7 @@ class Model:
         them and attends; `n_ctx` is the context llama.cpp would run with (it picks Phi-3's rope factors)."""
         c = self.config
         p = f"blk.{il}."
-        h = self._rms_norm(x, weight(p + "attn_norm.weight")) if self.has(p + "attn_norm.weight") else x
+        h = self._rms_norm(x, weight(p + "attn_norm.weight")) if c.traits.pre_norms else x
         n_q, n_k = c.n_head * c.head_dim_k, c.n_head_kv * c.head_dim_k
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if self.has(p + "attn_qkv.weight"):
@@ -402,7 +401,7 @@ class Model:
     ) -> np.ndarray:
         c = self.config
         p = f"blk.{il}."
-        h = self._rms_norm(x, weight(p + "ffn_norm.weight")) if self.has(p + "ffn_norm.weight") else x
+        h = self._rms_norm(x, weight(p + "ffn_norm.weight")) if c.traits.pre_norms else x
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if p + "ffn_gate.weight" in ffn_w:
             gate = self._matmul(h, p + "ffn_gate.weight", obs, ffn_w[p + "ffn_gate.weight"], shared)
