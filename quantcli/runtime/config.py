@@ -156,8 +156,9 @@ class ModelConfig:
             # llama/qwen2/qwen3/granite/smollm3 graphs never read the key; phi3 reads it but disables SWA
             # (src/models/phi3.cpp); olmo2 uses it only when a window key is written (OLMo 3)
             sliding_window = 0
-        if float(key("attention.scale", 0.0) or 0.0):  # granite's attention multiplier
-            attn_scale = float(key("attention.scale"))
+        attn_scale_key = float(key("attention.scale", 0.0) or 0.0)  # granite's attention multiplier
+        if attn_scale_key:
+            attn_scale = attn_scale_key
         elif traits.attn_scale_n_embd_layers and n_layer == traits.attn_scale_n_embd_layers:
             attn_scale = 1.0 / math.sqrt(float(n_embd // n_head))
         else:

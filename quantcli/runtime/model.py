@@ -4,8 +4,8 @@ One graph covers llama/mistral, qwen2, qwen3, gemma2, gemma3, phi3, granite, olm
 llama.cpp's src/models/<arch>.cpp build them): the differences are either visible in the tensor list
 (biases, per-head or full-width q/k norms, post-norms, fused QKV or gate+up, tied output), are GGUF keys
 (soft-capping, granite's multipliers) or are architecture traits in `ModelConfig.traits` (rope style,
-activation, embedding scale, pre-norms or none, sliding-window layers, no-rope layers). Prompts are processed as a batch (one matmul per weight for all
-tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
+activation, embedding scale, pre-norms or none, sliding-window layers, no-rope layers). Prompts are
+processed as a batch (one matmul per weight for all tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
 float32 per tensor and kept while they fit `cache_budget_bytes`; above that, each layer is dequantized
 again when it is used. `forward_sequences` (eval, verify) runs several independent sequences layer by
 layer and keeps no float32 copy beyond the layer in use.
@@ -348,17 +348,9 @@ class Model:
             v = self._matmul(h, p + "attn_v.weight", obs, weight(p + "attn_v.weight"), shared)
         del h, shared
         n_tok = x.shape[0]
-        q_norm, k_norm = (weight(p + n + ".weight") if self.has(p + n + ".weight") else None
-                          for n in ("attn_q_norm", "attn_k_norm"))
-        if q_norm is not None and q_norm.size == n_q:  # olmo2: one RMSNorm over all heads, before the split
-            q, k = self._rms_norm(q, q_norm), self._rms_norm(k, k_norm)
-            q_norm = k_norm = None
-        q = q.reshape(n_tok, c.n_head, c.head_dim_k)
-        k = k.reshape(n_tok, c.n_head_kv, c.head_dim_k)
+        q = self._normed_heads(q, p + "attn_q_norm.weight", c.n_head, weight)
+        k = self._normed_heads(k, p + "attn_k_norm.weight", c.n_head_kv, weight)
         v = v.reshape(n_tok, c.n_head_kv, c.head_dim_v)
-        if q_norm is not None:  # qwen3, gemma3: per head
-            q = self._rms_norm(q, q_norm)
-            k = self._rms_norm(k, k_norm)
         swa = bool(c.swa_layers[il]) if c.sliding_window else False
         step = c.traits.no_rope_layer_step
         if not (step and (il + 1) % step == 0):  # smollm3: every 4th layer has no rope
@@ -390,6 +382,18 @@ class Model:
             xs = x[r0 : r0 + step]
             xs += self._ffn(il, xs, ffn_w, obs, weight)
         return x
+
+    def _normed_heads(
+        self, x: np.ndarray, norm_name: str, n_heads: int, weight: Callable[[str], np.ndarray]
+    ) -> np.ndarray:
+        """(T, n_heads*d) projection rows -> (T, n_heads, d), RMS-normalised by `norm_name` if the layer has
+        it: per head (qwen3, gemma3: d weights) or over the whole row before the split (olmo2)."""
+        w = weight(norm_name) if self.has(norm_name) else None
+        whole_row = w is not None and w.size == x.shape[-1]
+        if whole_row:
+            x = self._rms_norm(x, w)
+        x = x.reshape(x.shape[0], n_heads, -1)
+        return self._rms_norm(x, w) if w is not None and not whole_row else x
 
     def _ffn(
         self,
