@@ -21,6 +21,23 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def bf16_arch_checkpoint(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """arch -> a tiny_models.TINY checkpoint saved in bf16 by transformers (built once per session), with the
+    tokenizer tiny_models.BPE_ARCHS says. The directory name is fixed: the reference cache keys on it."""
+    from tiny_models import BPE_ARCHS, make_arch_checkpoint
+
+    root = tmp_path_factory.mktemp("bf16-archs")
+
+    def get(arch: str) -> Path:
+        directory = root / f"tiny-{arch}"
+        if not directory.exists():
+            make_arch_checkpoint(arch, directory, smollm2_dir if arch in BPE_ARCHS else None, "bfloat16")
+        return directory
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def ggml():
     """ctypes handle on the reference libggml-base (see tests/reference.py)."""
     from reference import ggml as _ggml

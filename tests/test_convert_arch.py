@@ -77,8 +77,12 @@ def test_unknown_architecture_lists_supported() -> None:
         "MistralForCausalLM",
         "Qwen2ForCausalLM",
         "Qwen3ForCausalLM",
+        "Gemma2ForCausalLM",
         "Gemma3ForCausalLM",
         "Phi3ForCausalLM",
+        "GraniteForCausalLM",
+        "Olmo2ForCausalLM",
+        "SmolLM3ForCausalLM",
     }
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from tiny_models import BUILT_ARCHS
 
+from quantcli.engine import convert_model
 from quantcli.loaders.gguf import GGUFFile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,6 +127,17 @@ def test_smollm2_matches_converter_plus_llama_quantize(
         for t in f.tensors.values():
             ref_types[t.type.name] = ref_types.get(t.type.name, 0) + 1
     assert result["tensor_types"] == dict(sorted(ref_types.items()))
+
+
+@pytest.mark.parametrize("arch", BUILT_ARCHS)
+def test_archs_q4_k_m_match_converter_plus_llama_quantize(bf16_arch_checkpoint, tmp_path: Path, arch: str) -> None:
+    """The one-pass Q4_K_M of each transformers-built tiny architecture (rows of 256: real k-quants)."""
+    model = bf16_arch_checkpoint(arch)
+    ref = llama_quantize(converter_bf16(model), tmp_path / "ref.gguf", "Q4_K_M")
+    ours = tmp_path / "ours.gguf"
+    result = convert_model(model, ours, out_type="q4_k_m")
+    assert sha256(ours) == sha256(ref), f"{arch}: differs from convert_hf_to_gguf.py --outtype bf16 + llama-quantize"
+    assert result["sha256"] == sha256(ref) and result["tensor_types"]["Q4_K"] > 0
 
 
 def test_smollm2_memory_bounded_by_largest_tensor(smollm2_dir: Path, smollm2_outputs: dict) -> None:

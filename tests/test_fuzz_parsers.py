@@ -513,6 +513,11 @@ ARCH_CONFIGS = {
                "sliding_window": 5, "query_pre_attn_scalar": 16},
     "phi3": {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "num_key_value_heads": 4,
              "original_max_position_embeddings": 256, "tie_word_embeddings": False},
+    "gemma2": {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "head_dim": 16, "sliding_window": 5,
+               "query_pre_attn_scalar": 16, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+    "granite": {"architectures": ["GraniteForCausalLM"], "model_type": "granite", "embedding_multiplier": 12.0,
+                "residual_multiplier": 0.22, "attention_multiplier": 0.015625, "logits_scaling": 8.0},
+    "smollm3": {"architectures": ["SmolLM3ForCausalLM"], "model_type": "smollm3"},
 }
 CONFIG_KEYS = ["architectures", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                "num_hidden_layers", "vocab_size", "head_dim", "rope_theta", "rope_scaling", "rope_parameters",
@@ -520,7 +525,9 @@ CONFIG_KEYS = ["architectures", "hidden_size", "intermediate_size", "num_attenti
                "sliding_window", "query_pre_attn_scalar", "partial_rotary_factor",
                "original_max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
                "quantization_config", "quantization", "is_causal", "layer_types", "rope_local_base_freq",
-               "final_logit_softcapping", "attn_logit_softcapping", "use_sliding_window", "name"]
+               "final_logit_softcapping", "attn_logit_softcapping", "use_sliding_window", "name",
+               "embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling",
+               "no_rope_layers"]
 SPM_VOCAB = 704  # tests/spm_fixture.py
 
 

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import reference_convert  # noqa: E402
 from reference import require_module  # noqa: E402
+from tiny_models import BUILT_ARCHS  # noqa: E402
 
 from quantcli.arch import get_arch  # noqa: E402
 from quantcli.engine import convert_model  # noqa: E402
@@ -263,6 +264,19 @@ def test_other_architectures_match_reference(smollm2_dir: Path, tmp_path: Path, 
     ours = tmp_path / "ours.gguf"
     convert_model(model, ours, out_type=outtype)
     _assert_same(ours, ref)
+
+
+@pytest.mark.parametrize("outtype", ["f32", "bf16", "q8_0"])
+@pytest.mark.parametrize("arch", BUILT_ARCHS)
+def test_transformers_built_archs_match_reference(bf16_arch_checkpoint, tmp_path: Path, arch: str, outtype: str) -> None:
+    """Checkpoints saved by transformers from the architecture's own config class (so config.json holds
+    what that class writes, e.g. Gemma 2's layer_types, SmolLM3's no_rope_layers), in bf16."""
+    model = bf16_arch_checkpoint(arch)
+    ref = reference_gguf(model, outtype)
+    ours = tmp_path / "ours.gguf"
+    result = convert_model(model, ours, out_type=outtype)
+    _assert_same(ours, ref)
+    assert result["sha256"] == _sha256(ref)
 
 
 def _write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> None:

@@ -226,8 +226,16 @@ def test_runtime_traits_come_from_arch_tables() -> None:
     for arch in ("qwen2", "qwen3", "phi3"):
         assert arch_traits(arch) == ArchTraits(rope_neox=True), arch
     assert arch_traits("gemma3") == ArchTraits(rope_neox=True, activation="gelu", embed_scale_sqrt_n_embd=True,
-                                               swa_pattern_default=6, attn_scale_rule="gemma3")
-    with pytest.raises(Unsupported, match=r"'mistral'.*supported: gemma3, llama, phi3, qwen2, qwen3"):
+                                               swa_pattern_default=6, attn_scale_n_embd_layers=62)
+    assert arch_traits("gemma2") == ArchTraits(rope_neox=True, activation="gelu", embed_scale_sqrt_n_embd=True,
+                                               swa_pattern_default=2, swa_rope_base_is_main=True,
+                                               attn_scale_n_embd_layers=46)
+    assert arch_traits("granite") == ArchTraits(rope_neox=False)  # its multipliers are GGUF keys
+    assert arch_traits("olmo2") == ArchTraits(rope_neox=True, pre_norms=False)
+    assert arch_traits("smollm3") == ArchTraits(rope_neox=False, no_rope_layer_step=4)
+    with pytest.raises(
+        Unsupported, match=r"'mistral'.*supported: gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, smollm3"
+    ):
         arch_traits("mistral")  # not a GGUF architecture: llama.cpp converts Mistral checkpoints to llama
 
 

@@ -1,9 +1,10 @@
 """The runtime against llama.cpp on every architecture we claim: tiny random checkpoints with real tokenizers.
 
-llama, qwen2, gemma3 and phi3 get the SentencePiece vocabulary of tests/spm_fixture.py (whitespace-run,
-user-defined, byte-fallback and control pieces); qwen3 SmolLM2's GPT-2 BPE vocabulary ('smollm'; a Qwen2
-vocabulary is not at hand, and transformers rebuilds any tokenizer.json under model_type qwen2 with
-Qwen's own pre-tokenizer, which then matches no known pre-tokenizer hash). Each is
+llama, qwen2, gemma2, gemma3, phi3, granite and smollm3 get the SentencePiece vocabulary of
+tests/spm_fixture.py (whitespace-run, user-defined, byte-fallback and control pieces); qwen3, olmo2 and
+phi4 SmolLM2's GPT-2 BPE vocabulary ('smollm'; a Qwen2 vocabulary is not at hand, and transformers rebuilds any
+tokenizer.json under model_type qwen2 with Qwen's own pre-tokenizer, which then matches no known
+pre-tokenizer hash). Each is
 converted to F16 by llama.cpp's own convert_hf_to_gguf.py and quantized to Q4_K_M by llama-quantize, so
 a mismatch points at the runtime. Per architecture: the token ids equal llama-tokenize's, `quantcli eval`
 PPL is within 0.2 % of llama-perplexity's, the Q4_K_M's KLD within 5 % of llama-perplexity
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from spm_fixture import mixed_text
-from tiny_models import make_arch_checkpoint
+from tiny_models import BPE_ARCHS, make_arch_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 CTX, CHUNKS = 128, 2
 # plus rope scaling (tests/tiny_models.py): llama-3's rope_freqs, Phi-3 long-rope with the long factors
 # (llama.cpp pads -c 128 to a 256-token context > the original 8) and with the short ones (original 256)
-ARCHS = ["llama", "qwen2", "qwen3", "gemma3", "phi3", "llama3-rope", "phi3-longrope", "phi3-shortrope"]
-SPM_ARCHS = set(ARCHS) - {"qwen3"}  # both converters try tokenizer.model first for qwen2
+ARCHS = [
+    "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi4", "granite", "olmo2", "smollm3",
+    "llama3-rope", "phi3-longrope", "phi3-shortrope",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def ggufs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     arch = request.param
     root = tmp_path_factory.mktemp(arch)
     hf = root / "hf"
-    make_arch_checkpoint(arch, hf, None if arch in SPM_ARCHS else smollm2_dir)
+    make_arch_checkpoint(arch, hf, smollm2_dir if arch in BPE_ARCHS else None)
     f16, q4 = root / "f16.gguf", root / "q4_k_m.gguf"
     proc = convert_with_llamacpp(hf, f16, "f16")
     assert proc.returncode == 0, proc.stderr[-2000:]

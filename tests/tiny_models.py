@@ -99,7 +99,36 @@ _TINY_OWN = {
         rope_theta=10000.0, original_max_position_embeddings=256, tie_word_embeddings=False,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
+    # softcaps far below the real 50/30 so that the tanh bends these small random logits; rope_theta 10000
+    # as every Gemma 2 (the converter writes no rope key, so llama.cpp always uses 10000)
+    "gemma2": dict(
+        architectures=["Gemma2ForCausalLM"], model_type="gemma2", head_dim=16, num_hidden_layers=4,
+        sliding_window=5, query_pre_attn_scalar=16, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+        rope_theta=10000.0,
+    ),
+    # granite-3.x-2b's multipliers but logits_scaling 3 (real: 8): at 8 these random logits are so flat
+    # that a Q4_K_M's KLD (~8e-5) is near the last decimal llama-perplexity prints; at 3 it is ~4e-4
+    "granite": dict(
+        architectures=["GraniteForCausalLM"], model_type="granite", rope_theta=10000.0,
+        embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625, logits_scaling=3.0,
+    ),
+    "olmo2": dict(
+        architectures=["Olmo2ForCausalLM"], model_type="olmo2", num_key_value_heads=4, rope_theta=500000.0,
+        tie_word_embeddings=False,
+    ),
+    # 4 layers: the 4th has no rope
+    "smollm3": dict(
+        architectures=["SmolLM3ForCausalLM"], model_type="smollm3", num_hidden_layers=4, rope_theta=5000000.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    ),
 }
+# Phi-4 (microsoft/phi-4) is Phi3ForCausalLM: 4:1 grouped-query attention, rope_theta 250000, no sliding
+# window (null: the converter writes 0, "to distinguish Phi-4"), the original context equal to the
+# maximum one, and a GPT2Tokenizer vocabulary.
+_TINY_OWN["phi4"] = dict(
+    _TINY_OWN["phi3"], num_key_value_heads=1, rope_theta=250000.0, original_max_position_embeddings=256,
+    sliding_window=None,
+)
 # Rope scaling. llama3-rope: rope_freqs.weight, with wavelengths on both sides of the smoothing band.
 # phi3-longrope: rope_factors_long/short and rope.scaling.attn_factor (sqrt(1 + ln 32 / ln 8) ≈ 1.63);
 # llama.cpp pads every context to 256 > 8 and transformers sees more than 8 positions, so both use the
@@ -121,6 +150,15 @@ _TINY_OWN["phi3-shortrope"] = dict(
 TINY = {arch: {**_TINY_BASE, **own} for arch, own in _TINY_OWN.items()}
 
 
+# Architectures whose checkpoints get SmolLM2's GPT-2 BPE tokenizer (make_arch_checkpoint); the others get
+# spm_fixture.py's SentencePiece vocabulary. OLMo 2's converter reads only GPT-2 BPE, Phi-4 ships one
+# (SmolLM2's tokenizer_config names GPT2Tokenizer, as Phi-4's does); for qwen3 see
+# tests/test_runtime_llamacpp_arch.py.
+BPE_ARCHS = frozenset({"qwen3", "olmo2", "phi4"})
+# The architectures whose conversion tests use transformers-built checkpoints of their real config class.
+BUILT_ARCHS = ["gemma2", "granite", "olmo2", "smollm3", "phi4"]
+
+
 def transformers_config(arch: str, **overrides: object) -> dict:
     """TINY[arch] with `overrides`, as a dict for transformers.AutoConfig.for_model. A "longrope" marker
     becomes Phi-3 long/short factors, one per rotated pair of the final head size (distinct per pair, the
@@ -136,9 +174,12 @@ def transformers_config(arch: str, **overrides: object) -> dict:
     return cfg
 
 
-def make_arch_checkpoint(arch: str, directory: Path, bpe_tokenizer_dir: Path | None) -> Path:
-    """A random `arch` checkpoint (TINY at rows of 256) saved by transformers, with the SentencePiece
-    vocabulary of spm_fixture.py, or with the byte-level BPE tokenizer files of `bpe_tokenizer_dir` (SmolLM2).
+def make_arch_checkpoint(
+    arch: str, directory: Path, bpe_tokenizer_dir: Path | None, dtype: str = "float32"
+) -> Path:
+    """A random `arch` checkpoint (TINY at rows of 256) saved by transformers in `dtype` ("bfloat16": as
+    real checkpoints ship), with the SentencePiece vocabulary of spm_fixture.py, or with the byte-level BPE
+    tokenizer files of `bpe_tokenizer_dir` (SmolLM2).
 
     Needs torch and transformers; the weights depend only on `arch` (seed 0).
     """
@@ -158,7 +199,7 @@ def make_arch_checkpoint(arch: str, directory: Path, bpe_tokenizer_dir: Path | N
     with torch.no_grad():  # larger weights than HF's init: logits far from uniform, so PPL and KLD mean something
         for name, p in model.named_parameters():
             p.add_(torch.randn_like(p) * (0.1 if "norm" in name else 0.08))
-    model.save_pretrained(directory, safe_serialization=True)
+    model.to(getattr(torch, dtype)).save_pretrained(directory, safe_serialization=True)
     if bpe_tokenizer_dir is None:
         add_spm_tokenizer(directory)
     else:

@@ -1,6 +1,6 @@
 """Architecture tables (one module per family). `get_arch(config)` finds the spec or raises Unsupported."""
 
-from quantcli.arch import gemma3, llama, phi3, qwen  # noqa: F401  (importing registers them)
+from quantcli.arch import gemma2, gemma3, granite, llama, olmo2, phi3, qwen  # noqa: F401  (importing registers them)
 from quantcli.arch.base import (
     ArchSpec,
     HParam,

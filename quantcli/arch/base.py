@@ -62,11 +62,18 @@ class RuntimeTraits:
     )
     embedding_scale: str | None = None  # "sqrt_hidden": token embeddings multiplied by sqrt(n_embd) (gemma)
     qk_norm: bool = False  # per-head RMSNorm of q and k before rope (qwen3, gemma3)
-    post_norms: bool = False  # gemma3: post_attention_norm / post_ffw_norm on each branch output
+    post_norms: bool = False  # gemma2/3, olmo2: post_attention_norm / post_ffw_norm on each branch output
+    pre_norms: bool = True  # attn_norm / ffn_norm before each branch; olmo2 has none
     attention_bias: bool = False  # q/k/v biases (qwen2)
     fused_qkv: bool = False  # phi3: one attn_qkv tensor, rows [q; k; v]
     fused_gate_up: bool = False  # phi3: ffn_up holds [gate; up] rows
-    sliding_window_pattern: int = 0  # gemma3: every Nth layer is global, others use the sliding window
+    sliding_window_pattern: int = 0  # gemma2/3: every Nth layer is global, others use the sliding window
+    # gemma2: sliding layers rotate with the main rope base (llama.cpp's default when no freq_base_swa key);
+    # gemma3 without the key: 10000
+    swa_rope_base_is_main: bool = False
+    # gemma2/3 27B: llama.cpp scales attention by 1/sqrt(n_embd/n_head) for this block count (0: never)
+    attn_scale_n_embd_layers: int = 0
+    no_rope_layer_step: int = 0  # smollm3: layer il skips rope when (il + 1) % step == 0 (llama.cpp: 4)
     tied_embeddings_default: bool = False  # output.weight absent -> reuse token_embd
 
 

@@ -29,7 +29,7 @@ from quantcli.arch.base import (
 from quantcli.errors import InputInvalid
 
 
-def _plus_one(x: np.ndarray, ctx: TransformContext) -> np.ndarray:
+def plus_one(x: np.ndarray, ctx: TransformContext) -> np.ndarray:
     # In the array's own dtype (f32 for BF16/F32 sources, f16 for F16 sources), like torch's `+ 1`.
     return x + x.dtype.type(1)
 
@@ -98,7 +98,7 @@ GEMMA3 = register(
                 _truncate_embedding,
                 out_shape=lambda shape, ctx: (min(shape[0], real_vocab_size(ctx, shape[0])), *shape[1:]),
             ),
-            TensorTransform(r"norm\.weight$", _plus_one),
+            TensorTransform(r"norm\.weight$", plus_one),
         ),
         runtime=RuntimeTraits(
             activation="gelu_tanh",
@@ -107,6 +107,7 @@ GEMMA3 = register(
             qk_norm=True,
             post_norms=True,
             sliding_window_pattern=6,
+            attn_scale_n_embd_layers=62,
             tied_embeddings_default=True,
         ),
     )

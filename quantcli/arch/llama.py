@@ -155,3 +155,25 @@ MISTRAL = register(
         config_defaults={**LLAMA_DEFAULTS, "max_position_embeddings": 131072, "sliding_window": 4096},
     )
 )
+
+# SmolLM3Model is LlamaModel under another GGUF name. llama.cpp hard-codes its no-rope layers (every 4th,
+# as SmolLM3Config's default no_rope_layer_interval): the converter writes no key for them.
+SMOLLM3 = register(
+    replace(
+        LLAMA,
+        hf_architectures=("SmolLM3ForCausalLM",),
+        gguf_arch="smollm3",
+        # transformers SmolLM3Config defaults; it has no head_dim (so no key/value length keys).
+        config_defaults={
+            **LLAMA_DEFAULTS,
+            "max_position_embeddings": 32768,
+            "rope_theta": 2_000_000.0,
+            "num_key_value_heads": 4,
+            "tie_word_embeddings": True,
+        },
+        derive_config=None,
+        runtime=RuntimeTraits(
+            rope_style="normal", activation="silu", no_rope_layer_step=4, tied_embeddings_default=True
+        ),
+    )
+)

@@ -69,6 +69,8 @@ def _attn_factor(cfg: Config) -> float | None:
 
 def _rope_dims(cfg: Config) -> int:
     rot_pct = full_rope(cfg).get("partial_rotary_factor", 1.0)
+    if isinstance(rot_pct, bool) or not isinstance(rot_pct, (int, float)):
+        raise InputInvalid(f"config.json: partial_rotary_factor is {rot_pct!r}, expected a number")
     return int(rot_pct * cfg["hidden_size"]) // cfg["num_attention_heads"]
 
 

@@ -24,8 +24,11 @@ class ArchTraits:
     rope_neox: bool  # NEOX pairs (i, i+n/2) vs NORM interleaved pairs (2i, 2i+1)
     activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU, tanh approximation)
     embed_scale_sqrt_n_embd: bool = False  # gemma: token embeddings times sqrt(n_embd)
-    swa_pattern_default: int = 0  # gemma3: every 6th layer global when the file has no pattern key
-    attn_scale_rule: str = "head_dim"  # "head_dim": 1/sqrt(head_dim); "gemma3": 27B uses n_embd/n_head
+    swa_pattern_default: int = 0  # gemma2/gemma3: every 2nd/6th layer global when the file has no pattern key
+    swa_rope_base_is_main: bool = False  # gemma2: sliding layers use the main rope base without the swa key
+    attn_scale_n_embd_layers: int = 0  # gemma2/3 27B (46/62 layers): 1/sqrt(n_embd/n_head), else head_dim
+    no_rope_layer_step: int = 0  # smollm3: layer il skips rope when (il + 1) % step == 0
+    pre_norms: bool = True  # attn_norm/ffn_norm before each branch (olmo2: none, only post-norms)
 
 
 def arch_traits(arch: str) -> ArchTraits:
@@ -52,8 +55,10 @@ def _arch_tables_traits() -> dict[str, ArchTraits]:
                 activation="gelu" if rt.activation.startswith("gelu") else "silu",
                 embed_scale_sqrt_n_embd=rt.embedding_scale == "sqrt_hidden",
                 swa_pattern_default=int(rt.sliding_window_pattern or 0),
-                # the 27B query_pre_attn_scalar rule is not in the tables (llama.cpp keys it on n_layer)
-                attn_scale_rule="gemma3" if spec.gguf_arch == "gemma3" else "head_dim",
+                swa_rope_base_is_main=rt.swa_rope_base_is_main,
+                attn_scale_n_embd_layers=rt.attn_scale_n_embd_layers,
+                no_rope_layer_step=rt.no_rope_layer_step,
+                pre_norms=rt.pre_norms,
             ),
         )
     return out
@@ -82,6 +87,11 @@ class ModelConfig:
     attn_scale: float = 1.0
     final_logit_softcap: float = 0.0
     attn_logit_softcap: float = 0.0
+    # granite: embeddings times embedding_scale, each branch output times residual_scale, logits divided
+    # by logit_scale (0 = absent: no scaling, as llama.cpp's zero defaults)
+    embedding_scale: float = 0.0
+    residual_scale: float = 0.0
+    logit_scale: float = 0.0
     traits: ArchTraits = field(default_factory=lambda: ArchTraits(rope_neox=False))
 
     @classmethod
@@ -143,12 +153,17 @@ class ModelConfig:
                 n_pattern = int(pattern)
                 swa_layers = [n_pattern == 0 or (il % n_pattern) < n_pattern - 1 for il in range(n_layer)]
         else:
-            # llama/qwen2/qwen3 graphs never read the key; phi3 reads it but disables SWA (src/models/phi3.cpp)
+            # llama/qwen2/qwen3/granite/smollm3 graphs never read the key; phi3 reads it but disables SWA
+            # (src/models/phi3.cpp); olmo2 uses it only when a window key is written (OLMo 3)
             sliding_window = 0
-        if traits.attn_scale_rule == "gemma3" and n_layer == 62:
+        attn_scale_key = float(key("attention.scale", 0.0) or 0.0)  # granite's attention multiplier
+        if attn_scale_key:
+            attn_scale = attn_scale_key
+        elif traits.attn_scale_n_embd_layers and n_layer == traits.attn_scale_n_embd_layers:
             attn_scale = 1.0 / math.sqrt(float(n_embd // n_head))
         else:
             attn_scale = 1.0 / math.sqrt(float(head_dim_k))
+        rope_base = float(key("rope.freq_base", 10000.0))
         ff = key("feed_forward_length", required=True)
         return cls(
             arch=arch,
@@ -161,18 +176,21 @@ class ModelConfig:
             head_dim_v=head_dim_v,
             n_vocab=n_vocab_tensor,
             norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_base=float(key("rope.freq_base", 10000.0)),
+            rope_base=rope_base,
             rope_dim=_rope_dim(arch, key("rope.dimension_count", head_dim_k), head_dim_k),
             rope_freq_scale=freq_scale,
             # llama_context: cparams.yarn_attn_factor (1 without YaRN) times rope.scaling.attn_factor
             rope_attn_factor=float(key("rope.scaling.attn_factor", 1.0)),
             rope_ctx_orig=int(key("rope.scaling.original_context_length", key("context_length", 0)) or 0),
-            rope_base_swa=float(key("rope.freq_base_swa", 10000.0)),
+            rope_base_swa=float(key("rope.freq_base_swa", rope_base if traits.swa_rope_base_is_main else 10000.0)),
             sliding_window=sliding_window,
             swa_layers=swa_layers,
             attn_scale=attn_scale,
             final_logit_softcap=float(key("final_logit_softcapping", 0.0) or 0.0),
             attn_logit_softcap=float(key("attn_logit_softcapping", 0.0) or 0.0),
+            embedding_scale=float(key("embedding_scale", 0.0) or 0.0),
+            residual_scale=float(key("residual_scale", 0.0) or 0.0),
+            logit_scale=float(key("logit_scale", 0.0) or 0.0),
             traits=traits,
         )
 

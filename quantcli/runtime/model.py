@@ -1,10 +1,11 @@
 """Float32 NumPy forward pass of the decoder-only architectures we convert, on GGUF tensor names.
 
-One graph covers llama/mistral, qwen2, qwen3, gemma3 and phi3 (as llama.cpp's src/models/<arch>.cpp build
-them): the differences are either visible in the tensor list (biases, q/k norms, post-norms, fused QKV or
-gate+up, tied output) or are architecture traits in `ModelConfig.traits` (rope style, activation,
-embedding scale, sliding-window layers). Prompts are processed as a batch (one matmul per weight for all
-tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
+One graph covers llama/mistral, qwen2, qwen3, gemma2, gemma3, phi3, granite, olmo2 and smollm3 (as
+llama.cpp's src/models/<arch>.cpp build them): the differences are either visible in the tensor list
+(biases, per-head or full-width q/k norms, post-norms, fused QKV or gate+up, tied output), are GGUF keys
+(soft-capping, granite's multipliers) or are architecture traits in `ModelConfig.traits` (rope style,
+activation, embedding scale, pre-norms or none, sliding-window layers, no-rope layers). Prompts are
+processed as a batch (one matmul per weight for all tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
 float32 per tensor and kept while they fit `cache_budget_bytes`; above that, each layer is dequantized
 again when it is used. `forward_sequences` (eval, verify) runs several independent sequences layer by
 layer and keeps no float32 copy beyond the layer in use.
@@ -82,9 +83,9 @@ class Model:
         needed = ["output_norm.weight"]
         for il in range(c.n_layer):
             p = f"blk.{il}."
+            if c.traits.pre_norms:  # olmo2 normalises only the branch outputs (post-norms)
+                needed += [p + "attn_norm.weight", p + "ffn_norm.weight"]
             needed += [
-                p + "attn_norm.weight",
-                p + "ffn_norm.weight",
                 p + "ffn_down.weight",
                 p + "attn_output.weight",
             ]
@@ -124,6 +125,14 @@ class Model:
                 expect(p + "attn_k.weight", (kv_rows, c.n_embd), "attention.head_count_kv")
                 expect(p + "attn_v.weight", (c.n_head_kv * c.head_dim_v, c.n_embd), "attention.head_count_kv")
             expect(p + "attn_output.weight", (c.n_embd, c.n_head * c.head_dim_v), "attention.head_count")
+            for norm, rows in (("attn_q_norm", q_rows), ("attn_k_norm", kv_rows)):
+                # per head (qwen3, gemma3) or over the whole projection (olmo2)
+                name = p + norm + ".weight"
+                if self.has(name) and int(np.prod(self.source.shape(name))) not in (c.head_dim_k, rows):
+                    raise InputInvalid(
+                        f"{where}: {name} has shape {tuple(self.source.shape(name))}, expected ({c.head_dim_k},) "
+                        f"or ({rows},) from {a}.attention.head_count"
+                    )
             expect(p + "ffn_down.weight", (c.n_embd, c.n_ff), "feed_forward_length")
             if self.has(p + "ffn_gate.weight"):
                 expect(p + "ffn_gate.weight", (c.n_ff, c.n_embd), "feed_forward_length")
@@ -289,12 +298,16 @@ class Model:
         x = np.array(rows, dtype=np.float32, order="C")
         if self.config.traits.embed_scale_sqrt_n_embd:
             x *= np.float32(np.sqrt(np.float32(self.config.n_embd)))
+        if self.config.embedding_scale:
+            x *= np.float32(self.config.embedding_scale)
         return x
 
     def _logits(self, x: np.ndarray, w_out: np.ndarray, observer: MatmulObserver | None) -> np.ndarray:
         c = self.config
         h = self._rms_norm(x, self.weight("output_norm.weight"))
         logits = self._matmul(h, self.output_name, observer, w_out)
+        if c.logit_scale:
+            logits *= np.float32(1.0) / np.float32(c.logit_scale)
         if c.final_logit_softcap:
             cap = np.float32(c.final_logit_softcap)
             logits = np.tanh(logits / cap) * cap
@@ -345,7 +358,7 @@ class Model:
         them and attends; `n_ctx` is the context llama.cpp would run with (it picks Phi-3's rope factors)."""
         c = self.config
         p = f"blk.{il}."
-        h = self._rms_norm(x, weight(p + "attn_norm.weight"))
+        h = self._rms_norm(x, weight(p + "attn_norm.weight")) if c.traits.pre_norms else x
         n_q, n_k = c.n_head * c.head_dim_k, c.n_head_kv * c.head_dim_k
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if self.has(p + "attn_qkv.weight"):
@@ -357,18 +370,17 @@ class Model:
             v = self._matmul(h, p + "attn_v.weight", obs, weight(p + "attn_v.weight"), shared)
         del h, shared
         n_tok = x.shape[0]
-        q = q.reshape(n_tok, c.n_head, c.head_dim_k)
-        k = k.reshape(n_tok, c.n_head_kv, c.head_dim_k)
+        q = self._normed_heads(q, p + "attn_q_norm.weight", c.n_head, weight)
+        k = self._normed_heads(k, p + "attn_k_norm.weight", c.n_head_kv, weight)
         v = v.reshape(n_tok, c.n_head_kv, c.head_dim_v)
-        if self.has(p + "attn_q_norm.weight"):
-            q = self._rms_norm(q, weight(p + "attn_q_norm.weight"))
-            k = self._rms_norm(k, weight(p + "attn_k_norm.weight"))
         swa = bool(c.swa_layers[il]) if c.sliding_window else False
-        base = c.rope_base_swa if swa else c.rope_base
-        scale = 1.0 if swa else c.rope_freq_scale
-        cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(n_ctx))
-        q = self._rope(q, cos, sin)
-        k = self._rope(k, cos, sin)
+        step = c.traits.no_rope_layer_step
+        if not (step and (il + 1) % step == 0):  # smollm3: every 4th layer has no rope
+            base = c.rope_base_swa if swa else c.rope_base
+            scale = 1.0 if swa else c.rope_freq_scale
+            cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(n_ctx))
+            q = self._rope(q, cos, sin)
+            k = self._rope(k, cos, sin)
         if self.emulate_ggml:  # F16 KV cache; Q meets K as F16 (vec_dot_type of an F16 tensor)
             q = round_f16_(q)
             k = round_f16_(k)
@@ -379,6 +391,8 @@ class Model:
         del attn
         if self.has(p + "post_attention_norm.weight"):
             out = self._rms_norm(out, weight(p + "post_attention_norm.weight"))
+        if c.residual_scale:  # granite
+            out *= np.float32(c.residual_scale)
         x += out
         del out
         ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
@@ -391,6 +405,18 @@ class Model:
             xs += self._ffn(il, xs, ffn_w, obs, weight)
         return x
 
+    def _normed_heads(
+        self, x: np.ndarray, norm_name: str, n_heads: int, weight: Callable[[str], np.ndarray]
+    ) -> np.ndarray:
+        """(T, n_heads*d) projection rows -> (T, n_heads, d), RMS-normalised by `norm_name` if the layer has
+        it: per head (qwen3, gemma3: d weights) or over the whole row before the split (olmo2)."""
+        w = weight(norm_name) if self.has(norm_name) else None
+        whole_row = w is not None and w.size == x.shape[-1]
+        if whole_row:
+            x = self._rms_norm(x, w)
+        x = x.reshape(x.shape[0], n_heads, -1)
+        return self._rms_norm(x, w) if w is not None and not whole_row else x
+
     def _ffn(
         self,
         il: int,
@@ -401,7 +427,7 @@ class Model:
     ) -> np.ndarray:
         c = self.config
         p = f"blk.{il}."
-        h = self._rms_norm(x, weight(p + "ffn_norm.weight"))
+        h = self._rms_norm(x, weight(p + "ffn_norm.weight")) if c.traits.pre_norms else x
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if p + "ffn_gate.weight" in ffn_w:
             gate = self._matmul(h, p + "ffn_gate.weight", obs, ffn_w[p + "ffn_gate.weight"], shared)
@@ -416,6 +442,8 @@ class Model:
         out = self._matmul(act, p + "ffn_down.weight", obs, ffn_w[p + "ffn_down.weight"])
         if self.has(p + "post_ffw_norm.weight"):
             out = self._rms_norm(out, weight(p + "post_ffw_norm.weight"))
+        if c.residual_scale:  # granite
+            out *= np.float32(c.residual_scale)
         return out
 
     def _activation(self, g: np.ndarray) -> np.ndarray:

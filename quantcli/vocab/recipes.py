@@ -2,11 +2,12 @@
 
 | HF architectures | converter class | set_vocab |
 |---|---|---|
-| LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM | LlamaModel | add_space_prefix from tokenizer_config; SentencePiece, else GPT-2 BPE; vocab 32016 (CodeLlama) adds eot 32010; vocab 49152 forces add_bos_token false |
+| LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, GraniteForCausalLM, SmolLM3ForCausalLM | LlamaModel (GraniteModel, SmolLM3Model) | add_space_prefix from tokenizer_config; SentencePiece, else GPT-2 BPE; vocab 32016 (CodeLlama) adds eot 32010; vocab 49152 forces add_bos_token false |
 | Qwen2ForCausalLM, Qwen3ForCausalLM | Qwen2Model / Qwen3Model | SentencePiece, else GPT-2 BPE |
 | GemmaForCausalLM | GemmaModel | SentencePiece; eot 107; add_space_prefix false |
 | Gemma2ForCausalLM | Gemma2Model | SentencePiece; add_space_prefix false |
 | Gemma3ForCausalLM | Gemma3Model | SentencePiece + add_space_prefix false, else GPT-2 BPE |
+| Olmo2ForCausalLM | Olmo2Model | GPT-2 BPE (TextModel's) |
 | Phi3ForCausalLM | Phi3MiniModel | GPT-2 BPE if tokenizer_class is GPT2Tokenizer, else its own SentencePiece variant |
 """
 
@@ -142,6 +143,12 @@ def recipe_llama(model_dir: Path, hp: dict[str, Any], meta: VocabMetadata) -> No
         meta.add_bool("tokenizer.ggml.add_bos_token", False)
 
 
+def recipe_gpt2(model_dir: Path, hp: dict[str, Any], meta: VocabMetadata) -> None:
+    if not (model_dir / "tokenizer.json").is_file():
+        raise InputMissing(f"{model_dir}: no tokenizer.json (needed for the GGUF vocabulary)")
+    _set_vocab_gpt2(model_dir, hp, meta)
+
+
 def recipe_qwen2(model_dir: Path, hp: dict[str, Any], meta: VocabMetadata) -> None:
     _spm_else_gpt2(model_dir, hp, meta)
 
@@ -192,6 +199,9 @@ RECIPES: dict[str, Recipe] = {
     "LLaMAForCausalLM": recipe_llama,
     "MistralForCausalLM": recipe_llama,
     "MixtralForCausalLM": recipe_llama,
+    "GraniteForCausalLM": recipe_llama,
+    "SmolLM3ForCausalLM": recipe_llama,
+    "Olmo2ForCausalLM": recipe_gpt2,
     "Qwen2ForCausalLM": recipe_qwen2,
     "Qwen3ForCausalLM": recipe_qwen2,
     "GemmaForCausalLM": recipe_gemma,
