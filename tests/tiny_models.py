@@ -99,6 +99,20 @@ _TINY_OWN = {
         rope_theta=10000.0, original_max_position_embeddings=256, tie_word_embeddings=False,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
+    # mixture of experts: Mixtral with 8 experts (llama-quantize's n_expert == 8 rules), the others with 4
+    "mixtral": dict(
+        architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=8, num_experts_per_tok=2,
+        rms_norm_eps=1e-5, tie_word_embeddings=False,
+    ),
+    # norm_topk_prob as the released Qwen3-MoE models have it (llama.cpp's qwen3moe graph always renormalises)
+    "qwen3moe": dict(
+        architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", head_dim=32, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True, tie_word_embeddings=False,
+    ),
+    "olmoe": dict(
+        architectures=["OlmoeForCausalLM"], model_type="olmoe", num_experts=4, num_experts_per_tok=2,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=1, bos_token_id=None, eos_token_id=2,
+    ),
 }
 # Rope scaling. llama3-rope: rope_freqs.weight, with wavelengths on both sides of the smoothing band.
 # phi3-longrope: rope_factors_long/short and rope.scaling.attn_factor (sqrt(1 + ln 32 / ln 8) ≈ 1.63);
@@ -151,6 +165,8 @@ def make_arch_checkpoint(arch: str, directory: Path, bpe_tokenizer_dir: Path | N
     cfg = transformers_config(arch, hidden_size=256, intermediate_size=512, vocab_size=vocab_size)
     if arch == "qwen3":
         cfg["head_dim"] = 64
+    if "moe_intermediate_size" in cfg:
+        cfg["moe_intermediate_size"] = 256
     cfg.update(bos_token_id=1, eos_token_id=2, pad_token_id=3 if spm else 2)
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(**cfg)
