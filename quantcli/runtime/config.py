@@ -26,6 +26,7 @@ class ArchTraits:
     embed_scale_sqrt_n_embd: bool = False  # gemma: token embeddings times sqrt(n_embd)
     swa_pattern_default: int = 0  # gemma3: every 6th layer global when the file has no pattern key
     attn_scale_rule: str = "head_dim"  # "head_dim": 1/sqrt(head_dim); "gemma3": 27B uses n_embd/n_head
+    expert_weights_norm: bool = False  # MoE: renormalise the top-k expert weights (build_moe_ffn's norm_w)
 
 
 def arch_traits(arch: str) -> ArchTraits:
@@ -54,6 +55,7 @@ def _arch_tables_traits() -> dict[str, ArchTraits]:
                 swa_pattern_default=int(rt.sliding_window_pattern or 0),
                 # the 27B query_pre_attn_scalar rule is not in the tables (llama.cpp keys it on n_layer)
                 attn_scale_rule="gemma3" if spec.gguf_arch == "gemma3" else "head_dim",
+                expert_weights_norm=rt.expert_weights_norm,
             ),
         )
     return out
@@ -82,6 +84,8 @@ class ModelConfig:
     attn_scale: float = 1.0
     final_logit_softcap: float = 0.0
     attn_logit_softcap: float = 0.0
+    n_expert: int = 0  # mixture of experts: experts per layer and how many each token uses
+    n_expert_used: int = 0
     traits: ArchTraits = field(default_factory=lambda: ArchTraits(rope_neox=False))
 
     @classmethod
@@ -173,6 +177,8 @@ class ModelConfig:
             attn_scale=attn_scale,
             final_logit_softcap=float(key("final_logit_softcapping", 0.0) or 0.0),
             attn_logit_softcap=float(key("attn_logit_softcapping", 0.0) or 0.0),
+            n_expert=_per_layer_scalar(key("expert_count", 0), f"{arch}.expert_count"),
+            n_expert_used=_per_layer_scalar(key("expert_used_count", 0), f"{arch}.expert_used_count"),
             traits=traits,
         )
 

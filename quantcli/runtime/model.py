@@ -1,6 +1,6 @@
 """Float32 NumPy forward pass of the decoder-only architectures we convert, on GGUF tensor names.
 
-One graph covers llama/mistral, qwen2, qwen3, gemma3 and phi3 (as llama.cpp's src/models/<arch>.cpp build
+One graph covers llama/mistral/mixtral, qwen2, qwen3, qwen3moe, olmoe, gemma3 and phi3 (as llama.cpp's src/models/<arch>.cpp build
 them): the differences are either visible in the tensor list (biases, q/k norms, post-norms, fused QKV or
 gate+up, tied output) or are architecture traits in `ModelConfig.traits` (rope style, activation,
 embedding scale, sliding-window layers). Prompts are processed as a batch (one matmul per weight for all
@@ -17,19 +17,26 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import psutil
 from gguf import GGMLQuantizationType
 from threadpoolctl import threadpool_limits
 
-from quantcli.errors import InputInvalid, Unsupported, UsageError
+from quantcli.errors import InputInvalid, UsageError
 from quantcli.runtime.config import ModelConfig
+from quantcli.runtime.moe import EXPERT_TENSORS, moe_ffn
 from quantcli.runtime.numerics import round_f16_, vec_dot_round_trip
 from quantcli.runtime.weights import TensorSource
 
-# An observer sees the float32 input rows of every matmul whose weight is a `blk.*` tensor (imatrix).
-MatmulObserver = Callable[[str, np.ndarray], None]
+
+class MatmulObserver(Protocol):
+    """Sees the float32 input rows of every matmul whose weight is a `blk.*` tensor (imatrix). For a
+    stacked expert tensor (ggml's MUL_MAT_ID) `rows` is (n_tok, 1 or n_used, ne0) and `experts`
+    (n_tok, n_used) the expert each token's slot uses (runtime/moe.py)."""
+
+    def __call__(self, name: str, rows: np.ndarray, experts: np.ndarray | None = None) -> None: ...
 
 DEFAULT_CACHE_BUDGET = 6 << 30  # bytes of float32 weights kept dequantized
 
@@ -77,20 +84,17 @@ class Model:
         input error naming the key, not a crash deep inside the forward pass)."""
         c = self.config
         where = self.source.description
-        if any(".ffn_gate_exps." in n for n in self.names):
-            raise Unsupported("mixture-of-experts models are not supported by the runtime")
         needed = ["output_norm.weight"]
         for il in range(c.n_layer):
             p = f"blk.{il}."
-            needed += [
-                p + "attn_norm.weight",
-                p + "ffn_norm.weight",
-                p + "ffn_down.weight",
-                p + "attn_output.weight",
-            ]
-            needed += (
-                [p + "ffn_up.weight"] if not self.has(p + "ffn_gate.weight") else [p + "ffn_gate.weight"]
-            )
+            needed += [p + "attn_norm.weight", p + "ffn_norm.weight", p + "attn_output.weight"]
+            if self.has(p + "ffn_gate_inp.weight"):
+                needed += [p + t + ".weight" for t in EXPERT_TENSORS]
+            else:
+                needed.append(p + "ffn_down.weight")
+                needed += (
+                    [p + "ffn_up.weight"] if not self.has(p + "ffn_gate.weight") else [p + "ffn_gate.weight"]
+                )
             if not self.has(p + "attn_qkv.weight"):
                 needed += [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
         for name in needed:
@@ -124,12 +128,29 @@ class Model:
                 expect(p + "attn_k.weight", (kv_rows, c.n_embd), "attention.head_count_kv")
                 expect(p + "attn_v.weight", (c.n_head_kv * c.head_dim_v, c.n_embd), "attention.head_count_kv")
             expect(p + "attn_output.weight", (c.n_embd, c.n_head * c.head_dim_v), "attention.head_count")
-            expect(p + "ffn_down.weight", (c.n_embd, c.n_ff), "feed_forward_length")
-            if self.has(p + "ffn_gate.weight"):
+            if self.has(p + "ffn_gate_inp.weight"):
+                self._check_experts(p, expect)
+            elif self.has(p + "ffn_gate.weight"):
                 expect(p + "ffn_gate.weight", (c.n_ff, c.n_embd), "feed_forward_length")
                 expect(p + "ffn_up.weight", (c.n_ff, c.n_embd), "feed_forward_length")
             else:
                 expect(p + "ffn_up.weight", (2 * c.n_ff, c.n_embd), "feed_forward_length")
+            if not self.has(p + "ffn_gate_inp.weight"):
+                expect(p + "ffn_down.weight", (c.n_embd, c.n_ff), "feed_forward_length")
+
+    def _check_experts(self, p: str, expect: Callable[[str, tuple[int, ...], str], None]) -> None:
+        """A MoE layer: the router and the three stacked expert tensors (the expert FFN width is theirs)."""
+        c = self.config
+        if not 0 < c.n_expert_used <= c.n_expert:
+            raise InputInvalid(
+                f"{self.source.description}: {c.arch}.expert_used_count {c.n_expert_used} and expert_count "
+                f"{c.n_expert} do not describe a mixture of experts"
+            )
+        expect(p + "ffn_gate_inp.weight", (c.n_expert, c.n_embd), "expert_count")
+        n_ff = int(self.source.shape(p + "ffn_gate_exps.weight")[1])
+        expect(p + "ffn_gate_exps.weight", (c.n_expert, n_ff, c.n_embd), "expert_count")
+        expect(p + "ffn_up_exps.weight", (c.n_expert, n_ff, c.n_embd), "expert_count")
+        expect(p + "ffn_down_exps.weight", (c.n_expert, c.n_embd, n_ff), "expert_count")
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -339,8 +360,12 @@ class Model:
         k = k.reshape(n_tok, c.n_head_kv, c.head_dim_k)
         v = v.reshape(n_tok, c.n_head_kv, c.head_dim_v)
         if self.has(p + "attn_q_norm.weight"):
-            q = self._rms_norm(q, weight(p + "attn_q_norm.weight"))
-            k = self._rms_norm(k, weight(p + "attn_k_norm.weight"))
+            q_norm, k_norm = weight(p + "attn_q_norm.weight"), weight(p + "attn_k_norm.weight")
+            if q_norm.size == c.head_dim_k:  # per head (qwen3, gemma3)
+                q, k = self._rms_norm(q, q_norm), self._rms_norm(k, k_norm)
+            else:  # over the whole projection (olmoe)
+                q = self._rms_norm(q.reshape(n_tok, -1), q_norm).reshape(q.shape)
+                k = self._rms_norm(k.reshape(n_tok, -1), k_norm).reshape(k.shape)
         swa = bool(c.swa_layers[il]) if c.sliding_window else False
         base = c.rope_base_swa if swa else c.rope_base
         scale = 1.0 if swa else c.rope_freq_scale
@@ -360,6 +385,7 @@ class Model:
         x += out
         del out
         ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
+        ffn_names += [p + t + ".weight" for t in EXPERT_TENSORS]
         ffn_w = {n: weight(n) for n in ffn_names if self.has(n)}
         # Row slabs bound the (rows, n_ff) temporaries when many tokens go through at once; an observer
         # (imatrix) sees each matmul's rows in one call, as llama-imatrix does.
@@ -380,6 +406,13 @@ class Model:
         c = self.config
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + "ffn_norm.weight"))
+        if p + "ffn_gate_inp.weight" in ffn_w:
+            router = p + "ffn_gate_inp.weight"
+            return moe_ffn(
+                h, p, ffn_w, self._types, c.n_expert_used, c.traits.expert_weights_norm,
+                lambda rows: self._matmul(rows, router, obs, ffn_w[router]),
+                self._activation, self.emulate_ggml, obs,
+            )
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if p + "ffn_gate.weight" in ffn_w:
             gate = self._matmul(h, p + "ffn_gate.weight", obs, ffn_w[p + "ffn_gate.weight"], shared)
