@@ -167,14 +167,17 @@ def test_imatrix_matches_llama_imatrix_per_expert(moe, text_file: Path, tmp_path
     _cli_json(["imatrix", f32, "--text", text_file, "--ctx", CTX, "--chunks", CHUNKS, "-o", our_path])
 
     def read(path: Path) -> dict[str, np.ndarray]:
-        return {t.name: np.array(t.data, dtype=np.float32) for t in GGUFReader(str(path)).tensors}
+        """Each entry as (matrices, values): llama-imatrix's files drop a dense entry's trailing 1-dim."""
+        tensors = {t.name: np.array(t.data, dtype=np.float32) for t in GGUFReader(str(path)).tensors}
+        return {n: v.reshape(tensors[n.rsplit(".", 1)[0] + ".counts"].size, -1) for n, v in tensors.items()}
 
     ref, ours = read(ref_path), read(our_path)
     assert sorted(ours) == sorted(ref)
     n_expert = 8 if arch == "mixtral" else 4
     for name in ref:
+        assert ours[name].shape == ref[name].shape, name
         if "_exps." in name:  # one row of sums and one count per expert
-            assert ref[name].shape[0] == n_expert and ours[name].shape == ref[name].shape, name
+            assert ref[name].shape[0] == n_expert, name
         if name.endswith(".counts"):
             assert np.array_equal(ours[name], ref[name]), (arch, name)
             continue
@@ -182,7 +185,7 @@ def test_imatrix_matches_llama_imatrix_per_expert(moe, text_file: Path, tmp_path
             rel = np.linalg.norm(mine - theirs) / max(float(np.linalg.norm(theirs)), 1e-30)
             assert rel < 1e-2, (arch, name, expert, rel)
     used = ref["blk.0.ffn_down_exps.weight.counts"].reshape(-1)
-    assert used.sum() == 2 * CTX * CHUNKS * 2 and (used > 0).sum() > 1  # top-2 of every token, spread
+    assert used.sum() == 2 * CTX * CHUNKS and (used > 0).sum() > 1  # top-2 of every token, spread
 
 
 # ---- no torch, no llama.cpp ---------------------------------------------------------------------------
