@@ -111,6 +111,7 @@ _TINY_OWN = {
     ),
     "olmoe": dict(
         architectures=["OlmoeForCausalLM"], model_type="olmoe", num_experts=4, num_experts_per_tok=2,
+        num_key_value_heads=4,  # llama.cpp sizes attn_k_norm n_embd: OLMoE without GQA, as released
         rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=1, bos_token_id=None, eos_token_id=2,
     ),
 }
