@@ -1,7 +1,8 @@
-"""Mixture-of-experts models (Mixtral, Qwen3-MoE, OLMoE) against llama.cpp's own tools.
+"""Mixture-of-experts models (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) against llama.cpp's own tools.
 
 Tiny random checkpoints saved by transformers (tests/tiny_models.py: Mixtral with 8 experts, the others
-with 4, two used per token, rows of 256), per-expert tensors as the released models store them. Per
+with 4, two used per token, rows of 256; Qwen2-MoE with its gated shared expert), per-expert tensors as
+the released models store them. Per
 architecture: our conversion equals convert_hf_to_gguf.py byte for byte (f32, bf16, q8_0) and converter +
 llama-quantize (Q4_K_M; MXFP4_MOE for Mixtral) in one pass; `quantcli eval` PPL is within 0.2 % of
 llama-perplexity's and the Q4_K_M's KLD within 5 % of its --kl-divergence; greedy text equals
@@ -28,8 +29,8 @@ from quantcli.writers.safetensors import write_file
 
 REPO = Path(__file__).resolve().parent.parent
 CTX, CHUNKS = 128, 2
-ARCHS = ["mixtral", "qwen3moe", "olmoe"]
-SPM_ARCHS = {"mixtral"}  # LlamaModel reads tokenizer.model; Qwen3-MoE and OLMoE use TextModel's GPT-2 BPE
+ARCHS = ["mixtral", "qwen2moe", "qwen3moe", "olmoe"]
+SPM_ARCHS = {"mixtral"}  # LlamaModel reads tokenizer.model; the others use TextModel's GPT-2 BPE
 
 
 def _sha(path: Path) -> str:
@@ -101,7 +102,9 @@ def test_recipes_equal_converter_plus_llama_quantize(moe, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _sha(ours) == _sha(q4), arch
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(ours)).tensors}
-    assert types["blk.0.ffn_gate_inp.weight"] == "F32"  # the router is never quantized
+    assert types["blk.0.ffn_gate_inp.weight"] == "F32"  # the routers are never quantized
+    if arch == "qwen2moe":
+        assert types["blk.0.ffn_gate_inp_shexp.weight"] == "F32"
     assert {types[f"blk.0.ffn_{p}_exps.weight"] for p in ("gate", "up", "down")} <= {"Q4_K", "Q6_K"}
     if arch == "mixtral":  # MXFP4_MOE: experts MXFP4, the rest Q8_0
         ref, mine = tmp_path / "ref-mxfp4.gguf", tmp_path / "ours-mxfp4.gguf"

@@ -223,12 +223,12 @@ def test_runtime_traits_come_from_arch_tables() -> None:
     from quantcli.runtime.config import ArchTraits, arch_traits
 
     assert arch_traits("llama") == ArchTraits(rope_neox=False, expert_weights_norm=True)  # Mixtral renormalises
-    for arch in ("qwen2", "qwen3", "phi3", "olmoe"):
+    for arch in ("qwen2", "qwen3", "phi3", "olmoe", "qwen2moe"):
         assert arch_traits(arch) == ArchTraits(rope_neox=True), arch
     assert arch_traits("qwen3moe") == ArchTraits(rope_neox=True, expert_weights_norm=True)
     assert arch_traits("gemma3") == ArchTraits(rope_neox=True, activation="gelu", embed_scale_sqrt_n_embd=True,
                                                swa_pattern_default=6, attn_scale_rule="gemma3")
-    with pytest.raises(Unsupported, match=r"'mistral'.*supported: gemma3, llama, olmoe, phi3, qwen2, qwen3, qwen3moe"):
+    with pytest.raises(Unsupported, match=r"'mistral'.*supported: gemma3, llama, olmoe, phi3, qwen2, qwen2moe, qwen3, qwen3moe"):
         arch_traits("mistral")  # not a GGUF architecture: llama.cpp converts Mistral checkpoints to llama
 
 

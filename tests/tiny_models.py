@@ -109,6 +109,11 @@ _TINY_OWN = {
         architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", head_dim=32, num_experts=4,
         num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True, tie_word_embeddings=False,
     ),
+    # shared expert with a sigmoid gate; no renormalisation (qwen2moe graph, HF norm_topk_prob default)
+    "qwen2moe": dict(
+        architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=64, shared_expert_intermediate_size=96, tie_word_embeddings=False,
+    ),
     "olmoe": dict(
         architectures=["OlmoeForCausalLM"], model_type="olmoe", num_experts=4, num_experts_per_tok=2,
         num_key_value_heads=4,  # llama.cpp sizes attn_k_norm n_embd: OLMoE without GQA, as released
@@ -168,6 +173,8 @@ def make_arch_checkpoint(arch: str, directory: Path, bpe_tokenizer_dir: Path | N
         cfg["head_dim"] = 64
     if "moe_intermediate_size" in cfg:
         cfg["moe_intermediate_size"] = 256
+    if "shared_expert_intermediate_size" in cfg:
+        cfg["shared_expert_intermediate_size"] = 512
     cfg.update(bos_token_id=1, eos_token_id=2, pad_token_id=3 if spm else 2)
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(**cfg)

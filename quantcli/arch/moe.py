@@ -1,10 +1,11 @@
 """Mixture-of-experts families: Mixtral (GGUF "llama" with experts, conversion/llama.py LlamaModel),
-Qwen3-MoE ("qwen3moe", conversion/qwen.py Qwen3MoeModel) and OLMoE ("olmoe", conversion/olmo.py OlmoeModel).
+Qwen2-MoE ("qwen2moe", conversion/qwen.py Qwen2MoeModel: a shared expert with a sigmoid gate besides the
+routed ones), Qwen3-MoE ("qwen3moe", Qwen3MoeModel) and OLMoE ("olmoe", conversion/olmo.py OlmoeModel).
 
 The converter stacks each layer's per-expert matrices into one 3-D tensor per projection (`ExpertStack`,
 done by sources/hf.py one expert at a time); the router (`ffn_gate_inp`) stays F32. The expert count
 keys follow transformers' attribute maps (AutoConfig.to_dict() renames the alias): Mixtral and Qwen3-MoE
-report `num_local_experts`, OLMoE `num_experts`.
+report `num_local_experts`, Qwen2-MoE and OLMoE `num_experts`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,35 @@ _QWEN_MOE_HPARAMS = (
     *text_model_hparams(),
     HParam("add_expert_feed_forward_length", lambda cfg: cfg.get("moe_intermediate_size")),
     HParam("add_expert_shared_feed_forward_length", lambda cfg: cfg.get("shared_expert_intermediate_size")),
+)
+
+QWEN2_MOE = register(
+    ArchSpec(
+        hf_architectures=("Qwen2MoeForCausalLM",),
+        gguf_arch="qwen2moe",
+        tensor_names=(
+            *_MOE_DECODER,
+            *_QWEN_ROUTER,
+            ("model.layers.{bid}.mlp.shared_expert_gate", "blk.{bid}.ffn_gate_inp_shexp"),
+            ("model.layers.{bid}.mlp.shared_expert.gate_proj", "blk.{bid}.ffn_gate_shexp"),
+            ("model.layers.{bid}.mlp.shared_expert.up_proj", "blk.{bid}.ffn_up_shexp"),
+            ("model.layers.{bid}.mlp.shared_expert.down_proj", "blk.{bid}.ffn_down_shexp"),
+        ),
+        hparams=_QWEN_MOE_HPARAMS,
+        # transformers Qwen2MoeConfig
+        config_defaults={
+            "max_position_embeddings": 32768,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-6,
+            "moe_intermediate_size": 1408,
+            "shared_expert_intermediate_size": 5632,
+            "tie_word_embeddings": False,
+        },
+        derive_config=_expert_keys("num_experts", "num_local_experts", 60, 4),
+        expert_stacks=_QWEN_STACKS,
+        # src/models/qwen2moe.cpp: q/k/v biases, no renormalisation of the top-k weights
+        runtime=RuntimeTraits(rope_style="neox", attention_bias=True, expert_weights_norm=False),
+    )
 )
 
 QWEN3_MOE = register(

@@ -1,6 +1,6 @@
 """Float32 NumPy forward pass of the decoder-only architectures we convert, on GGUF tensor names.
 
-One graph covers llama/mistral/mixtral, qwen2, qwen3, qwen3moe, olmoe, gemma3 and phi3 (as llama.cpp's src/models/<arch>.cpp build
+One graph covers llama/mistral/mixtral, qwen2, qwen2moe, qwen3, qwen3moe, olmoe, gemma3 and phi3 (as llama.cpp's src/models/<arch>.cpp build
 them): the differences are either visible in the tensor list (biases, q/k norms, post-norms, fused QKV or
 gate+up, tied output) or are architecture traits in `ModelConfig.traits` (rope style, activation,
 embedding scale, sliding-window layers). Prompts are processed as a batch (one matmul per weight for all
@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid, UsageError
 from quantcli.runtime.config import ModelConfig
-from quantcli.runtime.moe import EXPERT_TENSORS, moe_ffn
+from quantcli.runtime.moe import EXPERT_TENSORS, SHARED_EXPERT_TENSORS, moe_ffn
 from quantcli.runtime.numerics import round_f16_, vec_dot_round_trip
 from quantcli.runtime.weights import TensorSource
 
@@ -90,6 +90,8 @@ class Model:
             needed += [p + "attn_norm.weight", p + "ffn_norm.weight", p + "attn_output.weight"]
             if self.has(p + "ffn_gate_inp.weight"):
                 needed += [p + t + ".weight" for t in EXPERT_TENSORS]
+                if self.has(p + "ffn_gate_inp_shexp.weight"):
+                    needed += [p + t + ".weight" for t in SHARED_EXPERT_TENSORS]
             else:
                 needed.append(p + "ffn_down.weight")
                 needed += (
@@ -385,7 +387,7 @@ class Model:
         x += out
         del out
         ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
-        ffn_names += [p + t + ".weight" for t in EXPERT_TENSORS]
+        ffn_names += [p + t + ".weight" for t in (*EXPERT_TENSORS, *SHARED_EXPERT_TENSORS)]
         ffn_w = {n: weight(n) for n in ffn_names if self.has(n)}
         # Row slabs bound the (rows, n_ff) temporaries when many tokens go through at once; an observer
         # (imatrix) sees each matmul's rows in one call, as llama-imatrix does.
@@ -407,10 +409,9 @@ class Model:
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + "ffn_norm.weight"))
         if p + "ffn_gate_inp.weight" in ffn_w:
-            router = p + "ffn_gate_inp.weight"
             return moe_ffn(
                 h, p, ffn_w, self._types, c.n_expert_used, c.traits.expert_weights_norm,
-                lambda rows: self._matmul(rows, router, obs, ffn_w[router]),
+                lambda rows, name: self._matmul(rows, name, obs, ffn_w[name]),
                 self._activation, self.emulate_ggml, obs,
             )
         shared: dict[GGMLQuantizationType, np.ndarray] = {}

@@ -8,7 +8,9 @@ for softmax gating and SwiGLU experts without biases (Mixtral, Qwen3-MoE, OLMoE)
    the sum clamped below at 6.1e-5);
 4. per expert, on the tokens routed to it: silu(gate_e · x) * (up_e · x), then down_e · that; each matmul
    sees x as ggml's MUL_MAT_ID does (rounded to the expert tensor's vec_dot type, numerics.py);
-5. each slot's output times its weight, and the slots summed in top-k order.
+5. each slot's output times its weight, and the slots summed in top-k order;
+6. Qwen2-MoE's shared expert (src/models/qwen2moe.cpp): a dense SwiGLU FFN on every token, times
+   sigmoid(ffn_gate_inp_shexp · x) computed as ggml does it, silu(g) / g, added to the routed sum.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from quantcli.runtime.numerics import vec_dot_round_trip
 MIN_WEIGHT_SUM = np.float32(6.103515625e-5)
 
 EXPERT_TENSORS = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+SHARED_EXPERT_TENSORS = ("ffn_gate_inp_shexp", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp")
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:
@@ -50,20 +53,21 @@ def moe_ffn(
     types: dict[str, GGMLQuantizationType],
     n_used: int,
     normalise: bool,
-    router: Callable[[np.ndarray], np.ndarray],
+    matmul: Callable[[np.ndarray, str], np.ndarray],
     activation: Callable[[np.ndarray], np.ndarray],
     emulate_ggml: bool,
     observer: Callable[..., None] | None,
 ) -> np.ndarray:
     """The MoE branch on the normed rows `h` (n_tok, n_embd) of layer prefix `layer` ("blk.N.").
 
-    `weights` holds the float32 stacked tensors by GGUF name ((n_expert, rows, cols)); `router(h)` is the
-    model's matmul with ffn_gate_inp (so observers see it as any matmul); `activation` the gate's SiLU.
+    `weights` holds the layer's float32 FFN tensors by GGUF name (stacked ones (n_expert, rows, cols));
+    `matmul(rows, name)` is the model's ordinary matmul (router and shared expert: observers see those as
+    any matmul); `activation` the gate's SiLU.
     `observer(name, rows, experts)` sees each stacked tensor's input as llama-imatrix's MUL_MAT_ID callback
     does: rows (n_tok, 1 or n_used, ne0) — the token's row for gate/up, each slot's own row for down — and
     the expert of every (token, slot)."""
     gate_name, up_name, down_name = (layer + t + ".weight" for t in EXPERT_TENSORS[1:])
-    selected, slot_weights = route(softmax_rows(router(h)), n_used, normalise)
+    selected, slot_weights = route(softmax_rows(matmul(h, layer + EXPERT_TENSORS[0] + ".weight")), n_used, normalise)
     n_tok = h.shape[0]
     w_gate, w_up, w_down = weights[gate_name], weights[up_name], weights[down_name]
     n_ff, n_embd = w_gate.shape[1], w_down.shape[1]
@@ -91,4 +95,13 @@ def moe_ffn(
     out = slots[:, 0].copy()
     for i in range(1, n_used):
         out += slots[:, i]
+    shared_gate = layer + SHARED_EXPERT_TENSORS[0] + ".weight"
+    if shared_gate in weights:
+        gate_in = matmul(h, shared_gate)
+        gate_name, up_name, down_name = (layer + t + ".weight" for t in SHARED_EXPERT_TENSORS[1:])
+        act = activation(matmul(h, gate_name))
+        act *= matmul(h, up_name)
+        shared = matmul(act, down_name)
+        shared *= activation(gate_in) / gate_in
+        out += shared
     return out

@@ -4,7 +4,7 @@
 |---|---|---|
 | LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM | LlamaModel | add_space_prefix from tokenizer_config; SentencePiece, else GPT-2 BPE; vocab 32016 (CodeLlama) adds eot 32010; vocab 49152 forces add_bos_token false |
 | Qwen2ForCausalLM, Qwen3ForCausalLM | Qwen2Model / Qwen3Model | SentencePiece, else GPT-2 BPE |
-| Qwen3MoeForCausalLM, OlmoeForCausalLM | Qwen3MoeModel / OlmoeModel | TextModel's default: GPT-2 BPE |
+| Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM | Qwen2MoeModel / Qwen3MoeModel / OlmoeModel | TextModel's default: GPT-2 BPE |
 | GemmaForCausalLM | GemmaModel | SentencePiece; eot 107; add_space_prefix false |
 | Gemma2ForCausalLM | Gemma2Model | SentencePiece; add_space_prefix false |
 | Gemma3ForCausalLM | Gemma3Model | SentencePiece + add_space_prefix false, else GPT-2 BPE |
@@ -201,6 +201,7 @@ RECIPES: dict[str, Recipe] = {
     "MixtralForCausalLM": recipe_llama,
     "Qwen2ForCausalLM": recipe_qwen2,
     "Qwen3ForCausalLM": recipe_qwen2,
+    "Qwen2MoeForCausalLM": recipe_text_model,
     "Qwen3MoeForCausalLM": recipe_text_model,
     "OlmoeForCausalLM": recipe_text_model,
     "GemmaForCausalLM": recipe_gemma,
