@@ -97,7 +97,8 @@ def moe_ffn(
         out += slots[:, i]
     shared_gate = layer + SHARED_EXPERT_TENSORS[0] + ".weight"
     if shared_gate in weights:
-        gate_in = matmul(h, shared_gate)
+        # (n_tok, 1): llama-quantize writes the (n_embd, 1) gate with its trailing 1-dim dropped
+        gate_in = matmul(h, shared_gate).reshape(h.shape[0], 1)
         gate_name, up_name, down_name = (layer + t + ".weight" for t in SHARED_EXPERT_TENSORS[1:])
         act = activation(matmul(h, gate_name))
         act *= matmul(h, up_name)
