@@ -6,7 +6,8 @@ the released models store them. Per
 architecture: our conversion equals convert_hf_to_gguf.py byte for byte (f32, bf16, q8_0) and converter +
 llama-quantize (Q4_K_M; MXFP4_MOE for Mixtral) in one pass; `quantcli eval` PPL is within 0.2 % of
 llama-perplexity's and the Q4_K_M's KLD within 5 % of its --kl-divergence; greedy text equals
-llama-simple's; our imatrix has llama-imatrix's entries, per-expert counts, and per-expert sums within 1 %.
+llama-simple's; our imatrix has llama-imatrix's entries, per-expert counts, and per-expert sums within 1 %,
+and quantizing with it equals llama-quantize --imatrix.
 The runtime's logits against transformers' are in tests/test_runtime.py (TINY holds these architectures).
 The fast tests at the end need neither torch nor llama.cpp: stacking order, refusals, peak memory.
 """
@@ -189,6 +190,15 @@ def test_imatrix_matches_llama_imatrix_per_expert(moe, text_file: Path, tmp_path
             assert rel < 1e-2, (arch, name, expert, rel)
     used = ref["blk.0.ffn_down_exps.weight.counts"].reshape(-1)
     assert used.sum() == 2 * CTX * CHUNKS and (used > 0).sum() > 1  # top-2 of every token, spread
+
+    # Quantizing with it: each expert with its own slice, as llama-quantize does
+    ref_q4, our_q4 = tmp_path / "ref-imatrix-q4.gguf", tmp_path / "ours-imatrix-q4.gguf"
+    proc = subprocess.run([str(a) for a in (tool("llama-quantize"), "--imatrix", our_path, f32, ref_q4, "Q4_K_M", 2)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _cli(["quantize", f32, our_q4, "Q4_K_M", "--imatrix", our_path])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _sha(our_q4) == _sha(ref_q4), arch
 
 
 # ---- no torch, no llama.cpp ---------------------------------------------------------------------------
