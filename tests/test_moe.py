@@ -317,3 +317,18 @@ def test_peak_rss_is_bounded_by_the_largest_stacked_tensor(tmp_path: Path) -> No
     }
     assert grown[4] < 16 * 2**20 + 5 * stack_f32, {k: v / 2**20 for k, v in grown.items()}
     assert grown[4] - grown[1] < stack_f32 / 2, {k: v / 2**20 for k, v in grown.items()}
+
+
+def test_runtime_runs_a_synthetic_moe_and_refuses_a_bad_expert_count(tmp_path: Path) -> None:
+    """The HF view of a Mixtral runs (`eval`, exit 0); one claiming more used experts than it has is
+    malformed (exit 4, one line, before any weight is read)."""
+    hf = _synthetic_mixtral(tmp_path / "hf")
+    text = tmp_path / "text.txt"
+    text.write_text(mixed_text()[:2000], encoding="utf-8")
+    result = _cli_json(["eval", hf, "--text", text, "--ctx", 64, "--chunks", 1])
+    assert result["chunks"] == 1 and np.isfinite(result["ppl"])
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "num_experts_per_tok": 5}))
+    proc = _cli(["eval", hf, "--text", text, "--ctx", 64, "--chunks", 1])
+    assert proc.returncode == 4, proc.stderr
+    assert "expert_used_count 5 and expert_count 4" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
