@@ -332,3 +332,19 @@ def test_runtime_runs_a_synthetic_moe_and_refuses_a_bad_expert_count(tmp_path: P
     proc = _cli(["eval", hf, "--text", text, "--ctx", 64, "--chunks", 1])
     assert proc.returncode == 4, proc.stderr
     assert "expert_used_count 5 and expert_count 4" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_experts_dequantized_one_at_a_time_give_the_same_logits(tmp_path: Path) -> None:
+    """Above the float32 cache budget the runtime dequantizes each used expert alone (load_rows on the
+    stack's first axis) instead of whole stacks: the same numbers, from a Q4_K_M GGUF and an HF directory."""
+    from quantcli.runtime import Model, open_source
+
+    hf = _synthetic_mixtral(tmp_path / "hf", ff=256, hidden=256)
+    gguf = tmp_path / "q4.gguf"
+    assert _cli(["convert", hf, "--type", "Q4_K_M", "-o", gguf]).returncode == 0
+    tokens = np.arange(3, 40, dtype=np.int64).reshape(1, -1)
+    rows = np.arange(tokens.shape[1])
+    for source in (gguf, hf):
+        whole = next(Model(open_source(source)).forward_sequences(tokens, rows))
+        per_expert = next(Model(open_source(source), cache_budget_bytes=0).forward_sequences(tokens, rows))
+        assert np.array_equal(whole, per_expert), source

@@ -282,6 +282,13 @@ class Model:
             self._weights[name] = w
         return w
 
+    def _expert_matrix(self, name: str, expert: int) -> np.ndarray:
+        """One expert's float32 matrix of a stacked tensor: from the cached stack when the whole model is
+        kept, else dequantized alone (a layer's stacks are never all float32 at once)."""
+        if self._keep_all:
+            return self.weight(name)[expert]
+        return self.source.load_rows(name, np.array([expert]))[0]
+
     def _load_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         w = self._weights.get(name)
         return w[rows] if w is not None else self.source.load_rows(name, rows)
@@ -387,11 +394,13 @@ class Model:
         x += out
         del out
         ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
-        ffn_names += [p + t + ".weight" for t in (*EXPERT_TENSORS, *SHARED_EXPERT_TENSORS)]
+        ffn_names += [p + "ffn_gate_inp.weight"] + [p + t + ".weight" for t in SHARED_EXPERT_TENSORS]
         ffn_w = {n: weight(n) for n in ffn_names if self.has(n)}
         # Row slabs bound the (rows, n_ff) temporaries when many tokens go through at once; an observer
-        # (imatrix) sees each matmul's rows in one call, as llama-imatrix does.
-        step = n_tok if obs is not None else max(64, (1 << 21) // max(1, c.n_ff))
+        # (imatrix) sees each matmul's rows in one call, as llama-imatrix does. A MoE layer takes all rows
+        # at once: it dequantizes each used expert once and multiplies only that expert's tokens.
+        moe = self.has(p + "ffn_gate_inp.weight")
+        step = n_tok if obs is not None or moe else max(64, (1 << 21) // max(1, c.n_ff))
         for r0 in range(0, n_tok, step):
             xs = x[r0 : r0 + step]
             xs += self._ffn(il, xs, ffn_w, obs, weight)
@@ -410,7 +419,7 @@ class Model:
         h = self._rms_norm(x, weight(p + "ffn_norm.weight"))
         if p + "ffn_gate_inp.weight" in ffn_w:
             return moe_ffn(
-                h, p, ffn_w, self._types, c.n_expert_used, c.traits.expert_weights_norm,
+                h, p, ffn_w, self._expert_matrix, self._types, c.n_expert_used, c.traits.expert_weights_norm,
                 lambda rows, name: self._matmul(rows, name, obs, ffn_w[name]),
                 self._activation, self.emulate_ggml, obs,
             )

@@ -50,6 +50,7 @@ def moe_ffn(
     h: np.ndarray,
     layer: str,
     weights: dict[str, np.ndarray],
+    expert: Callable[[str, int], np.ndarray],
     types: dict[str, GGMLQuantizationType],
     n_used: int,
     normalise: bool,
@@ -60,17 +61,16 @@ def moe_ffn(
 ) -> np.ndarray:
     """The MoE branch on the normed rows `h` (n_tok, n_embd) of layer prefix `layer` ("blk.N.").
 
-    `weights` holds the layer's float32 FFN tensors by GGUF name (stacked ones (n_expert, rows, cols));
-    `matmul(rows, name)` is the model's ordinary matmul (router and shared expert: observers see those as
+    `weights` holds the layer's float32 unstacked FFN tensors by GGUF name; `expert(name, e)` gives expert
+    e's float32 matrix of a stacked tensor (dequantized on demand: one expert at a time in memory, only
+    the experts some token uses); `matmul(rows, name)` is the model's ordinary matmul (router and shared expert: observers see those as
     any matmul); `activation` the gate's SiLU.
     `observer(name, rows, experts)` sees each stacked tensor's input as llama-imatrix's MUL_MAT_ID callback
     does: rows (n_tok, 1 or n_used, ne0) — the token's row for gate/up, each slot's own row for down — and
     the expert of every (token, slot)."""
     gate_name, up_name, down_name = (layer + t + ".weight" for t in EXPERT_TENSORS[1:])
     selected, slot_weights = route(softmax_rows(matmul(h, layer + EXPERT_TENSORS[0] + ".weight")), n_used, normalise)
-    n_tok = h.shape[0]
-    w_gate, w_up, w_down = weights[gate_name], weights[up_name], weights[down_name]
-    n_ff, n_embd = w_gate.shape[1], w_down.shape[1]
+    n_tok, n_embd = h.shape
 
     def seen(x: np.ndarray, name: str) -> np.ndarray:
         return vec_dot_round_trip(x, types[name]) if emulate_ggml else x
@@ -80,15 +80,17 @@ def moe_ffn(
         observer(up_name, h[:, None, :], selected)
     h_gate = seen(h, gate_name)
     h_up = h_gate if types[up_name] == types[gate_name] else seen(h, up_name)
-    acts = np.empty((n_tok, n_used, n_ff), np.float32) if observer is not None else None
+    acts: np.ndarray | None = None  # every slot's activation, for the observer only
     slots = np.empty((n_tok, n_used, n_embd), np.float32)
-    for expert in np.unique(selected):
-        tok, slot = np.nonzero(selected == expert)
-        act = activation(h_gate[tok] @ w_gate[expert].T)
-        act *= h_up[tok] @ w_up[expert].T
-        if acts is not None:
+    for e in np.unique(selected):
+        tok, slot = np.nonzero(selected == e)
+        act = activation(h_gate[tok] @ expert(gate_name, int(e)).T)
+        act *= h_up[tok] @ expert(up_name, int(e)).T
+        if observer is not None:
+            if acts is None:
+                acts = np.empty((n_tok, n_used, act.shape[1]), np.float32)
             acts[tok, slot] = act
-        slots[tok, slot] = seen(act, down_name) @ w_down[expert].T
+        slots[tok, slot] = seen(act, down_name) @ expert(down_name, int(e)).T
     if observer is not None:
         observer(down_name, acts, selected)
     slots *= slot_weights[:, :, None]
