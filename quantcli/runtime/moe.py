@@ -61,15 +61,16 @@ def moe_ffn(
 ) -> np.ndarray:
     """The MoE branch on the normed rows `h` (n_tok, n_embd) of layer prefix `layer` ("blk.N.").
 
-    `weights` holds the layer's float32 unstacked FFN tensors by GGUF name; `expert(name, e)` gives expert
-    e's float32 matrix of a stacked tensor (dequantized on demand: one expert at a time in memory, only
-    the experts some token uses); `matmul(rows, name)` is the model's ordinary matmul (router and shared expert: observers see those as
-    any matmul); `activation` the gate's SiLU.
-    `observer(name, rows, experts)` sees each stacked tensor's input as llama-imatrix's MUL_MAT_ID callback
+    `weights` holds the layer's float32 unstacked FFN tensors (router, shared expert) by GGUF name;
+    `expert(name, e)` gives expert e's float32 matrix of a stacked tensor (dequantized on demand: one
+    expert at a time in memory, only the experts some token uses); `matmul(rows, name)` is the model's
+    ordinary matmul (observers see the router and the shared expert as any matmul); `activation` the
+    gate's SiLU. `observer(name, rows, experts)` sees each stacked tensor's input as llama-imatrix's MUL_MAT_ID callback
     does: rows (n_tok, 1 or n_used, ne0) — the token's row for gate/up, each slot's own row for down — and
     the expert of every (token, slot)."""
     gate_name, up_name, down_name = (layer + t + ".weight" for t in EXPERT_TENSORS[1:])
-    selected, slot_weights = route(softmax_rows(matmul(h, layer + EXPERT_TENSORS[0] + ".weight")), n_used, normalise)
+    router_logits = matmul(h, layer + EXPERT_TENSORS[0] + ".weight")
+    selected, slot_weights = route(softmax_rows(router_logits), n_used, normalise)
     n_tok, n_embd = h.shape
 
     def seen(x: np.ndarray, name: str) -> np.ndarray:
@@ -101,10 +102,10 @@ def moe_ffn(
     if shared_gate in weights:
         # (n_tok, 1): llama-quantize writes the (n_embd, 1) gate with its trailing 1-dim dropped
         gate_in = matmul(h, shared_gate).reshape(h.shape[0], 1)
-        gate_name, up_name, down_name = (layer + t + ".weight" for t in SHARED_EXPERT_TENSORS[1:])
-        act = activation(matmul(h, gate_name))
-        act *= matmul(h, up_name)
-        shared = matmul(act, down_name)
+        sh_gate, sh_up, sh_down = (layer + t + ".weight" for t in SHARED_EXPERT_TENSORS[1:])
+        act = activation(matmul(h, sh_gate))
+        act *= matmul(h, sh_up)
+        shared = matmul(act, sh_down)
         shared *= activation(gate_in) / gate_in
         out += shared
     return out
