@@ -236,6 +236,24 @@ def _synthetic_mixtral(directory: Path, n_expert: int = 4, ff: int = 64, hidden:
     return directory
 
 
+@pytest.mark.slow  # llama.cpp's converter imports torch
+def test_bf16_experts_equal_the_converter(tmp_path: Path) -> None:
+    """A BF16 checkpoint (the converter widens each expert to float32 before stacking): auto/bf16/q8_0 and
+    the Q4_K_M recipe over the lossless BF16 intermediate, byte for byte."""
+    from reference import convert_with_llamacpp, run_tool
+
+    hf = _synthetic_mixtral(tmp_path / "hf", n_expert=8, ff=256, hidden=256)
+    for out_type in ("auto", "q8_0"):
+        ref, ours = tmp_path / f"ref-{out_type}.gguf", tmp_path / f"ours-{out_type}.gguf"
+        assert convert_with_llamacpp(hf, ref, out_type).returncode == 0
+        assert _cli(["convert", hf, "--type", out_type, "-o", ours]).returncode == 0
+        assert _sha(ours) == _sha(ref), out_type
+    ref_q4, ours_q4 = tmp_path / "ref-q4.gguf", tmp_path / "ours-q4.gguf"
+    assert run_tool("llama-quantize", tmp_path / "ref-auto.gguf", ref_q4, "Q4_K_M", 2).returncode == 0
+    assert _cli(["convert", hf, "--bits", 4, "-o", ours_q4]).returncode == 0
+    assert _sha(ours_q4) == _sha(ref_q4)
+
+
 def test_experts_stack_where_the_converter_writes_them(tmp_path: Path) -> None:
     """12 experts: names sort experts.10/11 before experts.2, so the layer's last expert matrix is
     experts.9.w3; the three stacks come right there (before the router, `gate`), in w1, w2, w3 order, and
