@@ -222,9 +222,10 @@ def test_runtime_traits_come_from_arch_tables() -> None:
     from quantcli.errors import Unsupported
     from quantcli.runtime.config import ArchTraits, arch_traits
 
-    assert arch_traits("llama") == ArchTraits(rope_neox=False)
-    for arch in ("qwen2", "qwen3", "phi3"):
+    assert arch_traits("llama") == ArchTraits(rope_neox=False, expert_weights_norm=True)  # Mixtral renormalises
+    for arch in ("qwen2", "qwen3", "phi3", "olmoe", "qwen2moe"):
         assert arch_traits(arch) == ArchTraits(rope_neox=True), arch
+    assert arch_traits("qwen3moe") == ArchTraits(rope_neox=True, expert_weights_norm=True)
     assert arch_traits("gemma3") == ArchTraits(rope_neox=True, activation="gelu", embed_scale_sqrt_n_embd=True,
                                                swa_pattern_default=6, attn_scale_n_embd_layers=62)
     assert arch_traits("gemma2") == ArchTraits(rope_neox=True, activation="gelu", embed_scale_sqrt_n_embd=True,
@@ -234,7 +235,7 @@ def test_runtime_traits_come_from_arch_tables() -> None:
     assert arch_traits("olmo2") == ArchTraits(rope_neox=True, pre_norms=False)
     assert arch_traits("smollm3") == ArchTraits(rope_neox=False, no_rope_layer_step=4)
     with pytest.raises(
-        Unsupported, match=r"'mistral'.*supported: gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, smollm3"
+        Unsupported, match=r"'mistral'.*supported: gemma2, gemma3, granite, llama, olmo2, olmoe, phi3, qwen2, qwen2moe, qwen3, qwen3moe, smollm3"
     ):
         arch_traits("mistral")  # not a GGUF architecture: llama.cpp converts Mistral checkpoints to llama
 

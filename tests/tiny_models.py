@@ -121,6 +121,26 @@ _TINY_OWN = {
         architectures=["SmolLM3ForCausalLM"], model_type="smollm3", num_hidden_layers=4, rope_theta=5000000.0,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
+    # mixture of experts: Mixtral with 8 experts (llama-quantize's n_expert == 8 rules), the others with 4
+    "mixtral": dict(
+        architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=8, num_experts_per_tok=2,
+        rms_norm_eps=1e-5, tie_word_embeddings=False,
+    ),
+    # norm_topk_prob as the released Qwen3-MoE models have it (llama.cpp's qwen3moe graph always renormalises)
+    "qwen3moe": dict(
+        architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", head_dim=32, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=True, tie_word_embeddings=False,
+    ),
+    # shared expert with a sigmoid gate; no renormalisation (qwen2moe graph, HF norm_topk_prob default)
+    "qwen2moe": dict(
+        architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=64, shared_expert_intermediate_size=96, tie_word_embeddings=False,
+    ),
+    "olmoe": dict(
+        architectures=["OlmoeForCausalLM"], model_type="olmoe", num_experts=4, num_experts_per_tok=2,
+        num_key_value_heads=4,  # llama.cpp sizes attn_k_norm n_embd: OLMoE without GQA, as released
+        rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=1, bos_token_id=None, eos_token_id=2,
+    ),
 }
 # Phi-4 (microsoft/phi-4) is Phi3ForCausalLM: 4:1 grouped-query attention, rope_theta 250000, no sliding
 # window (null: the converter writes 0, "to distinguish Phi-4"), the original context equal to the
@@ -192,6 +212,10 @@ def make_arch_checkpoint(
     cfg = transformers_config(arch, hidden_size=256, intermediate_size=512, vocab_size=vocab_size)
     if arch == "qwen3":
         cfg["head_dim"] = 64
+    if "moe_intermediate_size" in cfg:
+        cfg["moe_intermediate_size"] = 256
+    if "shared_expert_intermediate_size" in cfg:
+        cfg["shared_expert_intermediate_size"] = 512
     cfg.update(bos_token_id=1, eos_token_id=2, pad_token_id=3 if spm else 2)
     torch.manual_seed(0)
     config = transformers.AutoConfig.for_model(**cfg)

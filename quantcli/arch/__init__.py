@@ -1,8 +1,9 @@
 """Architecture tables (one module per family). `get_arch(config)` finds the spec or raises Unsupported."""
 
-from quantcli.arch import gemma2, gemma3, granite, llama, olmo2, phi3, qwen  # noqa: F401  (importing registers them)
+from quantcli.arch import gemma2, gemma3, granite, llama, moe, olmo2, phi3, qwen  # noqa: F401  (importing registers them)
 from quantcli.arch.base import (
     ArchSpec,
+    ExpertStack,
     HParam,
     RuntimeTraits,
     TensorTransform,
@@ -10,6 +11,7 @@ from quantcli.arch.base import (
     check_layer_count,
     check_tensors,
     effective_config,
+    expert_count,
     get_arch,
     hparam_values,
     supported_architectures,
@@ -17,6 +19,7 @@ from quantcli.arch.base import (
 
 __all__ = [
     "ArchSpec",
+    "ExpertStack",
     "HParam",
     "RuntimeTraits",
     "TensorTransform",
@@ -24,6 +27,7 @@ __all__ = [
     "check_layer_count",
     "check_tensors",
     "effective_config",
+    "expert_count",
     "get_arch",
     "hparam_values",
     "supported_architectures",

@@ -52,6 +52,15 @@ class TransformContext:
 
 
 @dataclass(frozen=True)
+class ExpertStack:
+    """Per-expert HF matrices the converter stacks into one 3-D GGUF tensor of shape (n_expert, rows, cols)
+    (torch.stack over the expert index), e.g. Mixtral's experts.{xid}.w1 -> blk.{bid}.ffn_gate_exps."""
+
+    hf_template: str  # {bid} = layer, {xid} = expert; without the .weight suffix
+    gguf_template: str  # {bid} = layer; without the .weight suffix
+
+
+@dataclass(frozen=True)
 class RuntimeTraits:
     """How the network computes; read by quantcli/runtime (GGUF keys carry the numbers)."""
 
@@ -75,6 +84,9 @@ class RuntimeTraits:
     attn_scale_n_embd_layers: int = 0
     no_rope_layer_step: int = 0  # smollm3: layer il skips rope when (il + 1) % step == 0 (llama.cpp: 4)
     tied_embeddings_default: bool = False  # output.weight absent -> reuse token_embd
+    # mixture of experts: renormalise the top-k router probabilities to sum 1 (llama.cpp's norm_w argument
+    # of build_moe_ffn, hard-coded per architecture: llama/Mixtral and qwen3moe yes, olmoe no)
+    expert_weights_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,9 @@ class ArchSpec:
     # Every layer has the same tensors with the same shapes (checked by `check_tensors` before converting);
     # False for families whose layers differ (mixed dense/MoE layers, per-layer head counts).
     uniform_layers: bool = True
+    # Mixture of experts: the stacked tensors, in the order the converter writes them once a layer's last
+    # expert matrix has been read (its modify_tensors collects them per layer).
+    expert_stacks: tuple[ExpertStack, ...] = ()
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")
@@ -400,11 +415,17 @@ def text_model_hparams() -> tuple[HParam, ...]:
         HParam("add_layer_norm_rms_eps", first("rms_norm_eps", "norm_eps")),
         HParam("add_layer_norm_eps", first("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")),
         HParam("add_expert_count", first("num_local_experts", "num_experts", "n_routed_experts")),
-        HParam("add_expert_used_count", first("num_experts_per_tok", "num_experts_per_token")),
+        HParam("add_expert_used_count", first("num_experts_per_tok", "num_experts_per_token", "top_k_experts")),
         HParam("add_key_length", first("head_dim")),
         HParam("add_value_length", first("head_dim")),
         FILE_TYPE,
     )
+
+
+def expert_count(cfg: Config) -> int | None:
+    """The number of experts as the converter reads it (find_hparam's first key present)."""
+    value = first("num_local_experts", "num_experts", "n_routed_experts")(cfg)
+    return value if isinstance(value, int) else None
 
 
 def hparam_values(spec: ArchSpec, cfg: Config, early: bool = False) -> list[tuple[str, Any]]:

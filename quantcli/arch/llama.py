@@ -142,7 +142,8 @@ LLAMA = register(
             TensorTransform(r"q_proj\.(weight|bias)$", _permute_q, _rope_rows_fit("num_attention_heads")),
             TensorTransform(r"k_proj\.(weight|bias)$", _permute_k, _rope_rows_fit("num_key_value_heads")),
         ),
-        runtime=RuntimeTraits(rope_style="normal", activation="silu"),
+        # llama.cpp's llama graph renormalises the top-k expert weights (Mixtral, src/models/llama.cpp)
+        runtime=RuntimeTraits(rope_style="normal", activation="silu", expert_weights_norm=True),
         extra_tensors=llama3_rope_freqs,
     )
 )

@@ -42,7 +42,7 @@ FTYPE_LABEL: dict[LlamaFileType, str] = {
 
 # convert_hf_to_gguf.py keeps these GGUF tensors in F32 whatever --outtype says (the subset of its list
 # that exists in the architectures we support, plus the generic rules in `choose_tensor_type`).
-ALWAYS_F32 = ("ffn_gate_inp", "position_embd", "token_types")
+ALWAYS_F32 = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd", "token_types")
 
 _DTYPE_TYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16, "BF16": GGMLQuantizationType.BF16}
 

@@ -29,6 +29,7 @@ class ArchTraits:
     attn_scale_n_embd_layers: int = 0  # gemma2/3 27B (46/62 layers): 1/sqrt(n_embd/n_head), else head_dim
     no_rope_layer_step: int = 0  # smollm3: layer il skips rope when (il + 1) % step == 0
     pre_norms: bool = True  # attn_norm/ffn_norm before each branch (olmo2: none, only post-norms)
+    expert_weights_norm: bool = False  # MoE: renormalise the top-k expert weights (build_moe_ffn's norm_w)
 
 
 def arch_traits(arch: str) -> ArchTraits:
@@ -59,6 +60,7 @@ def _arch_tables_traits() -> dict[str, ArchTraits]:
                 attn_scale_n_embd_layers=rt.attn_scale_n_embd_layers,
                 no_rope_layer_step=rt.no_rope_layer_step,
                 pre_norms=rt.pre_norms,
+                expert_weights_norm=rt.expert_weights_norm,
             ),
         )
     return out
@@ -92,6 +94,8 @@ class ModelConfig:
     embedding_scale: float = 0.0
     residual_scale: float = 0.0
     logit_scale: float = 0.0
+    n_expert: int = 0  # mixture of experts: experts per layer and how many each token uses
+    n_expert_used: int = 0
     traits: ArchTraits = field(default_factory=lambda: ArchTraits(rope_neox=False))
 
     @classmethod
@@ -191,6 +195,8 @@ class ModelConfig:
             embedding_scale=float(key("embedding_scale", 0.0) or 0.0),
             residual_scale=float(key("residual_scale", 0.0) or 0.0),
             logit_scale=float(key("logit_scale", 0.0) or 0.0),
+            n_expert=_per_layer_scalar(key("expert_count", 0), f"{arch}.expert_count"),
+            n_expert_used=_per_layer_scalar(key("expert_used_count", 0), f"{arch}.expert_used_count"),
             traits=traits,
         )
 

@@ -1,10 +1,11 @@
 """Float32 NumPy forward pass of the decoder-only architectures we convert, on GGUF tensor names.
 
-One graph covers llama/mistral, qwen2, qwen3, gemma2, gemma3, phi3, granite, olmo2 and smollm3 (as
-llama.cpp's src/models/<arch>.cpp build them): the differences are either visible in the tensor list
-(biases, per-head or full-width q/k norms, post-norms, fused QKV or gate+up, tied output), are GGUF keys
-(soft-capping, granite's multipliers) or are architecture traits in `ModelConfig.traits` (rope style,
-activation, embedding scale, pre-norms or none, sliding-window layers, no-rope layers). Prompts are
+One graph covers llama/mistral/mixtral, qwen2, qwen2moe, qwen3, qwen3moe, olmoe, gemma2, gemma3, phi3,
+granite, olmo2 and smollm3 (as llama.cpp's src/models/<arch>.cpp build them): the differences are either
+visible in the tensor list (biases, per-head or full-width q/k norms, post-norms, fused QKV or gate+up, tied
+output, a router and stacked experts), are GGUF keys (soft-capping, granite's multipliers, expert counts) or
+are architecture traits in `ModelConfig.traits` (rope style, activation, embedding scale, pre-norms or none,
+sliding-window layers, no-rope layers, expert weight normalisation). Prompts are
 processed as a batch (one matmul per weight for all tokens); generation reuses a KV cache. For `forward` (generate, imatrix) weights are dequantized to
 float32 per tensor and kept while they fit `cache_budget_bytes`; above that, each layer is dequantized
 again when it is used. `forward_sequences` (eval, verify) runs several independent sequences layer by
@@ -18,19 +19,26 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import psutil
 from gguf import GGMLQuantizationType
 from threadpoolctl import threadpool_limits
 
-from quantcli.errors import InputInvalid, Unsupported, UsageError
+from quantcli.errors import InputInvalid, UsageError
 from quantcli.runtime.config import ModelConfig
+from quantcli.runtime.moe import EXPERT_TENSORS, SHARED_EXPERT_TENSORS, moe_ffn
 from quantcli.runtime.numerics import round_f16_, vec_dot_round_trip
 from quantcli.runtime.weights import TensorSource
 
-# An observer sees the float32 input rows of every matmul whose weight is a `blk.*` tensor (imatrix).
-MatmulObserver = Callable[[str, np.ndarray], None]
+
+class MatmulObserver(Protocol):
+    """Sees the float32 input rows of every matmul whose weight is a `blk.*` tensor (imatrix). For a
+    stacked expert tensor (ggml's MUL_MAT_ID) `rows` is (n_tok, 1 or n_used, ne0) and `experts`
+    (n_tok, n_used) the expert each token's slot uses (runtime/moe.py)."""
+
+    def __call__(self, name: str, rows: np.ndarray, experts: np.ndarray | None = None) -> None: ...
 
 DEFAULT_CACHE_BUDGET = 6 << 30  # bytes of float32 weights kept dequantized
 
@@ -78,20 +86,21 @@ class Model:
         input error naming the key, not a crash deep inside the forward pass)."""
         c = self.config
         where = self.source.description
-        if any(".ffn_gate_exps." in n for n in self.names):
-            raise Unsupported("mixture-of-experts models are not supported by the runtime")
         needed = ["output_norm.weight"]
         for il in range(c.n_layer):
             p = f"blk.{il}."
             if c.traits.pre_norms:  # olmo2 normalises only the branch outputs (post-norms)
                 needed += [p + "attn_norm.weight", p + "ffn_norm.weight"]
-            needed += [
-                p + "ffn_down.weight",
-                p + "attn_output.weight",
-            ]
-            needed += (
-                [p + "ffn_up.weight"] if not self.has(p + "ffn_gate.weight") else [p + "ffn_gate.weight"]
-            )
+            needed.append(p + "attn_output.weight")
+            if self.has(p + "ffn_gate_inp.weight"):
+                needed += [p + t + ".weight" for t in EXPERT_TENSORS]
+                if self.has(p + "ffn_gate_inp_shexp.weight"):
+                    needed += [p + t + ".weight" for t in SHARED_EXPERT_TENSORS]
+            else:
+                needed.append(p + "ffn_down.weight")
+                needed += (
+                    [p + "ffn_up.weight"] if not self.has(p + "ffn_gate.weight") else [p + "ffn_gate.weight"]
+                )
             if not self.has(p + "attn_qkv.weight"):
                 needed += [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
         for name in needed:
@@ -126,19 +135,36 @@ class Model:
                 expect(p + "attn_v.weight", (c.n_head_kv * c.head_dim_v, c.n_embd), "attention.head_count_kv")
             expect(p + "attn_output.weight", (c.n_embd, c.n_head * c.head_dim_v), "attention.head_count")
             for norm, rows in (("attn_q_norm", q_rows), ("attn_k_norm", kv_rows)):
-                # per head (qwen3, gemma3) or over the whole projection (olmo2)
+                # per head (qwen3, gemma3) or over the whole projection (olmo2, olmoe)
                 name = p + norm + ".weight"
                 if self.has(name) and int(np.prod(self.source.shape(name))) not in (c.head_dim_k, rows):
                     raise InputInvalid(
                         f"{where}: {name} has shape {tuple(self.source.shape(name))}, expected ({c.head_dim_k},) "
                         f"or ({rows},) from {a}.attention.head_count"
                     )
-            expect(p + "ffn_down.weight", (c.n_embd, c.n_ff), "feed_forward_length")
-            if self.has(p + "ffn_gate.weight"):
+            if self.has(p + "ffn_gate_inp.weight"):
+                self._check_experts(p, expect)
+            elif self.has(p + "ffn_gate.weight"):
                 expect(p + "ffn_gate.weight", (c.n_ff, c.n_embd), "feed_forward_length")
                 expect(p + "ffn_up.weight", (c.n_ff, c.n_embd), "feed_forward_length")
             else:
                 expect(p + "ffn_up.weight", (2 * c.n_ff, c.n_embd), "feed_forward_length")
+            if not self.has(p + "ffn_gate_inp.weight"):
+                expect(p + "ffn_down.weight", (c.n_embd, c.n_ff), "feed_forward_length")
+
+    def _check_experts(self, p: str, expect: Callable[[str, tuple[int, ...], str], None]) -> None:
+        """A MoE layer: the router and the three stacked expert tensors (the expert FFN width is theirs)."""
+        c = self.config
+        if not 0 < c.n_expert_used <= c.n_expert:
+            raise InputInvalid(
+                f"{self.source.description}: {c.arch}.expert_used_count {c.n_expert_used} and expert_count "
+                f"{c.n_expert} do not describe a mixture of experts"
+            )
+        expect(p + "ffn_gate_inp.weight", (c.n_expert, c.n_embd), "expert_count")
+        n_ff = int(self.source.shape(p + "ffn_gate_exps.weight")[1])
+        expect(p + "ffn_gate_exps.weight", (c.n_expert, n_ff, c.n_embd), "expert_count")
+        expect(p + "ffn_up_exps.weight", (c.n_expert, n_ff, c.n_embd), "expert_count")
+        expect(p + "ffn_down_exps.weight", (c.n_expert, c.n_embd, n_ff), "expert_count")
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -290,6 +316,13 @@ class Model:
             self._weights[name] = w
         return w
 
+    def _expert_matrix(self, name: str, expert: int) -> np.ndarray:
+        """One expert's float32 matrix of a stacked tensor: from the cached stack when the whole model is
+        kept, else dequantized alone (a layer's stacks are never all float32 at once)."""
+        if self._keep_all:
+            return self.weight(name)[expert]
+        return self.source.load_rows(name, np.array([expert]))[0]
+
     def _load_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         w = self._weights.get(name)
         return w[rows] if w is not None else self.source.load_rows(name, rows)
@@ -396,10 +429,13 @@ class Model:
         x += out
         del out
         ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
+        ffn_names += [p + "ffn_gate_inp.weight"] + [p + t + ".weight" for t in SHARED_EXPERT_TENSORS]
         ffn_w = {n: weight(n) for n in ffn_names if self.has(n)}
         # Row slabs bound the (rows, n_ff) temporaries when many tokens go through at once; an observer
-        # (imatrix) sees each matmul's rows in one call, as llama-imatrix does.
-        step = n_tok if obs is not None else max(64, (1 << 21) // max(1, c.n_ff))
+        # (imatrix) sees each matmul's rows in one call, as llama-imatrix does. A MoE layer takes all rows
+        # at once: it dequantizes each used expert once and multiplies only that expert's tokens.
+        moe = self.has(p + "ffn_gate_inp.weight")
+        step = n_tok if obs is not None or moe else max(64, (1 << 21) // max(1, c.n_ff))
         for r0 in range(0, n_tok, step):
             xs = x[r0 : r0 + step]
             xs += self._ffn(il, xs, ffn_w, obs, weight)
@@ -428,6 +464,12 @@ class Model:
         c = self.config
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + "ffn_norm.weight")) if c.traits.pre_norms else x
+        if p + "ffn_gate_inp.weight" in ffn_w:
+            return moe_ffn(
+                h, p, ffn_w, self._expert_matrix, self._types, c.n_expert_used, c.traits.expert_weights_norm,
+                lambda rows, name: self._matmul(rows, name, obs, ffn_w[name]),
+                self._activation, self.emulate_ggml, obs,
+            )
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if p + "ffn_gate.weight" in ffn_w:
             gate = self._matmul(h, p + "ffn_gate.weight", obs, ffn_w[p + "ffn_gate.weight"], shared)

@@ -29,7 +29,8 @@ class TensorSource(Protocol):
     def load(self, name: str) -> np.ndarray: ...
 
     def load_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """float32 rows `rows` (indices along the first NumPy axis) of a 2-D tensor."""
+        """float32 rows `rows` (indices along the first NumPy axis: matrix rows of a 2-D tensor, experts of
+        a stacked 3-D one)."""
         ...
 
     def shape(self, name: str) -> tuple[int, ...]: ...
@@ -77,7 +78,7 @@ class GGUFSource:
         # ggml rows are independent byte ranges (no block crosses a row): dequantize only those asked for.
         shape = self.shape(name)
         raw = self.file.tensor_bytes(name).reshape(shape[0], -1)
-        out = dequantize_bytes(raw[np.asarray(rows)], self.tensor_type(name), (len(rows), shape[1]), name)
+        out = dequantize_bytes(raw[np.asarray(rows)], self.tensor_type(name), (len(rows), *shape[1:]), name)
         self.file.release(name)
         return out
 

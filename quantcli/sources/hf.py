@@ -10,6 +10,7 @@ The engine streams the producers into the GGUF writer; the runtime computes with
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -89,14 +90,92 @@ def _transformer(spec: arch.ArchSpec, hf_name: str, ctx: arch.TransformContext) 
     return transform
 
 
+@dataclass(frozen=True)
+class _ExpertMatrix:
+    layer: int
+    stack: int  # index into spec.expert_stacks
+    expert: int
+
+
+def _expert_matcher(spec: arch.ArchSpec) -> Callable[[str], _ExpertMatrix | None]:
+    patterns = [
+        re.compile(re.escape(s.hf_template).replace(r"\{bid\}", r"(\d+)").replace(r"\{xid\}", r"(\d+)") + r"\.weight")
+        for s in spec.expert_stacks
+    ]
+
+    def match(hf_name: str) -> _ExpertMatrix | None:
+        for index, pattern in enumerate(patterns):
+            m = pattern.fullmatch(hf_name)
+            if m:
+                return _ExpertMatrix(int(m.group(1)), index, int(m.group(2)))
+        return None
+
+    return match
+
+
+def _stacked_reader(ckpt: Checkpoint, hf_names: list[str], shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
+    """torch.stack of the experts as the converter does it, but read one expert at a time into one
+    preallocated array (float16 when every expert is F16, else float32 as the converter widens BF16), each
+    expert's mapped pages released once copied: memory is the stacked tensor plus one expert."""
+
+    def read() -> np.ndarray:
+        all_f16 = all(ckpt.tensor_info(n).dtype == "F16" for n in hf_names)
+        out = np.empty(shape, np.float16 if all_f16 else np.float32)
+        for xid, hf_name in enumerate(hf_names):
+            out[xid] = ckpt.read(hf_name)
+            ckpt.release(hf_name)
+        return out
+
+    return read
+
+
+def _stacked_tensor(
+    ckpt: Checkpoint, bid: int, stack: arch.ExpertStack, n_expert: int,
+    ftype: LlamaFileType, type_rule: TypeRule,
+) -> SourceTensor:
+    hf_names = [stack.hf_template.format(bid=bid, xid=xid) + ".weight" for xid in range(n_expert)]
+    infos = [ckpt.tensor_info(n) for n in hf_names]
+    for hf_name, info in zip(hf_names, infos, strict=True):
+        if info.dtype not in FLOAT_DTYPES:
+            raise Unsupported(f"{info.file}: tensor {hf_name!r} is {info.dtype}; only F32, F16 and BF16 are converted")
+        if info.shape != infos[0].shape or len(info.shape) != 2:
+            raise InputInvalid(
+                f"{ckpt.directory}: expert tensor {hf_name!r} has shape {list(info.shape)}; expected a matrix "
+                f"shaped like {hf_names[0]} {list(infos[0].shape)}"
+            )
+    gguf_name = stack.gguf_template.format(bid=bid) + ".weight"
+    shape = (n_expert, *infos[0].shape)
+    dtypes = {i.dtype for i in infos}
+    return SourceTensor(
+        gguf_name,
+        shape,
+        type_rule(gguf_name, shape, ftype),
+        _stacked_reader(ckpt, hf_names, shape),
+        source_name=stack.hf_template.format(bid=bid, xid="*") + ".weight",
+        source_dtype=dtypes.pop() if len(dtypes) == 1 else "F32",
+    )
+
+
 def checkpoint_tensors(
     ckpt: Checkpoint, spec: arch.ArchSpec, cfg: dict[str, Any], ftype: LlamaFileType, type_rule: TypeRule
 ) -> list[SourceTensor]:
-    """Every output tensor in the converter's order (extra generated tensors first), typed by `type_rule`."""
-    shapes = {n: ckpt.tensor_info(n).shape for n in ckpt.tensor_names() if not spec.is_skipped(n)}
+    """Every output tensor in the converter's order (extra generated tensors first), typed by `type_rule`.
+
+    Mixture of experts: a layer's per-expert matrices become one stacked tensor per `spec.expert_stacks`
+    entry, listed where the converter writes them: right after the layer's last expert matrix is seen.
+    """
+    match_expert = _expert_matcher(spec)
+    experts = {n: e for n in ckpt.tensor_names() if (e := match_expert(n)) is not None}
+    shapes = {
+        n: ckpt.tensor_info(n).shape for n in ckpt.tensor_names() if not spec.is_skipped(n) and n not in experts
+    }
     arch.check_layer_count(spec, cfg, len(shapes))
     names = spec.name_map(cfg)
     arch.check_tensors(spec, cfg, shapes, names, str(ckpt.directory))
+    n_expert = arch.expert_count(cfg) if experts else None
+    if experts and (n_expert is None or n_expert <= 0):
+        raise InputInvalid(f"{ckpt.directory / 'config.json'}: expert tensors but no positive expert count")
+    seen_per_layer: dict[int, int] = {}
     tensors: list[SourceTensor] = []
     for gguf_name, array in spec.extra_tensors(cfg) if spec.extra_tensors is not None else []:
         qtype = type_rule(gguf_name, tuple(array.shape), ftype)
@@ -105,6 +184,21 @@ def checkpoint_tensors(
         )
     for hf_name in ckpt.tensor_names():
         if spec.is_skipped(hf_name):
+            continue
+        expert = experts.get(hf_name)
+        if expert is not None:
+            assert n_expert is not None
+            if expert.expert >= n_expert or expert.layer >= spec.block_count(cfg):
+                raise InputInvalid(
+                    f"{ckpt.directory}: tensor {hf_name!r} is outside the {n_expert} experts and "
+                    f"{spec.block_count(cfg)} layers config.json describes"
+                )
+            seen = seen_per_layer[expert.layer] = seen_per_layer.get(expert.layer, 0) + 1
+            if seen == n_expert * len(spec.expert_stacks):
+                tensors += [
+                    _stacked_tensor(ckpt, expert.layer, stack, n_expert, ftype, type_rule)
+                    for stack in spec.expert_stacks
+                ]
             continue
         gguf_name = names.get(hf_name)
         if gguf_name is None:
@@ -129,6 +223,9 @@ def checkpoint_tensors(
                 release=lambda hf_name=hf_name: ckpt.release(hf_name),
             )
         )
+    incomplete = sorted(b for b, seen in seen_per_layer.items() if seen < (n_expert or 0) * len(spec.expert_stacks))
+    if incomplete:
+        raise InputInvalid(f"{ckpt.directory}: layer {incomplete[0]} lacks some of its {n_expert} experts' matrices")
     if not tensors:
         raise InputInvalid(f"{ckpt.directory}: no tensors to convert")
     return tensors

@@ -4,6 +4,7 @@
 |---|---|---|
 | LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, GraniteForCausalLM, SmolLM3ForCausalLM | LlamaModel (GraniteModel, SmolLM3Model) | add_space_prefix from tokenizer_config; SentencePiece, else GPT-2 BPE; vocab 32016 (CodeLlama) adds eot 32010; vocab 49152 forces add_bos_token false |
 | Qwen2ForCausalLM, Qwen3ForCausalLM | Qwen2Model / Qwen3Model | SentencePiece, else GPT-2 BPE |
+| Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM | Qwen2MoeModel / Qwen3MoeModel / OlmoeModel | TextModel's default: GPT-2 BPE |
 | GemmaForCausalLM | GemmaModel | SentencePiece; eot 107; add_space_prefix false |
 | Gemma2ForCausalLM | Gemma2Model | SentencePiece; add_space_prefix false |
 | Gemma3ForCausalLM | Gemma3Model | SentencePiece + add_space_prefix false, else GPT-2 BPE |
@@ -153,6 +154,12 @@ def recipe_qwen2(model_dir: Path, hp: dict[str, Any], meta: VocabMetadata) -> No
     _spm_else_gpt2(model_dir, hp, meta)
 
 
+def recipe_text_model(model_dir: Path, hp: dict[str, Any], meta: VocabMetadata) -> None:
+    """TextModel.set_vocab, for converter classes that do not override it."""
+    _require_tokenizer(model_dir)
+    _set_vocab_gpt2(model_dir, hp, meta)
+
+
 def recipe_gemma(model_dir: Path, hp: dict[str, Any], meta: VocabMetadata) -> None:
     if not _has_spm(model_dir):
         raise InputMissing(f"{model_dir}: tokenizer.model not found (Gemma uses SentencePiece)")
@@ -204,6 +211,9 @@ RECIPES: dict[str, Recipe] = {
     "Olmo2ForCausalLM": recipe_gpt2,
     "Qwen2ForCausalLM": recipe_qwen2,
     "Qwen3ForCausalLM": recipe_qwen2,
+    "Qwen2MoeForCausalLM": recipe_text_model,
+    "Qwen3MoeForCausalLM": recipe_text_model,
+    "OlmoeForCausalLM": recipe_text_model,
     "GemmaForCausalLM": recipe_gemma,
     "Gemma2ForCausalLM": recipe_gemma2,
     "Gemma3ForCausalLM": recipe_gemma3,
