@@ -165,7 +165,7 @@ class Bnb4bit(PackedFormat, name="bnb-4bit"):
         if qc is None or not _load_flags(qc)[0]:
             return None
         quant_type = qc.get("bnb_4bit_quant_type", "fp4")
-        if quant_type not in CODES:
+        if not isinstance(quant_type, str) or quant_type not in CODES:
             raise Unsupported(f"bitsandbytes checkpoint with bnb_4bit_quant_type {quant_type!r} (nf4, fp4)")
         return Scheme(4, 0, model_dtype(config))
 
