@@ -151,3 +151,13 @@ def test_refused(tmp_path: Path, kind: str, damage, exit_code: ExitCode, needle:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == exit_code and len(lines) == 1 and needle in lines[0], (code, err)
     assert not out.exists()
+
+
+def test_quant_state_json_limits() -> None:
+    """Deep nesting and over-long integers in the blob are malformed input, not a RecursionError/ValueError."""
+    from quantcli.errors import InputInvalid
+    from quantcli.quants.packed.bnb import parse_quant_state
+
+    for raw in (b"[" * 100_000, b'{"blocksize": ' + b"1" * 5000 + b"}", b"\xff\xfe"):
+        with pytest.raises(InputInvalid, match="not a JSON object"):
+            parse_quant_state(np.frombuffer(raw, np.uint8), "nf4")

@@ -875,7 +875,7 @@ def bnb_edits(draw: st.DrawFn) -> tuple[str, list[tuple[list[Any], Any]], dict[s
     return kind, config_edits, tensor_edits, state_edit
 
 
-@fuzz_settings(2000)
+@fuzz_settings(1000)
 @given(bnb_edits())
 def test_bnb_layouts(case: tuple[str, list[tuple[list[Any], Any]], dict[str, Any], Any]) -> None:
     """Hostile bitsandbytes configs, quant state blobs and tensors: a clean refusal or weights of the shape

@@ -65,7 +65,7 @@ def parse_quant_state(blob: np.ndarray, quant_type: str) -> dict[str, Any]:
         raise InputInvalid(f"quant_state is {raw.dtype} {list(raw.shape)}, expected uint8 bytes")
     try:
         state = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InputInvalid("quant_state is not a JSON object") from None
     if not isinstance(state, dict):
         raise InputInvalid("quant_state is not a JSON object")
