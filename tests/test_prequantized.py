@@ -366,7 +366,7 @@ def test_bitsandbytes(tmp_path: Path, options: dict[str, object], fmt_name: str)
     from safetensors import safe_open
 
     with safe_open(ckpt_dir / "model.safetensors", "np") as f:
-        stored = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118  (not a dict)
+        stored = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     module = "model.layers.0.mlp.up_proj"
     if fmt_name == "bnb-int8":
         assert stored[f"{module}.weight"] == "I8" and stored[f"{module}.SCB"] == "F32"
