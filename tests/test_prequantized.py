@@ -344,7 +344,8 @@ def _bnb_reference(directory: Path, ckpt: PackedCheckpoint) -> None:
             qs = bnbf.QuantState.from_dict(
                 {**{k: torch.from_numpy(v) for k, v in parts.items() if k != "weight"},
                  blob_name: torch.from_numpy(blob.copy())}, device=torch.device("cpu"))
-            ref = bnbf.dequantize_4bit(torch.from_numpy(parts["weight"]), qs).float().numpy()
+            packed = torch.from_numpy(parts["weight"].view(np.uint8))  # any storage dtype is read as bytes
+            ref = bnbf.dequantize_4bit(packed, qs).float().numpy()
             got = fmt.dequantize({**parts, blob_name: blob}, Scheme(4, 0, dtype))
             assert np.array_equal(_bits(got), _bits(ref)), (name, dtype)
 
@@ -355,9 +356,10 @@ def _bnb_reference(directory: Path, ckpt: PackedCheckpoint) -> None:
         ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
           "bnb_4bit_compute_dtype": "bfloat16"}, "bnb-4bit"),
         ({"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"}, "bnb-4bit"),
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_quant_storage": "bfloat16"}, "bnb-4bit"),
         ({"load_in_8bit": True}, "bnb-int8"),
     ],
-    ids=["nf4-double-quant", "fp4", "int8"],
+    ids=["nf4-double-quant", "fp4", "nf4-bf16-storage", "int8"],
 )
 def test_bitsandbytes(tmp_path: Path, options: dict[str, object], fmt_name: str) -> None:
     """bitsandbytes checkpoints, dequantized bit for bit as bitsandbytes does; the GGUF runs in llama.cpp,
@@ -371,7 +373,7 @@ def test_bitsandbytes(tmp_path: Path, options: dict[str, object], fmt_name: str)
     if fmt_name == "bnb-int8":
         assert stored[f"{module}.weight"] == "I8" and stored[f"{module}.SCB"] == "F32"
     else:
-        assert stored[f"{module}.weight"] == "U8"
+        assert stored[f"{module}.weight"] == ("BF16" if "bnb_4bit_quant_storage" in options else "U8")
         assert (f"{module}.weight.nested_absmax" in stored) == bool(options.get("bnb_4bit_use_double_quant"))
     ckpt = open_checkpoint(ckpt_dir)
     assert isinstance(ckpt, PackedCheckpoint) and ckpt.fmt.name == fmt_name
