@@ -22,11 +22,12 @@ install-ref: install $(CONSTRAINTS)
 	$(PIP) install --quiet -c $(CONSTRAINTS) 'torch==2.13.0' 'transformers==5.23.0' 'protobuf>=4.21'
 	bash scripts/build_llamacpp.sh
 
-# The packed formats' real clients (tests/test_packed_clients.py) and Ray for the batch tests.
+# The packed formats' real clients (tests/test_packed_clients.py), bitsandbytes (it writes the checkpoints
+# of tests/test_prequantized.py; quantcli never imports it) and Ray for the batch tests.
 # torch stays pinned to the CPU build: an unpinned resolver would pull CUDA wheels.
 install-clients: install-ref
 	$(PIP) install --quiet -c $(CONSTRAINTS) 'compressed-tensors==0.20.0' 'mlx[cpu]==0.32.4' 'mlx-lm==0.32.2' \
-		'optimum==2.3.0' 'gptqmodel==7.6.0' 'ray==2.60.0'
+		'optimum==2.3.0' 'gptqmodel==7.6.0' 'ray==2.60.0' 'bitsandbytes==0.50.2'
 	$(PIP) install --quiet --no-deps --upgrade --target "$(QUANTCLI_CACHE)/compressed-tensors-0.12.2" \
 		'compressed-tensors==0.12.2'
 	$(MAKE) install-llmc

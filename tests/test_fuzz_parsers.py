@@ -802,6 +802,133 @@ def test_packed_layouts(case: tuple[str, int, int, list[tuple[list[Any], Any]], 
                 np.testing.assert_array_equal(result[name], weight)
 
 
+# --- bitsandbytes: 4-bit NF4/FP4 (the JSON quant state blob, nested absmax) and LLM.int8 ----------------------------
+
+from safetensors.numpy import save_file  # noqa: E402
+
+from quantcli.quants.packed.base import round_to  # noqa: E402
+from quantcli.quants.packed.bnb import CODES, INT8_RECIPROCAL, QUANT_STATE  # noqa: E402
+
+# an odd number of values with a partial last block beside the two Linear shapes above
+BNB_MODULES = {**PACKED_MODULES, "model.layers.0.mlp.down_proj": (5, 27)}
+BNB_KINDS = ["nf4", "nf4-nested", "fp4", "fp4-nested", "int8"]
+BNB_STATE_KEYS = ["quant_type", "blocksize", "dtype", "shape", "nested_blocksize", "nested_dtype", "nested_offset"]
+BNB_PARTS = ["weight", "weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map",
+             QUANT_STATE + "nf4", QUANT_STATE + "fp4", "SCB", "weight_format"]
+
+
+def bnb_checkpoint(kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(config.json, tensors, expected float32 weights) of a tiny bitsandbytes checkpoint laid out as
+    bitsandbytes saves it, with the dequantized weights computed here from the drawn codes."""
+    rng = np.random.default_rng(BNB_KINDS.index(kind))
+    tensors: dict[str, np.ndarray] = {"model.norm.weight": np.ones(64, dtype=np.float32)}
+    expected = {}
+    for module, (out, n) in BNB_MODULES.items():
+        size, w = out * n, f"{module}.weight"
+        if kind == "int8":
+            q = rng.integers(-127, 128, (out, n)).astype(np.int8)
+            scb = rng.uniform(0.01, 2, out).astype(np.float32)
+            tensors |= {w: q, f"{module}.SCB": scb, f"{module}.weight_format": np.array(0, dtype=np.uint8)}
+            expected[w] = round_to(q.astype(np.float32) * scb[:, None] * INT8_RECIPROCAL, "bfloat16")
+            continue
+        quant_type, nested = kind.split("-")[0], kind.endswith("nested")
+        codes = rng.integers(0, 16, size + size % 2).astype(np.uint8)
+        blocks = -(-size // 64)
+        absmax = rng.uniform(0.01, 2, blocks).astype(np.float32)
+        state: dict[str, Any] = {"quant_type": quant_type, "blocksize": 64, "dtype": "bfloat16", "shape": [out, n]}
+        tensors |= {w: ((codes[0::2] << 4) | codes[1::2]).reshape(-1, 1), f"{w}.quant_map": CODES[quant_type]}
+        if nested:
+            q8 = rng.integers(0, 256, blocks).astype(np.uint8)
+            code8 = np.sort(rng.uniform(-1, 1, 256)).astype(np.float32)
+            nested_absmax = rng.uniform(0.5, 2, -(-blocks // 256)).astype(np.float32)
+            state |= {"nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.25}
+            absmax = code8[q8] * np.repeat(nested_absmax, 256)[:blocks] + np.float32(0.25)
+            tensors |= {f"{w}.absmax": q8, f"{w}.nested_absmax": nested_absmax, f"{w}.nested_quant_map": code8}
+        else:
+            tensors[f"{w}.absmax"] = absmax
+        tensors[f"{w}.quant_state.bitsandbytes__{quant_type}"] = np.frombuffer(json.dumps(state).encode(), np.uint8)
+        values = CODES[quant_type][codes[:size]] * np.repeat(absmax, 64)[:size]
+        expected[w] = round_to(values, "bfloat16").reshape(out, n)
+    qc = {"quant_method": "bitsandbytes", "load_in_4bit": kind != "int8", "load_in_8bit": kind == "int8",
+          "bnb_4bit_quant_type": kind.split("-")[0] if kind != "int8" else "fp4",
+          "bnb_4bit_use_double_quant": kind.endswith("nested"), "llm_int8_threshold": 6.0}
+    return {**base_config("llama"), "torch_dtype": "bfloat16", "quantization_config": qc}, tensors, expected
+
+
+@st.composite
+def bnb_edits(draw: st.DrawFn) -> tuple[str, list[tuple[list[Any], Any]], dict[str, Any], Any]:
+    kind = draw(st.sampled_from(BNB_KINDS))
+    config_edits = draw(st.lists(st.tuples(
+        st.lists(st.sampled_from(["quantization_config", "quant_method", "load_in_4bit", "load_in_8bit",
+                                  "_load_in_4bit", "bnb_4bit_quant_type", "torch_dtype"]) | st.integers(0, 3),
+                 min_size=1, max_size=3),
+        json_values | json_ints), max_size=2))
+    tensor_edits: dict[str, Any] = {}
+    for _ in range(draw(st.integers(0, 2))):
+        module = draw(st.sampled_from(sorted(BNB_MODULES)))
+        shape = draw(st.lists(st.integers(0, 70), min_size=0, max_size=2))
+        dtype = draw(st.sampled_from(PACKED_DTYPES + ["i1"]))
+        value = draw(st.sampled_from([0, 1, -1, 7, 64, 255]))
+        edit = None if draw(st.booleans()) else (np.dtype(dtype), shape, value)
+        tensor_edits[f"{module}.{draw(st.sampled_from(BNB_PARTS))}"] = edit
+    # the quant state of one module: a JSON field replaced, or the blob's bytes mutated
+    state_edit = draw(st.none() | st.tuples(st.sampled_from(sorted(BNB_MODULES)), st.one_of(
+        st.tuples(st.lists(st.sampled_from(BNB_STATE_KEYS) | st.integers(0, 2), min_size=1, max_size=2),
+                  json_values | json_ints),
+        st.binary(max_size=4).map(lambda seed: ("bytes", seed)))))
+    if state_edit is not None and state_edit[1][0] == "bytes":
+        state_edit = (state_edit[0], draw(byte_mutations(b'{"quant_type": "nf4", "blocksize": 64, "dtype": '
+                                                         b'"bfloat16", "shape": [96, 64]}')))
+    return kind, config_edits, tensor_edits, state_edit
+
+
+@fuzz_settings(1000)
+@given(bnb_edits())
+def test_bnb_layouts(case: tuple[str, list[tuple[list[Any], Any]], dict[str, Any], Any]) -> None:
+    """Hostile bitsandbytes configs, quant state blobs and tensors: a clean refusal or weights of the shape
+    tensor_info promised; untouched, exactly the weights the codes and scales give."""
+    kind, config_edits, tensor_edits, state_edit = case
+    config, tensors, expected = bnb_checkpoint(kind)
+    if config_edits or tensor_edits or state_edit is not None:
+        expected = {}
+    for path, value in config_edits:
+        config = perturb(config, path, value)
+    if state_edit is not None and kind != "int8":
+        module, edit = state_edit
+        blob_name = f"{module}.weight.quant_state.bitsandbytes__{kind.split('-')[0]}"
+        if isinstance(edit, bytes):
+            blob = edit
+        else:
+            path, value = edit
+            blob = json.dumps(perturb(json.loads(tensors[blob_name].tobytes()), path, value)).encode()
+        tensors[blob_name] = np.frombuffer(blob, dtype=np.uint8)
+    for name, edit in tensor_edits.items():
+        if edit is None:
+            tensors.pop(name, None)
+        else:
+            dtype, shape, value = edit
+            tensors[name] = np.full(shape, value).astype(dtype)
+    with workdir() as d:
+        # safetensors' own writer: bitsandbytes' `weight_format` is a 0-d tensor
+        save_file({n: np.ascontiguousarray(a) for n, a in tensors.items()}, d / "model.safetensors")
+        (d / "config.json").write_text(json.dumps(config))
+
+        def read_all() -> dict[str, np.ndarray]:
+            with open_checkpoint(d) as ckpt:
+                out = {}
+                for name in ckpt.tensor_names():
+                    info = ckpt.tensor_info(name)
+                    out[name] = np.asarray(ckpt.read(name), dtype=np.float32)
+                    assert out[name].shape == info.shape, (name, out[name].shape, info.shape)
+                return out
+
+        result = clean(read_all)
+        if expected:
+            assert result is not None
+            for name, weight in expected.items():
+                assert np.array_equal(result[name].view(np.uint32), weight.view(np.uint32)), name
+
+
 # --- the findings, one example each (the fuzzers above found them; these keep them pinned) --------------------
 
 

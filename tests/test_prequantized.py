@@ -6,7 +6,8 @@
 - compressed-tensors 0.20 FP8: per-tensor weights with a static `input_scale`, per-channel with dynamic
   activations;
 - `quant_method: fp8` with 128x128 `weight_scale_inv` blocks;
-- GPTQ v1 with desc_act and a permuted g_idx, read by GPTQModel.
+- GPTQ v1 with desc_act and a permuted g_idx, read by GPTQModel;
+- bitsandbytes 0.50 (CPU backend) through transformers: NF4 with nested absmax, FP4, LLM.int8.
 
 Our dequantized weights must equal (float32 bits) what the library / transformers loads; the converted
 GGUF must run in llama.cpp; where llama.cpp's converter fails on the same checkpoint, the test asserts it.
@@ -292,6 +293,94 @@ def test_gptq_desc_act_g_idx_in_gptqmodel(tmp_path: Path) -> None:
         for name in NAMES:
             client = model.get_submodule(name.removesuffix(".weight")).dequantize_weight().float().numpy().T
             assert np.array_equal(np.asarray(ckpt.read(name), dtype=np.float32), client), name
+
+
+def _bnb_checkpoint(directory: Path, **options: object) -> Path:
+    """A checkpoint quantized by bitsandbytes itself (its CPU backend) as transformers loads a bf16 model with
+    `BitsAndBytesConfig(**options)`, then `save_pretrained`."""
+    torch = require_module("torch")
+    require_module("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    source = directory.with_name(directory.name + "-src")
+    _llama().save_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=BitsAndBytesConfig(**options),
+                                                 dtype=torch.bfloat16, device_map="cpu")
+    model.save_pretrained(directory)
+    add_spm_tokenizer(directory)
+    return directory
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """float32 bit patterns: equality that tells -0 from +0."""
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def _bnb_reference(directory: Path, ckpt: PackedCheckpoint) -> None:
+    """Ours equals (float32 bits) transformers' dequantized model and bitsandbytes' own dequantize functions
+    on the stored tensors, in the model dtype and, with the quant state's dtype set to float32, before any
+    rounding."""
+    torch = require_module("torch")
+    import bitsandbytes.functional as bnbf
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, device_map="cpu")
+    model.dequantize()  # transformers' dense weights: bnb's dequantization cast to the model dtype
+    fmt, f32 = ckpt.fmt, Scheme(ckpt.scheme.bits, 0, "float32")
+    for name in NAMES:
+        ours = np.asarray(ckpt.read(name), dtype=np.float32)
+        dense = model.get_submodule(name.removesuffix(".weight")).weight.detach()
+        assert dense.dtype == torch.bfloat16 and np.array_equal(_bits(dense.float().numpy()), _bits(ours)), name
+        module = name.removesuffix(".weight")
+        parts = {n.removeprefix(module + "."): np.array(ckpt.inner.read(n)) for n in ckpt._modules[name]}
+        if fmt.name == "bnb-int8":
+            ref = bnbf.int8_vectorwise_dequant(torch.from_numpy(parts["weight"]), torch.from_numpy(parts["SCB"]))
+            assert np.array_equal(_bits(fmt.dequantize(parts, f32)), _bits(ref.numpy())), name
+            continue
+        (blob_name,) = [k for k in parts if "quant_state" in k]
+        state = json.loads(parts[blob_name].tobytes())
+        for dtype in ("bfloat16", "float32"):
+            blob = np.frombuffer(json.dumps({**state, "dtype": dtype}).encode(), dtype=np.uint8)
+            qs = bnbf.QuantState.from_dict(
+                {**{k: torch.from_numpy(v) for k, v in parts.items() if k != "weight"},
+                 blob_name: torch.from_numpy(blob.copy())}, device=torch.device("cpu"))
+            packed = torch.from_numpy(parts["weight"].view(np.uint8))  # any storage dtype is read as bytes
+            ref = bnbf.dequantize_4bit(packed, qs).float().numpy()
+            got = fmt.dequantize({**parts, blob_name: blob}, Scheme(4, 0, dtype))
+            assert np.array_equal(_bits(got), _bits(ref)), (name, dtype)
+
+
+@pytest.mark.parametrize(
+    ("options", "fmt_name"),
+    [
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+          "bnb_4bit_compute_dtype": "bfloat16"}, "bnb-4bit"),
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "fp4"}, "bnb-4bit"),
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_quant_storage": "bfloat16"}, "bnb-4bit"),
+        ({"load_in_8bit": True}, "bnb-int8"),
+    ],
+    ids=["nf4-double-quant", "fp4", "nf4-bf16-storage", "int8"],
+)
+def test_bitsandbytes(tmp_path: Path, options: dict[str, object], fmt_name: str) -> None:
+    """bitsandbytes checkpoints, dequantized bit for bit as bitsandbytes does; the GGUF runs in llama.cpp,
+    whose converter refuses the checkpoint (`quant_method` bitsandbytes is not supported)."""
+    ckpt_dir = _bnb_checkpoint(tmp_path / "bnb", **options)
+    from safetensors import safe_open
+
+    with safe_open(ckpt_dir / "model.safetensors", "np") as f:
+        stored = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    module = "model.layers.0.mlp.up_proj"
+    if fmt_name == "bnb-int8":
+        assert stored[f"{module}.weight"] == "I8" and stored[f"{module}.SCB"] == "F32"
+    else:
+        assert stored[f"{module}.weight"] == ("BF16" if "bnb_4bit_quant_storage" in options else "U8")
+        assert (f"{module}.weight.nested_absmax" in stored) == bool(options.get("bnb_4bit_use_double_quant"))
+    ckpt = open_checkpoint(ckpt_dir)
+    assert isinstance(ckpt, PackedCheckpoint) and ckpt.fmt.name == fmt_name
+    assert ckpt.scheme.dtype == "bfloat16" and sorted(n for n in ckpt.tensor_names() if "proj" in n) == sorted(NAMES)
+    _bnb_reference(ckpt_dir, ckpt)
+    _converts_and_runs(ckpt_dir, tmp_path)
+    _llamacpp_fails(ckpt_dir, tmp_path, "Quant method is not yet supported: 'bitsandbytes'")
 
 
 def test_refusals() -> None:

@@ -1,5 +1,5 @@
-"""Read packed safetensors (compressed-tensors, MLX, GPTQ v1, AutoAWQ GEMM) and FP8 checkpoints back as an ordinary
-checkpoint.
+"""Read packed safetensors (compressed-tensors, MLX, GPTQ v1, AutoAWQ GEMM), FP8 and bitsandbytes checkpoints
+back as an ordinary checkpoint.
 
 Each quantized Linear's stored tensors are replaced by `<module>.weight`, dequantized on read exactly as
 the format's client does (values in the model dtype). Everything downstream (conversion to GGUF, the
@@ -44,8 +44,8 @@ class PackedCheckpoint(Closing):
         self._modules: dict[str, list[str]] = {}  # dequantized weight name -> its packed tensors
         self._order: list[str] = []
         for name in names:
-            module, _, suffix = name.rpartition(".")
-            if suffix in fmt.parts and fmt.is_quantized(module, present):
+            module = _module_of(name, fmt)
+            if module is not None and fmt.is_quantized(module, present):
                 weight = f"{module}.weight"
                 if weight not in self._modules:
                     self._modules[weight] = []
@@ -53,9 +53,21 @@ class PackedCheckpoint(Closing):
                 self._modules[weight].append(name)
             else:
                 self._order.append(name)
+        # the tensors whose values give a weight's shape (bitsandbytes' quant state), read once: tensor_info
+        # is asked for often, and must not read a weight's data
+        self._layout_values: dict[str, dict[str, np.ndarray]] = {
+            weight: {
+                n.removeprefix(weight.removesuffix("weight")): np.asarray(inner.read(n))
+                for n in parts
+                if n.removeprefix(weight.removesuffix("weight")) in fmt.layout_parts
+            }
+            for weight, parts in self._modules.items()
+        } if fmt.layout_parts else {}
         if fmt.writable:  # the integer group formats; the FP8 formats check their scales when they dequantize
             for weight in self._modules:
                 self._check_layout(weight)
+        for weight in self._layout_values:  # a quant state that does not parse is refused before any work
+            self.tensor_info(weight)
 
     def _check_layout(self, weight: str) -> None:
         """Every packed tensor the format needs is there with the shape and dtype kind its layout gives for
@@ -103,7 +115,11 @@ class PackedCheckpoint(Closing):
         parts = {n.removeprefix(module + "."): self.inner.tensor_info(n) for n in self._modules[name]}
         first = next(iter(parts.values()))
         try:
-            out, n = self.fmt.logical_shape({k: v.shape for k, v in parts.items()}, self.scheme)
+            out, n = self.fmt.logical_shape_of(
+                {k: v.shape for k, v in parts.items()}, self._layout_values.get(name, {}), self.scheme
+            )
+        except QuantcliError as exc:  # a layout value (bitsandbytes' quant state) the format refuses
+            raise type(exc)(f"{first.file}: {module}: {exc}", exc.exit_code) from None
         except (KeyError, ValueError):
             # a stored tensor missing, or of the wrong rank: the checkpoint does not match its config
             raise InputInvalid(
@@ -138,6 +154,15 @@ class PackedCheckpoint(Closing):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _module_of(name: str, fmt: type[PackedFormat]) -> str | None:
+    """The module a stored tensor belongs to when its name ends in one of the format's parts (which may hold
+    dots: bitsandbytes' `weight.absmax`), else None."""
+    for part in sorted(fmt.parts, key=len, reverse=True):
+        if name.endswith("." + part):
+            return name.removesuffix("." + part)
+    return None
 
 
 def _scales_name(fmt: type[PackedFormat]) -> str:

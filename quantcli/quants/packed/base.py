@@ -64,8 +64,11 @@ class PackedFormat:
     # The tensor suffixes of a quantized module that make up its weight; any other tensor of the module
     # (`bias`) stays as it is.
     parts: ClassVar[tuple[str, ...]]
-    # False for the pre-quantized layouts we only read (FP8): not an output --format.
+    # False for the pre-quantized layouts we only read (FP8, bitsandbytes): not an output --format.
     writable: ClassVar[bool] = True
+    # Small stored tensors whose values, not only shapes, give the weight's (out, in) (bitsandbytes' JSON
+    # quant state): the loader reads them when it opens the checkpoint and passes them to logical_shape_of.
+    layout_parts: ClassVar[tuple[str, ...]] = ()
     # The dtype the format's models run in whatever the source's (kept tensors, `torch_dtype`); None: the
     # source checkpoint's own.
     model_dtype: ClassVar[str | None] = None
@@ -129,6 +132,13 @@ class PackedFormat:
     def logical_shape(cls, parts: dict[str, tuple[int, ...]], scheme: Scheme) -> tuple[int, int]:
         """(out, in) of the dequantized weight, from the stored tensors' shapes alone (no data read)."""
         raise NotImplementedError
+
+    @classmethod
+    def logical_shape_of(
+        cls, parts: dict[str, tuple[int, ...]], values: dict[str, np.ndarray], scheme: Scheme
+    ) -> tuple[int, int]:
+        """(out, in) of the dequantized weight from the stored shapes and the `layout_parts` values."""
+        return cls.logical_shape(parts, scheme)
 
     @classmethod
     def config(cls, scheme: Scheme, ignore: list[str]) -> dict[str, object]:
