@@ -15,7 +15,7 @@ from test_gptq import DEAD_COLUMN, hessian_of, layer_inputs, output_error
 
 from quantcli.errors import InputInvalid, Unsupported
 from quantcli.quants import dequantize, get, quantize
-from quantcli.quants.gptq_ggml import gptq_ggml, gptq_quantize_ggml
+from quantcli.quants.gptq_ggml import gptq_ggml
 
 # ‖(W − Ŵ)Xᵀ‖ of GPTQ over that of plain quantization with imatrix = diag(H)/2, measured on the layer
 # below (docs/calibration.md); each bound is the measured ratio plus about 0.01.
@@ -54,7 +54,6 @@ def test_bytes_decode_to_the_values_propagated(ggml, layer, qtype: T) -> None:
     np.testing.assert_array_equal(ours.view(np.uint32), used)
     theirs = ggml.dequantize(int(qtype), result.data, *weight.shape)
     np.testing.assert_array_equal(theirs.view(np.uint32), used)
-    assert np.array_equal(gptq_quantize_ggml(weight, hessian, qtype), result.data)
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
@@ -111,10 +110,10 @@ def test_levels_and_write_levels_are_inverse_on_any_bytes(qtype: T) -> None:
 def test_deterministic_and_the_same_without_the_c_extension(layer, monkeypatch) -> None:
     weight, _, hessian = layer
     for qtype in (T.Q4_0, T.Q4_K):
-        first = gptq_quantize_ggml(weight, hessian, qtype)
-        assert np.array_equal(gptq_quantize_ggml(weight, hessian, qtype), first)
+        first = gptq_ggml(weight, hessian, qtype).data
+        assert np.array_equal(gptq_ggml(weight, hessian, qtype).data, first)
         monkeypatch.setenv("QUANTCLI_NATIVE", "0")
-        assert np.array_equal(gptq_quantize_ggml(weight, hessian, qtype), first)
+        assert np.array_equal(gptq_ggml(weight, hessian, qtype).data, first)
         monkeypatch.delenv("QUANTCLI_NATIVE")
 
 
@@ -123,7 +122,7 @@ def test_block_size_rounds_up_to_the_type_block(layer) -> None:
     weight, inputs, hessian = layer
     plain = dequantize(quantize(weight, T.Q4_K, np.diag(hessian) / 2), T.Q4_K, weight.shape)
     result = gptq_ggml(weight, hessian, T.Q4_K, block_size=96)
-    assert np.array_equal(result.data, gptq_quantize_ggml(weight, hessian, T.Q4_K, block_size=256))
+    assert np.array_equal(result.data, gptq_ggml(weight, hessian, T.Q4_K, block_size=256).data)
     assert output_error(weight, result.values, inputs) < output_error(weight, plain, inputs)
 
 
@@ -132,11 +131,11 @@ def test_refusals(layer) -> None:
     bad = weight.copy()
     bad[3, 17] = np.nan
     with pytest.raises(InputInvalid, match="non-finite value at row 3, column 17"):
-        gptq_quantize_ggml(bad, hessian, T.Q4_K, name="blk.0.ffn_up.weight")
+        gptq_ggml(bad, hessian, T.Q4_K, name="blk.0.ffn_up.weight")
     for qtype in (T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.MXFP4, T.F16, T.BF16):
         get(qtype)  # a type quantcli writes, but not an affine grid GPTQ can round on
         with pytest.raises(Unsupported, match=f"GPTQ has no grid for tensor type {qtype.name}$"):
-            gptq_quantize_ggml(weight, hessian, qtype)
+            gptq_ggml(weight, hessian, qtype)
     with pytest.raises(InputInvalid, match="row length 500 is not a multiple of Q4_0's block size 32") as exc:
-        gptq_quantize_ggml(weight[:, :500], hessian[:500, :500], T.Q4_0)
+        gptq_ggml(weight[:, :500], hessian[:500, :500], T.Q4_0)
     assert "\n" not in str(exc.value)

@@ -29,24 +29,6 @@ class GgmlGPTQResult:
     values: np.ndarray  # float32 (out, in): what `data` decodes to, the values whose error was propagated
 
 
-def gptq_quantize_ggml(
-    weight: np.ndarray,
-    hessian: np.ndarray,
-    qtype: GGMLQuantizationType,
-    *,
-    damp: float = 0.01,
-    block_size: int = 128,
-    importance: np.ndarray | None = None,
-    name: str = "tensor",
-    threads: int | None = None,
-) -> np.ndarray:
-    """The bytes of `gptq_ggml` (same arguments): uint8 (out, row_bytes), laid out exactly as
-    `quantize(weight, qtype)` lays out its result, so they can be written in its place."""
-    return gptq_ggml(
-        weight, hessian, qtype, damp=damp, block_size=block_size, importance=importance, name=name, threads=threads
-    ).data
-
-
 def gptq_ggml(
     weight: np.ndarray,
     hessian: np.ndarray,
