@@ -51,9 +51,12 @@ if TYPE_CHECKING:
 # leaves them alone. Phi-3's fused qkv / gate_up and Gemma's (1 + w) norms and post-norms are not handled.
 AWQ_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 # Tokens the search's loss runs on: the leading samples holding at most this many tokens (at least one
-# sample). The mean |x| statistic uses every token; the loss is 20 trial forwards per group, and 2048
-# tokens keep a SmolLM2 block's search at a few seconds.
-LOSS_TOKENS = 2048
+# sample). The mean |x| statistic uses every token. The loss costs 20 trial forwards per group plus the
+# fallback's three: on SmolLM2 (2-core machine) 1024 tokens keep a block's search near 10 s of CPU, half
+# of it the q/k/v group's whole-block runs.
+LOSS_TOKENS = 1024
+# Tokens clip_search compares partial products on (mlx-lm: 512; its einsum is a third of a block's time).
+CLIP_FRAMES = 256
 
 # The HF-relative module names of llama_scaling_groups -> the GGUF tensor of the block
 _GGUF = {
@@ -129,7 +132,9 @@ class PackedTarget(Target):
             tensors = self.fmt.from_codes(result.codes, result.scales, g_idx, self.scheme)
         else:
             if self.clip and linear.columns is not None and linear.name.split(".")[2] not in _NO_CLIP:
-                weight = clip_search(linear.x, weight, self.fake_quantizer, self.scheme.group_size)
+                weight = clip_search(
+                    linear.x, weight, self.fake_quantizer, self.scheme.group_size, n_frames=CLIP_FRAMES
+                )
             tensors = self.fmt.quantize(weight, self.scheme)
         values = np.asarray(tensor.transform(self.fmt.dequantize(tensors, self.scheme)), dtype=np.float32)
         return Quantized(values, (tensor.source_name, tensors))
