@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from badinputs import run_cli_in_process
+from reference import require_module
 from tiny_models import make_arch_checkpoint, make_tiny_llama
 
 from quantcli.engine.awq import Folded, Quantized, Target, run_awq
@@ -179,6 +180,28 @@ def test_packed_awq_block_output(tiny: Path, calib: Path, tmp_path: Path, fmt: s
     # Measured: mlx 0.69, awq 0.79, ct awq-gptq over gptq 0.95 (GPTQ already compensates much of what the
     # scales move).
     assert ratio <= {"mlx": 0.75, "awq": 0.85, "ct": 0.97}[fmt], errors
+
+
+@pytest.mark.slow  # loads mlx
+def test_awq_calibrated_mlx_in_mlx_lm(tiny: Path, calib: Path, tmp_path: Path) -> None:
+    """mlx-lm reads the AWQ'd output — folded norms included — as our runtime does (float32 logits)."""
+    mx = require_module("mlx.core")
+    from mlx_lm.utils import load_model
+
+    out = tmp_path / "awq"
+    facts = _convert(str(tiny), "--format", "mlx", "--bits", "4", "--group-size", "32", "--method", "awq",
+                     "--calib", str(calib), *CALIB, "-o", str(out))["calibration"]  # fmt: skip
+    assert facts["plain_blocks"] != [0, 1]  # some block's norms are folded
+    model, _ = load_model(out)
+    model.set_dtype(mx.float32)
+    prompt = [1, 17, 42, 99, 255, 3, 77, 500]
+    client = np.array(model(mx.array([prompt])))[0]
+    runtime = Model(HFSource(out), emulate_ggml=False)
+    ours = runtime.forward(np.array(prompt), runtime.new_cache(64), output_rows=np.arange(len(prompt)))
+    # Measured max |Δ| 1.4-1.6 % of the largest logit (the round-to-nearest output of the same model: 1.05 %;
+    # test_packed_clients allows 3 % for the model dtype's noise).
+    assert np.abs(client - ours).max() < 0.03 * np.abs(ours).max(), np.abs(client - ours).max()
+    assert (client.argmax(-1) == ours.argmax(-1)).mean() >= 0.875
 
 
 @pytest.mark.slow  # four conversions, ~30 s on a loaded 2-core machine
