@@ -28,7 +28,9 @@ from quantcli.quants.packed import MODEL_DTYPES, PackedFormat, Scheme
 if TYPE_CHECKING:  # the HF source is opened only by a calibrating job
     from quantcli.sources.hf import SourceTensor
 
-METHODS = ("rtn", "gptq")  # rtn: no calibration (round-to-nearest / llama.cpp's quantizers)
+# rtn: no calibration (round-to-nearest / llama.cpp's quantizers); awq: AWQ scales, then round-to-nearest;
+# awq-gptq: AWQ scales, then GPTQ on the folded weights (engine/awq.py)
+METHODS = ("rtn", "gptq", "awq", "awq-gptq")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,14 @@ class CalibrationOptions:
     def input_files(self) -> list[Path]:
         return [Path(p) for p in self.files]
 
+    @property
+    def uses_gptq(self) -> bool:
+        return self.method in ("gptq", "awq-gptq")
+
+    @property
+    def uses_awq(self) -> bool:
+        return self.method in ("awq", "awq-gptq")
+
 
 def calibration_options(
     method: str | None,
@@ -64,8 +74,11 @@ def calibration_options(
              ("--calib-seq-len", seq_len), ("--act-order", act_order), ("--damp", damp)) if value]  # fmt: skip
     if method == "rtn":
         if given:
-            raise UsageError(f"{', '.join(given)} need --method gptq")
+            raise UsageError(f"{', '.join(given)} need --method gptq, awq or awq-gptq")
         return None
+    gptq_only = [flag for flag in given if flag in ("--act-order", "--damp")]
+    if method == "awq" and gptq_only:
+        raise UsageError(f"{', '.join(gptq_only)}: GPTQ options (--method gptq or awq-gptq)")
     if samples is not None and samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, not {samples}")
     if seq_len is not None and seq_len < 8:
@@ -81,8 +94,9 @@ def calibration_options(
 
 
 def check_packed_format(opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme) -> None:
-    """Refuse a format that cannot hold GPTQ's grid before anything is opened."""
-    if fmt.gptq_scale_dtype(scheme) is None:
+    """Refuse a format that cannot hold GPTQ's grid before anything is opened (AWQ with round-to-nearest
+    goes into every format)."""
+    if opts.uses_gptq and fmt.gptq_scale_dtype(scheme) is None:
         raise Unsupported(f"--method {opts.method} cannot be stored in --format {fmt.name} (use ct, gptq or mlx)")
 
 
@@ -238,17 +252,10 @@ def _source_weight(tensor: Any, name: str) -> np.ndarray:
     return weight
 
 
-def calibrate_packed(
-    opts: CalibrationOptions,
-    source: Path,
-    linear_names: set[str],
-    fmt: type[PackedFormat],
-    scheme: Scheme,
-    store: SpillStore,
-    on_block: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
-    format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
+def packed_gptq_config(
+    opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme
+) -> tuple[GPTQConfig, bool, bool]:
+    """GPTQ's configuration for a packed format: (config, act-order, groups in processing order)."""
     scale_dtype = fmt.gptq_scale_dtype(scheme)
     assert scale_dtype is not None
     # Act-order groups follow the processing order only where the format stores g_idx; elsewhere the
@@ -260,6 +267,21 @@ def calibrate_packed(
         act_order=act_order, scales="dynamic" if not act_order or dynamic_groups else "static",
         scale_dtype=scale_dtype,
     )  # fmt: skip
+    return config, act_order, dynamic_groups
+
+
+def calibrate_packed(
+    opts: CalibrationOptions,
+    source: Path,
+    linear_names: set[str],
+    fmt: type[PackedFormat],
+    scheme: Scheme,
+    store: SpillStore,
+    on_block: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
+    format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
+    config, act_order, dynamic_groups = packed_gptq_config(opts, fmt, scheme)
     done: set[str] = set()
     raised: dict[str, float] = {}
 

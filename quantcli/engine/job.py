@@ -27,6 +27,7 @@ from gguf import GGMLQuantizationType
 
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
+from quantcli.engine.awq import calibrate_gguf_awq
 from quantcli.engine.calibrate import (
     CalibrationOptions,
     SpillStore,
@@ -412,8 +413,9 @@ def _requantizing(
             state["store"] = store
             bar = CountProgress(0) if progress else None
             try:
-                return calibrate_gguf(opts, Path(job.source), by_name, weights_for, store, job.threads,
-                                      _block_progress(bar))  # fmt: skip
+                calibrate_stage = calibrate_gguf_awq if opts.uses_awq else calibrate_gguf
+                return calibrate_stage(opts, Path(job.source), by_name, weights_for, store, job.threads,
+                                       _block_progress(bar))  # fmt: skip
             finally:
                 if bar is not None:
                     bar.close()
@@ -573,19 +575,21 @@ def _run_packed_calibrated(
     """Calibrate every packed linear into a spill directory (block by block), then write the directory."""
     import dataclasses as dc
 
+    from quantcli.engine.awq import calibrate_packed_awq
     from quantcli.engine.calibrate import calibrate_packed
     from quantcli.writers.packed import is_linear_weight, write_packed
 
     assert job.calibration is not None
-    if job.calibration.act_order is not False and fmt.carries_g_idx:
+    if job.calibration.uses_gptq and job.calibration.act_order is not False and fmt.carries_g_idx:
         scheme = dc.replace(scheme, act_order=True)
     names = ckpt.tensor_names()
     linear = {n for n in names if is_linear_weight(n, ckpt.tensor_info(n).shape)}
     with spill_store(out_path, _resume_key(job)) as store:
         bar = CountProgress(0) if progress else None
         try:
-            facts = calibrate_packed(job.calibration, Path(job.source), linear, fmt, scheme, store,
-                                     _block_progress(bar))  # fmt: skip
+            calibrate_stage = calibrate_packed_awq if job.calibration.uses_awq else calibrate_packed
+            facts = calibrate_stage(job.calibration, Path(job.source), linear, fmt, scheme, store,
+                                    _block_progress(bar))  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()

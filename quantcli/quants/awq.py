@@ -109,7 +109,7 @@ def linear_outputs(x: np.ndarray, weights: Sequence[np.ndarray]) -> np.ndarray:
 def awq_search(
     x: np.ndarray,
     weights: Sequence[np.ndarray],
-    quantize_dequantize: QuantizeDequantize,
+    quantize_dequantize: QuantizeDequantize | Sequence[QuantizeDequantize],
     forward: BlockForward | None = None,
     n_grid: int = 20,
     x_mean: np.ndarray | None = None,
@@ -119,7 +119,8 @@ def awq_search(
     x: the linears' input on the calibration tokens, float32 (..., in) (also the block's input: the group's
     `prev` output); weights: the linears' float weights (out_i, in); forward: the block's output for x and
     the group's weights (default: the linears' own outputs); x_mean: the statistic when it was accumulated
-    elsewhere (default: `activation_mean(x)`)."""
+    elsewhere (default: `activation_mean(x)`). `quantize_dequantize` may be one per weight (a GGUF recipe
+    gives q/k/v different types)."""
     if n_grid < 1:
         raise ValueError(f"AWQ n_grid must be positive, not {n_grid}")
     x = np.asarray(x, dtype=np.float32)
@@ -128,6 +129,9 @@ def awq_search(
     if not weights or any(w.ndim != 2 or w.shape[1] != n for w in weights):
         raise ValueError(f"AWQ weights must be (out, {n}) matrices, got {[w.shape for w in weights]}")
     run = forward or linear_outputs
+    quantizers = [quantize_dequantize] * len(weights) if callable(quantize_dequantize) else list(quantize_dequantize)
+    if len(quantizers) != len(weights):
+        raise ValueError(f"AWQ needs one quantizer per weight ({len(weights)}), got {len(quantizers)}")
     stat = activation_mean(x) if x_mean is None else np.asarray(x_mean, dtype=np.float32)
     if stat.shape != (n,):
         raise ValueError(f"AWQ statistic has shape {stat.shape}, expected ({n},)")
@@ -137,7 +141,7 @@ def awq_search(
     for step in range(n_grid):
         ratio = step / n_grid
         scales = ratio_scales(stat, ratio)
-        trial = [quantize_dequantize(w * scales) / scales for w in weights]
+        trial = [q(w * scales) / scales for q, w in zip(quantizers, weights, strict=True)]
         diff = (reference - run(x, trial)).astype(np.float32)
         loss = float(np.sum(diff * diff, dtype=np.float32) / np.float32(diff.size))
         losses.append(loss)

@@ -95,13 +95,17 @@ def calibration_samples(tokenizer: Tokenizer, text: str, samples: int, seq_len: 
 class BlockInputs:
     """What a block's quantizer gets: the Hessian of each linear's input (GGUF weight name -> running mean of
     2·XᵀX, float64), shared between linears that read the same rows (q/k/v, gate/up), and the block's input
-    rows with a way to run the block on other weights (AWQ's loss)."""
+    rows with a way to run the block on other weights (AWQ's loss). With `keep_rows` (AWQ) also each
+    linear's input rows of the first sequences and the per-channel mean |x| over every token."""
 
     layer: int
     hessians: dict[str, Hessian]
     x: np.ndarray  # (S*T, n_embd) input rows of the block, float32; do not modify
-    run: Callable[[dict[str, np.ndarray]], np.ndarray]  # weights by GGUF name -> the block's output rows
+    # (weights by GGUF name, sequences: the first n samples only, None = all) -> the block's output rows
+    run: Callable[..., np.ndarray]
     tokens: int = 0
+    rows: dict[str, np.ndarray] = field(default_factory=dict)  # linear -> its first `keep_rows` input rows
+    abs_mean: dict[str, np.ndarray] = field(default_factory=dict)  # linear -> mean |x| per input channel
 
 
 @dataclass
@@ -111,15 +115,25 @@ class _HessianObserver:
     accumulated in float64."""
 
     hessians: dict[str, Hessian] = field(default_factory=dict)
+    keep_rows: int = 0  # also keep this many leading input rows and the mean |x| of each linear (AWQ)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    abs_mean: dict[str, np.ndarray] = field(default_factory=dict)
     # The rows of the last call and their Hessian, held (not their id, which a freed array passes on).
     _last: tuple[np.ndarray, Hessian] | None = None
+    _last_name: str = ""
 
     def __call__(self, name: str, rows: np.ndarray) -> None:
         if not name.startswith("blk."):
             return
         if self._last is not None and self._last[0] is rows:
             self.hessians[name] = self._last[1]
+            if self.keep_rows:
+                self.rows[name], self.abs_mean[name] = self.rows[self._last_name], self.abs_mean[self._last_name]
             return
+        if self.keep_rows:
+            flat_rows = rows.reshape(-1, rows.shape[-1])
+            self.rows[name] = flat_rows[: self.keep_rows].copy()
+            self.abs_mean[name] = np.abs(flat_rows).mean(axis=0, dtype=np.float32)
         h = Hessian(rows.shape[-1])
         flat = rows.reshape(-1, rows.shape[-1])
         gram = flat.T @ flat
@@ -128,6 +142,7 @@ class _HessianObserver:
         h.add_gram(gram, flat.shape[0])
         self.hessians[name] = h
         self._last = (rows, h)
+        self._last_name = name
 
 
 QuantizeBlock = Callable[[BlockInputs], dict[str, np.ndarray]]
@@ -140,25 +155,33 @@ def calibrate_blocks(
     *,
     on_block: Callable[[int, int], None] | None = None,
     replay: Callable[[int], dict[str, np.ndarray] | None] | None = None,
+    keep_sequences: int = 0,
 ) -> None:
     """Run every block over `samples` (S, T); `quantize_block` returns the block's quantized weights (float32,
     GGUF names and orientation: the values the output file will hold), which then produce the next block's
     input. `replay(layer)` may return a block's already-quantized weights (a resumed run): the block is then
-    only run forward with them. `on_block(done, total)` reports progress."""
+    only run forward with them. `on_block(done, total)` reports progress. `keep_sequences` (AWQ): the
+    block's quantizer also gets every linear's input rows of the first that many samples."""
     n_seq = samples.shape[0]
     x = model.embed_sequences(samples)
     n_layer = model.config.n_layer
     for il in range(n_layer):
         quantized = replay(il) if replay is not None else None
         if quantized is None:
-            observer = _HessianObserver()
+            observer = _HessianObserver(keep_rows=min(keep_sequences, n_seq) * (x.shape[0] // n_seq))
             probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer)
             del probe
 
-            def run(weights: dict[str, np.ndarray], il: int = il, x: np.ndarray = x) -> np.ndarray:
-                return model.sequence_layer(il, x.copy(), n_seq, weight=_with(model, weights))
+            def run(
+                weights: dict[str, np.ndarray], sequences: int | None = None, il: int = il, x: np.ndarray = x
+            ) -> np.ndarray:
+                n = n_seq if sequences is None else min(sequences, n_seq)
+                rows = x[: n * (x.shape[0] // n_seq)].copy()
+                return model.sequence_layer(il, rows, n, weight=_with(model, weights))
 
-            quantized = quantize_block(BlockInputs(il, observer.hessians, x, run, x.shape[0]))
+            quantized = quantize_block(
+                BlockInputs(il, observer.hessians, x, run, x.shape[0], observer.rows, observer.abs_mean)
+            )
             del observer
         x = model.sequence_layer(il, x, n_seq, weight=_with(model, quantized))
         if on_block is not None:

@@ -68,7 +68,8 @@ def write_packed(
     calibrated: Callable[[str], dict[str, np.ndarray] | None] | None = None,
 ) -> dict[str, object]:
     """`calibrated(name)`: a linear's tensors made by a calibration stage (GPTQ), written instead of
-    round-to-nearest's; None for a linear it did not quantize."""
+    round-to-nearest's; None for a linear it did not quantize. For a kept tensor it may return
+    `{"weight": values}` in the model dtype (AWQ's folded norms), written instead of the checkpoint's."""
     start = time.perf_counter()
     names = ckpt.tensor_names()
     linear = [n for n in names if is_linear_weight(n, ckpt.tensor_info(n).shape)]
@@ -116,7 +117,8 @@ def write_packed(
                             writer.write(t.name, tensors[t.name.removeprefix(module + ".")])
                         counts["quantized"] += 1
                     else:
-                        kept = np.asarray(ckpt.read(src))
+                        override = calibrated(src) if calibrated is not None else None
+                        kept = np.asarray(ckpt.read(src)) if override is None else override["weight"]
                         writer.write(src, kept.astype(_kept_dtype(kept.dtype, scheme), copy=False))
                         counts["kept"] += 1
                     for t in targets:
