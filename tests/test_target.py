@@ -3,12 +3,14 @@ refusals before any compute, determinism, and the output loading in llama.cpp.""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import json_schema
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
@@ -213,7 +215,9 @@ def test_sweep_figures_equal_a_separate_eval(tmp_path: Path) -> None:
                    "--ctx", "128", "--chunks", "2", "-o", out, "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["schema"] == "quantcli/1" and doc["command"] == "sweep" and doc["ok"]
+    assert json_schema.problems(doc, "sweep") == []
+    assert (doc["plot"] is not None) == (importlib.util.find_spec("matplotlib") is not None)
+    assert doc["plot"] is None or Path(doc["plot"]).stat().st_size > 10_000
     assert [r["label"] for r in doc["results"]] == ["Q4_0", "Q8_0", "target Q4_0", "target 70000"]
     assert json.loads((out / "sweep.json").read_text())["results"] == doc["results"]
     assert (out / "sweep.md").read_text().count("| recipe |") == 2

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., metavar="INPUT", help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
         output: Path = typer.Argument(..., metavar="OUTPUT", help="Output GGUF path."),
         qtype: str | None = typer.Argument(
-            None, metavar="[TYPE]", help="Recipe, e.g. Q4_K_M (see docs/recipes.md); none with a size target."
+            None, metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md); none with a size target."
         ),
         target_size: str | None = opt.target_size(),
         target_bpw: float | None = opt.target_bpw(),
@@ -53,7 +53,10 @@ def register(app: typer.Typer) -> None:
         threads: int | None = opt.threads(),
     ) -> None:
         from quantcli.engine import make_job, run
+        from quantcli.errors import UsageError
 
+        if qtype is None and target_size is None and target_bpw is None:
+            raise UsageError("missing TYPE (a recipe such as Q4_K_M), or give --target-size / --target-bpw")
         job = make_job(
             source, output, out_type=qtype, **recipe, strict=strict, force=force,
             threads=threads, allow_requantize=allow_requantize, recipe_only=True, command="quantize",
