@@ -140,6 +140,7 @@ def main() -> None:
                      "ours": our_fig, "ratio": our_fig["kld_mean"] / ref_fig["kld_mean"], "goal": GOALS[recipe],
                      "ours_seconds": round(seconds, 1)})  # fmt: skip
         _log(f"  llama {ref_fig}\n  ours  {our_fig}")
+    print("## Size targets: mean KLD at llama-quantize's file sizes (quantcli --target-size vs recipe + imatrix)\n")
     print(f"Off-grid SmolLM2-135M; llama-perplexity --kl-divergence against its F16, {EVAL_CHUNKS} x {N_CTX} tokens "
           f"of the evaluation text; imatrix: llama-imatrix, {CALIB_CHUNKS} x {N_CTX} tokens of the calibration text "
           "(scripts/bench_target.py).\n")  # fmt: skip

@@ -55,7 +55,10 @@ def main() -> None:
     for cat in CLASSES:
         error = sum(costs[d.name][T.Q4_0] for d in decisions if category_of(d.name) == cat)
         out = work / f"calib-{cat.value}-q4_0.gguf"
-        quantcli("quantize", f16, out, "Q8_0", "--imatrix", imatrix, "--tensor-type", f"{PATTERNS[cat]}=q4_0",
+        # the imatrix has no token_embd entry (llama-imatrix skips it), and quantize refuses an imatrix that
+        # applies to no quantized tensor: token_embd is quantized without it, as it would be anyway
+        weights = ["--imatrix", imatrix] if cat != Category.TOKEN_EMBD else []
+        quantcli("quantize", f16, out, "Q8_0", *weights, "--tensor-type", f"{PATTERNS[cat]}=q4_0",
                  "--tensor-type", ".=f16", "--force")  # fmt: skip
         proc = subprocess.run([sys.executable, "-m", "quantcli", "eval", out, "--base", f16, "--text", calib,
                                "--chunks", str(CHUNKS), "--json"], capture_output=True, text=True, cwd=REPO,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -23,11 +24,28 @@ from quantcli import quants
 from quantcli.engine.stream import TensorBytes, source_rows
 from quantcli.plan.core import TensorDecision
 from quantcli.plan.metadata import ImatrixUse
-from quantcli.plan.target import candidate_types, sensitivity
+from quantcli.plan.target import CLASS_SENSITIVITY, candidate_types, sensitivity
 
 SAMPLE_ROWS = 1024
 
 Costs = dict[str, dict[GGMLQuantizationType, float]]
+
+# Costs already measured in this process, by what decides them (see costs_key): `sweep` plans several
+# targets from one source and one imatrix and measures once.
+_MEASURED: dict[tuple, Costs] = {}
+
+
+def costs_key(files: Sequence[Path], decisions: Sequence[TensorDecision]) -> tuple:
+    """What the costs depend on: the input files (path, size, mtime), the tensors and the sensitivity table."""
+    stamps = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    tensors = tuple((d.name, d.ne, d.src_type) for d in decisions)
+    return stamps, tensors, tuple(sorted((c.value, f) for c, f in CLASS_SENSITIVITY.items()))
+
+
+def measure_costs_once(key: tuple, measure: Callable[[], Costs]) -> Costs:
+    if key not in _MEASURED:
+        _MEASURED[key] = measure()
+    return _MEASURED[key]
 
 
 def sample_rows(n_rows: int, limit: int = SAMPLE_ROWS) -> np.ndarray:

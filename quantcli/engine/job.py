@@ -380,10 +380,13 @@ def _plan_and_kv(
         base.refuse_fallbacks()  # a fixed tensor's (the target's own choices never need a fallback)
     free = free_decisions(base)
     bar = CountProgress(len(free), "measuring") if progress else None
-    from quantcli.engine.costs import measure_costs
+    from quantcli.engine.costs import costs_key, measure_costs, measure_costs_once
 
     try:
-        costs = measure_costs(source, free, imatrix, job.threads, bar.advance if bar is not None else None)
+        costs = measure_costs_once(
+            costs_key(_source_files(job), free),
+            lambda: measure_costs(source, free, imatrix, job.threads, bar.advance if bar is not None else None),
+        )
     finally:
         if bar is not None:
             bar.close()
