@@ -93,6 +93,21 @@ def kld_figures(log: str) -> dict[str, float]:
 
 
 def score(model: Path, base: Path, evaluation: Path) -> dict[str, float]:
+    """llama-perplexity's figures for `model`, kept in scores.json beside it by content (size, sha256 of the
+    whole file and the size of the base) so a rerun scores only files that changed."""
+    import hashlib
+
+    cache = model.parent / "scores.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    with open(model, "rb") as fh:
+        key = f"{model.name}:{model.stat().st_size}:{hashlib.sha256(fh.read()).hexdigest()}:{base.stat().st_size}"
+    if key not in known:
+        known[key] = _score(model, base, evaluation)
+        cache.write_text(json.dumps(known, indent=1))
+    return known[key]
+
+
+def _score(model: Path, base: Path, evaluation: Path) -> dict[str, float]:
     # the logger sometimes loses its tail at exit on a loaded machine (tests/reference.py): retry
     for _ in range(5):
         log = tool("llama-perplexity", "-m", model, "-f", evaluation, "--kl-divergence-base", base,
