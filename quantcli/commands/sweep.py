@@ -193,9 +193,10 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> tuple[str | Non
         pts = [r for r in rows if r["kind"] == kind]
         ax.scatter([r["bytes"] / 1e6 for r in pts], [r["kld_mean"] for r in pts], marker=marker, c=colour,
                    label=label, zorder=3)  # fmt: skip
-        for r in pts:
+        for r in pts:  # targets labelled below their point: a target at a recipe's size sits on top of it
             ax.annotate(r["label"].removeprefix("target "), (r["bytes"] / 1e6, r["kld_mean"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8)  # fmt: skip
+                        textcoords="offset points", xytext=(5, 4 if kind == "recipe" else -12), fontsize=8,
+                        color=colour)  # fmt: skip
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["bytes"])
     ax.plot([r["bytes"] / 1e6 for r in front], [r["kld_mean"] for r in front], "k--", lw=1, label="Pareto front",
             zorder=2)  # fmt: skip

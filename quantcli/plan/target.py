@@ -35,19 +35,12 @@ CANDIDATE_TYPES: tuple[T, ...] = (
 )  # fmt: skip
 
 # How much one unit of imatrix-weighted squared error in a tensor of this class moves the mean KL-divergence,
-# relative to the others (geometric mean 1). Measured with our runtime by scripts/calibrate_target.py on the
-# off-grid SmolLM2-135M: one class at Q4_0, the rest F16, mean KLD on the calibration text divided by the
-# class's summed weighted error (docs/recipes.md). Classes not listed count 1.
-CLASS_SENSITIVITY: dict[Category, float] = {
-    Category.TOKEN_EMBD: 0.174,  # no imatrix entry (llama-imatrix skips it): unweighted error, hence small
-    Category.ATTENTION_Q: 0.66,
-    Category.ATTENTION_K: 2.48,
-    Category.ATTENTION_V: 10.1,
-    Category.ATTENTION_OUTPUT: 0.469,
-    Category.FFN_GATE: 1.69,
-    Category.FFN_UP: 2.35,
-    Category.FFN_DOWN: 0.186,
-}
+# relative to the others; classes not listed count 1. scripts/calibrate_target.py measures such factors with
+# our runtime (one class at Q4_0, the rest F16, on the calibration text; docs/recipes.md has the figures),
+# but on the off-grid SmolLM2 they made the choice worse at both sizes scored (docs/benchmarks.md: mean KLD
+# 0.0810 vs 0.0601 at Q3_K_M's size, 0.0414 vs 0.0386 at Q4_K_M's), so none is applied: the plain
+# imatrix-weighted error is the cost.
+CLASS_SENSITIVITY: dict[Category, float] = {}
 
 # The loader's guess of a file type from its most common tensor type (llama_model_loader), which is what
 # general.file_type says for a mixture.
