@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -239,7 +240,7 @@ def mixture_ftype(types: Sequence[T]) -> Ftype:
 def targeted_overrides(overrides: Overrides, choices: Mapping[str, Choice]) -> Overrides:
     """The user's overrides with one exact-name `--tensor-type` per chosen tensor appended (the user's own
     patterns come first and name only fixed tensors, so first-match-wins keeps them)."""
-    exact = [(f"^{_escape(name)}$", c.type) for name, c in choices.items()]
+    exact = [(f"^{re.escape(name)}$", c.type) for name, c in choices.items()]
     return Overrides(
         pure=False,
         output_tensor_type=overrides.output_tensor_type,
@@ -249,10 +250,6 @@ def targeted_overrides(overrides: Overrides, choices: Mapping[str, Choice]) -> O
         has_imatrix=overrides.has_imatrix,
         kv_overrides=list(overrides.kv_overrides),
     )
-
-
-def _escape(name: str) -> str:
-    return "".join("\\" + ch if not (ch.isalnum() or ch == "_") else ch for ch in name)
 
 
 def explained(plan: Plan, choices: Mapping[str, Choice], target: SizeTarget) -> Plan:
