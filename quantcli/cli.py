@@ -36,7 +36,7 @@ _EXIT = typer.exceptions.Exit
 _ABORT = typer.exceptions.Abort
 _CLICK_ERROR = _click.exceptions.ClickException
 
-COMMANDS = ["convert", "plan", "quantize", "inspect", "eval", "generate", "imatrix", "batch"]
+COMMANDS = ["convert", "plan", "quantize", "inspect", "eval", "generate", "imatrix", "batch", "sweep"]
 
 app = typer.Typer(
     name="quantcli",

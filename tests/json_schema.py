@@ -116,6 +116,14 @@ COMMANDS: dict[str, dict[str, Any]] = {
         "optional": {**{k: v for k, v in _ENGINE_EXTRA.items() if k not in ("imatrix", "imatrix_missing")},
                      "stages": "object"},
     },
+    "sweep": {
+        "required": {
+            **{k: SHARED[k] for k in ("source", "output", "seconds")},
+            "base": "str", "text": "str", "chunks": "int", "n_ctx": "int", "imatrix": "str|null", "results": "list",
+            "table": "str", "plot": "str|null", "plot_missing": "str|null",
+        },
+        "optional": {},
+    },
     "batch": {
         "required": {
             **{k: SHARED[k] for k in ("seconds",)},

@@ -79,7 +79,7 @@ def test_help_is_plain() -> None:
         assert usage.startswith(f"Usage: quantcli {command} [OPTIONS]") and usage == usage.rstrip(), usage
     usages = {c: quantcli(c, "--help").stdout.splitlines()[0] for c in ("convert", "plan", "inspect", "quantize")}
     assert usages["convert"].endswith(" MODEL") and usages["plan"].endswith(" MODEL")
-    assert usages["inspect"].endswith(" FILE") and usages["quantize"].endswith(" INPUT OUTPUT TYPE")
+    assert usages["inspect"].endswith(" FILE") and usages["quantize"].endswith(" INPUT OUTPUT [TYPE]")  # TYPE: none with a size target
     convert = quantcli("convert", "--help").stdout
     assert "-o, --output PATH" in convert and "--tensor-type REGEX=TYPE" in convert
     assert "trailing /" in " ".join(convert.split())  # -o DIR/ puts the default-named output there

@@ -70,6 +70,19 @@ def json_out(help: str = "Print the result as one JSON object on stdout (docs/js
     return typer.Option(False, "--json", help=help)
 
 
+def target_size() -> Any:
+    return typer.Option(
+        None, "--target-size", metavar="SIZE",
+        help="File size to fill, never exceed: bytes, or 100MB / 1.5GiB; types chosen per tensor (no --type).",
+    )  # fmt: skip
+
+
+def target_bpw() -> Any:
+    return typer.Option(
+        None, "--target-bpw", metavar="X", help="Bits per weight to fill; types chosen per tensor (no --type)."
+    )
+
+
 def threads() -> Any:
     return typer.Option(None, "--threads", min=1, metavar="N", help="Quantization threads (C extension).")
 

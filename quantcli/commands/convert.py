@@ -37,6 +37,8 @@ Examples:
 * `quantcli convert ./SmolLM2-135M --type q8_0 -o smol-q8_0.gguf` (the converter's own Q8_0)
 * `quantcli convert ./SmolLM2-135M --format mlx --bits 4`
 * `quantcli convert ./SmolLM2-135M --format ct --bits 4 --group-size 64 --method gptq --calib my.jsonl`
+* `quantcli convert ./SmolLM2-135M --target-size 100MB --imatrix imatrix.gguf` (every tensor's type chosen
+  from its measured error so that the file fills 100 MB, never more)
 * `quantcli convert HuggingFaceTB/SmolLM2-135M-Instruct --bits 4 --resume` (download; resumable)
 """
 
@@ -69,6 +71,8 @@ def register(app: typer.Typer) -> None:
         bits: int | None = typer.Option(
             None, "--bits", metavar="N", help="8 6 5 4 3 2 (GGUF recipe, docs/recipes.md) or a packed format's bit width."
         ),
+        target_size: str | None = opt.target_size(),
+        target_bpw: float | None = opt.target_bpw(),
         fmt: str = typer.Option("gguf", "--format", metavar="FORMAT", help="gguf, ct (compressed-tensors), mlx, gptq or awq."),
         group_size: int | None = typer.Option(
             None, "--group-size", metavar="N", help="Packed formats: weights per scale (default 128 ct/gptq/awq, 64 mlx)."
@@ -114,7 +118,7 @@ def register(app: typer.Typer) -> None:
             source, output, out_type=out_type, bits=bits, format=fmt, group_size=group_size,
             max_shard_size=max_shard_size, **recipe, **calibration, verify=verify, max_kld=max_kld,
             eval_text=eval_text, verify_chunks=verify_chunks, force=force, threads=threads, resume=resume,
-            strict=strict, dry_run=dry_run,
+            strict=strict, dry_run=dry_run, target_size=target_size, target_bpw=target_bpw,
         )  # fmt: skip
         # A Hub id (org/name[@rev]) is downloaded first; its default output is named after the repo.
         hub = parse_hub_id(str(source)) if not source.exists() else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import typer
 from quantcli.commands import _options as opt
 from quantcli.console import out, print_wide
 
-HELP = """Show, before any compute, the type llama-quantize would give every tensor for a recipe, why,
+HELP = """Show, before any output is written, the type llama-quantize would give every tensor for a recipe, why,
 and which tensors need a fallback type (row length not a multiple of the block size), plus totals:
 bytes, bits per weight and the output file size (to the byte for a GGUF source). The table goes to
 stdout; --json prints one object (docs/json.md).
@@ -24,6 +25,8 @@ Examples:
 * `quantcli plan smol-f16.gguf --type Q4_K_M`
 * `quantcli plan ./SmolLM2-135M --bits 4 --json`
 * `quantcli plan smol-f16.gguf --type Q4_K_M --tensor-type 'attn_v=q8_0' --strict`
+* `quantcli plan ./SmolLM2-135M --target-size 100MB --imatrix imatrix.gguf` (types chosen per tensor from
+  measured errors; the file size shown is the output's, to the byte)
 """
 
 
@@ -42,18 +45,21 @@ def register(app: typer.Typer) -> None:
         source: Path = typer.Argument(..., metavar="MODEL", help="GGUF file or HF model directory."),
         qtype: str | None = typer.Option(None, "--type", "-t", metavar="TYPE", help="Recipe, e.g. Q4_K_M (docs/recipes.md)."),
         bits: int | None = typer.Option(None, "--bits", metavar="N", help="Shorthand: 8 6 5 4 3 2 (docs/recipes.md)."),
+        target_size: str | None = opt.target_size(),
+        target_bpw: float | None = opt.target_bpw(),
         recipe: dict[str, Any] = opt.RECIPE,
         calibration: dict[str, Any] = opt.CALIBRATION,
         strict: bool = opt.strict("Exit 8 if any tensor needs a fallback type."),
         json_out: bool = opt.json_out("Print the plan as JSON on stdout."),
     ) -> None:
+        from quantcli.console import show_progress
         from quantcli.engine import make_job, run
 
         job = make_job(
             source, None, out_type=qtype, bits=bits, **recipe, **calibration, strict=strict, dry_run=True,
-            recipe_only=True, command="plan",
+            recipe_only=True, command="plan", target_size=target_size, target_bpw=target_bpw,
         )  # fmt: skip
-        doc = run(job)
+        doc = run(job, progress=sys.stderr.isatty() and show_progress(json_out))
         if json_out:
             print(json.dumps(doc))
         else:

@@ -27,6 +27,8 @@ Examples:
 * `quantcli quantize smol-f16.gguf smol-q4_k_m.gguf Q4_K_M`
 * `quantcli quantize smol-f16.gguf smol-q4_0.gguf q4_0 --imatrix imatrix.gguf`
 * `quantcli quantize in.gguf out.gguf Q4_K_M --tensor-type 'ffn_down=q8_0' --strict --json`
+* `quantcli quantize in.gguf out.gguf --target-size 95MB --imatrix imatrix.gguf` (no TYPE: every tensor's
+  type is chosen from its measured error so that the file fills 95 MB, never more; docs/recipes.md)
 """
 
 
@@ -37,7 +39,11 @@ def register(app: typer.Typer) -> None:
     def quantize(
         source: Path = typer.Argument(..., metavar="INPUT", help="Input GGUF (F32/F16/BF16 weights) or HF model directory."),
         output: Path = typer.Argument(..., metavar="OUTPUT", help="Output GGUF path."),
-        qtype: str = typer.Argument(..., metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md)."),
+        qtype: str | None = typer.Argument(
+            None, metavar="TYPE", help="Recipe, e.g. Q4_K_M (see docs/recipes.md); none with a size target."
+        ),
+        target_size: str | None = opt.target_size(),
+        target_bpw: float | None = opt.target_bpw(),
         recipe: dict[str, Any] = opt.RECIPE,
         calibration: dict[str, Any] = opt.CALIBRATION,
         allow_requantize: bool = typer.Option(
@@ -49,10 +55,14 @@ def register(app: typer.Typer) -> None:
         threads: int | None = opt.threads(),
     ) -> None:
         from quantcli.engine import make_job, run
+        from quantcli.errors import UsageError
 
+        if qtype is None and target_size is None and target_bpw is None:
+            raise UsageError("missing TYPE (a recipe such as Q4_K_M), or give --target-size / --target-bpw")
         job = make_job(
             source, output, out_type=qtype, **recipe, **calibration, strict=strict, force=force,
             threads=threads, allow_requantize=allow_requantize, recipe_only=True, command="quantize",
+            target_size=target_size, target_bpw=target_bpw,
         )  # fmt: skip
         # Not a terminal (a pipe, a bench): no progress, and no rich import (25 ms) just to learn that.
         progress = sys.stderr.isatty() and show_progress(json_out)

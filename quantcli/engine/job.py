@@ -39,7 +39,14 @@ from quantcli.engine.calibrate import (
 from quantcli.engine.progress import ByteProgress, CountProgress
 from quantcli.engine.result import gguf_result, packed_plan_result, packed_result, plan_result
 from quantcli.engine.stream import ConverterTensors, TensorBytes, requantized_chunks, stage_times
-from quantcli.engine.target import Target, default_output_name, model_stem, resolve_output, resolve_target
+from quantcli.engine.target import (
+    Target,
+    default_output_name,
+    model_stem,
+    resolve_output,
+    resolve_size_target,
+    resolve_target,
+)
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError, VerifyFailed
 from quantcli.jobstate import TensorCache, model_input_files
 from quantcli.loaders.gguf import GGUFFile, is_gguf_file
@@ -50,7 +57,15 @@ from quantcli.plan.ftypes import Ftype, resolve_recipe
 from quantcli.plan.metadata import ImatrixUse, load_imatrix_use, output_kv
 from quantcli.plan.options import build_overrides
 from quantcli.plan.rules import ModelInfo, n_dims
-from quantcli.writers.gguf import OutputTensor, file_size, write_gguf
+from quantcli.plan.target import (
+    choose_types,
+    explained,
+    free_decisions,
+    make_budget,
+    mixture_ftype,
+    targeted_overrides,
+)
+from quantcli.writers.gguf import OutputTensor, file_size, metadata_bytes, write_gguf
 
 if TYPE_CHECKING:  # sources.hf (architectures, vocabularies) loads only for an HF source
     from quantcli.sources.hf import ConverterView
@@ -156,6 +171,8 @@ def make_job(
     max_kld: float | None = None,
     eval_text: Path | str | None = None,
     verify_chunks: int | None = None,
+    target_size: str | int | None = None,
+    target_bpw: float | None = None,
     recipe_only: bool = False,
     method: str | None = None,
     calib: Sequence[str] = (),
@@ -167,8 +184,14 @@ def make_job(
 ) -> Job:
     """A Job from the command line's (and a manifest's) option names. Every combination that cannot run is
     refused here, before anything is opened. `recipe_only` (`plan`, `quantize`): `--type` names a
-    llama-quantize recipe even where the converter has a type of that name (q8_0, f16, bf16, f32)."""
-    if recipe_only:
+    llama-quantize recipe even where the converter has a type of that name (q8_0, f16, bf16, f32).
+    `target_size` / `target_bpw`: every tensor's type chosen under that budget (plan/target.py)."""
+    sized = resolve_size_target(target_size, target_bpw, out_type, bits, format)
+    if sized is not None:
+        if pure:
+            raise UsageError("--pure gives every tensor one type: it cannot be combined with a size target")
+        target = sized
+    elif recipe_only:
         target = Target("recipe", recipe=resolve_recipe(out_type, bits), bits=bits)
     else:
         target = resolve_target(out_type, bits, format, group_size, max_shard_size)
@@ -270,7 +293,7 @@ class GGUFPlan:
 
 def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache: TensorCache | None) -> dict[str, Any]:
     out_paths: list[Path] = []
-    planned = _plan_gguf(job, out_paths)
+    planned = _plan_gguf(job, out_paths, progress)
     out_path = out_paths[0]
     try:
         if job.dry_run:
@@ -319,8 +342,9 @@ def _planned_output(job: Job) -> Path:
     return resolve_output(job.output, default_output_name(stem, job.target))
 
 
-def _plan_gguf(job: Job, out_paths: list[Path]) -> GGUFPlan:
-    """Open the source and plan the output; `out_paths` receives the output path once it is known."""
+def _plan_gguf(job: Job, out_paths: list[Path], progress: bool = False) -> GGUFPlan:
+    """Open the source and plan the output; `out_paths` receives the output path once it is known. `progress`:
+    a bar while a size target measures its costs."""
     source = Path(job.source)
     if job.target.kind == "converter":
         return _plan_converter(job, out_paths)
@@ -329,12 +353,12 @@ def _plan_gguf(job: Job, out_paths: list[Path]) -> GGUFPlan:
     if is_gguf_file(source):
         if not job.dry_run:
             check_output(out_path, job.force)
-        return _plan_gguf_source(job, out_path)
+        return _plan_gguf_source(job, out_path, progress)
     if not source.exists():
         raise InputMissing(f"{source} does not exist")
     if not job.dry_run:
         check_output(out_path, job.force, inputs=job.input_files())
-    return _plan_checkpoint_recipe(job)
+    return _plan_checkpoint_recipe(job, progress)
 
 
 def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
@@ -387,6 +411,50 @@ def _recipe_plan(metadata: dict[str, Any], specs: list[TensorSpec], ftype: Ftype
     return make_plan(ModelInfo.from_metadata(metadata), specs, ftype, overrides)
 
 
+def _output_tensors(plan: Plan) -> list[OutputTensor]:
+    # llama-quantize stores ggml_n_dims dimensions (trailing 1s dropped)
+    return [OutputTensor(d.name, d.ne[: n_dims(d.ne)], d.type) for d in plan.decisions]
+
+
+def _plan_and_kv(
+    job: Job, metadata: dict[str, Any], specs: list[TensorSpec], src_kv: list[tuple[str, bytes]],
+    source: TensorBytes, imatrix: ImatrixUse | None, overrides: Overrides, progress: bool,
+) -> tuple[Plan, list[tuple[str, bytes]]]:  # fmt: skip
+    """The recipe's plan and output KV section; for a size target, the types chosen per tensor from costs
+    measured on `source` (refusing an impossible budget before any weight is read)."""
+    ftype = job.target.recipe
+    assert ftype is not None
+    target = job.target.size_target
+    if target is None:
+        return _recipe_plan(metadata, specs, ftype, overrides), output_kv(src_kv, ftype, imatrix, overrides.kv_overrides)
+    base = _recipe_plan(metadata, specs, ftype, dataclasses.replace(overrides, pure=True))
+    kv = output_kv(src_kv, ftype, imatrix, overrides.kv_overrides)  # general.file_type's size does not vary
+    budget = make_budget(base, len(metadata_bytes(kv, _output_tensors(base))), target)
+    if job.strict:
+        base.refuse_fallbacks()  # a fixed tensor's (the target's own choices never need a fallback)
+    free = free_decisions(base)
+    bar = CountProgress(len(free), "measuring") if progress else None
+    from quantcli.engine.costs import costs_key, measure_costs, measure_costs_once
+
+    try:
+        costs = measure_costs_once(
+            costs_key(job.input_files(), free),
+            lambda: measure_costs(source, free, imatrix, job.threads, bar.advance if bar is not None else None),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    choices = choose_types(base, budget, costs)
+    chosen = {d.name: d.type for d in base.decisions if d.changes} | {n: c.type for n, c in choices.items()}
+    mixture = mixture_ftype(list(chosen.values()))
+    plan = explained(_recipe_plan(metadata, specs, mixture, targeted_overrides(overrides, choices)), choices, target)
+    kv = output_kv(src_kv, mixture, imatrix, overrides.kv_overrides)
+    size = file_size(kv, _output_tensors(plan))
+    if target.size is not None and size > target.size or target.bpw is not None and plan.bits_per_weight > target.bpw:
+        raise AssertionError(f"size target missed: {size} bytes, {plan.bits_per_weight} bpw for {target}")
+    return plan, kv
+
+
 def _requantizing(
     job: Job, plan: Plan, kv: list[tuple[str, bytes]], src: TensorBytes, imatrix: ImatrixUse | None,
     architecture: str, pipeline: str, close: Callable[[], None], stages: dict[str, float],
@@ -424,8 +492,7 @@ def _requantizing(
     planned = GGUFPlan(
         kv=kv,
         plan=plan,
-        # llama-quantize stores ggml_n_dims dimensions (trailing 1s dropped)
-        tensors=[OutputTensor(d.name, d.ne[: n_dims(d.ne)], d.type) for d in plan.decisions],
+        tensors=_output_tensors(plan),
         architecture=architecture,
         file_type=plan.recipe.name,
         pipeline=pipeline,
@@ -466,9 +533,7 @@ def _block_progress(bar: CountProgress | None) -> Callable[[int, int], None]:
     return block_done
 
 
-def _plan_gguf_source(job: Job, out_path: Path) -> GGUFPlan:
-    assert job.target.recipe is not None
-    ftype = job.target.recipe
+def _plan_gguf_source(job: Job, out_path: Path, progress: bool) -> GGUFPlan:
     imatrix = load_imatrix_use(job.recipe.imatrix, job.recipe.include_weights, job.recipe.exclude_weights)
     overrides = job.recipe.overrides(has_imatrix=imatrix is not None)
     if job.calibration is not None:
@@ -484,21 +549,26 @@ def _plan_gguf_source(job: Job, out_path: Path) -> GGUFPlan:
         if not isinstance(src.get(f"{src.architecture}.block_count"), int):
             raise InputInvalid(f"{src.path}: {src.architecture}.block_count is missing")
         specs = [TensorSpec(t.name, t.ne, t.type) for t in src.tensors.values()]
-        plan = _recipe_plan({k: v.value for k, v in src.kv.items()}, specs, ftype, overrides)
         src_kv = [(key, item.raw) for key, item in src.kv.items()]
-        kv = output_kv(src_kv, ftype, imatrix, overrides.kv_overrides)
+        metadata = {k: v.value for k, v in src.kv.items()}
+        plan, kv = _plan_and_kv(job, metadata, specs, src_kv, src, imatrix, overrides, progress)
         return _requantizing(job, plan, kv, src, imatrix, src.architecture,
-                             f"llama-quantize {ftype.name}", src.close, stage_times())  # fmt: skip
+                             f"llama-quantize {_recipe_label(job, plan)}", src.close, stage_times())  # fmt: skip
     except BaseException:
         src.close()
         raise
 
 
-def _plan_checkpoint_recipe(job: Job) -> GGUFPlan:
+def _recipe_label(job: Job, plan: Plan) -> str:
+    """The recipe as the pipeline names it: `Q4_K_M`, or the mixture's file type with the target's types."""
+    if job.target.size_target is None:
+        return plan.recipe.name
+    return f"{plan.recipe.name} --tensor-type per tensor ({job.target.size_target.describe()})"
+
+
+def _plan_checkpoint_recipe(job: Job, progress: bool) -> GGUFPlan:
     """An HF checkpoint planned as the GGUF convert_hf_to_gguf.py writes at its own precision (lossless), then
     through llama-quantize's rules: byte for byte the two-step pipeline, in one pass."""
-    assert job.target.recipe is not None
-    ftype = job.target.recipe
     imatrix = load_imatrix_use(job.recipe.imatrix, job.recipe.include_weights, job.recipe.exclude_weights)
     overrides = job.recipe.overrides(has_imatrix=imatrix is not None)
     from quantcli.sources.hf import open_converter_view
@@ -506,11 +576,11 @@ def _plan_checkpoint_recipe(job: Job) -> GGUFPlan:
     view: ConverterView = open_converter_view(job.source, "lossless")
     try:
         specs = [TensorSpec.from_numpy_shape(t.name, t.shape, t.type) for t in view.tensors]
-        plan = _recipe_plan(view.metadata.values(), specs, ftype, overrides)
-        kv = output_kv(view.metadata.encoded(), ftype, imatrix, overrides.kv_overrides)
-        pipeline = f"convert_hf_to_gguf.py --outtype {view.label.lower()} + llama-quantize {ftype.name}"
         stages = stage_times()
         source = ConverterTensors(view.tensors, job.threads, times=stages)
+        plan, kv = _plan_and_kv(job, view.metadata.values(), specs, view.metadata.encoded(), source, imatrix,
+                                overrides, progress)  # fmt: skip
+        pipeline = f"convert_hf_to_gguf.py --outtype {view.label.lower()} + llama-quantize {_recipe_label(job, plan)}"
         return _requantizing(job, plan, kv, source, imatrix, view.architecture, pipeline, view.close,
                              stages)  # fmt: skip
     except BaseException:

@@ -33,7 +33,7 @@ class ByteProgress:
 class CountProgress:
     """Counting tensors (packed outputs, whose sizes are known only per shard)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, what: str = "packing") -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from quantcli.console import err
@@ -43,7 +43,7 @@ class CountProgress:
             console=err, transient=True,
         )  # fmt: skip
         self.progress.start()
-        self.task = self.progress.add_task("packing", total=total)
+        self.task = self.progress.add_task(what, total=total)
 
     def advance(self, name: str) -> None:
         self.progress.update(self.task, advance=1, description=name)

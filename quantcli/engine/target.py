@@ -18,7 +18,8 @@ from pathlib import Path
 
 from quantcli.errors import UsageError
 from quantcli.plan.converter import OUT_TYPES
-from quantcli.plan.ftypes import Ftype, ftype_from_bits, parse_ftype
+from quantcli.plan.ftypes import FTYPES, Ftype, ftype_from_bits, parse_ftype
+from quantcli.plan.target import SizeTarget
 from quantcli.quants.packed import PackedFormat, Scheme, get_format
 
 CONVERTER_TYPES = tuple(OUT_TYPES)
@@ -55,6 +56,7 @@ class Target:
     bits: int | None = None
     group_size: int | None = None
     max_shard_size: int = DEFAULT_MAX_SHARD
+    size_target: SizeTarget | None = None  # --target-size / --target-bpw: types chosen per tensor
 
     @property
     def packed_format(self) -> type[PackedFormat]:
@@ -65,6 +67,8 @@ class Target:
         """How the output names this target: "Q4_K_M", "q8_0" (converter: resolved later), "MLX-4bit"."""
         if self.kind == "packed":
             return f"{self.format.upper()}-{self.bits}bit"
+        if self.size_target is not None:
+            return self.size_target.label
         if self.kind == "recipe":
             assert self.recipe is not None
             return self.recipe.name
@@ -103,6 +107,26 @@ def resolve_target(
     if key in CONVERTER_TYPES:
         return Target("converter", out_type=key)
     return Target("recipe", recipe=parse_ftype(out_type or ""))  # Unsupported for an unknown name
+
+
+def resolve_size_target(
+    target_size: str | int | None, target_bpw: float | None, out_type: str | None, bits: int | None,
+    fmt: str | None = "gguf",
+) -> Target | None:
+    """--target-size / --target-bpw -> a recipe target whose types are chosen per tensor (None when neither
+    is given). Contradictions are refused here, before anything is opened."""
+    if target_size is None and target_bpw is None:
+        return None
+    given = "--target-size" if target_size is not None else "--target-bpw"
+    if target_size is not None and target_bpw is not None:
+        raise UsageError("give --target-size or --target-bpw, not both")
+    if out_type is not None or bits is not None:
+        raise UsageError(f"{given} chooses every tensor's type: it cannot be combined with --type or --bits")
+    if (fmt or "gguf").lower() != "gguf":
+        raise UsageError(f"{given} applies to GGUF output, not --format {fmt}")
+    size = parse_size(target_size, "--target-size") if target_size is not None else None
+    # The planning recipe: --pure at Q8_0 marks which tensors are free; the written file type is the mixture's.
+    return Target("recipe", recipe=FTYPES["Q8_0"], size_target=SizeTarget(size, target_bpw))
 
 
 def model_stem(source: Path | str) -> str:

@@ -33,6 +33,10 @@ _LAYER_PREFIX = re.compile(r"^blk\.\s*([+-]?\d+)")
 # Types whose quantizer refuses to run without an imatrix (tensor_requires_imatrix).
 _IMATRIX_REQUIRED = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
 
+# The reason of a tensor --pure gives the recipe's type (no type option names it); plan/target.py reads it
+# to tell the tensors a size target may choose from the fixed ones.
+PURE_REASON = "--pure: recipe default"
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -311,7 +315,7 @@ def _decide(
         except ValueError as exc:
             raise Unsupported(str(exc)) from None
     elif ov.pure and not manual:
-        reason = "--pure: recipe default"
+        reason = PURE_REASON
 
     if ne[0] % block_size(new_type):
         try:
@@ -328,6 +332,7 @@ def quantizable(spec: TensorSpec, arch: str = "", leave_output_tensor: bool = Fa
 
 
 __all__ = [
+    "PURE_REASON",
     "Overrides",
     "Plan",
     "TensorDecision",
