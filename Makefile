@@ -27,7 +27,7 @@ install-ref: install $(CONSTRAINTS)
 # torch stays pinned to the CPU build: an unpinned resolver would pull CUDA wheels.
 install-clients: install-ref
 	$(PIP) install --quiet -c $(CONSTRAINTS) 'compressed-tensors==0.20.0' 'mlx[cpu]==0.32.4' 'mlx-lm==0.32.2' \
-		'optimum==2.3.0' 'gptqmodel==7.6.0' 'ray==2.60.0' 'bitsandbytes==0.50.2'
+		'optimum==2.3.0' 'gptqmodel==7.6.0' 'ray==2.60.0' 'matplotlib==3.11.2' 'bitsandbytes==0.50.2'
 	$(PIP) install --quiet --no-deps --upgrade --target "$(QUANTCLI_CACHE)/compressed-tensors-0.12.2" \
 		'compressed-tensors==0.12.2'
 	$(MAKE) install-llmc
