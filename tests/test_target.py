@@ -13,9 +13,9 @@ from pathlib import Path
 import json_schema
 import numpy as np
 import pytest
-from reference import under_ci
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
+from reference import under_ci
 from test_plan_synthetic import build_synthetic_gguf
 
 from quantcli.errors import ExitCode
