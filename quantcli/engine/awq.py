@@ -15,7 +15,6 @@ keeps its plain quantization (mlx-lm's fallback).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from quantcli.engine.calibrate import CalibrationOptions, SpillStore, _source_weight, packed_gptq_config
+from quantcli.engine.calibrate import (
+    CalibrationOptions,
+    CalibrationRun,
+    SpillStore,
+    packed_gptq_config,
+    source_weight,
+)
 from quantcli.errors import Unsupported
 from quantcli.quants.awq import (
     NO_CLIP,
@@ -124,7 +129,7 @@ class PackedTarget(Target):
 
     def quantize(self, linear: Folded, hessian: np.ndarray, gptq: bool) -> Quantized:
         tensor = self.hf.source_tensor(linear.name)
-        weight = linear.fold(_source_weight(tensor, tensor.source_name))  # HF orientation
+        weight = linear.fold(source_weight(tensor, tensor.source_name))  # HF orientation
         if gptq:
             assert self.config is not None
             result = gptq_quantize(weight, linear.hessian(hessian), self.config)
@@ -177,7 +182,7 @@ class GGUFTarget(Target):
         d = self.decisions[linear.name]
         tensor = self.hf.source_tensor(linear.name)
         weight = linear.fold(
-            np.asarray(tensor.transform(_source_weight(tensor, linear.name)), dtype=np.float32)
+            np.asarray(tensor.transform(source_weight(tensor, linear.name)), dtype=np.float32)
         )
         if not d.changes and linear.columns is None and linear.rows is None:
             return Quantized(weight, None)  # untouched and kept: the sink copies the source bytes
@@ -321,27 +326,11 @@ def run_awq(
 ) -> dict[str, Any]:
     """Run the checkpoint block by block over the calibration samples with AWQ (+ GPTQ) in every block;
     returns the facts for the result's `calibration` key."""
-    from quantcli.runtime import load_tokenizer
-    from quantcli.runtime.calibrate import (
-        DEFAULT_SAMPLES,
-        DEFAULT_SEQ_LEN,
-        calibrate_blocks,
-        calibration_samples,
-        read_calibration_text,
-    )
-    from quantcli.runtime.hf import HFSource
-    from quantcli.runtime.model import Model
+    from quantcli.runtime.calibrate import calibrate_blocks
 
-    started = time.perf_counter()
-    hf = HFSource(source)
-    model = Model(hf, cache_budget_bytes=0, emulate_ggml=False)
+    run = CalibrationRun.open(opts, source, lambda m: check_awq_architecture(m.config.arch, m.config.traits.activation))
+    hf, model, samples = run.hf, run.model, run.samples
     config = model.config
-    check_awq_architecture(config.arch, config.traits.activation)
-    text = read_calibration_text(opts.files)
-    tokenizer = load_tokenizer(source, hf)
-    samples = calibration_samples(
-        tokenizer, text.text, opts.samples or DEFAULT_SAMPLES, opts.seq_len or DEFAULT_SEQ_LEN
-    )
     loss_sequences = max(1, min(samples.shape[0], LOSS_TOKENS // samples.shape[1]))
     target = make_target(hf)
     outcomes: list[BlockOutcome] = []
@@ -360,15 +349,8 @@ def run_awq(
     for outcome in outcomes:
         for label, ratio in outcome.ratios.items():
             groups.setdefault(label, []).append(ratio)
-    return {
-        "method": opts.method,
-        "text": list(text.sources),
-        "text_sha256": text.sha256,
-        "samples": int(samples.shape[0]),
-        "seq_len": int(samples.shape[1]),
-        "tokens": int(samples.size),
+    return run.facts() | {
         "loss_tokens": int(loss_sequences * samples.shape[1]),
-        "damp": opts.damp,
         "awq_ratios": {
             label: {
                 "mean": round(float(np.mean(r)), 4),
@@ -380,7 +362,6 @@ def run_awq(
         },  # fmt: skip
         "plain_blocks": [i for i, o in enumerate(outcomes) if o.kept_plain],
         "block_loss_ratio": [round(o.loss_awq / o.loss_plain, 4) if o.loss_plain else 1.0 for o in outcomes],
-        "seconds": round(time.perf_counter() - started, 3),
     }
 
 

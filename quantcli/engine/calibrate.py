@@ -25,7 +25,10 @@ from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError
 from quantcli.quants.gptq import GPTQConfig, Hessian, gptq_quantize
 from quantcli.quants.packed import MODEL_DTYPES, PackedFormat, Scheme
 
-if TYPE_CHECKING:  # the HF source is opened only by a calibrating job
+if TYPE_CHECKING:  # the runtime and the HF source are opened only by a calibrating job
+    from quantcli.runtime.calibrate import BlockInputs, CalibrationText
+    from quantcli.runtime.hf import HFSource
+    from quantcli.runtime.model import Model
     from quantcli.sources.hf import SourceTensor
 
 # rtn: no calibration (round-to-nearest / llama.cpp's quantizers); awq: AWQ scales, then round-to-nearest;
@@ -172,6 +175,56 @@ def spill_store(output: Path, key: str | None = None) -> Iterator[SpillStore]:
 QuantizeLinear = Callable[[str, "SourceTensor", Hessian], "np.ndarray | None"]
 
 
+@dataclass
+class CalibrationRun:
+    """What every calibrating method opens first: the source checkpoint in the runtime (plain float32) and
+    the calibration samples, tokenized as the model's vocabulary does."""
+
+    opts: CalibrationOptions
+    hf: HFSource
+    model: Model
+    samples: np.ndarray  # (S, T) token ids
+    text: CalibrationText
+    started: float
+
+    @classmethod
+    def open(cls, opts: CalibrationOptions, source: Path, check: Callable[[Model], None] | None = None) -> CalibrationRun:
+        """`check(model)` refuses a model the method cannot handle before the text is read."""
+        from quantcli.runtime import load_tokenizer
+        from quantcli.runtime.calibrate import (
+            DEFAULT_SAMPLES,
+            DEFAULT_SEQ_LEN,
+            calibration_samples,
+            read_calibration_text,
+        )
+        from quantcli.runtime.hf import HFSource
+        from quantcli.runtime.model import Model
+
+        started = time.perf_counter()
+        hf = HFSource(source)
+        model = Model(hf, cache_budget_bytes=0, emulate_ggml=False)
+        if check is not None:
+            check(model)
+        text = read_calibration_text(opts.files)
+        samples = calibration_samples(
+            load_tokenizer(source, hf), text.text, opts.samples or DEFAULT_SAMPLES, opts.seq_len or DEFAULT_SEQ_LEN
+        )
+        return cls(opts, hf, model, samples, text, started)
+
+    def facts(self) -> dict[str, Any]:
+        """The `calibration` keys every method reports (docs/json.md)."""
+        return {
+            "method": self.opts.method,
+            "text": list(self.text.sources),
+            "text_sha256": self.text.sha256,
+            "samples": int(self.samples.shape[0]),
+            "seq_len": int(self.samples.shape[1]),
+            "tokens": int(self.samples.size),
+            "damp": self.opts.damp,
+            "seconds": round(time.perf_counter() - self.started, 3),
+        }
+
+
 def run_calibration(
     opts: CalibrationOptions,
     source: Path,
@@ -185,26 +238,10 @@ def run_calibration(
     store already holds (a resumed run) is replayed with `replay_linear(gguf_name, source_tensor)`, the
     values its stored tensors decode to. Returns the facts for the result's `calibration` key (the caller
     adds its own)."""
-    from quantcli.runtime import load_tokenizer
-    from quantcli.runtime.calibrate import (
-        DEFAULT_SAMPLES,
-        DEFAULT_SEQ_LEN,
-        BlockInputs,
-        calibrate_blocks,
-        calibration_samples,
-        read_calibration_text,
-    )
-    from quantcli.runtime.hf import HFSource
-    from quantcli.runtime.model import Model
+    from quantcli.runtime.calibrate import calibrate_blocks
 
-    started = time.perf_counter()
-    text = read_calibration_text(opts.files)
-    hf = HFSource(source)
-    model = Model(hf, cache_budget_bytes=0, emulate_ggml=False)
-    tokenizer = load_tokenizer(source, hf)
-    samples = calibration_samples(
-        tokenizer, text.text, opts.samples or DEFAULT_SAMPLES, opts.seq_len or DEFAULT_SEQ_LEN
-    )
+    run = CalibrationRun.open(opts, source)
+    hf = run.hf
     quantize_seconds = [0.0]
 
     def quantize_block(block: BlockInputs) -> dict[str, np.ndarray]:
@@ -229,22 +266,13 @@ def run_calibration(
         return {name: replay_linear(name, hf.source_tensor(name)) for name in names}
 
     replayed: list[int] = []
-    calibrate_blocks(model, samples, quantize_block, on_block=on_block, replay=replay)
-    return {
-        "method": opts.method,
-        "text": list(text.sources),
-        "text_sha256": text.sha256,
-        "samples": int(samples.shape[0]),
-        "seq_len": int(samples.shape[1]),
-        "tokens": int(samples.size),
-        "damp": opts.damp,
-        "quantize_seconds": round(quantize_seconds[0], 3),
-        "resumed_blocks": len(replayed),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    calibrate_blocks(run.model, run.samples, quantize_block, on_block=on_block, replay=replay)
+    facts = run.facts()
+    facts.update({"quantize_seconds": round(quantize_seconds[0], 3), "resumed_blocks": len(replayed)})
+    return facts
 
 
-def _source_weight(tensor: Any, name: str) -> np.ndarray:
+def source_weight(tensor: Any, name: str) -> np.ndarray:
     weight = np.asarray(tensor.read(), dtype=np.float32)
     if not np.isfinite(weight).all():
         row, col = (int(i) for i in np.argwhere(~np.isfinite(weight))[0])
@@ -288,7 +316,7 @@ def calibrate_packed(
     def quantize_linear(name: str, tensor: SourceTensor, hessian: Hessian) -> np.ndarray | None:
         if tensor.source_name not in linear_names:
             return None
-        weight = _source_weight(tensor, tensor.source_name)  # HF orientation: columns are the inputs
+        weight = source_weight(tensor, tensor.source_name)  # HF orientation: columns are the inputs
         result = gptq_quantize(weight, hessian.matrix, config)
         if result.damp != opts.damp:
             raised[tensor.source_name] = round(result.damp, 4)
@@ -342,7 +370,7 @@ def calibrate_gguf(
         d = decisions.get(name)
         if d is None or not d.changes:
             return None  # kept at the source's precision: the next block sees the source values
-        weight = _source_weight(tensor, name)
+        weight = source_weight(tensor, name)
         weight = np.asarray(tensor.transform(weight), dtype=np.float32)  # GGUF orientation
         imatrix = importance(name, d)
         if issubclass(quants.get(d.type), GridQuantType):
@@ -362,7 +390,7 @@ def calibrate_gguf(
             calibrated.append(name)
             return quants.dequantize(stored["data"], d.type, tensor.shape)
         # a linear without a GPTQ grid: its round-to-nearest values again (deterministic)
-        weight = np.asarray(tensor.transform(_source_weight(tensor, name)), dtype=np.float32)
+        weight = np.asarray(tensor.transform(source_weight(tensor, name)), dtype=np.float32)
         plain[name] = d.type.name
         data = quants.quantize(weight, d.type, importance(name, d), name=name, threads=threads)
         return quants.dequantize(data, d.type, weight.shape)
