@@ -963,3 +963,106 @@ def test_findings_are_clean_errors(arch_dirs: dict[str, Path]) -> None:
     finally:
         if saved is not None:
             (llama / "config.json").write_bytes(saved)
+
+
+import ml_dtypes  # noqa: E402
+
+# --- FP8: compressed-tensors float-quantized (tensor, channel, group, block scales) and weight_scale_inv ---------
+
+FP8_KINDS = ["ct-tensor", "ct-channel", "ct-group", "ct-block", "inv-block", "inv-tensor"]
+FP8_PARTS = ["weight", "weight_scale", "weight_scale_inv", "input_scale", "activation_scale"]
+
+
+def fp8_checkpoint(kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(config.json, tensors) of a tiny FP8 checkpoint laid out as compressed-tensors or DeepSeek/Qwen save it."""
+    rng = np.random.default_rng(FP8_KINDS.index(kind))
+    tensors: dict[str, np.ndarray] = {"model.norm.weight": np.ones(64, dtype=np.float32)}
+    for module, (out, n) in PACKED_MODULES.items():
+        tensors[f"{module}.weight"] = rng.standard_normal((out, n)).astype(ml_dtypes.float8_e4m3fn)
+        scale_shape = {"ct-tensor": (1,), "ct-channel": (out, 1), "ct-group": (out, n // 32),
+                       "ct-block": (-(-out // 32), -(-n // 32)), "inv-block": (-(-out // 32), -(-n // 32)),
+                       "inv-tensor": (1,)}[kind]  # fmt: skip
+        scale = rng.uniform(0.001, 0.1, scale_shape).astype(np.float32)
+        if kind.startswith("ct"):
+            tensors[f"{module}.weight_scale"] = scale.astype(ml_dtypes.bfloat16)
+        else:
+            tensors[f"{module}.weight_scale_inv"] = scale
+    if kind.startswith("inv"):
+        qc: dict[str, Any] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
+        if kind == "inv-block":
+            qc["weight_block_size"] = [32, 32]
+    else:
+        strategy = kind.removeprefix("ct-")
+        weights = {"type": "float", "num_bits": 8, "symmetric": True, "dynamic": False, "strategy": strategy,
+                   "group_size": 32 if strategy == "group" else None,
+                   "block_structure": [32, 32] if strategy == "block" else None}  # fmt: skip
+        qc = {"quant_method": "compressed-tensors", "format": "float-quantized",
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "format": "float-quantized"}}}  # fmt: skip
+    return {**base_config("llama"), "torch_dtype": "bfloat16", "quantization_config": qc}, tensors
+
+
+@st.composite
+def fp8_edits(draw: st.DrawFn) -> tuple[str, list[tuple[list[Any], Any]], dict[str, Any]]:
+    kind = draw(st.sampled_from(FP8_KINDS))
+    config_edits = draw(st.lists(st.tuples(
+        st.lists(st.sampled_from(["quantization_config", "config_groups", "group_0", "weights", "num_bits", "type",
+                                  "strategy", "group_size", "block_structure", "symmetric", "dynamic", "format",
+                                  "quant_method", "fmt", "scale_fmt", "weight_block_size", "torch_dtype"])
+                 | st.integers(0, 3), min_size=1, max_size=4),
+        json_values | json_ints), max_size=2))
+    tensor_edits: dict[str, Any] = {}
+    for _ in range(draw(st.integers(0, 2))):
+        module = draw(st.sampled_from(sorted(PACKED_MODULES)))
+        part = draw(st.sampled_from(FP8_PARTS))
+        shape = draw(st.lists(st.integers(0, 70), min_size=1, max_size=3))
+        dtype = draw(st.sampled_from([*PACKED_DTYPES, "float8_e4m3fn", "float8_e5m2", "bfloat16"]))
+        value = draw(st.sampled_from([0.0, 1.0, -1.0, 0.5, 448.0, float("nan"), float("inf")]))
+        tensor_edits[f"{module}.{part}"] = None if draw(st.booleans()) else (dtype, shape, value)
+    return kind, config_edits, tensor_edits
+
+
+@fuzz_settings(1500)
+@given(fp8_edits())
+def test_fp8_layouts(case: tuple[str, list[tuple[list[Any], Any]], dict[str, Any]]) -> None:
+    """Any edit of an FP8 checkpoint's config or tensors: the weights as the format defines them, or one
+    clean error (never a traceback); unedited, exactly the format's dequantization."""
+    from quantcli.quants.packed import detect_format
+
+    kind, config_edits, tensor_edits = case
+    config, tensors = fp8_checkpoint(kind)
+    expected = {}
+    if not config_edits and not tensor_edits:
+        found = detect_format(config)
+        assert found is not None
+        fmt, scheme = found
+        for module in PACKED_MODULES:
+            parts = {n.removeprefix(module + "."): a for n, a in tensors.items() if n.startswith(module + ".")}
+            expected[module + ".weight"] = fmt.dequantize(parts, scheme)
+    for path, value in config_edits:
+        config = perturb(config, path, value)
+    for name, edit in tensor_edits.items():
+        if edit is None:
+            tensors.pop(name, None)
+        else:
+            dtype, shape, value = edit
+            np_dtype = getattr(ml_dtypes, dtype) if dtype in ("float8_e4m3fn", "float8_e5m2", "bfloat16") else dtype
+            with np.errstate(invalid="ignore", over="ignore"):
+                tensors[name] = np.full(shape, value, dtype=np.float32).astype(np_dtype)
+    with workdir() as d:
+        write_file(d / "model.safetensors", tensors)
+        (d / "config.json").write_text(json.dumps(config))
+
+        def read_all() -> dict[str, np.ndarray]:
+            with open_checkpoint(d) as ckpt:
+                out = {}
+                for name in ckpt.tensor_names():
+                    info = ckpt.tensor_info(name)
+                    out[name] = np.asarray(ckpt.read(name), dtype=np.float32)
+                    assert out[name].shape == info.shape, (name, out[name].shape, info.shape)
+                return out
+
+        result = clean(read_all)
+        if expected:
+            assert result is not None
+            for name, weight in expected.items():
+                np.testing.assert_array_equal(result[name], weight)

@@ -24,10 +24,14 @@ _NAMES = {
 }
 
 
+# ml_dtypes' names, looked up by name as bfloat16 is
+_ML_DTYPE_NAMES = {"bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+
+
 def dtype_name(dtype: np.dtype) -> str:
     dtype = np.dtype(dtype)
-    if dtype.name == "bfloat16":
-        return "BF16"
+    if dtype.name in _ML_DTYPE_NAMES:
+        return _ML_DTYPE_NAMES[dtype.name]
     return _NAMES[dtype]
 
 
