@@ -71,7 +71,7 @@ class Bench:
         self.samples, self.seq_len, self.chunks = samples, seq_len, chunks
         self.env = dict(tool_env(), OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                         MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
-        self.f16 = self.run_once("f16.gguf", self.convert_f16, "convert_hf_to_gguf.py MODEL --outtype f16")
+        self.f16 = self.run_once("f16.gguf", self.convert_f16, "convert_hf_to_gguf.py MODEL --outtype f16").path
         self.base_kld = work / "f16.kld"
         if not self.base_kld.exists():
             self.perplexity(self.f16, ["--kl-divergence-base", str(self.base_kld)])
@@ -217,7 +217,7 @@ def section_ct(bench: Bench, llmc_damp: bool) -> list[str]:
     return lines
 
 
-def section_gguf(bench: Bench, types: list[str]) -> list[str]:
+def section_gguf(bench: Bench, types: list[str], ours_imatrix: bool) -> list[str]:
     chunks = bench.samples
     imatrix = bench.run_once(
         "imatrix.gguf",
@@ -247,11 +247,11 @@ def section_gguf(bench: Bench, types: list[str]) -> list[str]:
             f"llama-quantize BF16.gguf OUT {qtype}",
         )
         rows.append(("llama-quantize, no imatrix", plain))
-        for label, name, extra in [
-            ("quantcli --method gptq", f"ours-{qtype}-gptq.gguf", []),
-            ("quantcli --method gptq --imatrix (llama-imatrix's)", f"ours-{qtype}-gptq-imatrix.gguf",
-             ["--imatrix", imatrix.path]),
-        ]:
+        variants: list[tuple[str, str, list[object]]] = [("quantcli --method gptq", f"ours-{qtype}-gptq.gguf", [])]
+        if ours_imatrix:
+            variants.append(("quantcli --method gptq --imatrix (llama-imatrix's)", f"ours-{qtype}-gptq-imatrix.gguf",
+                             ["--imatrix", imatrix.path]))
+        for label, name, extra in variants:
             cmd = bench.quantcli("convert", bench.model, "--type", qtype, "--method", "gptq", *calib_args(bench),
                                  *extra, "-o", "OUT")
             shown = " ".join(["quantcli convert MODEL --type", qtype, "--method gptq", *calib_args(bench),
@@ -334,6 +334,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads of every process")
     parser.add_argument("--sections", default="ct,gguf,memory")
     parser.add_argument("--types", default="Q4_K_M,Q3_K_M,Q4_0")
+    parser.add_argument("--no-ours-imatrix", action="store_true",
+                        help="gguf: skip `--method gptq --imatrix` (llama-imatrix's file)")
     parser.add_argument("--llmc-damp", action="store_true", help="also llm-compressor at damping 0.1")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args()
@@ -350,7 +352,7 @@ def main() -> int:
         lines += ["#### compressed-tensors W4A16, group 64 (symmetric)", "", *section_ct(bench, args.llmc_damp), ""]
     if "gguf" in sections:
         lines += ["#### GGUF: llama-quantize + llama-imatrix vs `--method gptq`", "",
-                  *section_gguf(bench, args.types.split(",")), ""]
+                  *section_gguf(bench, args.types.split(","), not args.no_ours_imatrix), ""]
     if "memory" in sections:
         lines += ["#### Memory: 16 vs 32 layers (synthetic, SmolLM2 widths, random weights, 8 × 512 samples)", "",
                   *section_memory(bench), ""]
