@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 STAMP := .cache/install.stamp
 QUANTCLI_CACHE ?= $(HOME)/.cache/quantcli
 
-.PHONY: install install-ref install-clients install-llmc demo test test-plain test-fast lint bench fixture llamacpp clean
+.PHONY: install install-ref install-clients install-llmc demo test test-plain test-fast lint bench bench-calibration fixture llamacpp clean
 
 $(STAMP): pyproject.toml setup.py quantcli_build.py quantcli/native/quants.c quantcli/native/quants_simd.h
 	$(PIP) install --quiet -e '.[dev]'
@@ -67,6 +67,11 @@ lint: install
 
 bench: install-ref fixture
 	$(PYTHON) scripts/bench.py
+
+# Not part of `make bench`: tens of minutes on 2 cores (docs/benchmarks.md, "Calibration").
+bench-calibration: install-ref install-llmc fixture
+	$(PYTHON) scripts/make_smollm2_fixture.py --off-grid
+	$(PYTHON) scripts/measure_calibration.py
 
 clean:
 	rm -rf build .cache out *.egg-info

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+CALIBRATION_HEADING = "## Calibration"
 
 
 def main() -> int:
@@ -38,7 +39,10 @@ def main() -> int:
         f"{cpu}, Python {platform.python_version()}. Ratios are from one run on the same machine.\n"
     )
     if not only:
-        (REPO / "docs" / "benchmarks.md").write_text(header + "\n" + "\n".join(parts))
+        docs = REPO / "docs" / "benchmarks.md"
+        # the Calibration section is written by scripts/measure_calibration.py (make bench-calibration), kept here
+        kept = docs.read_text().partition(CALIBRATION_HEADING)[2] if docs.exists() else ""
+        docs.write_text(header + "\n" + "\n".join(parts) + (f"\n{CALIBRATION_HEADING}{kept}" if kept else ""))
     return 1 if failed else 0
 
 
