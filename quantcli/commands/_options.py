@@ -157,7 +157,7 @@ def act_order() -> Any:
 
 
 def damp() -> Any:
-    return typer.Option(None, "--damp", metavar="X", help="GPTQ damping, a fraction of mean diag(H) (default 0.01).")
+    return typer.Option(None, "--damp", metavar="X", help="GPTQ damping, a fraction of mean diag(H) (default 0.1).")
 
 
 # Default of the parameter that `calibration_options` replaces with the group.
