@@ -169,10 +169,10 @@ def section_ct(bench: Bench, rows: list[str]) -> list[str]:
     ct = ["--format", "ct", "--bits", "4", "--group-size", "64"]
     ours: list[tuple[str, str, list[str]]] = [
         ("quantcli RTN", "ct-rtn", []),
-        ("quantcli GPTQ (defaults: act-order, damp 0.01)", "ct-gptq", ["--method", "gptq", *calib_args(bench)]),
+        ("quantcli GPTQ --damp 0.01 (act-order)", "ct-gptq", ["--method", "gptq", *calib_args(bench), "--damp", "0.01"]),
         ("quantcli GPTQ --no-act-order", "ct-gptq-noact",
          ["--method", "gptq", *calib_args(bench), "--no-act-order"]),
-        ("quantcli GPTQ --damp 0.1", "ct-gptq-damp0.1", ["--method", "gptq", *calib_args(bench), "--damp", "0.1"]),
+        ("quantcli GPTQ defaults (act-order, damp 0.1)", "ct-gptq-damp0.1", ["--method", "gptq", *calib_args(bench)]),
     ]
     runs: list[tuple[str, Run]] = []
     ours = [row for row in ours if row[1] in rows]
@@ -250,15 +250,17 @@ def section_gguf(bench: Bench, types: list[str], ours_imatrix: bool) -> list[str
             f"llama-quantize BF16.gguf OUT {qtype}",
         )
         rows.append(("llama-quantize, no imatrix", plain))
-        variants: list[tuple[str, str, list[object]]] = [("quantcli --method gptq", f"ours-{qtype}-gptq.gguf", [])]
+        variants: list[tuple[str, str, list[object]]] = [
+            ("quantcli --method gptq --damp 0.01", f"ours-{qtype}-gptq.gguf", ["--method", "gptq", "--damp", "0.01"]),
+            ("quantcli --method gptq (default damp 0.1)", f"ours-{qtype}-gptq-d01.gguf", ["--method", "gptq"]),
+            ("quantcli --method awq-gptq", f"ours-{qtype}-awqgptq.gguf", ["--method", "awq-gptq"]),
+        ]
         if ours_imatrix:
             variants.append(("quantcli --method gptq --imatrix (llama-imatrix's)", f"ours-{qtype}-gptq-imatrix.gguf",
-                             ["--imatrix", imatrix.path]))
+                             ["--method", "gptq", "--imatrix", imatrix.path]))
         for label, name, extra in variants:
-            cmd = bench.quantcli("convert", bench.model, "--type", qtype, "--method", "gptq", *calib_args(bench),
-                                 *extra, "-o", "OUT")
-            shown = " ".join(["quantcli convert MODEL --type", qtype, "--method gptq", *calib_args(bench),
-                              *[str(e) for e in extra]])
+            cmd = bench.quantcli("convert", bench.model, "--type", qtype, *extra, *calib_args(bench), "-o", "OUT")
+            shown = " ".join(["quantcli convert MODEL --type", qtype, *[str(e) for e in extra], *calib_args(bench)])
             shown = shown.replace(str(CALIB_TEXT), "calib.txt").replace(str(imatrix.path), "imatrix.gguf")
             rows.append((label, bench.run_once(
                 name, lambda out, cmd=cmd: bench.timed([c if c != "OUT" else str(out) for c in cmd]), shown)))
