@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from quantcli.errors import QuantcliError
@@ -884,6 +884,8 @@ def bnb_edits(draw: st.DrawFn) -> tuple[str, list[tuple[list[Any], Any]], dict[s
 
 @fuzz_settings(1000)
 @given(bnb_edits())
+# found by this test: a nested_blocksize of 2**32 - 1 made the reader repeat one scale that many times
+@example(("nf4-nested", [], {}, ("model.layers.0.mlp.down_proj", (["nested_blocksize"], 4_294_967_295))))
 def test_bnb_layouts(case: tuple[str, list[tuple[list[Any], Any]], dict[str, Any], Any]) -> None:
     """Hostile bitsandbytes configs, quant state blobs and tensors: a clean refusal or weights of the shape
     tensor_info promised; untouched, exactly the weights the codes and scales give."""

@@ -117,7 +117,9 @@ def _block_scales(tensors: dict[str, np.ndarray], state: dict[str, Any], blocks:
     nested = state["nested_blocksize"]
     nested_absmax = _float_vector(tensors["weight.nested_absmax"], -(-blocks // nested), "nested_absmax")
     code = _float_vector(tensors["weight.nested_quant_map"], 256, "nested_quant_map")
-    values = code[absmax] * np.repeat(nested_absmax, nested)[:blocks]
+    # each block's nested scale by index: repeating the scales `nested` times would allocate what a huge
+    # nested_blocksize claims (the fuzzer's 2**32 - 1 took seconds and gigabytes)
+    values = code[absmax] * nested_absmax[np.arange(blocks) // nested]
     return values + np.float32(state["nested_offset"])
 
 
