@@ -28,6 +28,8 @@ from quantcli.engine.calibrate import (
     CalibrationRun,
     SpillStore,
     packed_gptq_config,
+    packed_gptq_facts,
+    require_fed,
     source_weight,
 )
 from quantcli.errors import Unsupported
@@ -120,7 +122,7 @@ class PackedTarget(Target):
     def __init__(self, hf: HFSource, fmt: type[PackedFormat], scheme: Scheme, opts: CalibrationOptions,
                  clip: bool) -> None:  # fmt: skip
         self.hf, self.fmt, self.scheme, self.clip = hf, fmt, scheme, clip
-        self.config = packed_gptq_config(opts, fmt, scheme)[0] if opts.uses_gptq else None
+        self.config = packed_gptq_config(opts, fmt, scheme) if opts.uses_gptq else None
         self.fake_quantizer = packed_fake_quantizer(fmt, scheme)
         self.done: set[str] = set()
 
@@ -378,15 +380,9 @@ def calibrate_packed_awq(
     writer takes them instead of the checkpoint's)."""
     facts = run_awq(opts, source, lambda hf: PackedTarget(hf, fmt, scheme, opts, clip=not opts.uses_gptq), store,
                     on_block)  # fmt: skip
-    missing = sorted(linear_names - set(store.parts))
-    if missing:
-        raise Unsupported(
-            f"calibration: the runtime never fed {missing[0]} ({len(missing)} linears without inputs)"
-        )
+    require_fed(linear_names, set(store.parts))
     if opts.uses_gptq:
-        config, act_order, dynamic_groups = packed_gptq_config(opts, fmt, scheme)
-        facts.update({"act_order": act_order, "group_order": "g_idx" if dynamic_groups else "contiguous",
-                      "scales": config.scales})  # fmt: skip
+        facts.update(packed_gptq_facts(packed_gptq_config(opts, fmt, scheme), fmt))
     facts["clip"] = not opts.uses_gptq
     return facts
 

@@ -285,10 +285,8 @@ def source_weight(tensor: Any, name: str) -> np.ndarray:
     return weight
 
 
-def packed_gptq_config(
-    opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme
-) -> tuple[GPTQConfig, bool, bool]:
-    """GPTQ's configuration for a packed format: (config, act-order, groups in processing order)."""
+def packed_gptq_config(opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme) -> GPTQConfig:
+    """GPTQ's configuration for a packed format."""
     scale_dtype = fmt.gptq_scale_dtype(scheme)
     assert scale_dtype is not None
     # Act-order groups follow the processing order only where the format stores g_idx; elsewhere the
@@ -300,7 +298,20 @@ def packed_gptq_config(
         act_order=act_order, scales="dynamic" if not act_order or dynamic_groups else "static",
         scale_dtype=scale_dtype,
     )  # fmt: skip
-    return config, act_order, dynamic_groups
+    return config
+
+
+def packed_gptq_facts(config: GPTQConfig, fmt: type[PackedFormat]) -> dict[str, Any]:
+    """The `calibration` keys saying how GPTQ ran on a packed format (docs/json.md)."""
+    order = "g_idx" if config.act_order and fmt.carries_g_idx else "contiguous"
+    return {"act_order": config.act_order, "group_order": order, "scales": config.scales}
+
+
+def require_fed(linear_names: set[str], done: set[str]) -> None:
+    """Every linear the packed writer quantizes was calibrated (the runtime fed its inputs)."""
+    missing = sorted(linear_names - done)
+    if missing:
+        raise Unsupported(f"calibration: the runtime never fed {missing[0]} ({len(missing)} linears without inputs)")
 
 
 def calibrate_packed(
@@ -314,7 +325,7 @@ def calibrate_packed(
 ) -> dict[str, Any]:
     """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
     format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
-    config, act_order, dynamic_groups = packed_gptq_config(opts, fmt, scheme)
+    config = packed_gptq_config(opts, fmt, scheme)
     done: set[str] = set()
     raised: dict[str, float] = {}
 
@@ -340,16 +351,8 @@ def calibrate_packed(
         return np.asarray(tensor.transform(fmt.dequantize(stored, scheme)), dtype=np.float32)
 
     facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block)
-    missing = sorted(linear_names - done)
-    if missing:
-        raise Unsupported(f"calibration: the runtime never fed {missing[0]} ({len(missing)} linears without inputs)")
-    facts.update({
-        "act_order": act_order,
-        "group_order": "g_idx" if dynamic_groups else "contiguous",
-        "scales": config.scales,
-        "damp_raised": raised,
-    })  # fmt: skip
-    return facts
+    require_fed(linear_names, done)
+    return facts | packed_gptq_facts(config, fmt) | {"damp_raised": raised}
 
 
 def calibrate_gguf(
