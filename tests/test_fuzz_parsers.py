@@ -740,6 +740,29 @@ def packed_checkpoint(fmt_name: str, bits: int, group: int) -> tuple[dict[str, A
     return {**base_config("llama"), "torch_dtype": dtype, **fmt.config(scheme, [])}, tensors
 
 
+def check_read_back(config: dict[str, Any], tensors: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """Write the checkpoint and read every tensor back: a clean error, or shapes as announced and, when
+    `expected` holds the unedited weights, exactly those values."""
+    with workdir() as d:
+        write_file(d / "model.safetensors", tensors)
+        (d / "config.json").write_text(json.dumps(config))
+
+        def read_all() -> dict[str, np.ndarray]:
+            with open_checkpoint(d) as ckpt:
+                out = {}
+                for name in ckpt.tensor_names():
+                    info = ckpt.tensor_info(name)
+                    out[name] = np.asarray(ckpt.read(name), dtype=np.float32)
+                    assert out[name].shape == info.shape, (name, out[name].shape, info.shape)
+                return out
+
+        result = clean(read_all)
+        if expected:
+            assert result is not None
+            for name, weight in expected.items():
+                np.testing.assert_array_equal(result[name], weight)
+
+
 @st.composite
 def packed_edits(draw: st.DrawFn) -> tuple[str, int, int, list[tuple[list[Any], Any]], dict[str, Any]]:
     fmt_name, bits, group = draw(st.sampled_from(PACKED))
@@ -782,24 +805,7 @@ def test_packed_layouts(case: tuple[str, int, int, list[tuple[list[Any], Any]], 
         else:
             dtype, shape, value = edit
             tensors[name] = np.full(shape, value).astype(dtype)
-    with workdir() as d:
-        write_file(d / "model.safetensors", tensors)
-        (d / "config.json").write_text(json.dumps(config))
-
-        def read_all() -> dict[str, np.ndarray]:
-            with open_checkpoint(d) as ckpt:
-                out = {}
-                for name in ckpt.tensor_names():
-                    info = ckpt.tensor_info(name)
-                    out[name] = np.asarray(ckpt.read(name), dtype=np.float32)
-                    assert out[name].shape == info.shape, (name, out[name].shape, info.shape)
-                return out
-
-        result = clean(read_all)
-        if expected:
-            assert result is not None
-            for name, weight in expected.items():
-                np.testing.assert_array_equal(result[name], weight)
+    check_read_back(config, tensors, expected)
 
 
 # --- bitsandbytes: 4-bit NF4/FP4 (the JSON quant state blob, nested absmax) and LLM.int8 ----------------------------
@@ -1050,21 +1056,4 @@ def test_fp8_layouts(case: tuple[str, list[tuple[list[Any], Any]], dict[str, Any
             np_dtype = getattr(ml_dtypes, dtype) if dtype in ("float8_e4m3fn", "float8_e5m2", "bfloat16") else dtype
             with np.errstate(invalid="ignore", over="ignore"):
                 tensors[name] = np.full(shape, value, dtype=np.float32).astype(np_dtype)
-    with workdir() as d:
-        write_file(d / "model.safetensors", tensors)
-        (d / "config.json").write_text(json.dumps(config))
-
-        def read_all() -> dict[str, np.ndarray]:
-            with open_checkpoint(d) as ckpt:
-                out = {}
-                for name in ckpt.tensor_names():
-                    info = ckpt.tensor_info(name)
-                    out[name] = np.asarray(ckpt.read(name), dtype=np.float32)
-                    assert out[name].shape == info.shape, (name, out[name].shape, info.shape)
-                return out
-
-        result = clean(read_all)
-        if expected:
-            assert result is not None
-            for name, weight in expected.items():
-                np.testing.assert_array_equal(result[name], weight)
+    check_read_back(config, tensors, expected)
