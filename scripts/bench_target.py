@@ -121,6 +121,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--method", choices=("gptq", "awq", "awq-gptq"),
+                        help="ours also calibrated with this method: `quantcli convert MODEL --target-size ... "
+                             "--method M --calib <the calibration text>` from the HF checkpoint")
+    parser.add_argument("--calib-samples", type=int, default=32,
+                        help="--method's calibration windows of 512 tokens (default 32)")
     args = parser.parse_args()
     work = cache_dir("bench-target")
     model = Path(subprocess.run([sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--off-grid",
@@ -145,20 +150,28 @@ def main() -> None:
         ref = work / f"llama-{recipe}-imatrix.gguf"
         tool("llama-quantize", "--imatrix", imatrix, f16, ref, recipe, THREADS)
         size = ref.stat().st_size
-        ours = work / f"quantcli-target-{recipe}.gguf"
         started = time.perf_counter()
-        quantcli("quantize", f16, ours, "--target-size", size, "--imatrix", imatrix, "--force")
+        if args.method:
+            ours = work / f"quantcli-target-{recipe}-{args.method}.gguf"
+            quantcli("convert", model, "-o", ours, "--target-size", size, "--imatrix", imatrix, "--force",
+                     "--method", args.method, "--calib", calib, "--calib-samples", args.calib_samples,
+                     "--calib-seq-len", N_CTX)  # fmt: skip
+        else:
+            ours = work / f"quantcli-target-{recipe}.gguf"
+            quantcli("quantize", f16, ours, "--target-size", size, "--imatrix", imatrix, "--force")
         seconds = time.perf_counter() - started
         _log(f"{recipe}: {size} bytes; ours {ours.stat().st_size} bytes in {seconds:.0f} s; scoring ...")
         ref_fig, our_fig = score(ref, base, evaluation), score(ours, base, evaluation)
         rows.append({"recipe": recipe, "bytes": size, "ours_bytes": ours.stat().st_size, "llama": ref_fig,
                      "ours": our_fig, "ratio": our_fig["kld_mean"] / ref_fig["kld_mean"], "goal": GOALS[recipe],
-                     "ours_seconds": round(seconds, 1)})  # fmt: skip
+                     "ours_seconds": round(seconds, 1), "method": args.method})  # fmt: skip
         _log(f"  llama {ref_fig}\n  ours  {our_fig}")
     print("## Size targets: mean KLD at llama-quantize's file sizes (quantcli --target-size vs recipe + imatrix)\n")
+    method = (f"; ours with `--method {args.method}` on {args.calib_samples} x {N_CTX} tokens of the calibration "
+              "text") if args.method else ""
     print(f"Off-grid SmolLM2-135M; llama-perplexity --kl-divergence against its F16, {EVAL_CHUNKS} x {N_CTX} tokens "
           f"of the evaluation text; imatrix: llama-imatrix, {CALIB_CHUNKS} x {N_CTX} tokens of the calibration text "
-          "(scripts/bench_target.py).\n")  # fmt: skip
+          f"(scripts/bench_target.py{' --method ' + args.method if args.method else ''}){method}.\n")  # fmt: skip
     print("| size of | bytes (llama / ours) | mean KLD llama-quantize + imatrix | mean KLD ours | ours / llama "
           "| goal | p99 KLD llama / ours | top-1 llama / ours | PPL ratio llama / ours |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")

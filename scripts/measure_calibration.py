@@ -9,7 +9,8 @@ bundled quantcli/data/calib.txt for everyone: quantcli's windows (`calibration_s
 llm-compressor's `oneshot` as a dataset of input_ids, and llama-imatrix reads the same text with the same
 chunking (`-c 512 --chunks N`).
 
-Sections: `ct` (4-bit symmetric group-64 compressed-tensors: RTN, llm-compressor GPTQ, ours), `gguf`
+Sections: `ct` (4-bit symmetric group-64 compressed-tensors: RTN, llm-compressor GPTQ, ours), `cost` (our
+GPTQ and llm-compressor's started together, each pinned to one core; then our AWQ and AWQ + GPTQ), `gguf`
 (llama-quantize + llama-imatrix vs `--method gptq` on the GGML grids), `memory` (our peak RSS on a 16- and a
 32-layer synthetic model). Every process runs with OMP/OpenBLAS/MKL threads at --threads, one at a time.
 Progress on stderr, Markdown on stdout (and --out).
@@ -173,6 +174,8 @@ def section_ct(bench: Bench, rows: list[str]) -> list[str]:
         ("quantcli GPTQ --no-act-order", "ct-gptq-noact",
          ["--method", "gptq", *calib_args(bench), "--no-act-order"]),
         ("quantcli GPTQ defaults (act-order, damp 0.1)", "ct-gptq-damp0.1", ["--method", "gptq", *calib_args(bench)]),
+        ("quantcli AWQ", "ct-awq", ["--method", "awq", *calib_args(bench)]),
+        ("quantcli AWQ + GPTQ (defaults)", "ct-awq-gptq", ["--method", "awq-gptq", *calib_args(bench)]),
     ]
     runs: list[tuple[str, Run]] = []
     ours = [row for row in ours if row[1] in rows]
@@ -204,11 +207,16 @@ def section_ct(bench: Bench, rows: list[str]) -> list[str]:
         s = scores[label]
         lines.append(f"| {label} | {s.ppl:.3f} | {s.kld:.5f} | {s.kld / reference:.3f} | {s.p99:.4f} | "
                      f"{s.top1:.2f} % | `{run.command}` |")
-    ours_default = [scores[label].kld / reference for label, name, _ in ours if name == "ct-gptq"]
-    if ours_default:
+    by_name = {name: scores[label].kld for label, name, _ in ours}
+    if "ct-gptq-damp0.1" in by_name:
+        ratio = by_name["ct-gptq-damp0.1"] / reference
         lines.append("")
         lines.append(f"Target: quantcli GPTQ (defaults) <= {CT_TARGET} x llm-compressor's default KLD: "
-                     f"{ours_default[0]:.3f} ({'met' if ours_default[0] <= CT_TARGET else 'NOT met'}).")
+                     f"{ratio:.3f} ({'met' if ratio <= CT_TARGET else 'NOT met'}).")
+    if {"ct-awq-gptq", "ct-awq", "ct-gptq-damp0.1"} <= by_name.keys():
+        alone = min(by_name["ct-awq"], by_name["ct-gptq-damp0.1"])
+        lines.append(f"AWQ + GPTQ together vs the better of either alone: {by_name['ct-awq-gptq']:.5f} vs "
+                     f"{alone:.5f} ({'beats both' if by_name['ct-awq-gptq'] < alone else 'does NOT beat both'}).")
     lines.append("")
     lines.append("Cost of the same runs (whole process: start-up, model load, calibration forward, GPTQ, writing):")
     lines.append("")
@@ -280,6 +288,49 @@ def section_gguf(bench: Bench, types: list[str], ours_imatrix: bool) -> list[str
     return lines
 
 
+def section_cost(bench: Bench) -> list[str]:
+    """Wall time and peak RSS of our GPTQ and llm-compressor's, started together, each pinned to its own core
+    (`taskset`, 1 BLAS/OpenMP thread each), so both see the same machine at the same moment; then our AWQ and
+    AWQ + GPTQ the same way, side by side. Every output is also scored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ct = ["--format", "ct", "--bits", "4", "--group-size", "64"]
+    windows = bench.windows()
+    script = REPO / "scripts" / "_llmc_oneshot.py"
+    pairs = [
+        [("quantcli GPTQ (defaults)", "cost-ours-gptq",
+          bench.quantcli("convert", bench.model, *ct, "--method", "gptq", *calib_args(bench), "-o", "OUT")),
+         ("llm-compressor GPTQ (defaults)", "cost-llmc-gptq",
+          [str(llmcompressor_python()), str(script), str(bench.model), str(windows), "OUT", "--group-size", "64",
+           "--actorder", "static"])],
+        [("quantcli AWQ", "cost-ours-awq",
+          bench.quantcli("convert", bench.model, *ct, "--method", "awq", *calib_args(bench), "-o", "OUT")),
+         ("quantcli AWQ + GPTQ", "cost-ours-awq-gptq",
+          bench.quantcli("convert", bench.model, *ct, "--method", "awq-gptq", *calib_args(bench), "-o", "OUT"))],
+    ]
+    runs: list[tuple[str, Run]] = []
+    for pair in pairs:
+        def make(core: int, name: str, cmd: list[str]) -> Run:
+            pinned = ["taskset", "-c", str(core), *cmd]
+            shown = " ".join(cmd).replace(str(bench.model), "MODEL").replace(str(REPO) + "/", "")
+            return bench.run_once(name, lambda out: bench.timed([c if c != "OUT" else str(out) for c in pinned]),
+                                  f"taskset -c {core} {shown}")
+
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(make, core, name, cmd) for core, (_, name, cmd) in enumerate(pair)]
+            runs += [(label, future.result()) for (label, _, _), future in zip(pair, futures, strict=True)]
+    ref = dict(runs)["llm-compressor GPTQ (defaults)"]
+    lines = ["| method | wall s | wall / llm-compressor | peak RSS MiB | RSS / llm-compressor | mean KLD | p99 KLD |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for label, run in runs:
+        s = bench.score(bench.packed_gguf(run))
+        lines.append(f"| {label} | {run.wall:.0f} | {run.wall / ref.wall:.2f} | {mib(run.rss)} | "
+                     f"{run.rss / ref.rss:.2f} | {s.kld:.5f} | {s.p99:.4f} |")
+    lines += ["", "Commands (OUT: the output directory):", ""]
+    lines += [f"- {label}: `{run.command}`" for label, run in runs]
+    return lines
+
+
 def _convert(bench: Bench, out: Path, outtype: str) -> tuple[float, int]:
     started = time.perf_counter()
     proc = convert_with_llamacpp(bench.model, out, outtype)
@@ -341,7 +392,7 @@ def main() -> int:
     parser.add_argument("--types", default="Q4_K_M,Q3_K_M,Q4_0")
     parser.add_argument("--no-ours-imatrix", action="store_true",
                         help="gguf: skip `--method gptq --imatrix` (llama-imatrix's file)")
-    parser.add_argument("--ct-rows", default="ct-rtn,ct-gptq,ct-gptq-noact,ct-gptq-damp0.1,llmc-static,llmc-none",
+    parser.add_argument("--ct-rows", default="ct-rtn,ct-gptq,ct-gptq-noact,ct-gptq-damp0.1,ct-awq,ct-awq-gptq,llmc-static,llmc-none",
                         help="ct: which rows (also llmc-damp0.1); llm-compressor's default is always made")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args()
@@ -359,6 +410,8 @@ def main() -> int:
     if "gguf" in sections:
         lines += ["#### GGUF: llama-quantize + llama-imatrix vs `--method gptq`", "",
                   *section_gguf(bench, args.types.split(","), not args.no_ours_imatrix), ""]
+    if "cost" in sections:
+        lines += ["#### Cost: side by side, one core each", "", *section_cost(bench), ""]
     if "memory" in sections:
         lines += ["#### Memory: 16 vs 32 layers (synthetic, SmolLM2 widths, random weights, 8 × 512 samples)", "",
                   *section_memory(bench), ""]
