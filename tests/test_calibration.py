@@ -5,6 +5,7 @@ docs/calibration.md (scripts/measure_calibration.py); here a tiny random Llama w
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -204,6 +205,26 @@ def test_gguf_gptq_same_types_and_size_as_the_recipe(tiny: Path, tmp_path: Path)
     errors = {which: _output_error(w, GGUFSource(tmp_path / f"{which}.gguf").load("blk.0.attn_q.weight"), x)
               for which in ("gptq", "rtn")}  # fmt: skip
     assert errors["gptq"] < 0.9 * errors["rtn"], errors
+
+
+def test_size_target_with_gptq_keeps_the_allocation_and_the_size(tiny: Path, tmp_path: Path) -> None:
+    """--target-size picks the types, --method gptq then fills them: same types, same exact size as the plan."""
+    code, _, err = run_cli_in_process(["plan", str(tiny), "--target-size", "1"])
+    assert code == 2, err
+    smallest = int(re.findall(r"[0-9][0-9,]*", err)[1].replace(",", ""))
+    budget = smallest + 50_000  # the linears (295 k weights) between 4.5 and 8.5 bits: every one quantized
+    code, out, err = run_cli_in_process(["plan", str(tiny), "--target-size", str(budget), "--method", "gptq",
+                                         *CALIB, "--json"])  # fmt: skip
+    assert code == 0, err
+    plan = json.loads(out)
+    sized = _convert(str(tiny), "--target-size", str(budget), "-o", str(tmp_path / "rtn.gguf"))
+    gptq = _convert(str(tiny), "--target-size", str(budget), "--method", "gptq", *CALIB,
+                    "-o", str(tmp_path / "gptq.gguf"))  # fmt: skip
+    assert plan["bytes"] == sized["bytes"] == gptq["bytes"] == (tmp_path / "gptq.gguf").stat().st_size <= budget
+    assert gptq["tensor_types"] == sized["tensor_types"] and gptq["sha256"] != sized["sha256"]
+    facts = gptq["calibration"]
+    assert facts["calibrated_tensors"] + len(facts["round_to_nearest"]) == 14
+    assert set(facts["round_to_nearest"].values()) <= {"IQ4_XS"}, facts  # no GPTQ grid for IQ4_XS
 
 
 def test_dry_run_says_what_calibration_would_use(tiny: Path, tmp_path: Path) -> None:
