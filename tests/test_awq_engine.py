@@ -224,6 +224,43 @@ def test_gguf_awq_block_output(tiny: Path, calib: Path, tmp_path: Path) -> None:
     assert errors["awq-gptq"] <= errors["gptq"], errors
 
 
+@pytest.mark.parametrize(("flags", "method"), [(["--type", "Q4_K_M"], "awq-gptq"),
+                                               (["--format", "mlx", "--bits", "4", "--group-size", "32"], "awq")])
+def test_resume_replays_the_finished_blocks(tiny: Path, calib: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, flags: list[str], method: str) -> None:
+    """An AWQ run interrupted in block 1 keeps block 0 (folded norms included) with --resume; the next run
+    replays it and writes the bytes of an uninterrupted run."""
+    import quantcli.engine.awq as awq_stage
+
+    args = [str(tiny), *flags, "--method", method, "--calib", str(calib), *CALIB]
+    fresh = _convert(*args, "-o", str(tmp_path / "fresh"))
+    real = awq_stage.awq_block
+
+    def interrupted_in_block_1(block, *rest, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if block.layer == 1:
+            raise KeyboardInterrupt
+        return real(block, *rest, **kwargs)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(awq_stage, "awq_block", interrupted_in_block_1)
+    code, _, _ = run_cli_in_process(["convert", *args, "-o", str(out), "--resume"])
+    assert code == 130 and not out.exists() and (tmp_path / ".out.calibration" / "index.json").is_file()
+    monkeypatch.undo()
+    resumed = _convert(*args, "-o", str(out), "--resume")
+    facts = resumed["calibration"]
+    assert facts["resumed_blocks"] == 1 and facts["block_loss_ratio"][0] is None
+    assert facts["block_loss_ratio"][1] == fresh["calibration"]["block_loss_ratio"][1]
+    assert resumed["sha256"] == fresh["sha256"] if "sha256" in fresh else _same_files(tmp_path / "fresh", out)
+    assert not (tmp_path / ".out.calibration").exists()
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(
+        (a / n).read_bytes() == (b / n).read_bytes() for n in names
+    )
+
+
 # ---- refusals: one line, an exit code, nothing written ------------------------------------------------
 
 

@@ -117,6 +117,11 @@ class Target:
     def norm(self, name: str, values: np.ndarray) -> Quantized:
         raise NotImplementedError
 
+    def replay(self, name: str, store: SpillStore) -> np.ndarray:
+        """What the output holds for GGUF tensor `name`, from what a finished block put into `store` (a
+        resumed run): the `values` its `quantize` or `norm` returned."""
+        raise NotImplementedError
+
 
 class PackedTarget(Target):
     def __init__(self, hf: HFSource, fmt: type[PackedFormat], scheme: Scheme, opts: CalibrationOptions,
@@ -150,6 +155,14 @@ class PackedTarget(Target):
         stored = values.astype(self.scheme.np_dtype)
         return Quantized(round_to(values, self.scheme.dtype), (self.hf.source_tensor(name).source_name,
                                                                {"weight": stored}))  # fmt: skip
+
+    def replay(self, name: str, store: SpillStore) -> np.ndarray:
+        tensor = self.hf.source_tensor(name)
+        tensors = store.get(tensor.source_name)
+        assert tensors is not None, name
+        if name.endswith("_norm.weight"):
+            return np.asarray(tensors["weight"], dtype=np.float32)
+        return np.asarray(tensor.transform(self.fmt.dequantize(tensors, self.scheme)), dtype=np.float32)
 
 
 class GGUFTarget(Target):
@@ -204,6 +217,13 @@ class GGUFTarget(Target):
         d = self.decisions[name]
         data = quants.quantize(values, d.type, name=name)
         return Quantized(quants.dequantize(data, d.type, values.shape), (name, {"data": data}))
+
+    def replay(self, name: str, store: SpillStore) -> np.ndarray:
+        from quantcli import quants
+
+        tensors = store.get(name)
+        assert tensors is not None, name
+        return quants.dequantize(tensors["data"], self.decisions[name].type, self.hf.source_tensor(name).shape)
 
 
 def check_awq_architecture(arch: str, activation: str) -> None:
@@ -308,14 +328,16 @@ def awq_block(
     kept_plain = loss_awq > loss_plain
     chosen = plain if kept_plain else with_awq
     if store is not None:
-        for q in chosen.values():
-            if q.stored is not None:
-                store.put(*q.stored)
+        stored = [name for name, q in chosen.items() if q.stored is not None]
+        for name in stored:
+            store.put(*chosen[name].stored)  # type: ignore[misc]
         if not kept_plain:
             for name, values in folded_norms.items():
                 q = target.norm(name, values)
                 assert q.stored is not None
                 store.put(*q.stored)
+                stored.append(name)
+        store.block_done(block.layer, sorted(stored))  # --resume replays it from here (Target.replay)
     return BlockOutcome(plain_values if kept_plain else awq_values, ratios, kept_plain, loss_awq, loss_plain)
 
 
@@ -335,7 +357,7 @@ def run_awq(
     config = model.config
     loss_sequences = max(1, min(samples.shape[0], LOSS_TOKENS // samples.shape[1]))
     target = make_target(hf)
-    outcomes: list[BlockOutcome] = []
+    outcomes: dict[int, BlockOutcome] = {}
 
     def quantize_block(block: BlockInputs) -> dict[str, np.ndarray]:
         # One BLAS thread: GPTQ's column loop and the search's small products gain nothing from threads on
@@ -343,12 +365,17 @@ def run_awq(
         with threadpool_limits(limits=1, user_api="blas"):
             outcome = awq_block(block, model.transient_weight, model.has, config.n_head, config.n_head_kv, target,
                                 opts.uses_gptq, loss_sequences, store)  # fmt: skip
-        outcomes.append(outcome)
+        outcomes[block.layer] = outcome
         return outcome.values
 
-    calibrate_blocks(model, samples, quantize_block, on_block=on_block, keep_sequences=loss_sequences)
+    def replay(layer: int) -> dict[str, np.ndarray] | None:
+        names = store.blocks.get(layer)
+        return None if names is None else {name: target.replay(name, store) for name in names}
+
+    calibrate_blocks(model, samples, quantize_block, on_block=on_block, replay=replay,
+                     keep_sequences=loss_sequences)  # fmt: skip
     groups: dict[str, list[float]] = {}
-    for outcome in outcomes:
+    for outcome in outcomes.values():
         for label, ratio in outcome.ratios.items():
             groups.setdefault(label, []).append(ratio)
     return run.facts() | {
@@ -362,8 +389,10 @@ def run_awq(
             }
             for label, r in groups.items()
         },  # fmt: skip
-        "plain_blocks": [i for i, o in enumerate(outcomes) if o.kept_plain],
-        "block_loss_ratio": [round(o.loss_awq / o.loss_plain, 4) if o.loss_plain else 1.0 for o in outcomes],
+        "plain_blocks": [layer for layer, o in outcomes.items() if o.kept_plain],
+        "block_loss_ratio": [None if o is None else round(o.loss_awq / o.loss_plain, 4) if o.loss_plain else 1.0
+                             for o in (outcomes.get(layer) for layer in range(config.n_layer))],  # fmt: skip
+        "resumed_blocks": config.n_layer - len(outcomes),
     }
 
 
