@@ -4,7 +4,9 @@ compressed-tensors → transformers, MLX → mlx_lm on the CPU backend, GPTQ v1 
 AutoAWQ GEMM → transformers + gptqmodel (its AWQ CPU kernel) and mlx_lm (which converts it to MLX affine).
 Each client's dequantized weights must equal ours bit for bit (in the model dtype), and its logits must
 match our NumPy runtime's (itself checked against transformers' float32 forward on the same
-weights) within the model dtype's noise.
+weights) within the model dtype's noise. The calibrated outputs (--method gptq/awq/awq-gptq: act-order's
+permuted g_idx, AWQ's folded norms) are checked the same way, and through llama.cpp's converter
+(docs/calibration.md, "Calibrated outputs in their clients").
 """
 
 from __future__ import annotations
