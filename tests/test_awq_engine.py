@@ -5,16 +5,14 @@ reach the output, and the refusals. Quality on SmolLM2 (off-grid) is measured in
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import pytest
 from badinputs import run_cli_in_process
 from reference import require_module
-from tiny_models import make_arch_checkpoint, make_tiny_llama
+from tiny_models import make_arch_checkpoint, make_outlier_llama
 
 from quantcli.engine.awq import Folded, Quantized, Target, run_awq
 from quantcli.engine.calibrate import calibration_options, spill_store
@@ -26,7 +24,6 @@ from quantcli.runtime.calibrate import DEFAULT_CALIB_TEXT, calibration_samples
 from quantcli.runtime.hf import HFSource
 from quantcli.runtime.model import Model
 from quantcli.runtime.weights import GGUFSource
-from quantcli.writers.safetensors import write_file
 
 CALIB = ["--calib-samples", "4", "--calib-seq-len", "64"]
 OUTLIERS = 6  # norm channels scaled x8: the activation outliers AWQ exists for
@@ -35,19 +32,7 @@ OUTLIERS = 6  # norm channels scaled x8: the activation outliers AWQ exists for
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
     """test_calibration's two-block Llama (width 128, GQA) with six channels of every norm x8."""
-    d = make_tiny_llama(tmp_path_factory.mktemp("awq") / "tiny", hidden=128, heads=4, kv_heads=2, ff=256,
-                        vocab=49152, layers=2)  # fmt: skip
-    with open_checkpoint(d) as ckpt:
-        tensors = {n: np.array(ckpt.read(n)) for n in ckpt.tensor_names()}  # copies: the file is rewritten
-    for name, t in tensors.items():
-        if name.endswith("layernorm.weight"):
-            t = t.astype(np.float32)
-            t[:OUTLIERS] *= 8
-            tensors[name] = t.astype(ml_dtypes.bfloat16)
-    write_file(d / "model.safetensors", tensors, {"format": "pt"})
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(smollm2_dir / name, d / name)
-    return d
+    return make_outlier_llama(tmp_path_factory.mktemp("awq") / "tiny", smollm2_dir, outliers=OUTLIERS)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 from spm_fixture import VOCAB_SIZE, add_spm_tokenizer
 
+from quantcli.loaders import open_checkpoint
 from quantcli.writers.safetensors import write_file
 
 
@@ -68,6 +69,24 @@ def make_tiny_llama(
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return directory
 
+
+
+def make_outlier_llama(directory: Path, tokenizer_dir: Path, *, outliers: int = 6) -> Path:
+    """The calibration tests' tiny Llama: two blocks of width 128 (GQA 4/2, FF 256) with SmolLM2's byte-level
+    BPE vocabulary (from `tokenizer_dir`) and the first `outliers` channels of every norm x8 — the activation
+    outliers AWQ exists for."""
+    make_tiny_llama(directory, hidden=128, heads=4, kv_heads=2, ff=256, vocab=49152, layers=2)
+    with open_checkpoint(directory) as ckpt:
+        tensors = {n: np.array(ckpt.read(n)) for n in ckpt.tensor_names()}  # copies: the file is rewritten
+    for name, t in tensors.items():
+        if name.endswith("layernorm.weight"):
+            t = t.astype(np.float32)
+            t[:outliers] *= 8
+            tensors[name] = t.astype(ml_dtypes.bfloat16)
+    write_file(directory / "model.safetensors", tensors, {"format": "pt"})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tokenizer_dir / name, directory / name)
+    return directory
 
 # Each runtime architecture at unit-test scale (test_runtime.py checks every one against transformers).
 # What every tiny config shares; each architecture lists only what is its own.
