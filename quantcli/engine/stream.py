@@ -66,6 +66,9 @@ class ConverterTensors:
         times: dict[str, float] | None = None,
     ) -> None:
         self.by_name = {t.name: t for t in tensors}
+        # The tensor read after each one (the writer's order is the source's): its pages are requested from
+        # the disk while this one is quantized.
+        self._after = {a.name: b for a, b in zip(tensors, tensors[1:], strict=False)}
         self.threads = threads
         self.tensor_cache = tensor_cache
         self.times = stage_times() if times is None else times
@@ -79,6 +82,9 @@ class ConverterTensors:
         tensor = self.by_name[name]
         started = time.perf_counter()
         data = tensor.read()
+        following = self._after.get(name)
+        if following is not None and following.prefetch is not None:
+            following.prefetch()
         read = time.perf_counter()
         data = tensor.transform(data)
         self.times["read"] += read - started

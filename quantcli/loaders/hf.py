@@ -89,6 +89,10 @@ class Checkpoint(Closing):
         """Let the OS drop tensor `name`'s mapped pages from our RSS once it has been used."""
         self._where[name].release(name)
 
+    def prefetch(self, name: str) -> None:
+        """Start reading tensor `name` from the disk in the background (see SafetensorsFile.prefetch)."""
+        self._where[name].prefetch(name)
+
     def total_bytes(self) -> int:
         return sum(info.nbytes for st in self.files for info in st.tensors.values())
 

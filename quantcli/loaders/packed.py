@@ -149,6 +149,10 @@ class PackedCheckpoint(Closing):
         for part in self._modules.get(name, [name]):
             self.inner.release(part)
 
+    def prefetch(self, name: str) -> None:
+        for part in self._modules.get(name, [name]):
+            self.inner.prefetch(part)
+
     def total_bytes(self) -> int:
         return sum(self.tensor_info(n).nbytes for n in self._order)
 

@@ -200,11 +200,23 @@ class SafetensorsFile:
             )
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype=np_dtype)
+        arr = np.frombuffer(self._map(), dtype=np_dtype, count=info.n_elements, offset=info.offset)
+        return arr.reshape(info.shape)
+
+    def prefetch(self, name: str) -> None:
+        """Ask the OS to start reading tensor `name` from the disk now (MADV_WILLNEED: asynchronous), so that
+        it is in the page cache when it is read, while the tensor before it is still being quantized."""
+        info = self.tensors[name]
+        if info.nbytes == 0 or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        start = info.offset - info.offset % mmap.PAGESIZE
+        self._map().madvise(mmap.MADV_WILLNEED, start, info.offset + info.nbytes - start)
+
+    def _map(self) -> mmap.mmap:
         if self._mmap is None:
             with open(self.path, "rb") as fh:
                 self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        arr = np.frombuffer(self._mmap, dtype=np_dtype, count=info.n_elements, offset=info.offset)
-        return arr.reshape(info.shape)
+        return self._mmap
 
     def release(self, name: str) -> None:
         """Drop tensor `name`'s pages from this process (they stay in the page cache; re-read on access).

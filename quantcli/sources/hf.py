@@ -53,6 +53,7 @@ class SourceTensor:
     source_name: str = ""
     source_dtype: str = ""
     release: Callable[[], None] | None = None  # drop the checkpoint's mapped pages once the tensor is used
+    prefetch: Callable[[], None] | None = None  # start reading the checkpoint's pages in the background
 
     def produce(self) -> np.ndarray:
         """The tensor's values (float32 or float16, `shape`)."""
@@ -221,6 +222,7 @@ def checkpoint_tensors(
                 hf_name,
                 info.dtype,
                 release=lambda hf_name=hf_name: ckpt.release(hf_name),
+                prefetch=lambda hf_name=hf_name: ckpt.prefetch(hf_name),
             )
         )
     incomplete = sorted(b for b, seen in seen_per_layer.items() if seen < (n_expert or 0) * len(spec.expert_stacks))
