@@ -47,7 +47,7 @@ def _arch_tables_traits() -> dict[str, ArchTraits]:
     for hf_name in supported_architectures():
         spec = get_arch({"architectures": [hf_name]})
         rt = spec.runtime
-        if rt.norm != "rms":
+        if rt.norm != "rms" or not rt.runs:
             continue  # not a graph this runtime implements
         out.setdefault(
             spec.gguf_arch,

@@ -156,6 +156,32 @@ def _stacked_tensor(
     )
 
 
+def _split_parts(
+    ckpt: Checkpoint, hf_name: str, split: arch.SplitTensor, ftype: LlamaFileType, type_rule: TypeRule
+) -> list[SourceTensor]:
+    """The GGUF tensors cut from one HF tensor; each reads it (the unit of streaming) and keeps its part,
+    the last one releasing the mapped pages."""
+    info = ckpt.tensor_info(hf_name)
+    if info.dtype not in FLOAT_DTYPES:
+        raise Unsupported(f"{info.file}: tensor {hf_name!r} is {info.dtype}; only F32, F16 and BF16 are converted")
+    out = []
+    for index, part in enumerate(split.parts):
+        shape = part.out_shape(info.shape)
+        out.append(
+            SourceTensor(
+                part.gguf_template,
+                shape,
+                type_rule(part.gguf_template, shape, ftype),
+                _reader(ckpt, hf_name),
+                lambda data, select=part.select: np.ascontiguousarray(select(data)),
+                hf_name,
+                info.dtype,
+                release=(lambda: ckpt.release(hf_name)) if index == len(split.parts) - 1 else None,
+            )
+        )
+    return out
+
+
 def checkpoint_tensors(
     ckpt: Checkpoint, spec: arch.ArchSpec, cfg: dict[str, Any], ftype: LlamaFileType, type_rule: TypeRule
 ) -> list[SourceTensor]:
@@ -171,6 +197,7 @@ def checkpoint_tensors(
     }
     arch.check_layer_count(spec, cfg, len(shapes))
     names = spec.name_map(cfg)
+    splits = spec.split_map(cfg)
     arch.check_tensors(spec, cfg, shapes, names, str(ckpt.directory))
     n_expert = arch.expert_count(cfg) if experts else None
     if experts and (n_expert is None or n_expert <= 0):
@@ -199,6 +226,10 @@ def checkpoint_tensors(
                     _stacked_tensor(ckpt, expert.layer, stack, n_expert, ftype, type_rule)
                     for stack in spec.expert_stacks
                 ]
+            continue
+        split = splits.get(hf_name)
+        if split is not None:
+            tensors += _split_parts(ckpt, hf_name, split, ftype, type_rule)
             continue
         gguf_name = names.get(hf_name)
         if gguf_name is None:
