@@ -81,6 +81,16 @@ class SplitTensor:
 
 
 @dataclass(frozen=True)
+class Mxfp4Experts:
+    """A stacked expert tensor an MXFP4 checkpoint (config quantization_config.quant_method "mxfp4") stores
+    as `{hf_template}_blocks` + `{hf_template}_scales` uint8, passed through as GGML MXFP4. Rows are dealt
+    round-robin to `gguf_templates` (GPT-OSS gate_up: gate the even rows, up the odd ones)."""
+
+    hf_template: str  # {bid} = layer
+    gguf_templates: tuple[str, ...]  # {bid} = layer; with the .weight suffix
+
+
+@dataclass(frozen=True)
 class RuntimeTraits:
     """How the network computes; read by quantcli/runtime (GGUF keys carry the numbers)."""
 
@@ -136,6 +146,8 @@ class ArchSpec:
     expert_stacks: tuple[ExpertStack, ...] = ()
     # HF tensors cut into GGUF tensors by name (see SplitTensor); not in `tensor_names`.
     split_tensors: tuple[SplitTensor, ...] = ()
+    # MXFP4 checkpoints: the packed expert tensors, written first (the converter's generate_extra_tensors).
+    mxfp4_experts: tuple[Mxfp4Experts, ...] = ()
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")

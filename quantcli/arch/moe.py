@@ -24,6 +24,7 @@ from quantcli.arch.base import (
     Config,
     ExpertStack,
     HParam,
+    Mxfp4Experts,
     RuntimeTraits,
     SplitTensor,
     TensorPart,
@@ -248,6 +249,14 @@ GPT_OSS = register(
         },
         derive_config=_expert_keys("num_local_experts", "num_experts", 128, 4),
         split_tensors=_GPT_OSS_SPLITS,
+        # GptOssModel.generate_extra_tensors: openai/gpt-oss-* ship their experts in MXFP4
+        mxfp4_experts=(
+            Mxfp4Experts("model.layers.{bid}.mlp.experts.down_proj", ("blk.{bid}.ffn_down_exps.weight",)),
+            Mxfp4Experts(
+                "model.layers.{bid}.mlp.experts.gate_up_proj",
+                ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight"),
+            ),
+        ),
         # attention sinks, clamped SwiGLU experts with biases, softmax over the selected router logits:
         # a graph (src/models/openai-moe-iswa.cpp) the runtime does not implement
         runtime=RuntimeTraits(rope_style="neox", attention_bias=True, runs=False),
