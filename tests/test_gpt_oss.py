@@ -5,8 +5,10 @@ Two checkpoints of the real config's shape, scaled down (2 layers, one sliding-w
 stacked, `gate_up_proj` (E, n_embd, 2 * n_ff) interleaved and `down_proj`), and the same with its experts
 stored as openai/gpt-oss-* ship them, MXFP4 `*_blocks` + `*_scales` uint8 with random codes and scales.
 Our conversion equals the converter's byte for byte (f32, bf16, q8_0, auto) and converter + llama-quantize
-(Q4_K_M, MXFP4_MOE). The runtime does not implement the gpt-oss graph: it refuses (exit 5), and
-`convert --verify` refuses before writing. The fast tests at the end need neither torch nor llama.cpp.
+(Q4_K_M, MXFP4_MOE). The runtime (sliding window, attention sinks, YaRN, clamped SwiGLU experts with biases)
+generates llama-simple's greedy text, and its PPL, KLD and imatrix follow llama.cpp's tools; against
+transformers' float32 logits it is tested in tests/test_runtime.py (TINY["gpt-oss"]). The fast tests at
+the end need no llama.cpp.
 """
 
 from __future__ import annotations
@@ -170,6 +172,83 @@ def test_mxfp4_checkpoint_equals_converter_and_llama_quantize(gpt_oss: tuple[Pat
     assert _sha(ours) == _sha(ref)
 
 
+@pytest.fixture(scope="module")
+def gguf_files(gpt_oss: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Our conversions (byte-identical to llama.cpp's, tested above): f32 and Q4_K_M of the BF16
+    checkpoint, f32 of the MXFP4 one."""
+    root = tmp_path_factory.mktemp("gpt-oss-gguf")
+    hf, mx = gpt_oss
+    out = {"f32": root / "f32.gguf", "q4": root / "q4_k_m.gguf", "mxfp4": root / "mxfp4-f32.gguf"}
+    for source, out_type, path in ((hf, "f32", out["f32"]), (hf, "Q4_K_M", out["q4"]), (mx, "f32", out["mxfp4"])):
+        proc = _cli(["convert", source, "--type", out_type, "-o", path])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_greedy_matches_llama_simple(gguf_files: dict[str, Path]) -> None:
+    """Sliding and full layers, sinks, YaRN, clamped SwiGLU experts: llama-simple's greedy text, also with
+    the MXFP4 experts."""
+    from reference import run_tool
+
+    from quantcli.runtime import Model, load_tokenizer, open_source
+    from quantcli.runtime.generate import greedy
+
+    for path in (gguf_files["f32"], gguf_files["mxfp4"]):
+        model, tokenizer = Model(open_source(path)), load_tokenizer(path)
+        for prompt in ("def f(x):\n    return  x + 1", "Numbers 2024 and 🙂 日本"):
+            proc = run_tool("llama-simple", "-m", path, "-n", 8, prompt)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            ours = greedy(model, tokenizer, prompt, 8)
+            printed = tokenizer.decode(ours["prompt_tokens"]) + ours["text"]
+            assert proc.stdout.rstrip("\n") == printed.rstrip("\n"), (path.name, prompt)
+
+
+@pytest.mark.slow
+def test_perplexity_kld_and_imatrix_match_llama_cpp(gguf_files: dict[str, Path], tmp_path: Path) -> None:
+    """n_ctx 128 over a window of 8: PPL within 0.2 % of llama-perplexity's, the Q4_K_M's KLD within 5 %;
+    imatrix entries and per-expert counts equal llama-imatrix's, per-expert sums within 1 %."""
+    from gguf import GGUFReader
+    from reference import perplexity_chunk_values, run_tool
+    from spm_fixture import mixed_text
+
+    text = tmp_path / "mixed.txt"
+    text.write_text(mixed_text(), encoding="utf-8")
+    f32, q4 = gguf_files["f32"], gguf_files["q4"]
+    window = ["-f", text, "-c", 128, "--chunks", 2, "-t", 2]
+    ref_ppl = perplexity_chunk_values("-m", f32, *window, chunk=2)[0]
+    proc = _cli(["eval", f32, "--text", text, "--ctx", 128, "--chunks", 2, "--json"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert abs(json.loads(proc.stdout)["ppl"] / ref_ppl - 1) < 0.002, (json.loads(proc.stdout)["ppl"], ref_ppl)
+    base = tmp_path / "base.kld"
+    assert run_tool("llama-perplexity", "-m", f32, *window, "--kl-divergence-base", base).returncode == 0
+    ref_kld = perplexity_chunk_values("-m", q4, *window, "--kl-divergence-base", base, "--kl-divergence", chunk=2)[4]
+    proc = _cli(["eval", q4, "--text", text, "--ctx", 128, "--chunks", 2, "--base", f32, "--json"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kld = json.loads(proc.stdout)["kld_mean"]
+    assert kld > 0 and abs(kld / ref_kld - 1) < 0.05, (kld, ref_kld)
+
+    ref_path, our_path = tmp_path / "ref.imatrix.gguf", tmp_path / "ours.imatrix.gguf"
+    assert run_tool("llama-imatrix", "-m", f32, *window, "-o", ref_path).returncode == 0
+    proc = _cli(["imatrix", f32, "--text", text, "--ctx", 128, "--chunks", 2, "-o", our_path])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def read(path: Path) -> dict[str, np.ndarray]:
+        tensors = {t.name: np.array(t.data, dtype=np.float32) for t in GGUFReader(str(path)).tensors}
+        return {n: v.reshape(tensors[n.rsplit(".", 1)[0] + ".counts"].size, -1) for n, v in tensors.items()}
+
+    ref, ours = read(ref_path), read(our_path)
+    assert sorted(ours) == sorted(ref) and "blk.1.ffn_up_exps.weight.in_sum2" in ref
+    for name in ref:
+        assert ours[name].shape == ref[name].shape, name
+        if name.endswith(".counts"):
+            assert np.array_equal(ours[name], ref[name]), name
+            continue
+        for expert, (mine, theirs) in enumerate(zip(ours[name], ref[name], strict=True)):
+            rel = np.linalg.norm(mine - theirs) / max(float(np.linalg.norm(theirs)), 1e-30)
+            assert rel < 1e-2, (name, expert, rel)
+
+
 # ---- no llama.cpp ------------------------------------------------------------------------------------------
 
 
@@ -277,23 +356,6 @@ def test_mxfp4_experts_hold_the_checkpoint_values(tmp_path: Path, smollm2_dir: P
                 values = dequantize(raw, GGMLQuantizationType.MXFP4).reshape(tensor.shape)
                 assert np.array_equal(values, decoded[:, index :: len(parts)]), part
                 assert np.array_equal(tensor.produce(), values), part
-
-
-def test_runtime_refuses_gpt_oss(tmp_path: Path, smollm2_dir: Path) -> None:
-    """eval on the checkpoint or its GGUF: exit 5, one line; convert --verify: exit 5 before writing."""
-    hf = _synthetic_gpt_oss(tmp_path / "hf", smollm2_dir)
-    gguf = tmp_path / "f32.gguf"
-    assert _cli(["convert", hf, "--type", "f32", "-o", gguf]).returncode == 0
-    text = tmp_path / "text.txt"
-    text.write_text("word " * 3000, encoding="utf-8")
-    for model in (hf, gguf):
-        proc = _cli(["eval", model, "--text", text, "--ctx", 64, "--chunks", 1])
-        assert proc.returncode == 5, proc.stderr
-        assert "does not support architecture 'gpt-oss'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    out = tmp_path / "verified.gguf"
-    proc = _cli(["convert", hf, "--type", "q8_0", "--verify", "-o", out])
-    assert proc.returncode == 5 and "gpt-oss" in proc.stderr, proc.stderr
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("damage", ["scales_shape", "no_scales"])

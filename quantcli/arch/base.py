@@ -117,8 +117,14 @@ class RuntimeTraits:
     # mixture of experts: renormalise the top-k router probabilities to sum 1 (llama.cpp's norm_w argument
     # of build_moe_ffn, hard-coded per architecture: llama/Mixtral and qwen3moe yes, olmoe no)
     expert_weights_norm: bool = False
-    # False: convert only; the runtime refuses the GGUF architecture (a graph it does not implement)
-    runs: bool = True
+    # gpt-oss (src/models/openai-moe.cpp): YaRN rope computed (other archs refuse a YaRN factor), sliding
+    # layers rotate with the full layers' scale too, the FFN input norm is post_attention_norm,
+    # router softmax over the top-k raw logits ("softmax_weight"), experts' clamped SwiGLU ("swiglu_oai")
+    yarn_rope: bool = False
+    swa_rope_scale_is_main: bool = False
+    ffn_norm: str = "ffn_norm"
+    expert_gating: str = "softmax"
+    expert_glu: str = "swiglu"
 
 
 @dataclass(frozen=True)

@@ -257,8 +257,12 @@ GPT_OSS = register(
                 ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight"),
             ),
         ),
-        # attention sinks, clamped SwiGLU experts with biases, softmax over the selected router logits:
-        # a graph (src/models/openai-moe-iswa.cpp) the runtime does not implement
-        runtime=RuntimeTraits(rope_style="neox", attention_bias=True, runs=False),
+        # src/models/openai-moe.cpp: sliding window on even layers (load_swa_pattern(ml, 2)) with the main
+        # rope base and scale, attention sinks (a tensor), biases everywhere (tensors)
+        runtime=RuntimeTraits(
+            rope_style="neox", attention_bias=True, sliding_window_pattern=2, swa_rope_base_is_main=True,
+            swa_rope_scale_is_main=True, yarn_rope=True, ffn_norm="post_attention_norm",
+            expert_gating="softmax_weight", expert_glu="swiglu_oai",
+        ),
     )
 )

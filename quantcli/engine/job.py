@@ -296,8 +296,6 @@ def _run_gguf(job: Job, progress: bool, on_tensor: OnTensor | None, tensor_cache
     planned = _plan_gguf(job, out_paths, progress)
     out_path = out_paths[0]
     try:
-        if job.verify is not None:
-            _check_runs(planned.architecture)
         if job.dry_run:
             return plan_result(job, planned, out_path)
         if planned.calibrate is not None:
@@ -679,14 +677,6 @@ def _run_packed_calibrated(
 
 # --------------------------------------------------------------------------------------------------------
 # Verify
-
-
-def _check_runs(architecture: str) -> None:
-    """--verify runs the output on the runtime: an architecture it does not implement is refused before
-    anything is written (Unsupported)."""
-    from quantcli.runtime.config import arch_traits
-
-    arch_traits(architecture)
 
 
 def _verify(job: Job, result: dict[str, Any]) -> None:
