@@ -358,6 +358,18 @@ def test_mxfp4_experts_hold_the_checkpoint_values(tmp_path: Path, smollm2_dir: P
                 assert np.array_equal(tensor.produce(), values), part
 
 
+def test_calibration_refuses_a_mixture_of_experts(tmp_path: Path, smollm2_dir: Path) -> None:
+    """--method gptq / awq need one Hessian per linear: stacked experts are refused (exit 5, one line)
+    before the calibration text is read, and nothing is written."""
+    hf = _synthetic_gpt_oss(tmp_path / "hf", smollm2_dir)
+    for method, extra in (("gptq", ["--type", "Q4_K_M"]), ("awq", ["--format", "awq", "--bits", 4, "--group-size", 32])):
+        out = tmp_path / f"{method}-out"
+        proc = _cli(["convert", hf, *extra, "--method", method, "-o", out])
+        assert proc.returncode == 5, proc.stderr
+        assert "mixture of experts" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("damage", ["scales_shape", "no_scales"])
 def test_malformed_mxfp4_experts_are_refused(tmp_path: Path, smollm2_dir: Path, damage: str) -> None:
     mx = mxfp4_checkpoint(_synthetic_gpt_oss(tmp_path / "hf", smollm2_dir), tmp_path / "mx")
