@@ -113,8 +113,9 @@ def moe_ffn(
         tok, slot = np.nonzero(selected == e)
         gate = h_gate[tok] @ expert(gate_name, int(e)).T
         up = h_up[tok] @ expert(up_name, int(e)).T
-        if gate_bias is not None and up_bias is not None:
+        if gate_bias is not None:
             gate += gate_bias[e]
+        if up_bias is not None:
             up += up_bias[e]
         if glu == "swiglu_oai":
             act = swiglu_oai(gate, up)

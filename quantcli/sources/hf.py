@@ -195,6 +195,14 @@ def _is_mxfp4(config: dict[str, Any]) -> bool:
     return isinstance(quantization, dict) and quantization.get("quant_method") == "mxfp4"
 
 
+def _releaser(ckpt: Checkpoint, *hf_names: str) -> Callable[[], None]:
+    def release() -> None:
+        for name in hf_names:
+            ckpt.release(name)
+
+    return release
+
+
 def _mxfp4_reader(ckpt: Checkpoint, blocks_name: str, scales_name: str, rows: slice) -> Callable[[], np.ndarray]:
     def read() -> np.ndarray:
         return from_openai_blocks(ckpt.read(blocks_name)[:, rows], ckpt.read(scales_name)[:, rows])
@@ -227,7 +235,7 @@ def _mxfp4_tensors(ckpt: Checkpoint, spec: arch.ArchSpec, cfg: dict[str, Any]) -
         n_out = len(entry.gguf_templates)
         if (
             blocks.dtype != "U8" or scales.dtype != "U8" or len(blocks.shape) != 4 or blocks.shape[-1] != 16
-            or tuple(scales.shape) != tuple(blocks.shape[:-1]) or blocks.shape[1] % n_out
+            or tuple(scales.shape) != tuple(blocks.shape[:-1]) or blocks.shape[1] % n_out or 0 in blocks.shape
         ):
             raise InputInvalid(
                 f"{ckpt.directory}: MXFP4 tensors {blocks_name!r} {blocks.dtype} {list(blocks.shape)} and "
@@ -245,6 +253,7 @@ def _mxfp4_tensors(ckpt: Checkpoint, spec: arch.ArchSpec, cfg: dict[str, Any]) -
                     source_name=base,
                     source_dtype="MXFP4",
                     encoded=True,
+                    release=_releaser(ckpt, blocks_name, hf_name) if index == n_out - 1 else None,
                 )
             )
         consumed |= {blocks_name, hf_name}
