@@ -362,11 +362,23 @@ def test_calibration_refuses_a_mixture_of_experts(tmp_path: Path, smollm2_dir: P
     """--method gptq / awq need one Hessian per linear: stacked experts are refused (exit 5, one line)
     before the calibration text is read, and nothing is written."""
     hf = _synthetic_gpt_oss(tmp_path / "hf", smollm2_dir)
-    for method, extra in (("gptq", ["--type", "Q4_K_M"]), ("awq", ["--format", "awq", "--bits", 4, "--group-size", 32])):
+    for method, extra in (("gptq", ["--type", "Q4_K_M"]), ("awq", ["--bits", 4])):
         out = tmp_path / f"{method}-out"
         proc = _cli(["convert", hf, *extra, "--method", method, "-o", out])
         assert proc.returncode == 5, proc.stderr
         assert "mixture of experts" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+
+
+def test_packed_formats_are_refused(tmp_path: Path, smollm2_dir: Path) -> None:
+    """The router and the stacked experts are no Linear layers, which packed formats assume: exit 5, one
+    line, nothing written (--dry-run included)."""
+    hf = _synthetic_gpt_oss(tmp_path / "hf", smollm2_dir)
+    for fmt, extra in (("ct", []), ("mlx", []), ("gptq", []), ("awq", []), ("ct", ["--dry-run"])):
+        out = tmp_path / f"{fmt}-out"
+        proc = _cli(["convert", hf, "--format", fmt, "--bits", 4, "--group-size", 32, *extra, "-o", f"{out}/"])
+        assert proc.returncode == 5, proc.stderr
+        assert "not Linear layers" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not out.exists()
 
 

@@ -154,6 +154,9 @@ class ArchSpec:
     split_tensors: tuple[SplitTensor, ...] = ()
     # MXFP4 checkpoints: the packed expert tensors, written first (the converter's generate_extra_tensors).
     mxfp4_experts: tuple[Mxfp4Experts, ...] = ()
+    # Packed safetensors (--format ct/mlx/gptq/awq) quantize every 2-D block weight as a Linear layer;
+    # False where some are not (GPT-OSS's router) and the experts are no Linear layers at all.
+    packed_formats: bool = True
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")

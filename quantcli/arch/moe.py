@@ -249,6 +249,7 @@ GPT_OSS = register(
         },
         derive_config=_expert_keys("num_local_experts", "num_experts", 128, 4),
         split_tensors=_GPT_OSS_SPLITS,
+        packed_formats=False,
         # GptOssModel.generate_extra_tensors: openai/gpt-oss-* ship their experts in MXFP4
         mxfp4_experts=(
             Mxfp4Experts("model.layers.{bid}.mlp.experts.down_proj", ("blk.{bid}.ffn_down_exps.weight",)),
