@@ -234,8 +234,13 @@ def test_runtime_traits_come_from_arch_tables() -> None:
     assert arch_traits("granite") == ArchTraits(rope_neox=False)  # its multipliers are GGUF keys
     assert arch_traits("olmo2") == ArchTraits(rope_neox=True, pre_norms=False)
     assert arch_traits("smollm3") == ArchTraits(rope_neox=False, no_rope_layer_step=4)
+    assert arch_traits("gpt-oss") == ArchTraits(  # src/models/openai-moe.cpp
+        rope_neox=True, swa_pattern_default=2, swa_rope_base_is_main=True, swa_rope_scale_is_main=True,
+        yarn_rope=True, ffn_norm="post_attention_norm", expert_gating="softmax_weight", expert_glu="swiglu_oai",
+    )
     with pytest.raises(
-        Unsupported, match=r"'mistral'.*supported: gemma2, gemma3, granite, llama, olmo2, olmoe, phi3, qwen2, qwen2moe, qwen3, qwen3moe, smollm3"
+        Unsupported,
+        match=r"'mistral'.*supported: gemma2, gemma3, gpt-oss, granite, llama, olmo2, olmoe, phi3, qwen2, qwen2moe, qwen3, qwen3moe, smollm3",
     ):
         arch_traits("mistral")  # not a GGUF architecture: llama.cpp converts Mistral checkpoints to llama
 

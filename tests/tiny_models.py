@@ -160,6 +160,16 @@ _TINY_OWN = {
         num_key_value_heads=4,  # llama.cpp sizes attn_k_norm n_embd: OLMoE without GQA, as released
         rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=1, bos_token_id=None, eos_token_id=2,
     ),
+    # gpt-oss-20b's shape scaled down: sliding and full layers, attention sinks, biases, YaRN with
+    # truncate true (llama.cpp always floors/ceils the correction range; with the released false the
+    # runtime follows llama.cpp, not transformers, docs/moe.md)
+    "gpt-oss": dict(
+        architectures=["GptOssForCausalLM"], model_type="gpt_oss", head_dim=16, num_local_experts=4,
+        num_experts_per_tok=2, sliding_window=5, layer_types=["sliding_attention", "full_attention"],
+        rope_theta=150000.0, tie_word_embeddings=False,
+        rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=True,
+                          original_max_position_embeddings=64),
+    ),
 }
 # Phi-4 (microsoft/phi-4) is Phi3ForCausalLM: 4:1 grouped-query attention, rope_theta 250000, no sliding
 # window (null: the converter writes 0, "to distinguish Phi-4"), the original context equal to the

@@ -14,7 +14,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,36 @@ class ExpertStack:
 
 
 @dataclass(frozen=True)
+class TensorPart:
+    """One GGUF tensor cut from an HF tensor: `select` maps the stored array (float32/float16) to it, and
+    `out_shape` gives its shape from the stored shape without reading data."""
+
+    gguf_template: str  # {bid} = layer; with the .weight/.bias suffix
+    select: Callable[[np.ndarray], np.ndarray]
+    out_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class SplitTensor:
+    """An HF tensor the converter's modify_tensors renames, slices or transposes into one or more GGUF
+    tensors, written in `parts` order where the HF tensor comes (GPT-OSS's stacked experts: gate_up_proj
+    -> ffn_gate_exps and ffn_up_exps)."""
+
+    hf_template: str  # {bid} = layer; the full stored name
+    parts: tuple[TensorPart, ...]
+
+
+@dataclass(frozen=True)
+class Mxfp4Experts:
+    """A stacked expert tensor an MXFP4 checkpoint (config quantization_config.quant_method "mxfp4") stores
+    as `{hf_template}_blocks` + `{hf_template}_scales` uint8, passed through as GGML MXFP4. Rows are dealt
+    round-robin to `gguf_templates` (GPT-OSS gate_up: gate the even rows, up the odd ones)."""
+
+    hf_template: str  # {bid} = layer
+    gguf_templates: tuple[str, ...]  # {bid} = layer; with the .weight suffix
+
+
+@dataclass(frozen=True)
 class RuntimeTraits:
     """How the network computes; read by quantcli/runtime (GGUF keys carry the numbers)."""
 
@@ -87,6 +117,14 @@ class RuntimeTraits:
     # mixture of experts: renormalise the top-k router probabilities to sum 1 (llama.cpp's norm_w argument
     # of build_moe_ffn, hard-coded per architecture: llama/Mixtral and qwen3moe yes, olmoe no)
     expert_weights_norm: bool = False
+    # gpt-oss (src/models/openai-moe.cpp): YaRN rope computed (other archs refuse a YaRN factor), sliding
+    # layers rotate with the full layers' scale too, the FFN input norm is post_attention_norm,
+    # router softmax over the top-k raw logits ("softmax_weight"), experts' clamped SwiGLU ("swiglu_oai")
+    yarn_rope: bool = False
+    swa_rope_scale_is_main: bool = False
+    ffn_norm: str = "ffn_norm"
+    expert_gating: str = "softmax"
+    expert_glu: str = "swiglu"
 
 
 @dataclass(frozen=True)
@@ -112,6 +150,13 @@ class ArchSpec:
     # Mixture of experts: the stacked tensors, in the order the converter writes them once a layer's last
     # expert matrix has been read (its modify_tensors collects them per layer).
     expert_stacks: tuple[ExpertStack, ...] = ()
+    # HF tensors cut into GGUF tensors by name (see SplitTensor); not in `tensor_names`.
+    split_tensors: tuple[SplitTensor, ...] = ()
+    # MXFP4 checkpoints: the packed expert tensors, written first (the converter's generate_extra_tensors).
+    mxfp4_experts: tuple[Mxfp4Experts, ...] = ()
+    # Packed safetensors (--format ct/mlx/gptq/awq) quantize every 2-D block weight as a Linear layer;
+    # False where some are not (GPT-OSS's router) and the experts are no Linear layers at all.
+    packed_formats: bool = True
 
     def block_count(self, cfg: Config) -> int:
         value = cfg.get("num_hidden_layers")
@@ -133,6 +178,17 @@ class ArchSpec:
                 for suffix in (".weight", ".bias"):
                     out[hf + suffix] = gg + suffix
         return out
+
+    def split_map(self, cfg: Config) -> dict[str, SplitTensor]:
+        """Every stored HF name of a `split_tensors` entry -> its entry, with {bid} filled in."""
+        return {
+            split.hf_template.format(bid=bid): SplitTensor(
+                split.hf_template.format(bid=bid),
+                tuple(replace(part, gguf_template=part.gguf_template.format(bid=bid)) for part in split.parts),
+            )
+            for split in self.split_tensors
+            for bid in range(self.block_count(cfg))
+        }
 
     def is_skipped(self, hf_name: str) -> bool:
         return any(re.fullmatch(p, hf_name) for p in (*COMMON_SKIPS, *self.skip_tensors))

@@ -1,6 +1,7 @@
 """Mixture-of-experts families: Mixtral (GGUF "llama" with experts, conversion/llama.py LlamaModel),
 Qwen2-MoE ("qwen2moe", conversion/qwen.py Qwen2MoeModel: a shared expert with a sigmoid gate besides the
-routed ones), Qwen3-MoE ("qwen3moe", Qwen3MoeModel) and OLMoE ("olmoe", conversion/olmo.py OlmoeModel).
+routed ones), Qwen3-MoE ("qwen3moe", Qwen3MoeModel), OLMoE ("olmoe", conversion/olmo.py OlmoeModel) and
+GPT-OSS ("gpt-oss", conversion/gpt_oss.py GptOssModel: experts already stacked in the checkpoint).
 
 The converter stacks each layer's per-expert matrices into one 3-D tensor per projection (`ExpertStack`,
 done by sources/hf.py one expert at a time); the router (`ffn_gate_inp`) stays F32. The expert count
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
+
 from quantcli.arch.base import (
     ATTENTION_TENSORS,
     MODEL_TENSORS,
@@ -21,7 +24,10 @@ from quantcli.arch.base import (
     Config,
     ExpertStack,
     HParam,
+    Mxfp4Experts,
     RuntimeTraits,
+    SplitTensor,
+    TensorPart,
     register,
     text_model_hparams,
 )
@@ -161,5 +167,103 @@ OLMOE = register(
         expert_stacks=_QWEN_STACKS,
         # src/models/olmoe.cpp: q/k RMSNorm over the whole projection (not per head), no renormalisation
         runtime=RuntimeTraits(rope_style="neox", qk_norm=True, expert_weights_norm=False),
+    )
+)
+
+
+def _transposed(data: np.ndarray) -> np.ndarray:
+    return data.swapaxes(-1, -2)
+
+
+def _swapped(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (*shape[:-2], shape[-1], shape[-2])
+
+
+def _half(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (*shape[:-1], shape[-1] // 2)
+
+
+def _half_rows(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (*shape[:-2], shape[-2] // 2, shape[-1])
+
+
+# GptOssModel.modify_tensors. transformers stores each layer's experts stacked: gate_up_proj (E, n_embd,
+# 2 * n_ff) with gate and up interleaved along the last axis (gate at even, up at odd columns),
+# down_proj (E, n_ff, n_embd), both as x @ W; the converter transposes them to (E, rows, cols), splits
+# gate_up into gate then up (weights and biases alike), and appends .weight to the attention sinks.
+_GPT_OSS_SPLITS = (
+    SplitTensor("model.layers.{bid}.self_attn.sinks", (
+        TensorPart("blk.{bid}.attn_sinks.weight", lambda data: data, lambda shape: shape),
+    )),
+    SplitTensor("model.layers.{bid}.mlp.experts.down_proj", (
+        TensorPart("blk.{bid}.ffn_down_exps.weight", _transposed, _swapped),
+    )),
+    SplitTensor("model.layers.{bid}.mlp.experts.down_proj_bias", (
+        TensorPart("blk.{bid}.ffn_down_exps.bias", lambda data: data, lambda shape: shape),
+    )),
+    SplitTensor("model.layers.{bid}.mlp.experts.gate_up_proj", (
+        TensorPart("blk.{bid}.ffn_gate_exps.weight", lambda data: _transposed(data)[:, ::2, :],
+                   lambda shape: _half_rows(_swapped(shape))),
+        TensorPart("blk.{bid}.ffn_up_exps.weight", lambda data: _transposed(data)[:, 1::2, :],
+                   lambda shape: _half_rows(_swapped(shape))),
+    )),
+    SplitTensor("model.layers.{bid}.mlp.experts.gate_up_proj_bias", (
+        TensorPart("blk.{bid}.ffn_gate_exps.bias", lambda data: data[..., ::2], _half),
+        TensorPart("blk.{bid}.ffn_up_exps.bias", lambda data: data[..., 1::2], _half),
+    )),
+)
+
+GPT_OSS = register(
+    ArchSpec(
+        hf_architectures=("GptOssForCausalLM",),
+        gguf_arch="gpt-oss",
+        tensor_names=(
+            *MODEL_TENSORS,
+            *ATTENTION_TENSORS,
+            ("model.layers.{bid}.post_attention_layernorm", "blk.{bid}.post_attention_norm"),
+            ("model.layers.{bid}.mlp.router", "blk.{bid}.ffn_gate_inp"),
+        ),
+        # TextModel's keys, then GptOssModel.set_gguf_parameters' two
+        hparams=(
+            *text_model_hparams(),
+            HParam("add_sliding_window", lambda cfg: cfg["sliding_window"]),
+            HParam("add_expert_feed_forward_length", lambda cfg: cfg["intermediate_size"]),
+        ),
+        # transformers GptOssConfig (its rope default is the released models' YaRN)
+        config_defaults={
+            "num_hidden_layers": 36,
+            "hidden_size": 2880,
+            "intermediate_size": 2880,
+            "head_dim": 64,
+            "num_attention_heads": 64,
+            "num_key_value_heads": 8,
+            "sliding_window": 128,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 150000.0,
+            "rope_scaling": {
+                "rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                "original_max_position_embeddings": 4096,
+            },
+            "tie_word_embeddings": False,
+        },
+        derive_config=_expert_keys("num_local_experts", "num_experts", 128, 4),
+        split_tensors=_GPT_OSS_SPLITS,
+        packed_formats=False,
+        # GptOssModel.generate_extra_tensors: openai/gpt-oss-* ship their experts in MXFP4
+        mxfp4_experts=(
+            Mxfp4Experts("model.layers.{bid}.mlp.experts.down_proj", ("blk.{bid}.ffn_down_exps.weight",)),
+            Mxfp4Experts(
+                "model.layers.{bid}.mlp.experts.gate_up_proj",
+                ("blk.{bid}.ffn_gate_exps.weight", "blk.{bid}.ffn_up_exps.weight"),
+            ),
+        ),
+        # src/models/openai-moe.cpp: sliding window on even layers (load_swa_pattern(ml, 2)) with the main
+        # rope base and scale, attention sinks (a tensor), biases everywhere (tensors)
+        runtime=RuntimeTraits(
+            rope_style="neox", attention_bias=True, sliding_window_pattern=2, swa_rope_base_is_main=True,
+            swa_rope_scale_is_main=True, yarn_rope=True, ffn_norm="post_attention_norm",
+            expert_gating="softmax_weight", expert_glu="swiglu_oai",
+        ),
     )
 )

@@ -208,6 +208,13 @@ class CalibrationRun:
         started = time.perf_counter()
         hf = HFSource(source)
         model = Model(hf, cache_budget_bytes=0, emulate_ggml=False)
+        stacked = sorted(n for n in model.names if n.endswith("_exps.weight"))
+        if stacked:
+            # GPTQ/AWQ here collect one Hessian per 2-D linear; a stacked expert tensor would need one per expert
+            raise Unsupported(
+                f"--method {opts.method}: {source} is a mixture of experts ({stacked[0]}); calibrated "
+                "quantization handles dense models only (use the round-to-nearest recipe)"
+            )
         if check is not None:
             check(model)
         text = read_calibration_text(opts.files)

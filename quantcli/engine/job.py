@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from gguf import GGMLQuantizationType
 
+from quantcli.arch import get_arch
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
 from quantcli.engine.awq import calibrate_gguf_awq
@@ -603,6 +604,12 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
     if not job.dry_run:
         check_output_dir(out_path, job.force, inputs=job.input_files())
     with open_checkpoint(job.source) as ckpt:
+        spec = get_arch(ckpt.config, where=str(ckpt.directory / "config.json"))
+        if not spec.packed_formats:
+            raise Unsupported(
+                f"--format {target.format}: {spec.hf_architectures[0]} has weights that are not Linear layers "
+                "(router, stacked experts); convert it to GGUF"
+            )
         # scales (and the tensors kept as they are) live in the model's dtype
         dtype = fmt.model_dtype or str(ckpt.config.get("torch_dtype") or "bfloat16")
         assert target.bits is not None and target.group_size is not None

@@ -89,8 +89,21 @@ class ConverterTensors:
         data = tensor.transform(data)
         self.times["read"] += read - started
         self.times["transform"] += time.perf_counter() - read
-        if tuple(data.shape) != tensor.shape:
+        if tensor.encoded:  # stored bytes passed through (an MXFP4 checkpoint's experts): nothing to encode
+            raw = data
+        elif tuple(data.shape) != tensor.shape:
             raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
+        else:
+            raw = self._encoded(data, tensor)
+        del data
+        if tensor.release is not None:
+            tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
+        self._name, self._raw = name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+        if self._raw.nbytes != tensor.nbytes:
+            raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
+        return self._raw
+
+    def _encoded(self, data: np.ndarray, tensor: SourceTensor) -> np.ndarray:
         key = None
         if self.tensor_cache is not None and tensor.type not in _FLOATS:
             key = self.tensor_cache.key(data, tensor.type)
@@ -103,13 +116,7 @@ class ConverterTensors:
             self.times["quantize"] += time.perf_counter() - started
             if key:
                 self.tensor_cache.put(key, raw)
-        del data
-        if tensor.release is not None:
-            tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
-        self._name, self._raw = name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-        if self._raw.nbytes != tensor.nbytes:
-            raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
-        return self._raw
+        return raw
 
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
         if end is None and begin == 0 and self._name == name:  # the whole tensor is written

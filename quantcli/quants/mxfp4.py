@@ -59,6 +59,21 @@ def best_index_fp4(xt: np.ndarray, d: np.ndarray) -> np.ndarray:
     return best
 
 
+def from_openai_blocks(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """OpenAI's MXFP4 checkpoint layout (gpt-oss `*_blocks` (..., n_blocks, 16): element 2i in byte i's low
+    nibble, 2i+1 in its high nibble; `*_scales` (..., n_blocks): the E8M0 exponent) -> ggml block_mxfp4
+    rows (..., n_blocks * 17): the exponent byte, then element j in qs[j]'s low and j+16 in its high nibble.
+    The same byte as E8M0 (2^(e-127) times E2M1) and as ggml's (half of 2^(e-127) times the doubled
+    values), so the numbers are unchanged: what GptOssModel.repack_mxfp4 writes."""
+    codes = np.empty((*blocks.shape[:-1], 32), dtype=np.uint8)
+    codes[..., 0::2] = blocks & 0x0F
+    codes[..., 1::2] = blocks >> 4
+    out = np.empty((*blocks.shape[:-1], 17), dtype=np.uint8)
+    out[..., 0] = scales
+    out[..., 1:] = codes[..., :16] | (codes[..., 16:] << 4)
+    return out.reshape(*blocks.shape[:-2], -1)
+
+
 class MXFP4(SlicedQuantType, qtype=GGMLQuantizationType.MXFP4):
     uses_imatrix = False
     searches_without_imatrix = False

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from quantcli.arch import get_arch, supported_architectures
 from quantcli.errors import InputInvalid, Unsupported
 
@@ -30,6 +32,11 @@ class ArchTraits:
     no_rope_layer_step: int = 0  # smollm3: layer il skips rope when (il + 1) % step == 0
     pre_norms: bool = True  # attn_norm/ffn_norm before each branch (olmo2: none, only post-norms)
     expert_weights_norm: bool = False  # MoE: renormalise the top-k expert weights (build_moe_ffn's norm_w)
+    yarn_rope: bool = False  # YaRN rope scaling computed (gpt-oss); elsewhere a YaRN factor is refused
+    swa_rope_scale_is_main: bool = False  # sliding layers use the main rope freq scale (gpt-oss), else 1
+    ffn_norm: str = "ffn_norm"  # the FFN input norm tensor (gpt-oss: post_attention_norm)
+    expert_gating: str = "softmax"  # "softmax_weight": top-k of the raw router logits, softmax over them
+    expert_glu: str = "swiglu"  # "swiglu_oai": ggml_swiglu_oai (clamped, alpha 1.702, (up + 1))
 
 
 def arch_traits(arch: str) -> ArchTraits:
@@ -61,6 +68,11 @@ def _arch_tables_traits() -> dict[str, ArchTraits]:
                 no_rope_layer_step=rt.no_rope_layer_step,
                 pre_norms=rt.pre_norms,
                 expert_weights_norm=rt.expert_weights_norm,
+                yarn_rope=rt.yarn_rope,
+                swa_rope_scale_is_main=rt.swa_rope_scale_is_main,
+                ffn_norm=rt.ffn_norm,
+                expert_gating=rt.expert_gating,
+                expert_glu=rt.expert_glu,
             ),
         )
     return out
@@ -84,6 +96,7 @@ class ModelConfig:
     rope_attn_factor: float  # ggml_rope_ext's attn_factor: cos and sin are multiplied by it
     rope_ctx_orig: int  # n_ctx_orig_yarn: above it (padded context) Phi-3 uses rope_factors_long
     rope_base_swa: float
+    rope_ext_factor: float  # YaRN's ext_factor (llama_context: 1 under YaRN, else 0); corr dims from beta 32 / 1
     sliding_window: int
     swa_layers: list[bool] = field(default_factory=list)
     attn_scale: float = 1.0
@@ -139,7 +152,7 @@ class ModelConfig:
         # llama_model::load_hparams: an absent type is "linear"; an absent or zero factor means 1.
         scaling = key("rope.scaling.type", "linear")
         factor = float(key("rope.scaling.factor", 0.0) or 1.0)
-        if (scaling == "yarn" and factor != 1.0) or scaling not in ("none", "linear", "yarn"):
+        if (scaling == "yarn" and factor != 1.0 and not traits.yarn_rope) or scaling not in ("none", "linear", "yarn"):
             # YaRN's ramp and magnitude correction are not implemented. A "longrope" type key comes from
             # TextModel archs, where llama.cpp has no factor tensors and so ignores the model's scaling;
             # Phi-3's converter writes no type key and runs as "linear" with rope_factors_long/short.
@@ -147,6 +160,16 @@ class ModelConfig:
         # YaRN at factor 1 rotates by the unscaled angle (up to one float32 rounding in its ramp dims).
         # The model rounds 1/factor to float32: the same value as ggml's 1.0f/factor.
         freq_scale = 1.0 if scaling == "none" else 1.0 / factor
+        yarn = scaling == "yarn" and traits.yarn_rope
+        n_ctx_orig = int(key("rope.scaling.original_context_length", key("context_length", 0)) or 0)
+        # llama_context: ext_factor 1 under YaRN; yarn_attn_factor = get_mscale(factor) / (1 + 0.1 ln factor),
+        # times rope.scaling.attn_factor (ggml's rope_yarn multiplies 1 + 0.1 ln(1/freq_scale) back in)
+        attn_factor = float(key("rope.scaling.attn_factor", 1.0))
+        if yarn:
+            f = np.float32(1.0) / np.float32(freq_scale)
+            mscale = np.float32(0.1) * np.log(f) + np.float32(1.0) if f > 1 else np.float32(1.0)
+            cancel = np.float32(1.0) / (np.float32(1.0) + np.float32(0.1) * np.log(f))
+            attn_factor = float(np.float32(mscale * cancel) * np.float32(attn_factor))
         sliding_window = int(key("attention.sliding_window", 0) or 0)
         swa_layers = [False] * n_layer
         if sliding_window > 0 and traits.swa_pattern_default:
@@ -184,8 +207,9 @@ class ModelConfig:
             rope_dim=_rope_dim(arch, key("rope.dimension_count", head_dim_k), head_dim_k),
             rope_freq_scale=freq_scale,
             # llama_context: cparams.yarn_attn_factor (1 without YaRN) times rope.scaling.attn_factor
-            rope_attn_factor=float(key("rope.scaling.attn_factor", 1.0)),
-            rope_ctx_orig=int(key("rope.scaling.original_context_length", key("context_length", 0)) or 0),
+            rope_attn_factor=float(attn_factor),
+            rope_ctx_orig=n_ctx_orig,
+            rope_ext_factor=1.0 if yarn else 0.0,
             rope_base_swa=float(key("rope.freq_base_swa", rope_base if traits.swa_rope_base_is_main else 10000.0)),
             sliding_window=sliding_window,
             swa_layers=swa_layers,

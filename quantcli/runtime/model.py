@@ -90,7 +90,7 @@ class Model:
         for il in range(c.n_layer):
             p = f"blk.{il}."
             if c.traits.pre_norms:  # olmo2 normalises only the branch outputs (post-norms)
-                needed += [p + "attn_norm.weight", p + "ffn_norm.weight"]
+                needed += [p + "attn_norm.weight", p + c.traits.ffn_norm + ".weight"]
             needed.append(p + "attn_output.weight")
             if self.has(p + "ffn_gate_inp.weight"):
                 needed += [p + t + ".weight" for t in EXPERT_TENSORS]
@@ -134,6 +134,8 @@ class Model:
                 expect(p + "attn_k.weight", (kv_rows, c.n_embd), "attention.head_count_kv")
                 expect(p + "attn_v.weight", (c.n_head_kv * c.head_dim_v, c.n_embd), "attention.head_count_kv")
             expect(p + "attn_output.weight", (c.n_embd, c.n_head * c.head_dim_v), "attention.head_count")
+            if self.has(p + "attn_sinks.weight"):  # gpt-oss: one logit per head
+                expect(p + "attn_sinks.weight", (c.n_head,), "attention.head_count")
             for norm, rows in (("attn_q_norm", q_rows), ("attn_k_norm", kv_rows)):
                 # per head (qwen3, gemma3) or over the whole projection (olmo2, olmoe)
                 name = p + norm + ".weight"
@@ -165,6 +167,11 @@ class Model:
         expect(p + "ffn_gate_exps.weight", (c.n_expert, n_ff, c.n_embd), "expert_count")
         expect(p + "ffn_up_exps.weight", (c.n_expert, n_ff, c.n_embd), "expert_count")
         expect(p + "ffn_down_exps.weight", (c.n_expert, c.n_embd, n_ff), "expert_count")
+        if self.has(p + "ffn_gate_inp.bias"):
+            expect(p + "ffn_gate_inp.bias", (c.n_expert,), "expert_count")
+        for name, rows in (("ffn_gate_exps", n_ff), ("ffn_up_exps", n_ff), ("ffn_down_exps", c.n_embd)):
+            if self.has(p + name + ".bias"):  # gpt-oss: one bias row per expert
+                expect(p + name + ".bias", (c.n_expert, rows), "expert_count")
 
     def has(self, name: str) -> bool:
         return name in self.names
@@ -222,7 +229,9 @@ class Model:
             cache.keys[il][:, start : start + n_tok] = k.transpose(1, 0, 2)
             cache.values[il][:, start : start + n_tok] = v.transpose(1, 0, 2)
             n_kv = int(positions[-1]) + 1
-            return self._attention(q, cache.keys[il][:, :n_kv], cache.values[il][:, :n_kv], positions, window)
+            return self._attention(
+                q, cache.keys[il][:, :n_kv], cache.values[il][:, :n_kv], positions, window, self._sinks(il)
+            )
 
         for il in range(c.n_layer):
             x = self._layer(il, x, positions, self.weight, attend, observer, cache.n_ctx)
@@ -282,12 +291,13 @@ class Model:
 
         def attend(il: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int) -> np.ndarray:
             out = np.empty((n_seq * n_tok, c.n_head * c.head_dim_v), np.float32)
+            sinks = self._sinks(il)
 
             def one(s: int) -> None:
                 rows = slice(s * n_tok, (s + 1) * n_tok)
                 keys = np.ascontiguousarray(k[rows].transpose(1, 0, 2))
                 values = np.ascontiguousarray(v[rows].transpose(1, 0, 2))
-                out[rows] = self._attention(q[rows], keys, values, positions, window)
+                out[rows] = self._attention(q[rows], keys, values, positions, window, sinks)
 
             if pool is None:
                 for s in range(n_seq):
@@ -315,6 +325,10 @@ class Model:
         if w.ndim == 1:
             self._weights[name] = w
         return w
+
+    def _sinks(self, il: int) -> np.ndarray | None:
+        name = f"blk.{il}.attn_sinks.weight"
+        return self.weight(name).reshape(-1) if self.has(name) else None
 
     def _expert_matrix(self, name: str, expert: int) -> np.ndarray:
         """One expert's float32 matrix of a stacked tensor: from the cached stack when the whole model is
@@ -410,7 +424,7 @@ class Model:
         step = c.traits.no_rope_layer_step
         if not (step and (il + 1) % step == 0):  # smollm3: every 4th layer has no rope
             base = c.rope_base_swa if swa else c.rope_base
-            scale = 1.0 if swa else c.rope_freq_scale
+            scale = c.rope_freq_scale if not swa or c.traits.swa_rope_scale_is_main else 1.0
             cos, sin = self._rope_tables(positions, base, scale, self._rope_factors(n_ctx))
             q = self._rope(q, cos, sin)
             k = self._rope(k, cos, sin)
@@ -422,7 +436,7 @@ class Model:
         del q, k, v
         out = self._matmul(attn, p + "attn_output.weight", obs, weight(p + "attn_output.weight"))
         del attn
-        if self.has(p + "post_attention_norm.weight"):
+        if self.has(p + "post_attention_norm.weight") and c.traits.ffn_norm != "post_attention_norm":
             out = self._rms_norm(out, weight(p + "post_attention_norm.weight"))
         if c.residual_scale:  # granite
             out *= np.float32(c.residual_scale)
@@ -430,6 +444,7 @@ class Model:
         del out
         ffn_names = [p + "ffn_gate.weight", p + "ffn_up.weight", p + "ffn_down.weight"]
         ffn_names += [p + "ffn_gate_inp.weight"] + [p + t + ".weight" for t in SHARED_EXPERT_TENSORS]
+        ffn_names += [p + t + ".bias" for t in EXPERT_TENSORS[1:]]  # gpt-oss: one bias row per expert
         ffn_w = {n: weight(n) for n in ffn_names if self.has(n)}
         # Row slabs bound the (rows, n_ff) temporaries when many tokens go through at once; an observer
         # (imatrix) sees each matmul's rows in one call, as llama-imatrix does. A MoE layer takes all rows
@@ -463,12 +478,12 @@ class Model:
     ) -> np.ndarray:
         c = self.config
         p = f"blk.{il}."
-        h = self._rms_norm(x, weight(p + "ffn_norm.weight")) if c.traits.pre_norms else x
+        h = self._rms_norm(x, weight(p + c.traits.ffn_norm + ".weight")) if c.traits.pre_norms else x
         if p + "ffn_gate_inp.weight" in ffn_w:
             return moe_ffn(
                 h, p, ffn_w, self._expert_matrix, self._types, c.n_expert_used, c.traits.expert_weights_norm,
                 lambda rows, name: self._matmul(rows, name, obs, ffn_w[name]),
-                self._activation, self.emulate_ggml, obs,
+                self._activation, self.emulate_ggml, obs, c.traits.expert_gating, c.traits.expert_glu,
             )
         shared: dict[GGMLQuantizationType, np.ndarray] = {}
         if p + "ffn_gate.weight" in ffn_w:
@@ -527,9 +542,20 @@ class Model:
             running = running * theta_scale
         if factors is not None:
             theta /= factors[:half].astype(np.float32)
-        theta *= f32(freq_scale)
-        # cosf/sinf of a float32 angle: correctly rounded via double (glibc's are within an ulp of it)
         mscale = f32(c.rope_attn_factor)
+        if c.rope_ext_factor:
+            # rope_yarn: theta_interp (scaled) and theta_extrap (not) mixed by the ramp over the pairs
+            # between ggml_rope_yarn_corr_dims' floor/ceil correction dims (beta_fast 32, beta_slow 1)
+            low, high = _yarn_corr_dims(c.rope_dim, c.rope_ctx_orig, base)
+            pair = np.arange(half, dtype=np.float32)
+            y = (pair - low) / max(f32(0.001), high - low)
+            ramp_mix = (f32(1.0) - np.minimum(f32(1.0), np.maximum(f32(0.0), y))) * f32(c.rope_ext_factor)
+            interp = f32(freq_scale) * theta
+            theta = interp * (f32(1.0) - ramp_mix) + theta * ramp_mix
+            mscale *= f32(1.0) + f32(0.1) * np.log(f32(1.0) / f32(freq_scale))
+        else:
+            theta *= f32(freq_scale)
+        # cosf/sinf of a float32 angle: correctly rounded via double (glibc's are within an ulp of it)
         cos = np.cos(theta.astype(np.float64)).astype(np.float32) * mscale
         sin = np.sin(theta.astype(np.float64)).astype(np.float32) * mscale
         return cos[:, None, :], sin[:, None, :]
@@ -548,10 +574,12 @@ class Model:
         return out
 
     def _attention(
-        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int
+        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, positions: np.ndarray, window: int,
+        sinks: np.ndarray | None = None,
     ) -> np.ndarray:
         """q (T, n_head, d) at increasing `positions` against keys/values (n_head_kv, S, d) of positions
-        0..S-1 (causal, optional sliding window) -> (T, n_head*d_v)."""
+        0..S-1 (causal, optional sliding window; `sinks`: one extra logit per head in each softmax, gpt-oss's
+        attn_sinks) -> (T, n_head*d_v)."""
         c = self.config
         n_tok = q.shape[0]
         group = c.n_head // c.n_head_kv
@@ -579,10 +607,28 @@ class Model:
                 cap = np.float32(c.attn_logit_softcap)
                 scores = np.tanh(scores / cap) * cap
             scores += bias
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
+            if sinks is None:
+                scores -= scores.max(axis=-1, keepdims=True)
+                np.exp(scores, out=scores)
+                scores /= scores.sum(axis=-1, keepdims=True)
+            else:  # ggml_soft_max_add_sinks: the head's sink logit joins the max and the sum, not the output
+                sink = sinks.reshape(c.n_head_kv, group, 1, 1)
+                top = np.maximum(scores.max(axis=-1, keepdims=True), sink)
+                scores -= top
+                np.exp(scores, out=scores)
+                scores /= scores.sum(axis=-1, keepdims=True) + np.exp(sink - top)
             out[:, :, t0:t1] = (scores.reshape(c.n_head_kv, group * n, n_kv) @ values[:, :n_kv]).reshape(
                 c.n_head_kv, group, n, c.head_dim_v
             )
         return out.reshape(c.n_head, n_tok, c.head_dim_v).transpose(1, 0, 2).reshape(n_tok, -1)
+
+
+def _yarn_corr_dims(n_dims: int, n_ctx_orig: int, base: float) -> tuple[np.float32, np.float32]:
+    """ggml_rope_yarn_corr_dims with beta_fast 32 and beta_slow 1 (llama.cpp's defaults), in float32:
+    floor/ceil of n_dims * logf(n_ctx_orig / (beta * 2 pi)) / (2 logf(base)), clamped to [0, n_dims - 1]."""
+    f32 = np.float32
+
+    def corr_dim(beta: float) -> np.float32:
+        return f32(n_dims) * np.log(f32(n_ctx_orig) / (f32(beta) * f32(2) * f32(np.pi))) / (f32(2) * np.log(f32(base)))
+
+    return f32(max(0.0, np.floor(corr_dim(32.0)))), f32(min(n_dims - 1.0, np.ceil(corr_dim(1.0))))

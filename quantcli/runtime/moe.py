@@ -11,6 +11,11 @@ for softmax gating and SwiGLU experts without biases (Mixtral, Qwen3-MoE, OLMoE)
 5. each slot's output times its weight, and the slots summed in top-k order;
 6. Qwen2-MoE's shared expert (src/models/qwen2moe.cpp): a dense SwiGLU FFN on every token, times
    sigmoid(ffn_gate_inp_shexp · x) computed as ggml does it, silu(g) / g, added to the routed sum.
+
+GPT-OSS (src/models/openai-moe.cpp) differs in three places: the router has a bias (added by `matmul`),
+the gating is LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT (top-k of the raw logits, then a softmax over
+the k selected ones), each expert matmul adds its expert's bias row (ggml_add_id), and the activation is
+ggml_swiglu_oai: min(gate, 7) * sigmoid(1.702 * min(gate, 7)) * (clamp(up, -7, 7) + 1).
 """
 
 from __future__ import annotations
@@ -46,6 +51,17 @@ def route(probs: np.ndarray, n_used: int, normalise: bool) -> tuple[np.ndarray, 
     return selected, weights
 
 
+SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT = np.float32(1.702), np.float32(7.0)  # LLM_FFN_SWIGLU_OAI_MOE's constants
+
+
+def swiglu_oai(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """ggml_compute_forward_swiglu_oai_f32: x / (1 + expf(alpha * -x)) * (y + 1), x = min(gate, limit),
+    y = clamp(up, -limit, limit)."""
+    x = np.minimum(gate, SWIGLU_OAI_LIMIT)
+    y = np.clip(up, -SWIGLU_OAI_LIMIT, SWIGLU_OAI_LIMIT)
+    return x / (np.float32(1.0) + np.exp(SWIGLU_OAI_ALPHA * -x)) * (y + np.float32(1.0))
+
+
 def moe_ffn(
     h: np.ndarray,
     layer: str,
@@ -58,6 +74,8 @@ def moe_ffn(
     activation: Callable[[np.ndarray], np.ndarray],
     emulate_ggml: bool,
     observer: Callable[..., None] | None,
+    gating: str = "softmax",
+    glu: str = "swiglu",
 ) -> np.ndarray:
     """The MoE branch on the normed rows `h` (n_tok, n_embd) of layer prefix `layer` ("blk.N.").
 
@@ -67,10 +85,18 @@ def moe_ffn(
     ordinary matmul (observers see the router and the shared expert as any matmul); `activation` the
     gate's SiLU. `observer(name, rows, experts)` sees each stacked tensor's input as llama-imatrix's MUL_MAT_ID callback
     does: rows (n_tok, 1 or n_used, ne0) — the token's row for gate/up, each slot's own row for down — and
-    the expert of every (token, slot)."""
+    the expert of every (token, slot). `gating` "softmax_weight" and `glu` "swiglu_oai" select GPT-OSS's
+    router and activation; expert biases (`ffn_*_exps.bias` in `weights`, (n_expert, rows)) are added
+    per expert when present."""
     gate_name, up_name, down_name = (layer + t + ".weight" for t in EXPERT_TENSORS[1:])
     router_logits = matmul(h, layer + EXPERT_TENSORS[0] + ".weight")
-    selected, slot_weights = route(softmax_rows(router_logits), n_used, normalise)
+    if gating == "softmax_weight":
+        selected, top_logits = route(router_logits, n_used, False)
+        slot_weights = softmax_rows(top_logits)
+    else:
+        selected, slot_weights = route(softmax_rows(router_logits), n_used, normalise)
+    gate_bias, up_bias, down_bias = (weights.get(name.removesuffix(".weight") + ".bias")
+                                     for name in (gate_name, up_name, down_name))
     n_tok, n_embd = h.shape
 
     def seen(x: np.ndarray, name: str) -> np.ndarray:
@@ -85,13 +111,24 @@ def moe_ffn(
     slots = np.empty((n_tok, n_used, n_embd), np.float32)
     for e in np.unique(selected):
         tok, slot = np.nonzero(selected == e)
-        act = activation(h_gate[tok] @ expert(gate_name, int(e)).T)
-        act *= h_up[tok] @ expert(up_name, int(e)).T
+        gate = h_gate[tok] @ expert(gate_name, int(e)).T
+        up = h_up[tok] @ expert(up_name, int(e)).T
+        if gate_bias is not None:
+            gate += gate_bias[e]
+        if up_bias is not None:
+            up += up_bias[e]
+        if glu == "swiglu_oai":
+            act = swiglu_oai(gate, up)
+        else:
+            act = activation(gate)
+            act *= up
         if observer is not None:
             if acts is None:
                 acts = np.empty((n_tok, n_used, act.shape[1]), np.float32)
             acts[tok, slot] = act
         slots[tok, slot] = seen(act, down_name) @ expert(down_name, int(e)).T
+        if down_bias is not None:
+            slots[tok, slot] += down_bias[e]
     if observer is not None:
         observer(down_name, acts, selected)
     slots *= slot_weights[:, :, None]

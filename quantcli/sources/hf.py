@@ -22,7 +22,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 
-from quantcli import arch
+from quantcli import arch, quants
 from quantcli.errors import InputInvalid, Unsupported
 from quantcli.loaders import FLOAT_DTYPES, Checkpoint, Closing, open_checkpoint
 from quantcli.plan.converter import (
@@ -33,6 +33,7 @@ from quantcli.plan.converter import (
     lossless_ftype,
     parse_out_type,
 )
+from quantcli.quants.mxfp4 import from_openai_blocks
 from quantcli.vocab import read_vocab
 from quantcli.writers.gguf import MetadataBuilder, encode_value, tensor_nbytes
 
@@ -54,9 +55,13 @@ class SourceTensor:
     source_dtype: str = ""
     release: Callable[[], None] | None = None  # drop the checkpoint's mapped pages once the tensor is used
     prefetch: Callable[[], None] | None = None  # start reading the checkpoint's pages in the background
+    # True: read/transform give the stored bytes of `type` (uint8 rows), passed through unencoded (MXFP4)
+    encoded: bool = False
 
     def produce(self) -> np.ndarray:
         """The tensor's values (float32 or float16, `shape`)."""
+        if self.encoded:
+            return quants.dequantize(self.transform(self.read()), self.type, self.shape)
         return self.transform(self.read())
 
     @property
@@ -157,6 +162,108 @@ def _stacked_tensor(
     )
 
 
+def _split_parts(
+    ckpt: Checkpoint, hf_name: str, split: arch.SplitTensor, ftype: LlamaFileType, type_rule: TypeRule
+) -> list[SourceTensor]:
+    """The GGUF tensors cut from one HF tensor; each reads it (the unit of streaming) and keeps its part,
+    the last one releasing the mapped pages."""
+    info = ckpt.tensor_info(hf_name)
+    if info.dtype not in FLOAT_DTYPES:
+        raise Unsupported(f"{info.file}: tensor {hf_name!r} is {info.dtype}; only F32, F16 and BF16 are converted")
+    out = []
+    for index, part in enumerate(split.parts):
+        shape = part.out_shape(info.shape)
+        out.append(
+            SourceTensor(
+                part.gguf_template,
+                shape,
+                type_rule(part.gguf_template, shape, ftype),
+                _reader(ckpt, hf_name),
+                lambda data, select=part.select: np.ascontiguousarray(select(data)),
+                hf_name,
+                info.dtype,
+                release=(lambda: ckpt.release(hf_name)) if index == len(split.parts) - 1 else None,
+            )
+        )
+    return out
+
+
+_MXFP4_PARTS = ("_blocks", "_scales")  # suffixes of equal length
+
+
+def _is_mxfp4(config: dict[str, Any]) -> bool:
+    quantization = config.get("quantization_config")
+    return isinstance(quantization, dict) and quantization.get("quant_method") == "mxfp4"
+
+
+def _releaser(ckpt: Checkpoint, *hf_names: str) -> Callable[[], None]:
+    def release() -> None:
+        for name in hf_names:
+            ckpt.release(name)
+
+    return release
+
+
+def _mxfp4_reader(ckpt: Checkpoint, blocks_name: str, scales_name: str, rows: slice) -> Callable[[], np.ndarray]:
+    def read() -> np.ndarray:
+        return from_openai_blocks(ckpt.read(blocks_name)[:, rows], ckpt.read(scales_name)[:, rows])
+
+    return read
+
+
+def _mxfp4_tensors(ckpt: Checkpoint, spec: arch.ArchSpec, cfg: dict[str, Any]) -> tuple[list[SourceTensor], set[str]]:
+    """The packed expert tensors of an MXFP4 checkpoint as GptOssModel.generate_extra_tensors writes them
+    (each once its `_scales` is reached in checkpoint order, before every other tensor), and the HF names
+    they consume. Each reads its blocks and scales (one stacked tensor, the unit of streaming) and
+    repacks the layout; the values are never decoded."""
+    packed = {
+        entry.hf_template.format(bid=bid): (entry, bid)
+        for entry in spec.mxfp4_experts
+        for bid in range(spec.block_count(cfg))
+    }
+    names = set(ckpt.tensor_names())
+    tensors: list[SourceTensor] = []
+    consumed: set[str] = set()
+    for hf_name in ckpt.tensor_names():
+        if not hf_name.endswith("_scales") or hf_name[: -len("_scales")] not in packed:
+            continue
+        base = hf_name[: -len("_scales")]
+        entry, bid = packed[base]
+        blocks_name = base + "_blocks"
+        if blocks_name not in names:
+            raise InputInvalid(f"{ckpt.directory}: MXFP4 tensor {hf_name!r} has no {blocks_name!r}")
+        blocks, scales = ckpt.tensor_info(blocks_name), ckpt.tensor_info(hf_name)
+        n_out = len(entry.gguf_templates)
+        if (
+            blocks.dtype != "U8" or scales.dtype != "U8" or len(blocks.shape) != 4 or blocks.shape[-1] != 16
+            or tuple(scales.shape) != tuple(blocks.shape[:-1]) or blocks.shape[1] % n_out or 0 in blocks.shape
+        ):
+            raise InputInvalid(
+                f"{ckpt.directory}: MXFP4 tensors {blocks_name!r} {blocks.dtype} {list(blocks.shape)} and "
+                f"{hf_name!r} {scales.dtype} {list(scales.shape)}; expected uint8 (experts, rows, blocks, 16) "
+                "and (experts, rows, blocks)"
+            )
+        n_expert, rows, n_blocks, _ = blocks.shape
+        for index, template in enumerate(entry.gguf_templates):
+            tensors.append(
+                SourceTensor(
+                    template.format(bid=bid),
+                    (n_expert, rows // n_out, n_blocks * 32),
+                    GGMLQuantizationType.MXFP4,
+                    _mxfp4_reader(ckpt, blocks_name, hf_name, slice(index, None, n_out)),
+                    source_name=base,
+                    source_dtype="MXFP4",
+                    encoded=True,
+                    release=_releaser(ckpt, blocks_name, hf_name) if index == n_out - 1 else None,
+                )
+            )
+        consumed |= {blocks_name, hf_name}
+    stray = sorted(n for n in names - consumed if n.endswith(_MXFP4_PARTS) and n[: -len(_MXFP4_PARTS[0])] in packed)
+    if stray:
+        raise InputInvalid(f"{ckpt.directory}: MXFP4 tensor {stray[0]!r} has no matching scales")
+    return tensors, consumed
+
+
 def checkpoint_tensors(
     ckpt: Checkpoint, spec: arch.ArchSpec, cfg: dict[str, Any], ftype: LlamaFileType, type_rule: TypeRule
 ) -> list[SourceTensor]:
@@ -167,11 +274,15 @@ def checkpoint_tensors(
     """
     match_expert = _expert_matcher(spec)
     experts = {n: e for n in ckpt.tensor_names() if (e := match_expert(n)) is not None}
+    mxfp4, packed_names = _mxfp4_tensors(ckpt, spec, cfg) if spec.mxfp4_experts else ([], set())
     shapes = {
-        n: ckpt.tensor_info(n).shape for n in ckpt.tensor_names() if not spec.is_skipped(n) and n not in experts
+        n: ckpt.tensor_info(n).shape
+        for n in ckpt.tensor_names()
+        if not spec.is_skipped(n) and n not in experts and n not in packed_names
     }
     arch.check_layer_count(spec, cfg, len(shapes))
     names = spec.name_map(cfg)
+    splits = spec.split_map(cfg)
     arch.check_tensors(spec, cfg, shapes, names, str(ckpt.directory))
     n_expert = arch.expert_count(cfg) if experts else None
     if experts and (n_expert is None or n_expert <= 0):
@@ -183,8 +294,9 @@ def checkpoint_tensors(
         tensors.append(
             SourceTensor(gguf_name, tuple(array.shape), qtype, lambda array=array: array, source_dtype="F32")
         )
+    tensors += mxfp4
     for hf_name in ckpt.tensor_names():
-        if spec.is_skipped(hf_name):
+        if spec.is_skipped(hf_name) or hf_name in packed_names:
             continue
         expert = experts.get(hf_name)
         if expert is not None:
@@ -200,6 +312,10 @@ def checkpoint_tensors(
                     _stacked_tensor(ckpt, expert.layer, stack, n_expert, ftype, type_rule)
                     for stack in spec.expert_stacks
                 ]
+            continue
+        split = splits.get(hf_name)
+        if split is not None:
+            tensors += _split_parts(ckpt, hf_name, split, ftype, type_rule)
             continue
         gguf_name = names.get(hf_name)
         if gguf_name is None:
@@ -316,6 +432,10 @@ def open_converter_view(
             before_plan(ckpt, ftype)
         cfg["__ftype__"] = ftype
         tensors = checkpoint_tensors(ckpt, spec, cfg, ftype, type_rule)
+        if _is_mxfp4(ckpt.config) and ftype in (LlamaFileType.ALL_F32, LlamaFileType.MOSTLY_F16,
+                                                LlamaFileType.MOSTLY_BF16):
+            # ModelBase.prepare_metadata: an MXFP4 checkpoint written at a float type is labelled MXFP4_MOE
+            cfg["__ftype__"] = LlamaFileType.MOSTLY_MXFP4_MOE
         vocab = read_vocab(ckpt.directory, ckpt.config).entries
 
         meta = MetadataBuilder(spec.gguf_arch)

@@ -9,6 +9,7 @@
 | Gemma2ForCausalLM | Gemma2Model | SentencePiece; add_space_prefix false |
 | Gemma3ForCausalLM | Gemma3Model | SentencePiece + add_space_prefix false, else GPT-2 BPE |
 | Olmo2ForCausalLM | Olmo2Model | GPT-2 BPE (TextModel's) |
+| GptOssForCausalLM | GptOssModel | GPT-2 BPE |
 | Phi3ForCausalLM | Phi3MiniModel | GPT-2 BPE if tokenizer_class is GPT2Tokenizer, else its own SentencePiece variant |
 """
 
@@ -214,6 +215,7 @@ RECIPES: dict[str, Recipe] = {
     "Qwen2MoeForCausalLM": recipe_text_model,
     "Qwen3MoeForCausalLM": recipe_text_model,
     "OlmoeForCausalLM": recipe_text_model,
+    "GptOssForCausalLM": recipe_gpt2,
     "GemmaForCausalLM": recipe_gemma,
     "Gemma2ForCausalLM": recipe_gemma2,
     "Gemma3ForCausalLM": recipe_gemma3,
