@@ -124,14 +124,17 @@ def main() -> None:
     parser.add_argument("--method", choices=("gptq", "awq", "awq-gptq"),
                         help="ours also calibrated with this method: `quantcli convert MODEL --target-size ... "
                              "--method M --calib <the calibration text>` from the HF checkpoint")
+    parser.add_argument("--on-grid", action="store_true",
+                        help="SmolLM2 as shipped (weights on a Q4_1 grid) instead of the off-grid variant")
     parser.add_argument("--calib-samples", type=int, default=32,
                         help="--method's calibration windows of 512 tokens (default 32)")
     args = parser.parse_args()
-    work = cache_dir("bench-target")
-    model = Path(subprocess.run([sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), "--off-grid",
+    work = cache_dir("bench-target-ongrid" if args.on_grid else "bench-target")
+    variant = [] if args.on_grid else ["--off-grid"]
+    model = Path(subprocess.run([sys.executable, str(REPO / "scripts" / "make_smollm2_fixture.py"), *variant,
                                  "--print-path"], check=True, capture_output=True, text=True).stdout.split()[-1])  # fmt: skip
     calib, evaluation = target_texts(work)
-    f16 = work / "offgrid-f16.gguf"
+    f16 = work / f"{'ongrid' if args.on_grid else 'offgrid'}-f16.gguf"
     if not f16.exists():
         _log("F16 ...")
         quantcli("convert", model, "--type", "f16", "-o", f16)
@@ -169,7 +172,7 @@ def main() -> None:
     print("## Size targets: mean KLD at llama-quantize's file sizes (quantcli --target-size vs recipe + imatrix)\n")
     method = (f"; ours with `--method {args.method}` on {args.calib_samples} x {N_CTX} tokens of the calibration "
               "text") if args.method else ""
-    print(f"Off-grid SmolLM2-135M; llama-perplexity --kl-divergence against its F16, {EVAL_CHUNKS} x {N_CTX} tokens "
+    print(f"{'SmolLM2-135M as shipped (on its Q4_1 grid)' if args.on_grid else 'Off-grid SmolLM2-135M'}; llama-perplexity --kl-divergence against its F16, {EVAL_CHUNKS} x {N_CTX} tokens "
           f"of the evaluation text; imatrix: llama-imatrix, {CALIB_CHUNKS} x {N_CTX} tokens of the calibration text "
           f"(scripts/bench_target.py{' --method ' + args.method if args.method else ''}){method}.\n")  # fmt: skip
     print("| size of | bytes (llama / ours) | mean KLD llama-quantize + imatrix | mean KLD ours | ours / llama "
