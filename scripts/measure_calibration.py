@@ -288,7 +288,7 @@ def section_gguf(bench: Bench, types: list[str], ours_imatrix: bool) -> list[str
     return lines
 
 
-def section_cost(bench: Bench) -> list[str]:
+def section_cost(bench: Bench, with_awq: bool) -> list[str]:
     """Wall time and peak RSS of our GPTQ and llm-compressor's, started together, each pinned to its own core
     (`taskset`, 1 BLAS/OpenMP thread each), so both see the same machine at the same moment; then our AWQ and
     AWQ + GPTQ the same way, side by side. Every output is also scored."""
@@ -309,7 +309,7 @@ def section_cost(bench: Bench) -> list[str]:
           bench.quantcli("convert", bench.model, *ct, "--method", "awq-gptq", *calib_args(bench), "-o", "OUT"))],
     ]
     runs: list[tuple[str, Run]] = []
-    for pair in pairs:
+    for pair in pairs if with_awq else pairs[:1]:
         def make(core: int, name: str, cmd: list[str]) -> Run:
             pinned = ["taskset", "-c", str(core), *cmd]
             shown = " ".join(cmd).replace(str(bench.model), "MODEL").replace(str(REPO) + "/", "")
@@ -394,6 +394,7 @@ def main() -> int:
                         help="gguf: skip `--method gptq --imatrix` (llama-imatrix's file)")
     parser.add_argument("--ct-rows", default="ct-rtn,ct-gptq,ct-gptq-noact,ct-gptq-damp0.1,ct-awq,ct-awq-gptq,llmc-static,llmc-none",
                         help="ct: which rows (also llmc-damp0.1); llm-compressor's default is always made")
+    parser.add_argument("--cost-no-awq", action="store_true", help="cost: only our GPTQ and llm-compressor's")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args()
 
@@ -411,7 +412,7 @@ def main() -> int:
         lines += ["#### GGUF: llama-quantize + llama-imatrix vs `--method gptq`", "",
                   *section_gguf(bench, args.types.split(","), not args.no_ours_imatrix), ""]
     if "cost" in sections:
-        lines += ["#### Cost: side by side, one core each", "", *section_cost(bench), ""]
+        lines += ["#### Cost: side by side, one core each", "", *section_cost(bench, not args.cost_no_awq), ""]
     if "memory" in sections:
         lines += ["#### Memory: 16 vs 32 layers (synthetic, SmolLM2 widths, random weights, 8 × 512 samples)", "",
                   *section_memory(bench), ""]
