@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -29,7 +29,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from quantcli import quants
 from quantcli.errors import InputInvalid
 from quantcli.plan.core import TensorDecision
-from quantcli.writers.gguf import encode
+from quantcli.writers.gguf import encode, encode_stored
 
 if TYPE_CHECKING:  # an HF source is imported by the job that opens one, not by a GGUF -> GGUF run
     from quantcli.sources.hf import SourceTensor
@@ -71,12 +71,15 @@ class ConverterTensors:
         self.times = stage_times() if times is None else times
         self._name: str | None = None
         self._raw: np.ndarray | None = None
+        self._release_stored: Callable[[], None] | None = None  # a stored tensor's pages, dropped once written
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         if self._name == name and self._raw is not None:
             return self._raw
         self._drop()
         tensor = self.by_name[name]
+        if tensor.read_stored is not None:
+            return self._stored(tensor)
         started = time.perf_counter()
         data = tensor.read()
         read = time.perf_counter()
@@ -105,12 +108,31 @@ class ConverterTensors:
             raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
         return self._raw
 
+    def _stored(self, tensor: SourceTensor) -> np.ndarray:
+        """A tensor whose stored bits are the output's: the mapped bytes themselves, its pages released once
+        the tensor is written (a copy only where a BF16 NaN needs its quiet bit)."""
+        assert tensor.read_stored is not None
+        started = time.perf_counter()
+        stored = tensor.read_stored()
+        read = time.perf_counter()
+        raw = encode_stored(stored, tensor.type)
+        self.times["read"] += read - started
+        self.times["quantize"] += time.perf_counter() - read
+        self._name, self._raw = tensor.name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+        self._release_stored = tensor.release
+        if self._raw.nbytes != tensor.nbytes:
+            raise InputInvalid(f"{tensor.name}: stored {self._raw.nbytes} bytes, planned {tensor.nbytes}")
+        return self._raw
+
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
         if end is None and begin == 0 and self._name == name:  # the whole tensor is written
             self._drop()
 
     def _drop(self) -> None:
         self._name, self._raw = None, None
+        if self._release_stored is not None:
+            self._release_stored()
+            self._release_stored = None
 
 
 def source_rows(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from quantcli import quants
 from quantcli.atomic import atomic_path
 from quantcli.loaders.gguf import NUMPY_DTYPES, SCALAR_FORMATS
-from quantcli.quants.floats import f32_to_bf16_bits
+from quantcli.quants.floats import f32_to_bf16_bits, quiet_bf16_nans
 
 ALIGNMENT = 32  # gguf_init_empty() and GGUFWriter: no general.alignment key is ever written by us
 GGUF_VERSION = 3
@@ -182,6 +182,17 @@ def encode(data: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: in
     if data.size == 0:
         return np.zeros(0, dtype=np.uint8)
     return quants.quantize(data, qtype, name=name, threads=threads)
+
+
+def encode_stored(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """The bytes convert_hf_to_gguf.py writes for a tensor already stored as `qtype` (F32, F16 or BF16): the
+    stored bits (no copy) — its cast to float32 and back is exact — except BF16 NaNs, which its float32
+    round trip makes quiet."""
+    if qtype == GGMLQuantizationType.BF16:
+        return quiet_bf16_nans(data.view(np.uint16))
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        return data
+    raise ValueError(f"{qtype.name} is not a float type stored as is")
 
 
 class _HashingFile:
