@@ -22,8 +22,6 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import psutil
-
 from quantcli.errors import OutputExists, OutputFailed, UsageError
 
 TEMP_MARK = ".quantcli-tmp-"
@@ -46,6 +44,8 @@ def temp_path_for(path: Path, pid: int | None = None) -> Path:
 
 
 def _owner_alive(pid: int, temp: Path) -> bool:
+    import psutil  # only when a stale-looking temporary is found: most runs never need it
+
     try:
         process = psutil.Process(pid)
         started = process.create_time()

@@ -27,7 +27,6 @@ from gguf import GGMLQuantizationType
 
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
-from quantcli.engine.awq import calibrate_gguf_awq
 from quantcli.engine.calibrate import (
     CalibrationOptions,
     SpillStore,
@@ -481,6 +480,8 @@ def _requantizing(
             state["store"] = store
             bar = CountProgress(0) if progress else None
             try:
+                from quantcli.engine.awq import calibrate_gguf_awq  # only a calibrating job loads AWQ
+
                 calibrate_stage = calibrate_gguf_awq if opts.uses_awq else calibrate_gguf
                 return calibrate_stage(opts, Path(job.source), by_name, weights_for, store, job.threads,
                                        _block_progress(bar))  # fmt: skip
