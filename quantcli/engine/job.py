@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gguf import GGMLQuantizationType
-
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
 from quantcli.engine.calibrate import (
@@ -47,6 +45,7 @@ from quantcli.engine.target import (
     resolve_target,
 )
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError, VerifyFailed
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.jobstate import TensorCache, model_input_files
 from quantcli.loaders.gguf import GGUFFile, is_gguf_file
 from quantcli.plan.checks import check_plan_executable

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quantcli import quants
 from quantcli.errors import InputInvalid
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from quantcli.plan.core import TensorDecision
 from quantcli.writers.gguf import encode, encode_stored
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import gguf
 import numpy as np
-from gguf import GGMLQuantizationType, LlamaFileType
 
 from quantcli import arch
 from quantcli.errors import InputInvalid, Unsupported
+from quantcli.gguf_constants import GGMLQuantizationType, LlamaFileType
 from quantcli.loaders import FLOAT_DTYPES, Checkpoint, Closing, open_checkpoint
 from quantcli.plan.converter import (
     FTYPE_LABEL,

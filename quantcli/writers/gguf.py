@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import gguf
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from quantcli import quants
 from quantcli.atomic import atomic_path
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from quantcli.loaders.gguf import NUMPY_DTYPES, SCALAR_FORMATS
 from quantcli.quants.floats import f32_to_bf16_bits, quiet_bf16_nans
 
@@ -96,6 +95,8 @@ class MetadataBuilder:
     it; `encoded()` gives the KV section for `write_gguf`."""
 
     def __init__(self, arch: str) -> None:
+        import gguf  # the whole package (writer, vocab, metadata): only a conversion builds metadata here
+
         self.writer = gguf.GGUFWriter(path=None, arch=arch)
 
     def call(self, method: str, *args: Any) -> None:
