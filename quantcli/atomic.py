@@ -14,10 +14,10 @@ import functools
 import glob
 import hashlib
 import os
+import platform
 import re
 import secrets
 import shutil
-import socket
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,7 +33,8 @@ _CLOCK_SLACK_S = 2.0
 
 @functools.cache
 def _host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    # platform.node() is the host name socket.gethostname() gives, without importing socket (start-up time)
+    return hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 
 
 def temp_path_for(path: Path, pid: int | None = None) -> Path:
