@@ -274,18 +274,14 @@ def main() -> int:
             f"{'yes' if r['same'] else 'NO'} | {r['size']:,} |"
         )
     stage_names = list(rows[0]["doc"]["stages"])
-    # hash and write run on the GGUF writer's thread, beside read and quantize: not part of the caller's time
-    writer_stages = ("hash", "write")
-    print("\nWhere quantcli's time goes (seconds, its --json `stages`; hash and write are the writer thread's "
-          "seconds, overlapping read and quantize; `other` is the rest of the total: start-up, planning, the "
-          "tokenizer and waiting for the writer thread):\n")  # fmt: skip
+    print("\nWhere quantcli's time goes (seconds, its --json `stages`; `other` is start-up, planning and the "
+          "tokenizer):\n")  # fmt: skip
     print("| output | " + " | ".join(stage_names) + " | other | total |")
     print("|---|" + "--:|" * (len(stage_names) + 2))
     for r in rows:
         stages, seconds = r["doc"]["stages"], r["doc"]["seconds"]
         cells = " | ".join(f"{stages[name]:.1f}" for name in stage_names)
-        caller = sum(v for name, v in stages.items() if name not in writer_stages)
-        print(f"| {r['label']} | {cells} | {seconds - caller:.1f} | {seconds:.1f} |")
+        print(f"| {r['label']} | {cells} | {seconds - sum(stages.values()):.1f} | {seconds:.1f} |")
     reads = "; ".join(
         f"{r['label']}: {input_bytes / r['wall'] / 1e6:.0f} MB/s over the whole run, "
         f"{input_bytes / r['doc']['stages']['read'] / 1e6:.0f} MB/s in its read stage"
