@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import queue
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -200,60 +198,19 @@ def encode_stored(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
 
 class _HashingFile:
     """A binary file that hashes what is written to it (the --json sha256 without reading the file back).
-
-    Hashing and writing run, in order, on one writer thread while the caller makes the next chunk: hashlib
-    and file writes release the GIL, so they overlap the reads and the quantizer instead of adding to them
-    (at 8B scale, seconds). At most _QUEUED chunks wait; each is kept alive by its queue entry, and a chunk
-    is never changed once handed over (they are fresh arrays or read-only mappings). A write error is raised
-    in the caller by the next `write` or by `finish`. `times` (optional) accumulates the writer thread's
-    seconds hashing ("hash") and writing ("write"), which overlap the caller's stages."""
-
-    _QUEUED = 2
+    `times` (optional) accumulates the seconds spent hashing ("hash") and writing ("write")."""
 
     def __init__(self, fh: BinaryIO, times: dict[str, float] | None = None) -> None:
         self.fh = fh
         self.digest = hashlib.sha256()
         self.size = 0
         self.times = times
-        self._queue: queue.Queue[memoryview | None] = queue.Queue(self._QUEUED)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="quantcli-gguf-writer", daemon=True)
-        self._thread.start()
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
-        if self._error is not None:
-            raise self._error
         if isinstance(data, np.ndarray):
             view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
         else:
             view = memoryview(data).cast("B")
-        self._queue.put(view)
-        self.size += view.nbytes
-        return view.nbytes
-
-    def finish(self) -> str:
-        """Wait until every chunk is hashed and written (raising a write error here) and return the sha256."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
-        return self.digest.hexdigest()
-
-    def stop(self) -> None:
-        """End the writer thread once the queued chunks are done (also after an error elsewhere: the file is
-        closed and removed only when nothing writes to it any more)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _drain(self) -> None:
-        while (view := self._queue.get()) is not None:
-            if self._error is None:  # after an error the rest is only taken off the queue
-                try:
-                    self._hash_and_write(view)
-                except BaseException as exc:  # handed to the caller's thread, which raises it
-                    self._error = exc
-
-    def _hash_and_write(self, view: memoryview) -> None:
         started = time.perf_counter()
         self.digest.update(view)
         hashed = time.perf_counter()
@@ -263,6 +220,8 @@ class _HashingFile:
             self.times["write"] = self.times.get("write", 0.0) + time.perf_counter() - hashed
         if written != view.nbytes:
             raise OSError(f"short write: {written} of {view.nbytes} bytes")
+        self.size += written
+        return written
 
 
 TensorChunks = Callable[[OutputTensor], Iterable[bytes | bytearray | memoryview | np.ndarray]]
@@ -285,24 +244,21 @@ def write_gguf(
     total = len(tensors)
     with atomic_path(path, force) as tmp, open(tmp, "wb") as raw_fh:
         fh = _HashingFile(raw_fh, times)
-        try:
-            fh.write(meta)
-            for i, tensor in enumerate(tensors):
-                start = fh.size
-                for chunk in chunks(tensor):
-                    fh.write(chunk)
-                written = fh.size - start
-                if written != tensor.nbytes:
-                    raise AssertionError(f"{tensor.name}: wrote {written} bytes, planned {tensor.nbytes}")
-                fh.write(b"\0" * (pad(written) - written))
-                if on_tensor is not None:
-                    on_tensor(tensor, i + 1, total)
-            expected = len(meta) + sum(pad(t.nbytes) for t in tensors)
-            if fh.size != expected:
-                raise AssertionError(f"wrote {fh.size} bytes, planned {expected}")
-            sha256 = fh.finish()
-        finally:
-            fh.stop()
+        fh.write(meta)
+        for i, tensor in enumerate(tensors):
+            start = fh.size
+            for chunk in chunks(tensor):
+                fh.write(chunk)
+            written = fh.size - start
+            if written != tensor.nbytes:
+                raise AssertionError(f"{tensor.name}: wrote {written} bytes, planned {tensor.nbytes}")
+            fh.write(b"\0" * (pad(written) - written))
+            if on_tensor is not None:
+                on_tensor(tensor, i + 1, total)
+        expected = len(meta) + sum(pad(t.nbytes) for t in tensors)
+        if fh.size != expected:
+            raise AssertionError(f"wrote {fh.size} bytes, planned {expected}")
+        sha256 = fh.digest.hexdigest()
         closing = time.perf_counter()
     if times is not None:  # close, fsync and rename (atomic_path): the data reaches the disk here
         times["sync"] = times.get("sync", 0.0) + time.perf_counter() - closing
