@@ -14,15 +14,13 @@ import functools
 import glob
 import hashlib
 import os
+import platform
 import re
 import secrets
 import shutil
-import socket
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import psutil
 
 from quantcli.errors import OutputExists, OutputFailed, UsageError
 
@@ -35,7 +33,8 @@ _CLOCK_SLACK_S = 2.0
 
 @functools.cache
 def _host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    # platform.node() is the host name socket.gethostname() gives, without importing socket (start-up time)
+    return hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 
 
 def temp_path_for(path: Path, pid: int | None = None) -> Path:
@@ -46,6 +45,8 @@ def temp_path_for(path: Path, pid: int | None = None) -> Path:
 
 
 def _owner_alive(pid: int, temp: Path) -> bool:
+    import psutil  # only when a stale-looking temporary is found: most runs never need it
+
     try:
         process = psutil.Process(pid)
         started = process.create_time()

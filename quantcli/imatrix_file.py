@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
 
 from quantcli.errors import ImatrixMismatch, InputInvalid, InputMissing, UsageError, printable
+from quantcli.gguf_constants import GGMLQuantizationType, GGUFValueType
 
 IN_SUM2 = ".in_sum2"
 # Tensor names are < 64 bytes in ggml (GGML_MAX_NAME); a longer one is a corrupt length field, not a name

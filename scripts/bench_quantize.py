@@ -146,7 +146,7 @@ def main() -> int:
         f"({median(starts['--help'], 'cpu'):.3f} s CPU), `quantcli --version` "
         f"{median(starts['--version'], 'seconds'):.3f} s; a bare `python -c pass` takes "
         f"{median(bare, 'seconds'):.3f} s here, and importing what a quantize run needs (the CLI, the engine, "
-        f"numpy, gguf) {median(imports, 'seconds'):.3f} s ({median(imports, 'cpu'):.3f} s CPU), single-threaded: "
+        f"numpy, gguf-py's constants) {median(imports, 'seconds'):.3f} s ({median(imports, 'cpu'):.3f} s CPU), single-threaded: "
         "the part of quantcli's time that llama-quantize does not have. The quantizers run in the C extension "
         "when it is built (QUANTCLI_NATIVE=0 forces NumPy)."
     )

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "quantcli"
 
 # Lowest first. A module may import modules of its own layer's package or of a lower layer, never a higher one.
 LAYERS: list[tuple[str, ...]] = [
-    ("quantcli", "quantcli.errors", "quantcli.console", "quantcli.atomic", "quantcli.jobstate", "quantcli.native"),
+    ("quantcli", "quantcli.errors", "quantcli.console", "quantcli.atomic", "quantcli.jobstate", "quantcli.native",
+     "quantcli.gguf_constants"),
     ("quantcli.quants", "quantcli.arch", "quantcli.vocab", "quantcli.loaders", "quantcli.imatrix_file",
      "quantcli.hub"),
     ("quantcli.writers",),

@@ -330,3 +330,14 @@ def test_smollm2_tensors(ggml, smollm2_dir) -> None:
                     check_against_ggml(ggml, qtype, x, imatrix, use_native=False)
     finally:
         st.close()
+
+
+def test_quiet_bf16_nans_is_the_float32_round_trip() -> None:
+    """Every BF16 bit pattern: copying the bits and quieting NaNs equals widening to float32 and rounding back
+    (ggml's and gguf-py's rule); without such a NaN the input comes back uncopied."""
+    from quantcli.quants.floats import bf16_bits_to_f32, f32_to_bf16_bits, quiet_bf16_nans
+
+    every = np.tile(np.arange(1 << 16, dtype=np.uint16), 3)  # more than one scan piece
+    assert np.array_equal(quiet_bf16_nans(every), f32_to_bf16_bits(bf16_bits_to_f32(every)))
+    ordinary = np.array([0x0000, 0x8000, 0x0001, 0x7F80, 0xFF80, 0x7FC0, 0x3F80], dtype=np.uint16)
+    assert quiet_bf16_nans(ordinary) is ordinary

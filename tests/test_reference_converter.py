@@ -319,3 +319,46 @@ def test_sharded_checkpoint_matches_reference(smollm2_dir: Path, tmp_path: Path)
     ours = tmp_path / "ours.gguf"
     convert_model(model, ours, out_type="q8_0")
     _assert_same(ours, ref)
+
+
+# BF16 bit patterns a real checkpoint can hold besides normal numbers: signed zeros, subnormals, infinities,
+# the bare quiet NaN, NaNs with a payload and the quiet bit set, and signalling NaNs (quiet bit clear).
+SPECIAL_BF16 = (0x0000, 0x8000, 0x0001, 0x807F, 0x0040, 0x7F80, 0xFF80, 0x7FC0, 0xFFC0, 0x7FC1, 0x7F81, 0xFFA5, 0x7FBF)
+
+
+def test_bf16_stored_tensors_are_copied_as_the_converter_writes_them(
+    smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--type bf16 of a BF16 checkpoint: tensors without a transform are copied from the checkpoint (no float32
+    round trip) and still equal the converter's bytes, special values included (its round trip quiets
+    signalling NaNs); q/k (permuted) and the norms (F32) take the float32 path."""
+    from quantcli.engine import stream
+    from quantcli.loaders import open_checkpoint
+
+    model = _synthetic(tmp_path, smollm2_dir, "llama3")
+    special = np.array(SPECIAL_BF16, dtype=np.uint16)
+    tensors = {}
+    with open_checkpoint(model) as ckpt:
+        for name in ckpt.tensor_names():
+            info = ckpt.tensor_info(name)
+            bits = ckpt.read(name).view(np.uint16).copy().reshape(-1)
+            if name.endswith(("gate_proj.weight", "q_proj.weight", "embed_tokens.weight", "norm.weight")):
+                bits[: special.size] = special
+                bits[-special.size :] = special[::-1]
+            tensors[name] = (info.dtype, info.shape, bits.tobytes())
+    _write_safetensors(model / "model.safetensors", tensors)
+    copied: list[tuple[int, ...]] = []
+
+    def spy(data: np.ndarray, qtype):  # type: ignore[no-untyped-def]
+        copied.append(data.shape)
+        return encode_stored(data, qtype)
+
+    encode_stored = stream.encode_stored
+    monkeypatch.setattr(stream, "encode_stored", spy)
+    ours = tmp_path / "ours.gguf"
+    result = convert_model(model, ours, out_type="bf16")
+    # token_embd and, per layer, v, o, gate, up and down are copied; q and k are permuted; the norms and
+    # llama3's rope_freqs are F32
+    assert len(copied) == 1 + 5 * LAYERS
+    assert result["tensor_types"] == {"BF16": 1 + 7 * LAYERS, "F32": 2 + 2 * LAYERS}
+    _assert_same(ours, reference_gguf(model, "bf16"))

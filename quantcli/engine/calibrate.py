@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError
-from quantcli.quants.gptq import GPTQConfig, Hessian, gptq_quantize
 from quantcli.quants.packed import MODEL_DTYPES, PackedFormat, Scheme
 
+# Every job reads its calibration options here; GPTQ and threadpoolctl are imported only by a job that
+# calibrates (a plain quantize's start-up is most of its time).
 if TYPE_CHECKING:  # the runtime and the HF source are opened only by a calibrating job
+    from quantcli.quants.gptq import GPTQConfig, Hessian
     from quantcli.runtime.calibrate import BlockInputs, CalibrationText
     from quantcli.runtime.hf import HFSource
     from quantcli.runtime.model import Model
@@ -177,7 +178,7 @@ def spill_store(output: Path, key: str | None = None) -> Iterator[SpillStore]:
 
 # One linear's calibrated quantization: (GGUF name, the converter's view of it, its input Hessian) -> the
 # values the output will hold, float32 in GGUF orientation, or None to leave the tensor to the sink.
-QuantizeLinear = Callable[[str, "SourceTensor", Hessian], "np.ndarray | None"]
+QuantizeLinear = Callable[[str, "SourceTensor", "Hessian"], "np.ndarray | None"]
 
 
 @dataclass
@@ -253,6 +254,8 @@ def run_calibration(
     from quantcli.runtime.calibrate import calibrate_blocks
 
     run = CalibrationRun.open(opts, source)
+    from threadpoolctl import threadpool_limits
+
     hf = run.hf
     quantize_seconds = [0.0]
 
@@ -300,6 +303,8 @@ def packed_gptq_config(opts: CalibrationOptions, fmt: type[PackedFormat], scheme
     # groups stay contiguous and act-order only changes the order columns are visited in.
     act_order = opts.act_order is not False
     dynamic_groups = act_order and fmt.carries_g_idx
+    from quantcli.quants.gptq import GPTQConfig
+
     config = GPTQConfig(
         bits=scheme.bits, group_size=scheme.group_size, damp=opts.damp, block_size=128,
         act_order=act_order, scales="dynamic" if not act_order or dynamic_groups else "static",
@@ -332,6 +337,8 @@ def calibrate_packed(
 ) -> dict[str, Any]:
     """GPTQ every packed linear (HF names `linear_names`) of the checkpoint at `source` into `store` (the
     format's tensors under the HF weight name); returns the facts for the result's `calibration` key."""
+    from quantcli.quants.gptq import gptq_quantize
+
     config = packed_gptq_config(opts, fmt, scheme)
     done: set[str] = set()
     raised: dict[str, float] = {}

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from quantcli import quants
 from quantcli.engine.stream import TensorBytes, source_rows
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.plan.core import TensorDecision
 from quantcli.plan.metadata import ImatrixUse
 from quantcli.plan.target import CLASS_SENSITIVITY, candidate_types, sensitivity

@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gguf import GGMLQuantizationType
-
 from quantcli.arch import get_arch
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
-from quantcli.engine.awq import calibrate_gguf_awq
 from quantcli.engine.calibrate import (
     CalibrationOptions,
     SpillStore,
@@ -49,6 +46,7 @@ from quantcli.engine.target import (
     resolve_target,
 )
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, UsageError, VerifyFailed
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.jobstate import TensorCache, model_input_files
 from quantcli.loaders.gguf import GGUFFile, is_gguf_file
 from quantcli.plan.checks import check_plan_executable
@@ -482,6 +480,8 @@ def _requantizing(
             state["store"] = store
             bar = CountProgress(0) if progress else None
             try:
+                from quantcli.engine.awq import calibrate_gguf_awq  # only a calibrating job loads AWQ
+
                 calibrate_stage = calibrate_gguf_awq if opts.uses_awq else calibrate_gguf
                 return calibrate_stage(opts, Path(job.source), by_name, weights_for, store, job.threads,
                                        _block_progress(bar))  # fmt: skip

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quantcli import quants
 from quantcli.errors import InputInvalid
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from quantcli.plan.core import TensorDecision
-from quantcli.writers.gguf import encode
+from quantcli.writers.gguf import encode, encode_stored
 
 if TYPE_CHECKING:  # an HF source is imported by the job that opens one, not by a GGUF -> GGUF run
     from quantcli.sources.hf import SourceTensor
@@ -74,17 +74,18 @@ class ConverterTensors:
         self.times = stage_times() if times is None else times
         self._name: str | None = None
         self._raw: np.ndarray | None = None
+        self._release_stored: Callable[[], None] | None = None  # a stored tensor's pages, dropped once written
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         if self._name == name and self._raw is not None:
             return self._raw
         self._drop()
         tensor = self.by_name[name]
+        if tensor.read_stored is not None:
+            return self._stored(tensor)
         started = time.perf_counter()
         data = tensor.read()
-        following = self._after.get(name)
-        if following is not None and following.prefetch is not None:
-            following.prefetch()
+        self._prefetch_after(name)
         read = time.perf_counter()
         data = tensor.transform(data)
         self.times["read"] += read - started
@@ -103,6 +104,12 @@ class ConverterTensors:
             raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
         return self._raw
 
+    def _prefetch_after(self, name: str) -> None:
+        """The next tensor's pages start coming from the disk while this one is encoded and written."""
+        following = self._after.get(name)
+        if following is not None and following.prefetch is not None:
+            following.prefetch()
+
     def _encoded(self, data: np.ndarray, tensor: SourceTensor) -> np.ndarray:
         key = None
         if self.tensor_cache is not None and tensor.type not in _FLOATS:
@@ -118,12 +125,30 @@ class ConverterTensors:
                 self.tensor_cache.put(key, raw)
         return raw
 
+    def _stored(self, tensor: SourceTensor) -> np.ndarray:
+        """A tensor whose stored bits are the output's: the mapped bytes themselves, its pages released once
+        the tensor is written (a copy only where a BF16 NaN needs its quiet bit). The NaN scan is where the
+        pages are first touched, so its time is "read"."""
+        assert tensor.read_stored is not None
+        started = time.perf_counter()
+        raw = encode_stored(tensor.read_stored(), tensor.type)
+        self._prefetch_after(tensor.name)
+        self.times["read"] += time.perf_counter() - started
+        self._name, self._raw = tensor.name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+        self._release_stored = tensor.release
+        if self._raw.nbytes != tensor.nbytes:
+            raise InputInvalid(f"{tensor.name}: stored {self._raw.nbytes} bytes, planned {tensor.nbytes}")
+        return self._raw
+
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
         if end is None and begin == 0 and self._name == name:  # the whole tensor is written
             self._drop()
 
     def _drop(self) -> None:
         self._name, self._raw = None, None
+        if self._release_stored is not None:
+            self._release_stored()
+            self._release_stored = None
 
 
 def source_rows(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:

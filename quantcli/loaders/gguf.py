@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from quantcli.errors import InputInvalid, InputMissing, Unsupported, printable
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from quantcli.loaders.closing import Closing
 
 GGUF_MAGIC = b"GGUF"

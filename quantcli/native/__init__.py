@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 ABI_VERSION = 2
 _DIR = Path(__file__).resolve().parent

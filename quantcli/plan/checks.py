@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from gguf import GGML_QUANT_SIZES
-from gguf import GGMLQuantizationType as T
-
 from quantcli import quants
 from quantcli.errors import Unsupported, UsageError
+from quantcli.gguf_constants import GGML_QUANT_SIZES
+from quantcli.gguf_constants import GGMLQuantizationType as T
 from quantcli.plan.core import Plan
 from quantcli.plan.metadata import ImatrixUse
 

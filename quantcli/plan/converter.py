@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
-
 from quantcli.errors import UsageError
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from quantcli.plan.core import Overrides, Plan, TensorDecision, TensorSpec
 from quantcli.plan.ftypes import FTYPES
 from quantcli.plan.rules import ModelInfo

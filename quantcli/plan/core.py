@@ -7,9 +7,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gguf import GGMLQuantizationType as T
-
 from quantcli.errors import FallbackRefused, Unsupported, UsageError
+from quantcli.gguf_constants import GGMLQuantizationType as T
 from quantcli.plan.ftypes import Ftype, parse_ftype
 from quantcli.plan.rules import (
     ATTN_V_LIKE,

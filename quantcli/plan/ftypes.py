@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gguf import GGMLQuantizationType as T
-
 from quantcli.errors import Unsupported, UsageError
+from quantcli.gguf_constants import GGMLQuantizationType as T
 
 
 @dataclass(frozen=True)

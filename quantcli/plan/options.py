@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
 
 from quantcli.errors import InputInvalid, InputMissing, UsageError
+from quantcli.gguf_constants import GGMLQuantizationType, GGUFValueType
 from quantcli.plan.core import Overrides
 from quantcli.plan.ftypes import parse_ggml_type
 from quantcli.writers.gguf import encode_kv

@@ -10,10 +10,9 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from gguf import GGML_QUANT_SIZES
-from gguf import GGMLQuantizationType as T
-
 from quantcli.errors import InputInvalid
+from quantcli.gguf_constants import GGML_QUANT_SIZES
+from quantcli.gguf_constants import GGMLQuantizationType as T
 
 
 class Category(Enum):  # tensor_category

@@ -19,9 +19,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gguf import GGMLQuantizationType as T
-
 from quantcli.errors import UsageError
+from quantcli.gguf_constants import GGMLQuantizationType as T
 from quantcli.plan.core import PURE_REASON, Overrides, Plan, TensorDecision
 from quantcli.plan.ftypes import FTYPES, Ftype
 from quantcli.plan.rules import Category, block_size, category_of

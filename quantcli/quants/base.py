@@ -12,9 +12,9 @@ import os
 from typing import ClassVar
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from quantcli.errors import InputInvalid, Unsupported
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 _REGISTRY: dict[GGMLQuantizationType, type[QuantType]] = {}
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.base import QuantType
 
 
@@ -37,6 +37,29 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     if nan.any():
         rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
     return rounded
+
+
+def quiet_bf16_nans(bits: np.ndarray) -> np.ndarray:
+    """f32_to_bf16_bits(bf16_bits_to_f32(bits)) without the float32 round trip: widening is exact and the
+    rounding of an exact value is the identity, so only a NaN changes (its quiet bit 0x40 is set). Returns
+    `bits` itself (no copy) when it holds no NaN with the quiet bit clear, the usual case."""
+    flat = bits.reshape(-1).view(np.uint16)
+    step = 1 << 16  # cache-sized pieces: the scan reads each value once and allocates nothing per piece
+    magnitude = np.empty(step, dtype=np.uint16)
+    signalling = np.empty(step, dtype=bool)
+    out: np.ndarray | None = None
+    for start in range(0, flat.size, step):
+        piece = flat[start : start + step]
+        n = piece.size
+        # Above 0x7F80 once the quiet bit is masked: every NaN that is not the bare quiet NaN (setting its bit
+        # again is harmless); 0x7FC0 and the infinities stay at or below it.
+        np.bitwise_and(piece, 0x7FBF, out=magnitude[:n])
+        np.greater(magnitude[:n], 0x7F80, out=signalling[:n])
+        if signalling[:n].any():
+            if out is None:
+                out = flat.copy()
+            out[start : start + n][signalling[:n]] |= 0x40
+    return bits if out is None else out.reshape(bits.shape)
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:

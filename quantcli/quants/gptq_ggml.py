@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from quantcli.errors import InputInvalid, Unsupported
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.base import get, quantize, refuse_non_finite
 from quantcli.quants.ggml import GridQuantType
 from quantcli.quants.gptq import inverse_hessian_factor, without_dead_columns

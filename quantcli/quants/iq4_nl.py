@@ -9,8 +9,8 @@ NOT what llama-quantize writes.)
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     IQ4NL_VALUES,
     SlicedQuantType,

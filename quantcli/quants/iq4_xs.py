@@ -7,8 +7,8 @@ per-32 scale search as IQ4_NL, then D = -max_scale/32 and 6-bit codes l = clamp(
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     F32,
     IQ4NL_VALUES,

@@ -8,8 +8,8 @@ alone is wrong for those inputs. `floor_log2f` reproduces it exactly (see its do
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import F32, SlicedQuantType, pack_nibbles, transposed_blocks, unpack_nibbles
 
 # Doubled E2M1 values (ggml's kvalues_mxfp4); the scale is decoded as half the E8M0 value to match.

@@ -9,8 +9,8 @@ quantize_row_q2_K_impl (make_qkx3_quants + make_qp_quants for the codes) with on
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     F32,
     QK_K,

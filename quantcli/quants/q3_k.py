@@ -10,8 +10,8 @@ quantize_row_q3_K_impl (make_qx_quants twice) with one.
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     F32,
     QK_K,

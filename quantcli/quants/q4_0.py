@@ -7,8 +7,8 @@ Reference path (no imatrix) = quantize_row_q4_0_ref; with an imatrix = quantize_
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     GridQuantType,
     LevelGrid,

@@ -7,8 +7,8 @@ Reference path = quantize_row_q4_1_ref; imatrix path = quantize_row_q4_1_impl, i
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     GridQuantType,
     LevelGrid,

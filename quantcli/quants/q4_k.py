@@ -8,8 +8,8 @@ dispatch; formats/ggml-kquants.md). The scale/min machinery (ggml.quantize_scale
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     QK_K,
     GridQuantType,

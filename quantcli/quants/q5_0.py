@@ -6,8 +6,8 @@ Reference path = quantize_row_q5_0_ref; imatrix path = quantize_row_q5_0_impl (m
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     GridQuantType,
     LevelGrid,

@@ -7,8 +7,8 @@ imatrix path = quantize_row_q5_1_impl (make_qkx3_quants, nmax 31).
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     GridQuantType,
     LevelGrid,

@@ -8,8 +8,8 @@ bit 2g+1. ggml: quantize_row_q5_K_ref without an imatrix, quantize_row_q5_K_impl
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     QK_K,
     GridQuantType,

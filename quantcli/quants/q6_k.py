@@ -9,8 +9,8 @@ quantize_row_q6_K_impl, which passes the raw imatrix as weights; otherwise the t
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     F32,
     GROUP_MAX_EPS,

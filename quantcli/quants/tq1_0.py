@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.base import QuantType
 from quantcli.quants.ggml import F32, QK_K, as_blocks, half_bytes, read_half, ternary_codes
 

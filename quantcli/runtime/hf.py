@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, LlamaFileType
 
 from quantcli.arch import effective_config, get_arch, hparam_values
 from quantcli.errors import InputInvalid
+from quantcli.gguf_constants import GGMLQuantizationType, LlamaFileType
 from quantcli.loaders import open_checkpoint
 from quantcli.sources.hf import SourceTensor, checkpoint_tensors
 from quantcli.vocab import read_vocab

@@ -23,10 +23,10 @@ from typing import Protocol
 
 import numpy as np
 import psutil
-from gguf import GGMLQuantizationType
 from threadpoolctl import threadpool_limits
 
 from quantcli.errors import InputInvalid, UsageError
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.runtime.config import ModelConfig
 from quantcli.runtime.moe import EXPERT_TENSORS, SHARED_EXPERT_TENSORS, moe_ffn
 from quantcli.runtime.numerics import round_f16_, vec_dot_round_trip

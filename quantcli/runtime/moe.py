@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
+from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.runtime.numerics import vec_dot_round_trip
 
 # ggml_clamp(weights_sum, 6.103515625e-5, INFINITY) in build_moe_ffn: the smallest normal float16

@@ -17,7 +17,8 @@ in the CPU cache, with integer bit operations on float32 views (NumPy's float16 
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
+
+from quantcli.gguf_constants import GGMLQuantizationType as T
 
 _Q8_0_USERS = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4}
 _Q8_K_USERS = {

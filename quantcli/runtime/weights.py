@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from quantcli.errors import InputMissing, Unsupported
+from quantcli.gguf_constants import GGMLQuantizationType
 
 
 class TensorSource(Protocol):

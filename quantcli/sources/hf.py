@@ -20,10 +20,10 @@ from typing import Any
 
 import gguf
 import numpy as np
-from gguf import GGMLQuantizationType, LlamaFileType
 
 from quantcli import arch, quants
 from quantcli.errors import InputInvalid, Unsupported
+from quantcli.gguf_constants import GGMLQuantizationType, LlamaFileType
 from quantcli.loaders import FLOAT_DTYPES, Checkpoint, Closing, open_checkpoint
 from quantcli.plan.converter import (
     FTYPE_LABEL,
@@ -57,6 +57,10 @@ class SourceTensor:
     prefetch: Callable[[], None] | None = None  # start reading the checkpoint's pages in the background
     # True: read/transform give the stored bytes of `type` (uint8 rows), passed through unencoded (MXFP4)
     encoded: bool = False
+    # The stored array as it is (BF16: ml_dtypes.bfloat16, memory-mapped) when the output type is the stored
+    # dtype and no transform applies: the converter's widen-and-re-encode is then the identity (up to BF16 NaN
+    # quieting: writers.gguf.encode_stored), so the engine copies these bits instead.
+    read_stored: Callable[[], np.ndarray] | None = None
 
     def produce(self) -> np.ndarray:
         """The tensor's values (float32 or float16, `shape`)."""
@@ -325,20 +329,24 @@ def checkpoint_tensors(
             raise Unsupported(f"{info.file}: tensor {hf_name!r} is {info.dtype}; only F32, F16 and BF16 are converted")
         ctx = arch.TransformContext(config=cfg, hf_name=hf_name, directory=ckpt.directory)
         shape = info.shape
-        for transform in spec.transforms_for(hf_name):
+        transforms = list(spec.transforms_for(hf_name))
+        for transform in transforms:
             if transform.out_shape is not None:
                 shape = transform.out_shape(shape, ctx)
+        qtype = type_rule(gguf_name, shape, ftype)
+        stored_as_output = not transforms and qtype.name == info.dtype
         tensors.append(
             SourceTensor(
                 gguf_name,
                 shape,
-                type_rule(gguf_name, shape, ftype),
+                qtype,
                 _reader(ckpt, hf_name),
                 _transformer(spec, hf_name, ctx),
                 hf_name,
                 info.dtype,
                 release=lambda hf_name=hf_name: ckpt.release(hf_name),
                 prefetch=lambda hf_name=hf_name: ckpt.prefetch(hf_name),
+                read_stored=(lambda hf_name=hf_name: ckpt.read(hf_name)) if stored_as_output else None,
             )
         )
     incomplete = sorted(b for b, seen in seen_per_layer.items() if seen < (n_expert or 0) * len(spec.expert_stacks))

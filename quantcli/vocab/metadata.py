@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType
-
 from quantcli.errors import InputInvalid
+from quantcli.gguf_constants import GGUFValueType
 
 # The largest tokenizer.json files are tens of MB; json.load reads the whole file (and builds objects several
 # times its size), so a larger one is refused before it is read.

@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import math
+import queue
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import gguf
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from quantcli import quants
 from quantcli.atomic import atomic_path
+from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from quantcli.loaders.gguf import NUMPY_DTYPES, SCALAR_FORMATS
-from quantcli.quants.floats import f32_to_bf16_bits
+from quantcli.quants.floats import f32_to_bf16_bits, quiet_bf16_nans
 
 ALIGNMENT = 32  # gguf_init_empty() and GGUFWriter: no general.alignment key is ever written by us
 GGUF_VERSION = 3
@@ -96,6 +97,8 @@ class MetadataBuilder:
     it; `encoded()` gives the KV section for `write_gguf`."""
 
     def __init__(self, arch: str) -> None:
+        import gguf  # the whole package (writer, vocab, metadata): only a conversion builds metadata here
+
         self.writer = gguf.GGUFWriter(path=None, arch=arch)
 
     def call(self, method: str, *args: Any) -> None:
@@ -184,15 +187,36 @@ def encode(data: np.ndarray, qtype: GGMLQuantizationType, name: str, threads: in
     return quants.quantize(data, qtype, name=name, threads=threads)
 
 
+def encode_stored(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """The bytes convert_hf_to_gguf.py writes for a tensor already stored as `qtype` (F32, F16 or BF16): the
+    stored bits (no copy) — its cast to float32 and back is exact — except BF16 NaNs, which its float32
+    round trip makes quiet."""
+    if qtype == GGMLQuantizationType.BF16:
+        return quiet_bf16_nans(data.view(np.uint16))
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        return data
+    raise ValueError(f"{qtype.name} is not a float type stored as is")
+
+
 class _HashingFile:
     """A binary file that hashes what is written to it (the --json sha256 without reading the file back).
-    `times` (optional) accumulates the seconds spent hashing ("hash") and writing ("write")."""
+
+    A chunk of _PARALLEL_BYTES or more is hashed on a helper thread while this thread writes it (hashlib and
+    file writes release the GIL), and `write` returns once both are done, so the caller may release the
+    chunk's pages as before. `times` (optional) accumulates the seconds spent writing ("write") and the
+    hashing not hidden behind the write ("hash"): they stay a partition of the caller's time."""
+
+    # Below this, a hand-over to the helper thread costs more than the hash (metadata, padding, small tensors).
+    _PARALLEL_BYTES = 1 << 20
 
     def __init__(self, fh: BinaryIO, times: dict[str, float] | None = None) -> None:
         self.fh = fh
         self.digest = hashlib.sha256()
         self.size = 0
         self.times = times
+        self._to_hash: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._hashed: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._hasher: threading.Thread | None = None
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
         if isinstance(data, np.ndarray):
@@ -200,16 +224,49 @@ class _HashingFile:
         else:
             view = memoryview(data).cast("B")
         started = time.perf_counter()
-        self.digest.update(view)
-        hashed = time.perf_counter()
-        written = self.fh.write(view)
+        if view.nbytes >= self._PARALLEL_BYTES:
+            if self._hasher is None:
+                self._hasher = threading.Thread(target=self._hash_loop, name="quantcli-sha256", daemon=True)
+                self._hasher.start()
+            self._to_hash.put(view)
+            try:
+                written = self.fh.write(view)
+            finally:  # the chunk is hashed before the caller may drop it, whatever the write did
+                wrote = time.perf_counter()
+                failed = self._hashed.get()
+            if failed is not None:
+                raise failed
+            hash_seconds = time.perf_counter() - wrote
+        else:
+            self.digest.update(view)
+            hashed = time.perf_counter()
+            hash_seconds = hashed - started
+            written = self.fh.write(view)
+            wrote = time.perf_counter()
+            started += hash_seconds
         if self.times is not None:
-            self.times["hash"] = self.times.get("hash", 0.0) + hashed - started
-            self.times["write"] = self.times.get("write", 0.0) + time.perf_counter() - hashed
+            self.times["hash"] = self.times.get("hash", 0.0) + hash_seconds
+            self.times["write"] = self.times.get("write", 0.0) + wrote - started
         if written != view.nbytes:
             raise OSError(f"short write: {written} of {view.nbytes} bytes")
         self.size += written
         return written
+
+    def close(self) -> None:
+        """End the helper thread (if one was started)."""
+        if self._hasher is not None:
+            self._to_hash.put(None)
+            self._hasher.join()
+            self._hasher = None
+
+    def _hash_loop(self) -> None:
+        while (view := self._to_hash.get()) is not None:
+            try:
+                self.digest.update(view)
+            except BaseException as exc:  # handed to the writing thread, which raises it
+                self._hashed.put(exc)
+            else:
+                self._hashed.put(None)
 
 
 TensorChunks = Callable[[OutputTensor], Iterable[bytes | bytearray | memoryview | np.ndarray]]
@@ -232,20 +289,23 @@ def write_gguf(
     total = len(tensors)
     with atomic_path(path, force) as tmp, open(tmp, "wb") as raw_fh:
         fh = _HashingFile(raw_fh, times)
-        fh.write(meta)
-        for i, tensor in enumerate(tensors):
-            start = fh.size
-            for chunk in chunks(tensor):
-                fh.write(chunk)
-            written = fh.size - start
-            if written != tensor.nbytes:
-                raise AssertionError(f"{tensor.name}: wrote {written} bytes, planned {tensor.nbytes}")
-            fh.write(b"\0" * (pad(written) - written))
-            if on_tensor is not None:
-                on_tensor(tensor, i + 1, total)
-        expected = len(meta) + sum(pad(t.nbytes) for t in tensors)
-        if fh.size != expected:
-            raise AssertionError(f"wrote {fh.size} bytes, planned {expected}")
+        try:
+            fh.write(meta)
+            for i, tensor in enumerate(tensors):
+                start = fh.size
+                for chunk in chunks(tensor):
+                    fh.write(chunk)
+                written = fh.size - start
+                if written != tensor.nbytes:
+                    raise AssertionError(f"{tensor.name}: wrote {written} bytes, planned {tensor.nbytes}")
+                fh.write(b"\0" * (pad(written) - written))
+                if on_tensor is not None:
+                    on_tensor(tensor, i + 1, total)
+            expected = len(meta) + sum(pad(t.nbytes) for t in tensors)
+            if fh.size != expected:
+                raise AssertionError(f"wrote {fh.size} bytes, planned {expected}")
+        finally:
+            fh.close()
         sha256 = fh.digest.hexdigest()
         closing = time.perf_counter()
     if times is not None:  # close, fsync and rename (atomic_path): the data reaches the disk here
