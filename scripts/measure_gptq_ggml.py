@@ -27,8 +27,8 @@ from quantcli.runtime import open_model  # noqa: E402
 from quantcli.runtime.evaluate import plan_chunks  # noqa: E402
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-TYPES_32 = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0]
-TYPES_256 = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+TYPES_32 = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.IQ4_NL]
+TYPES_256 = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]
 
 
 def output_error(weight: np.ndarray, values: np.ndarray, x: np.ndarray) -> float:
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--layers", default="3,15", help="comma-separated block indices")
     parser.add_argument("--damp", default="0.01,0.1", help="comma-separated damping fractions")
     parser.add_argument("--chunks", type=int, default=40, help="at most this many 512-token chunks")
+    parser.add_argument("--types", default="", help="comma-separated GGML types (default: all above that fit)")
     args = parser.parse_args()
 
     model, tokenizer = open_model(args.model)
@@ -68,6 +69,8 @@ def main() -> None:
         hessian = calibration[name].matrix
         x = np.concatenate(held_out[name])
         types = TYPES_32 + (TYPES_256 if weight.shape[1] % 256 == 0 else [])
+        if args.types:
+            types = [t for t in types if t.name in args.types.split(",")]
         for damp in (float(d) for d in args.damp.split(",")):
             ratios = []
             for qtype in types:

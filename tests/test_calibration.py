@@ -189,12 +189,16 @@ def test_packed_gptq_beats_rtn_on_the_calibration_inputs(tiny: Path, tmp_path: P
     assert errors["gptq"] < 0.9 * errors["rtn"], errors
 
 
-def test_gguf_gptq_same_types_and_size_as_the_recipe(tiny: Path, tmp_path: Path) -> None:
+# Q4_K_M: K-quants and their 32-block fallbacks (Q5_0, Q8_0); IQ4_XS: the lookup-table grids, IQ4_XS on the
+# 256-wide ffn_down and its IQ4_NL fallback on every 128-wide row (blk.0.attn_q among them).
+@pytest.mark.parametrize(("ftype", "types"), [("Q4_K_M", {"Q4_K", "Q5_0"}), ("IQ4_XS", {"IQ4_XS", "IQ4_NL"})])
+def test_gguf_gptq_same_types_and_size_as_the_recipe(tiny: Path, tmp_path: Path, ftype: str, types: set[str]) -> None:
     calib = tmp_path / "calib.txt"
     calib.write_text(DEFAULT_CALIB_TEXT.read_text(encoding="utf-8")[:20000])
-    gptq = _convert(str(tiny), "--type", "Q4_K_M", "--method", "gptq", "--calib", str(calib), *CALIB,
+    gptq = _convert(str(tiny), "--type", ftype, "--method", "gptq", "--calib", str(calib), *CALIB,
                     "-o", str(tmp_path / "gptq.gguf"))  # fmt: skip
-    rtn = _convert(str(tiny), "--type", "Q4_K_M", "-o", str(tmp_path / "rtn.gguf"))
+    rtn = _convert(str(tiny), "--type", ftype, "-o", str(tmp_path / "rtn.gguf"))
+    assert types <= set(gptq["tensor_types"])
     assert gptq["tensor_types"] == rtn["tensor_types"] and gptq["bytes"] == rtn["bytes"]
     assert gptq["sha256"] != rtn["sha256"]
     assert gptq["calibration"]["calibrated_tensors"] == 14 and gptq["calibration"]["round_to_nearest"] == {}
@@ -222,9 +226,16 @@ def test_size_target_with_gptq_keeps_the_allocation_and_the_size(tiny: Path, tmp
                     "-o", str(tmp_path / "gptq.gguf"))  # fmt: skip
     assert plan["bytes"] == sized["bytes"] == gptq["bytes"] == (tmp_path / "gptq.gguf").stat().st_size <= budget
     assert gptq["tensor_types"] == sized["tensor_types"] and gptq["sha256"] != sized["sha256"]
-    facts = gptq["calibration"]
-    assert facts["calibrated_tensors"] + len(facts["round_to_nearest"]) == 14
-    assert set(facts["round_to_nearest"].values()) <= {"IQ4_XS"}, facts  # no GPTQ grid for IQ4_XS
+    assert "IQ4_XS" in gptq["tensor_types"]  # the allocation's choice for a 256-wide ffn_down here
+    assert gptq["calibration"]["calibrated_tensors"] == 14 and gptq["calibration"]["round_to_nearest"] == {}
+
+
+def test_gguf_gptq_lists_the_linears_without_a_grid(tiny: Path, tmp_path: Path) -> None:
+    """TQ1_0 (base-3 packed, no LevelGrid) stays round-to-nearest on the 256-wide ffn_down; the 128-wide rows'
+    Q4_0 fallback is calibrated."""
+    doc = _convert(str(tiny), "--type", "TQ1_0", "--method", "gptq", *CALIB, "-o", str(tmp_path / "tq.gguf"))
+    assert doc["calibration"]["round_to_nearest"] == {f"blk.{i}.ffn_down.weight": "TQ1_0" for i in (0, 1)}
+    assert doc["calibration"]["calibrated_tensors"] == 12
 
 
 def test_dry_run_says_what_calibration_would_use(tiny: Path, tmp_path: Path) -> None:
@@ -240,9 +251,11 @@ def test_dry_run_says_what_calibration_would_use(tiny: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_gguf_gptq_runs_in_llama_cpp(tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", [["--bits", "4"], ["--type", "IQ4_XS"]], ids=["bits4", "IQ4_XS"])
+def test_gguf_gptq_runs_in_llama_cpp(tiny: Path, tmp_path: Path, target: list[str]) -> None:
     out = tmp_path / "gptq.gguf"
-    _convert(str(tiny), "--bits", "4", "--method", "gptq", *CALIB, "-o", str(out))
+    doc = _convert(str(tiny), *target, "--method", "gptq", *CALIB, "-o", str(out))
+    assert doc["calibration"]["calibrated_tensors"] == 14 and doc["calibration"]["round_to_nearest"] == {}
     proc = subprocess.run([str(tool("llama-simple")), "-m", str(out), "-n", "8", "The capital of France is"],
                           capture_output=True, env=tool_env())  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

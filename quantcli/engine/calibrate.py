@@ -379,7 +379,7 @@ def calibrate_gguf(
     on_block: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """GPTQ on the GGML grid of each linear's planned type (`decisions`: GGUF name -> TensorDecision), the
-    bytes into `store` under the GGUF name. A linear whose type has no GPTQ grid (IQ*, TQ*, floats) is
+    bytes into `store` under the GGUF name. A linear whose type has no GPTQ grid (TQ*, MXFP4, floats) is
     quantized as llama-quantize does and only its values go on to the next block."""
     from quantcli import quants
     from quantcli.quants.ggml import GridQuantType

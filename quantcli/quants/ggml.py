@@ -90,19 +90,37 @@ class SlicedQuantType(QuantType):
         )
 
 
-@dataclass(frozen=True)
 class LevelGrid:
-    """The values a row of encoded blocks can hold, from their stored parameters (d, dmin, sub-block
-    scales): element e of block b decodes as `step[b, s] * (level - zero)`, plus `offset[b, s]` where the
-    type has a min, with s = e // sub_size, all in float32 exactly as the type's to_float computes it."""
+    """The values a row of encoded blocks can hold, from their stored parameters: element e of block b
+    decodes from its stored level through the parameters of sub-block e // sub_size, in float32 exactly as
+    the type's to_float computes it. Two kinds: a step times an integer (AffineGrid: Q4_0..Q8_0,
+    Q2_K..Q6_K) and a scale times a lookup table (TableGrid: IQ4_NL, IQ4_XS)."""
+
+    sub_size: int
+
+    def values(self, levels: np.ndarray, first: int = 0) -> np.ndarray:
+        """float32 values of stored levels (nblocks, k): elements first..first+k-1 of every block."""
+        raise NotImplementedError
+
+    def nearest(self, x: np.ndarray, element: int, keep: np.ndarray) -> np.ndarray:
+        """The stored level (nblocks,) int32 whose value is nearest x (nblocks,) for element `element` of
+        every block; `keep`'s level where the sub-block's scale is 0 (every level decodes alike there)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AffineGrid(LevelGrid):
+    """Element e of block b decodes as `step[b, s] * (level - zero)`, plus `offset[b, s]` where the type
+    has a min, with s = e // sub_size; stored levels lie in [level_min, level_max]."""
 
     step: np.ndarray  # float32 (nblocks, n_sub)
     offset: np.ndarray | None  # float32 (nblocks, n_sub), added after the product; None: no min
     sub_size: int
     zero: int  # the stored level of code 0 (8 for Q4_0, 0 for the types with a min and for Q8_0)
+    level_min: int
+    level_max: int
 
     def values(self, levels: np.ndarray, first: int = 0) -> np.ndarray:
-        """float32 values of stored levels (nblocks, k): elements first..first+k-1 of every block."""
         nb, k = levels.shape
         q = (levels.astype(np.int32) - np.int32(self.zero)).astype(F32)
         if first == 0 and k == self.step.shape[1] * self.sub_size:
@@ -118,12 +136,48 @@ class LevelGrid:
             out += self.offset[:, sub]
         return out
 
+    def nearest(self, x: np.ndarray, element: int, keep: np.ndarray) -> np.ndarray:
+        # The grid is evenly spaced, so rounding the position and clamping it to the stored range is the
+        # nearest representable value.
+        sub = element // self.sub_size
+        step = self.step[:, sub].astype(np.float64)
+        offset = 0.0 if self.offset is None else self.offset[:, sub].astype(np.float64)
+        live = step != 0
+        level = np.rint((x - offset) / np.where(live, step, 1.0)) + self.zero
+        np.clip(level, self.level_min, self.level_max, out=level)
+        return np.where(live, level.astype(np.int32), keep)
+
+
+@dataclass(frozen=True)
+class TableGrid(LevelGrid):
+    """Element e of block b decodes as `scale[b, s] * table[level]`, s = e // sub_size (IQ4_NL's
+    kvalues: 16 non-uniform values; IQ4_XS's scale is its 6-bit sub-scale times the fp16 super-scale)."""
+
+    scale: np.ndarray  # float32 (nblocks, n_sub)
+    table: np.ndarray  # float32 (n_levels,): the value of each stored level before scaling
+    sub_size: int
+
+    def values(self, levels: np.ndarray, first: int = 0) -> np.ndarray:
+        nb, k = levels.shape
+        q = self.table[levels]
+        if first == 0 and k == self.scale.shape[1] * self.sub_size:
+            return (self.scale[:, :, None] * q.reshape(nb, -1, self.sub_size)).reshape(nb, k)
+        return self.scale[:, (first + np.arange(k)) // self.sub_size] * q
+
+    def nearest(self, x: np.ndarray, element: int, keep: np.ndarray) -> np.ndarray:
+        # The table is not evenly spaced: every level's value, computed as to_float does, is a candidate
+        # (the first of two equally near ones wins).
+        scale = self.scale[:, element // self.sub_size]
+        candidates = (scale[:, None] * self.table[None, :]).astype(np.float64)
+        level = np.abs(x[:, None] - candidates).argmin(axis=1).astype(np.int32)
+        return np.where(scale != 0, level, keep)
+
 
 class GridQuantType(SlicedQuantType):
-    """A type whose blocks are parameters plus one integer level per element on an affine grid
-    (Q4_0..Q8_0, Q2_K..Q6_K). The three methods below are the only readers and writers of its levels and
-    parameters: the dequantizer, the quantizer's packing and GPTQ on the type's grid (gptq_ggml.py) all
-    go through them."""
+    """A type whose blocks are parameters plus one stored level per element on a LevelGrid: affine
+    (Q4_0..Q8_0, Q2_K..Q6_K) or a lookup table (IQ4_NL, IQ4_XS). The three methods below are the only
+    readers and writers of its levels and parameters: the dequantizer, the quantizer's packing and GPTQ on
+    the type's grid (gptq_ggml.py) all go through them."""
 
     level_min: ClassVar[int]  # the stored levels' range (Q8_0's are signed bytes)
     level_max: ClassVar[int]
@@ -132,6 +186,11 @@ class GridQuantType(SlicedQuantType):
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
         """(nblocks, type_size) uint8 -> the grid their parameters define."""
         raise NotImplementedError
+
+    @classmethod
+    def affine_grid(cls, step: np.ndarray, offset: np.ndarray | None, sub_size: int, zero: int) -> AffineGrid:
+        """An affine `grid` over the type's stored level range."""
+        return AffineGrid(step, offset, sub_size, zero, cls.level_min, cls.level_max)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:
@@ -782,13 +841,13 @@ def quantize_scale_min_blocks(rows: np.ndarray, imatrix: np.ndarray | None, p: S
     return ScaleMinBlocks(d=d, dmin=dmin, scales=packed, levels=final)
 
 
-def scale_min_grid(blocks: np.ndarray) -> LevelGrid:
+def scale_min_grid(blocks: np.ndarray, level_max: int) -> LevelGrid:
     """Q4_K / Q5_K blocks (d:f16, dmin:f16, scales[12] first): y = (d*sc)*q - (dmin*m) per 32-element
     sub-block, as dequantize_row_q4_K / q5_K compute it (x - y is x + (-y) in IEEE arithmetic)."""
     sc, m = unpack_scale_min_k4(blocks[:, 4:16])
     step = read_half(blocks, 0) * sc.astype(F32)
     offset = -(read_half(blocks, 2) * m.astype(F32))
-    return LevelGrid(step=step, offset=offset, sub_size=32, zero=0)
+    return AffineGrid(step=step, offset=offset, sub_size=32, zero=0, level_min=0, level_max=level_max)
 
 
 # ---------------------------------------------------------------- IQ4_NL / IQ4_XS

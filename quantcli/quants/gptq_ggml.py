@@ -2,12 +2,14 @@
 
 The column loop is gptq.py's (dead columns, damping, the inverse Cholesky factor and the lazy block update
 come from there). What changes is the grid: when the loop reaches the first column of a ggml block (32
-columns, 256 for the K-quants), that block's parameters for every row (d, dmin, sub-block scales and mins)
-are chosen by our byte-exact ggml quantizer, run on the block's columns as compensated so far with the
-layer's importance as its imatrix; each column of the block then takes, row by row, the nearest value those
-fixed parameters can represent, and its error moves to the later columns. The bytes are the quantizer's
-parameter bytes with the chosen levels written over its own (GridQuantType.write_levels), so stock
-llama.cpp decodes them. docs/calibration.md, "GPTQ on GGML block grids", gives the choices and the numbers.
+columns, 256 for the K-quants and IQ4_XS), that block's parameters for every row (d, dmin, sub-block scales
+and mins) are chosen by our byte-exact ggml quantizer, run on the block's columns as compensated so far with
+the layer's importance as its imatrix; each column of the block then takes, row by row, the nearest value
+those fixed parameters can represent (LevelGrid.nearest: on an affine grid the rounded step, on IQ4's lookup
+table the nearest of its scaled values), and its error moves to the later columns. The bytes are the
+quantizer's parameter bytes with the chosen levels written over its own (GridQuantType.write_levels), so
+stock llama.cpp decodes them. docs/calibration.md, "GPTQ on GGML block grids", gives the choices and the
+numbers.
 """
 
 from __future__ import annotations
@@ -87,17 +89,11 @@ def gptq_ggml(
                     slab.T.astype(np.float32), cls.qtype, imatrix[j : j + qk], name=name, threads=threads
                 )
                 grid = cls.grid(blocks)
-                # The quantizer's own levels stay wherever a sub-block's step is 0 (every level decodes
+                # The quantizer's own levels stay wherever a sub-block's scale is 0 (every level decodes
                 # the same there).
                 levels = cls.levels(blocks).astype(np.int32)
-            sub = col // grid.sub_size
-            step = grid.step[:, sub].astype(np.float64)
-            offset = 0.0 if grid.offset is None else grid.offset[:, sub].astype(np.float64)
-            live = step != 0
             w = w1[i] - hinv1[:i, i] @ err1[:i]
-            nearest = np.rint((w - offset) / np.where(live, step, 1.0)) + grid.zero
-            np.clip(nearest, cls.level_min, cls.level_max, out=nearest)
-            levels[:, col] = np.where(live, nearest.astype(np.int32), levels[:, col])
+            levels[:, col] = grid.nearest(w, col, levels[:, col])
             # The value exactly as the type's to_float decodes it: that is the error GPTQ propagates.
             values_t[j] = grid.values(levels[:, col : col + 1], first=col)[:, 0]
             err1[i] = (w - values_t[j]) / hinv1[i, i]

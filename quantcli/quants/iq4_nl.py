@@ -13,7 +13,9 @@ import numpy as np
 from quantcli.gguf_constants import GGMLQuantizationType
 from quantcli.quants.ggml import (
     IQ4NL_VALUES,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
+    TableGrid,
     half_bytes,
     iq4_block_scales,
     iq4_indices,
@@ -26,8 +28,9 @@ from quantcli.quants.ggml import (
 )
 
 
-class IQ4_NL(SlicedQuantType, qtype=GGMLQuantizationType.IQ4_NL):
+class IQ4_NL(GridQuantType, qtype=GGMLQuantizationType.IQ4_NL):
     uses_imatrix = True
+    level_min, level_max = 0, 15  # indices into kvalues_iq4nl
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -36,11 +39,17 @@ class IQ4_NL(SlicedQuantType, qtype=GGMLQuantizationType.IQ4_NL):
         scale = iq4_block_scales(xt, iq4_weights(xt, 32, im))
         out = np.empty((xt.shape[1], cls.type_size), dtype=np.uint8)
         out[:, 0:2] = half_bytes(scale)
-        out[:, 2:] = pack_nibbles(iq4_indices(xt, scale))
+        cls.write_levels(out, iq4_indices(xt, scale).T)
         return out.reshape(rows.shape[0], -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        blocks = data.reshape(-1, cls.type_size)
-        d = read_half(blocks, 0)
-        return (d * IQ4NL_VALUES[unpack_nibbles(blocks[:, 2:])]).reshape(data.shape[0], ncols)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
+        return TableGrid(scale=read_half(blocks, 0), table=IQ4NL_VALUES, sub_size=32)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        return unpack_nibbles(blocks[:, 2:])
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        blocks[:, 2:] = pack_nibbles(levels.T)

@@ -13,11 +13,14 @@ from quantcli.quants.ggml import (
     F32,
     IQ4NL_VALUES,
     QK_K,
-    SlicedQuantType,
+    GridQuantType,
+    LevelGrid,
+    TableGrid,
     half_bytes,
     iq4_block_scales,
     iq4_indices,
     iq4_weights,
+    pack_nibbles,
     read_half,
     transposed_blocks,
     transposed_imatrix,
@@ -25,8 +28,9 @@ from quantcli.quants.ggml import (
 )
 
 
-class IQ4_XS(SlicedQuantType, qtype=GGMLQuantizationType.IQ4_XS):
+class IQ4_XS(GridQuantType, qtype=GGMLQuantizationType.IQ4_XS):
     uses_imatrix = True
+    level_min, level_max = 0, 15  # indices into kvalues_iq4nl
 
     @classmethod
     def quantize_piece(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -52,18 +56,23 @@ class IQ4_XS(SlicedQuantType, qtype=GGMLQuantizationType.IQ4_XS):
         out[:, 2:4] = np.bitwise_or.reduce(high, axis=1).astype("<u2").view(np.uint8).reshape(-1, 2)
         low = ls & np.uint8(0x0F)
         out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << np.uint8(4))
-        qs = (qt[:16] & np.uint8(0x0F)) | (qt[16:] << np.uint8(4))  # (16, NB*8)
-        out[:, 8:] = qs.T.reshape(-1, 128)
+        cls.write_levels(out, qt.T.reshape(-1, QK_K))
         return out.reshape(rows.shape[0], -1)
 
     @classmethod
-    def dequantize_rows(cls, data: np.ndarray, ncols: int) -> np.ndarray:
-        blocks = data.reshape(-1, cls.type_size)
+    def grid(cls, blocks: np.ndarray) -> LevelGrid:
         d = read_half(blocks, 0)  # (NB, 1)
         high = np.ascontiguousarray(blocks[:, 2:4]).view("<u2").astype(np.int32)  # (NB, 1)
         low = blocks[:, 4:8].astype(np.int32)
         sub = np.arange(8)
         ls = ((low[:, sub // 2] >> (4 * (sub % 2))) & 0xF) | (((high >> (2 * sub)) & 3) << 4)
-        dl = d * (ls - 32).astype(F32)  # (NB, 8)
-        q = unpack_nibbles(blocks[:, 8:].reshape(-1, 16)).reshape(-1, 8, 32)
-        return (dl[:, :, None] * IQ4NL_VALUES[q]).reshape(data.shape[0], ncols)
+        # C: dl = d * (ls - 32), then dl * kvalues_iq4nl[q]
+        return TableGrid(scale=d * (ls - 32).astype(F32), table=IQ4NL_VALUES, sub_size=32)
+
+    @classmethod
+    def levels(cls, blocks: np.ndarray) -> np.ndarray:
+        return unpack_nibbles(blocks[:, 8:].reshape(-1, 16)).reshape(-1, QK_K)
+
+    @classmethod
+    def write_levels(cls, blocks: np.ndarray, levels: np.ndarray) -> None:
+        blocks[:, 8:] = pack_nibbles(levels.reshape(-1, 32).T).reshape(-1, 128)

@@ -84,7 +84,7 @@ class Q2_K(GridQuantType, qtype=GGMLQuantizationType.Q2_K):
         step = read_half(blocks, 80) * (codes & 0xF).astype(F32)
         # C: dl * q - ml, and x - y is x + (-y) in IEEE arithmetic
         offset = -(read_half(blocks, 82) * (codes >> 4).astype(F32))
-        return LevelGrid(step=step, offset=offset, sub_size=16, zero=0)
+        return cls.affine_grid(step=step, offset=offset, sub_size=16, zero=0)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:

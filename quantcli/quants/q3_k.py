@@ -103,7 +103,7 @@ class Q3_K(GridQuantType, qtype=GGMLQuantizationType.Q3_K):
     @classmethod
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
         step = read_half(blocks, 108) * unpack_q3_scales(blocks[:, 96:108]).astype(F32)  # (nb, 16)
-        return LevelGrid(step=step, offset=None, sub_size=16, zero=4)
+        return cls.affine_grid(step=step, offset=None, sub_size=16, zero=4)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:

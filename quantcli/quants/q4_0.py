@@ -35,7 +35,7 @@ class Q4_0(GridQuantType, qtype=GGMLQuantizationType.Q4_0):
 
     @classmethod
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
-        return LevelGrid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=8)
+        return cls.affine_grid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=8)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:

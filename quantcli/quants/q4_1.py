@@ -36,7 +36,7 @@ class Q4_1(GridQuantType, qtype=GGMLQuantizationType.Q4_1):
 
     @classmethod
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
-        return LevelGrid(step=read_half(blocks, 0), offset=read_half(blocks, 2), sub_size=32, zero=0)
+        return cls.affine_grid(step=read_half(blocks, 0), offset=read_half(blocks, 2), sub_size=32, zero=0)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ class Q5_0(GridQuantType, qtype=GGMLQuantizationType.Q5_0):
 
     @classmethod
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
-        return LevelGrid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=16)
+        return cls.affine_grid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=16)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:

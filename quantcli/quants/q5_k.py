@@ -43,7 +43,7 @@ class Q5_K(GridQuantType, qtype=GGMLQuantizationType.Q5_K):
 
     @classmethod
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
-        return scale_min_grid(blocks)
+        return scale_min_grid(blocks, cls.level_max)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ class Q6_K(GridQuantType, qtype=GGMLQuantizationType.Q6_K):
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
         sc = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(F32)  # (nb, 16)
         # C: d * sc[is] * q == (d*sc)*q
-        return LevelGrid(step=read_half(blocks, 208) * sc, offset=None, sub_size=16, zero=32)
+        return cls.affine_grid(step=read_half(blocks, 208) * sc, offset=None, sub_size=16, zero=32)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:

@@ -57,7 +57,7 @@ class Q8_0(GridQuantType, qtype=GGMLQuantizationType.Q8_0):
 
     @classmethod
     def grid(cls, blocks: np.ndarray) -> LevelGrid:
-        return LevelGrid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=0)
+        return cls.affine_grid(step=read_half(blocks, 0), offset=None, sub_size=32, zero=0)
 
     @classmethod
     def levels(cls, blocks: np.ndarray) -> np.ndarray:
