@@ -15,21 +15,16 @@ import importlib
 import inspect
 import json
 import os
-import re
 import signal
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import typer
 import typer.exceptions
 from typer import _click
-from typer._coercion import RuntimeParam, build_runtime_param
-from typer._param_types import coerce_cli_path
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
 from quantcli import __version__
 from quantcli.console import json_doc
@@ -43,67 +38,19 @@ _CLICK_ERROR = _click.exceptions.ClickException
 
 COMMANDS = ["convert", "plan", "quantize", "inspect", "eval", "generate", "imatrix", "batch", "sweep"]
 
-# Values of the usual spelling that _PlainValue converts itself; any other goes to Typer's coercion.
-_PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
-_PLAIN_FLOAT = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
-
-
-@dataclass(frozen=True)
-class _PlainValue(RuntimeParam):
-    """Typer (>= 0.29) converts every value through a pydantic TypeAdapter: importing pydantic and building
-    one adapter per parameter takes longer than a small GGUF -> GGUF quantize's work. Our parameters are
-    str, Path, int, float and lists of str; a value of the usual spelling (`7`, `0.05`, a non-empty path)
-    is converted here to what Typer returns for it, with the same range and path checks, and any other
-    value (or type) goes to Typer's own coercion: the same result, the same error message."""
-
-    def _coerce_value(self, value: Any, param: Any, ctx: _click.Context) -> Any:
-        if get_origin(self.annotation) is list and isinstance(value, (list, tuple)):
-            if get_args(self.annotation) == (str,) and all(isinstance(item, str) for item in value):
-                return list(value)
-        elif isinstance(value, str) and self.annotation is str:
-            return value
-        elif isinstance(value, str) and self.annotation is Path and value:
-            path_type = self.parameter_info.path_type or Path
-            return coerce_cli_path(Path(value), self.parameter_info, path_type=path_type, param=param, ctx=ctx)
-        elif self.annotation in (int, float) and not self.parameter_info.clamp:
-            number = self._number(value)
-            low, high = self.parameter_info.min, self.parameter_info.max
-            if number is not None and (low is None or number >= low) and (high is None or number <= high):
-                return number
-        return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
-
-    def _number(self, value: Any) -> int | float | None:
-        if self.annotation is int:
-            if type(value) is int:
-                return value
-            return int(value) if isinstance(value, str) and _PLAIN_INT.fullmatch(value) else None
-        if type(value) is float:
-            return value
-        return float(value) if isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value) else None
-
-
-def _plain_values(params: list[Any]) -> list[Any]:
-    """Give each parameter (the help option included) _PlainValue's conversion before Typer builds its own."""
-    for param in params:
-        if param._runtime_param is None:
-            param._runtime_param = _PlainValue(param.type_descriptor.parameter_info, param.type_descriptor.annotation)
-    return params
-
-
-class PlainValueGroup(TyperGroup):
-    """The root command: its options converted by _PlainValue too."""
-
-    def get_params(self, ctx: _click.Context) -> list[Any]:
-        return _plain_values(super().get_params(ctx))
+app = typer.Typer(
+    name="quantcli",
+    help="Convert Hugging Face checkpoints to llama.cpp-exact quantized GGUF (and packed safetensors).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
 
 
 class PlainHelpCommand(TyperCommand):
     """Help as plain text: the help text as written (line breaks kept, no markdown backticks), arguments
-    and options with plain metavars (`MODEL`, `TYPE`, `N`), never Typer's `{source}` or `<list[str]>`.
-    Values are converted by _PlainValue (no pydantic import for the usual values)."""
-
-    def get_params(self, ctx: _click.Context) -> list[Any]:
-        return _plain_values(super().get_params(ctx))
+    and options with plain metavars (`MODEL`, `TYPE`, `N`), never Typer's `{source}` or `<list[str]>`."""
 
     def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -141,17 +88,6 @@ class PlainHelpCommand(TyperCommand):
         if opts:
             with formatter.section("Options"):
                 formatter.write_dl(opts)
-
-
-app = typer.Typer(
-    name="quantcli",
-    help="Convert Hugging Face checkpoints to llama.cpp-exact quantized GGUF (and packed safetensors).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    cls=PlainValueGroup,
-)
 
 
 _TYPE_METAVARS = {"int": "N", "float": "X", "path": "PATH", "file": "FILE", "directory": "DIR"}

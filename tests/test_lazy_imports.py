@@ -13,12 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import typer
 from test_plan_synthetic import build_synthetic_gguf
-from typer._click import exceptions as click_exceptions
-
-from quantcli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,9 +51,9 @@ def test_gguf_quantize_imports_only_what_it_needs(tmp_path: Path) -> None:
     out = tmp_path / "tiny-q8_0.gguf"
     watch = (
         "rich", "ml_dtypes", "huggingface_hub", "tokenizers", "quantcli.sources.hf", "quantcli.runtime",
-        # Typer's pydantic conversion (cli._PlainValue converts these values), gguf-py's package beyond its
-        # constants (quantcli.gguf_constants) and what it pulls in, the stale-temp check, calibration
-        "pydantic", "gguf", "gguf.gguf_writer", "gguf.metadata", "yaml", "sentencepiece", "psutil",
+        # gguf-py's package beyond its constants (quantcli.gguf_constants) and what it pulls in, the
+        # stale-temp check, calibration
+        "gguf", "gguf.gguf_writer", "gguf.metadata", "yaml", "sentencepiece", "psutil",
         "threadpoolctl", "quantcli.engine.awq", "quantcli.quants.gptq",
     )  # fmt: skip
     argv = ["quantize", str(src), str(out), "Q8_0", "--threads", "2", "--output-tensor-type", "q8_0", "--json"]
@@ -99,49 +94,3 @@ def test_bf16_safetensors_read_imports_ml_dtypes_on_demand(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "bfloat16 [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]"
-
-
-def _values_app(plain: bool, seen: list) -> typer.Typer:
-    """One command with a parameter of each type the CLI uses, under quantcli's classes or Typer's own."""
-    app = typer.Typer(cls=cli.PlainValueGroup if plain else None, add_completion=False)
-
-    @app.callback()
-    def root() -> None:
-        pass
-
-    @app.command(cls=cli.PlainHelpCommand if plain else None)
-    def run(
-        src: Path = typer.Argument(...),
-        name: str | None = typer.Argument(None),
-        n: int = typer.Option(1, "--n", min=1),
-        chunks: int | None = typer.Option(None, "--chunks"),
-        x: float | None = typer.Option(None, "--x"),
-        many: list[str] = typer.Option([], "--m"),
-        flag: bool = typer.Option(False, "--flag"),
-    ) -> None:
-        seen.append((src, name, n, chunks, x, many, flag))
-
-    return app
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["a.gguf", "Q8_0", "--n", "7", "--chunks", "0", "--x", "0.05", "--m", "a", "--m", "b=c", "--flag"],
-        ["dir/"], ["a", "--x", "3"], ["a", "--x", ".5"], ["a", "--x", "1e-3"], ["a", "--x", "-2.5"],
-        ["a", "--x", "nan"], ["a", "--n", "007"], ["a", "--n", "+3"], ["a", "--n", "1_0"], ["a", "--n", " 4"],
-        ["a", "--n", "0"], ["a", "--n", "-1"], ["a", "--n", "abc"], ["a", "--chunks", "2.0"], ["a", "--x", "x"],
-        [""], ["a", ""],
-    ],
-)  # fmt: skip
-def test_plain_values_convert_as_typer_does(argv: list[str]) -> None:
-    """cli._PlainValue (no pydantic) gives Typer's values and, for what it hands back to Typer, its errors."""
-    outcomes = []
-    for plain in (True, False):
-        seen: list = []
-        try:
-            _values_app(plain, seen)(["run", *argv], standalone_mode=False)
-            outcomes.append(repr([(v, type(v)) for v in seen[0]]))  # repr: nan == nan
-        except click_exceptions.ClickException as exc:
-            outcomes.append(exc.format_message())
-    assert outcomes[0] == outcomes[1]

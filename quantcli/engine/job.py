@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantcli.arch import get_arch
 from quantcli.atomic import check_output, check_output_dir
 from quantcli.console import peak_rss_bytes
 from quantcli.engine.calibrate import (
@@ -603,6 +602,8 @@ def _run_packed(job: Job, progress: bool, on_tensor: OnTensor | None) -> dict[st
     out_path = _planned_output(job)
     if not job.dry_run:
         check_output_dir(out_path, job.force, inputs=job.input_files())
+    from quantcli.arch import get_arch  # the architecture tables import gguf-py: not on a GGUF -> GGUF run
+
     with open_checkpoint(job.source) as ckpt:
         spec = get_arch(ckpt.config, where=str(ckpt.directory / "config.json"))
         if not spec.packed_formats:
