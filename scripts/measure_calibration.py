@@ -228,7 +228,7 @@ def section_ct(bench: Bench, rows: list[str]) -> list[str]:
     return lines
 
 
-def section_gguf(bench: Bench, types: list[str], ours_imatrix: bool) -> list[str]:
+def section_gguf(bench: Bench, types: list[str], ours_imatrix: bool, skip_damp001: bool) -> list[str]:
     chunks = bench.samples
     imatrix = bench.run_once(
         "imatrix.gguf",
@@ -263,6 +263,8 @@ def section_gguf(bench: Bench, types: list[str], ours_imatrix: bool) -> list[str
             ("quantcli --method gptq (default damp 0.1)", f"ours-{qtype}-gptq-d01.gguf", ["--method", "gptq"]),
             ("quantcli --method awq-gptq", f"ours-{qtype}-awqgptq.gguf", ["--method", "awq-gptq"]),
         ]
+        if skip_damp001:
+            variants = variants[1:]
         if ours_imatrix:
             variants.append(("quantcli --method gptq --imatrix (llama-imatrix's)", f"ours-{qtype}-gptq-imatrix.gguf",
                              ["--method", "gptq", "--imatrix", imatrix.path]))
@@ -394,6 +396,7 @@ def main() -> int:
                         help="gguf: skip `--method gptq --imatrix` (llama-imatrix's file)")
     parser.add_argument("--ct-rows", default="ct-rtn,ct-gptq,ct-gptq-noact,ct-gptq-damp0.1,ct-awq,ct-awq-gptq,llmc-static,llmc-none",
                         help="ct: which rows (also llmc-damp0.1); llm-compressor's default is always made")
+    parser.add_argument("--no-damp001", action="store_true", help="gguf: skip `--method gptq --damp 0.01`")
     parser.add_argument("--cost-no-awq", action="store_true", help="cost: only our GPTQ and llm-compressor's")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args()
@@ -410,7 +413,7 @@ def main() -> int:
         lines += ["#### compressed-tensors W4A16, group 64 (symmetric)", "", *section_ct(bench, args.ct_rows.split(",")), ""]
     if "gguf" in sections:
         lines += ["#### GGUF: llama-quantize + llama-imatrix vs `--method gptq`", "",
-                  *section_gguf(bench, args.types.split(","), not args.no_ours_imatrix), ""]
+                  *section_gguf(bench, args.types.split(","), not args.no_ours_imatrix, args.no_damp001), ""]
     if "cost" in sections:
         lines += ["#### Cost: side by side, one core each", "", *section_cost(bench, not args.cost_no_awq), ""]
     if "memory" in sections:
