@@ -63,7 +63,12 @@ class HFSource:
         return GGMLQuantizationType.F32
 
     def load(self, name: str) -> np.ndarray:
-        data = np.asarray(self._tensors[name].produce(), dtype=np.float32)
+        tensor = self._tensors[name]
+        data = np.asarray(tensor.produce(), dtype=np.float32)
+        if tensor.release is not None:
+            # The checkpoint's mapped pages would otherwise count in our RSS until the end: a calibration
+            # run reads every block once, so its memory would grow with the model, not with one block.
+            tensor.release()
         if data.shape != self.shape(name):
             raise InputInvalid(f"{name}: produced shape {data.shape}, planned {self.shape(name)}")
         return data
