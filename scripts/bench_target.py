@@ -89,6 +89,7 @@ def kld_figures(log: str) -> dict[str, float]:
         "kld_p99": number(r"^99\.0%\s+KLD:\s+([0-9.]+)"),
         "top1": number(r"^Same top p:\s+([0-9.]+)") / 100,
         "ppl_ratio": number(r"^Mean PPL\(Q\)/PPL\(base\)\s+:\s+([0-9.]+)"),
+        "ppl": number(r"^Mean PPL\(Q\)\s+:\s+([0-9.]+)"),
     }
 
 
@@ -100,7 +101,7 @@ def score(model: Path, base: Path, evaluation: Path) -> dict[str, float]:
     cache = model.parent / "scores.json"
     known = json.loads(cache.read_text()) if cache.exists() else {}
     with open(model, "rb") as fh:
-        key = f"{model.name}:{model.stat().st_size}:{hashlib.sha256(fh.read()).hexdigest()}:{base.stat().st_size}"
+        key = f"v2:{model.name}:{model.stat().st_size}:{hashlib.sha256(fh.read()).hexdigest()}:{base.stat().st_size}"
     if key not in known:
         known[key] = _score(model, base, evaluation)
         cache.write_text(json.dumps(known, indent=1))
@@ -126,6 +127,8 @@ def main() -> None:
                              "--method M --calib <the calibration text>` from the HF checkpoint")
     parser.add_argument("--on-grid", action="store_true",
                         help="SmolLM2 as shipped (weights on a Q4_1 grid) instead of the off-grid variant")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep our --method files already made by an earlier run (they take minutes each)")
     parser.add_argument("--calib-samples", type=int, default=32,
                         help="--method's calibration windows of 512 tokens (default 32)")
     args = parser.parse_args()
@@ -149,6 +152,7 @@ def main() -> None:
         tool("llama-perplexity", "-m", f16, "-f", evaluation, "--kl-divergence-base", base, "-c", N_CTX,
              "--chunks", EVAL_CHUNKS, "-t", THREADS, "-b", N_CTX)  # fmt: skip
     rows = []
+    full: list[tuple[str, list[tuple[str, int, dict[str, float]]]]] = []
     for recipe in args.recipes.split(","):
         ref = work / f"llama-{recipe}-imatrix.gguf"
         tool("llama-quantize", "--imatrix", imatrix, f16, ref, recipe, THREADS)
@@ -156,15 +160,25 @@ def main() -> None:
         started = time.perf_counter()
         if args.method:
             ours = work / f"quantcli-target-{recipe}-{args.method}.gguf"
-            quantcli("convert", model, "-o", ours, "--target-size", size, "--imatrix", imatrix, "--force",
-                     "--method", args.method, "--calib", calib, "--calib-samples", args.calib_samples,
-                     "--calib-seq-len", N_CTX)  # fmt: skip
+            if not (args.reuse and ours.exists()):
+                quantcli("convert", model, "-o", ours, "--target-size", size, "--imatrix", imatrix, "--force",
+                         "--method", args.method, "--calib", calib, "--calib-samples", args.calib_samples,
+                         "--calib-seq-len", N_CTX)  # fmt: skip
         else:
             ours = work / f"quantcli-target-{recipe}.gguf"
             quantcli("quantize", f16, ours, "--target-size", size, "--imatrix", imatrix, "--force")
         seconds = time.perf_counter() - started
         _log(f"{recipe}: {size} bytes; ours {ours.stat().st_size} bytes in {seconds:.0f} s; scoring ...")
         ref_fig, our_fig = score(ref, base, evaluation), score(ours, base, evaluation)
+        plain = work / f"llama-{recipe}.gguf"
+        tool("llama-quantize", f16, plain, recipe, THREADS)
+        files = [("llama-quantize", plain), ("llama-quantize + imatrix", ref)]
+        if args.method:
+            rtn = work / f"quantcli-target-{recipe}.gguf"
+            quantcli("quantize", f16, rtn, "--target-size", size, "--imatrix", imatrix, "--force")
+            files.append(("quantcli --target-size --imatrix", rtn))
+        files.append((f"quantcli --target-size --imatrix{' --method ' + args.method if args.method else ''}", ours))
+        full.append((recipe, [(label, f.stat().st_size, score(f, base, evaluation)) for label, f in files]))
         rows.append({"recipe": recipe, "bytes": size, "ours_bytes": ours.stat().st_size, "llama": ref_fig,
                      "ours": our_fig, "ratio": our_fig["kld_mean"] / ref_fig["kld_mean"], "goal": GOALS[recipe],
                      "ours_seconds": round(seconds, 1), "method": args.method})  # fmt: skip
@@ -183,8 +197,21 @@ def main() -> None:
         print(f"| {r['recipe']} | {r['bytes']:,} / {r['ours_bytes']:,} | {a['kld_mean']:.5f} | {b['kld_mean']:.5f} "
               f"| {r['ratio']:.3f} | ≤ {r['goal']:.2f} | {a['kld_p99']:.4f} / {b['kld_p99']:.4f} "
               f"| {100 * a['top1']:.2f}% / {100 * b['top1']:.2f}% | {a['ppl_ratio']:.4f} / {b['ppl_ratio']:.4f} |")
+    from gguf import GGUFReader
+
+    parameters = sum(int(t.n_elements) for t in GGUFReader(f16).tensors)
+    print("\nEvery file at each size (bits per weight: the whole file's bits over the model's "
+          f"{parameters:,} parameters; PPL: llama-perplexity's of the file on the evaluation text):\n")
+    print("| size of | file | bytes | bpw | PPL | mean KLD | KLD / llama-quantize + imatrix | p99 KLD | top-1 |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    for recipe, entries in full:
+        reference = entries[1][2]["kld_mean"]
+        for label, nbytes, fig in entries:
+            print(f"| {recipe} | {label} | {nbytes:,} | {8 * nbytes / parameters:.3f} | {fig['ppl']:.3f} "
+                  f"| {fig['kld_mean']:.5f} | {fig['kld_mean'] / reference:.3f} | {fig['kld_p99']:.4f} "
+                  f"| {100 * fig['top1']:.2f}% |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "files": full}, indent=1))
 
 
 if __name__ == "__main__":
