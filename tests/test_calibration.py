@@ -338,12 +338,13 @@ def test_resume_replays_the_finished_blocks(tiny: Path, tmp_path: Path, monkeypa
                                             flags: list[str]) -> None:  # fmt: skip
     """An interrupted calibrating run keeps its finished blocks with --resume; the next run replays them
     and writes the bytes of an uninterrupted run."""
-    import quantcli.engine.calibrate as stage
+    import quantcli.quants.gptq as gptq
     import quantcli.quants.gptq_ggml as gptq_ggml
 
     fresh = _convert(str(tiny), *flags, "--method", "gptq", *CALIB, "-o", str(tmp_path / "fresh"))
     out = tmp_path / "out"
-    real_ggml, real_packed = gptq_ggml.gptq_ggml, stage.gptq_quantize
+    # the calibration stage imports both where it runs them: patched in their own modules
+    real_ggml, real_packed = gptq_ggml.gptq_ggml, gptq.gptq_quantize
 
     def fail_in_block_1(real):  # noqa: ANN001, ANN202
         def wrapped(weight, hessian, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -357,7 +358,7 @@ def test_resume_replays_the_finished_blocks(tiny: Path, tmp_path: Path, monkeypa
 
     calls: list[int] = []
     monkeypatch.setattr(gptq_ggml, "gptq_ggml", fail_in_block_1(real_ggml))
-    monkeypatch.setattr(stage, "gptq_quantize", fail_in_block_1(real_packed))
+    monkeypatch.setattr(gptq, "gptq_quantize", fail_in_block_1(real_packed))
     code, _, _ = run_cli_in_process(["convert", str(tiny), *flags, "--method", "gptq", *CALIB, "-o", str(out),
                                      "--resume"])  # fmt: skip
     assert code == 130 and calls == [1, 1]  # interrupted (Ctrl-C's exit code) in block 1

@@ -288,7 +288,11 @@ def run_calibration(
 
 
 def source_weight(tensor: Any, name: str) -> np.ndarray:
-    weight = np.asarray(tensor.read(), dtype=np.float32)
+    """A linear's stored weight as float32 (HF orientation); the checkpoint's mapped pages are dropped from
+    our RSS once read, so memory follows one block, not every block calibrated so far."""
+    weight = np.array(tensor.read(), dtype=np.float32)  # a copy: the release below must not reach it
+    if tensor.release is not None:
+        tensor.release()
     if not np.isfinite(weight).all():
         row, col = (int(i) for i in np.argwhere(~np.isfinite(weight))[0])
         raise InputInvalid(f"{name}: non-finite value at row {row}, column {col}")
