@@ -147,6 +147,9 @@ def _emit_error(message: str, code: int, kind: str, argv: list[str] | None = Non
 
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    # A shell starts background jobs (`cmd &` in a script) with SIGINT ignored, and Python then keeps it
+    # ignored: `kill -INT` would be lost instead of ending the run cleanly (exit 130, no partial output).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def fail(message: str, code: int, kind: str) -> None:
         _emit_error(message, code, kind, argv)
