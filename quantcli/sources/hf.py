@@ -139,6 +139,22 @@ def _stacked_reader(ckpt: Checkpoint, hf_names: list[str], shape: tuple[int, ...
     return read
 
 
+def _stacked_stored_reader(ckpt: Checkpoint, hf_names: list[str], shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
+    """The experts' stored arrays (one dtype, the output type's) stacked as they are, one expert at a time
+    into one preallocated array, each expert's mapped pages released once copied: what `read_stored` of a
+    dense tensor gives, for a stack (the engine copies these bits instead of widening and re-encoding)."""
+
+    def read() -> np.ndarray:
+        first = ckpt.read(hf_names[0])
+        out = np.empty(shape, first.dtype)
+        for xid, hf_name in enumerate(hf_names):
+            out[xid] = first if xid == 0 else ckpt.read(hf_name)
+            ckpt.release(hf_name)
+        return out
+
+    return read
+
+
 def _stacked_tensor(
     ckpt: Checkpoint, bid: int, stack: arch.ExpertStack, n_expert: int,
     ftype: LlamaFileType, type_rule: TypeRule,
@@ -156,13 +172,16 @@ def _stacked_tensor(
     gguf_name = stack.gguf_template.format(bid=bid) + ".weight"
     shape = (n_expert, *infos[0].shape)
     dtypes = {i.dtype for i in infos}
+    qtype = type_rule(gguf_name, shape, ftype)
+    stored_as_output = dtypes == {qtype.name}  # stacks have no transforms
     return SourceTensor(
         gguf_name,
         shape,
-        type_rule(gguf_name, shape, ftype),
+        qtype,
         _stacked_reader(ckpt, hf_names, shape),
         source_name=stack.hf_template.format(bid=bid, xid="*") + ".weight",
         source_dtype=dtypes.pop() if len(dtypes) == 1 else "F32",
+        read_stored=_stacked_stored_reader(ckpt, hf_names, shape) if stored_as_output else None,
     )
 
 
