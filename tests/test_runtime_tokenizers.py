@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 TEXT = (
     "Hello world! I'M here, you're there.\n\n  Numbers: 12345 and 7 or 3.14159;   spaces\tand tabs\n"
     "Ünïcödé café — naïve 日本語 テスト 🙂\r\nthe theater they'll   THE end 2024-11-23.\n"
-    "<|endoftext|> and <|begin|> are text here\n" + SAMPLE
+    "<|endoftext|> and <|begin|> are text here\n"
+    # camel case in and out of ASCII: gpt-4o's split at a case change, which llama.cpp's regex engine
+    # sees only for A-Z / a-z (МоскваРоссия stays one word there, two under tokenizer.json's regex)
+    "XMLHttpRequest camelCase ÉcoleNormale МоскваРоссия DÉJÀvu naïveTé\n" + SAMPLE
 )
 
 
@@ -62,6 +65,8 @@ BPE_MERGES = [
     "Ġthe a",
     "Ġthea t",
     "Ġtheat er",
+    # the bytes D0 B0 | D0 A0 of "аР" in МоскваРоссия: merges only where a pre-tokenizer keeps the word whole
+    "° Ð",
 ]
 
 

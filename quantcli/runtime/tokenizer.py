@@ -39,6 +39,14 @@ _QWEN2_REGEX = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# llama.cpp's own form of gpt-4o's (o200k) regex: its regex engine has no \p{Lu}/\p{Ll} classes, so an
+# "upper" letter is any letter but a-z and a "lower" one any letter but A-Z (not the tokenizer.json regex:
+# the two split some non-ASCII words differently, and llama-perplexity's ids are the reference)
+_GPT4O_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+    r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # pre name -> (regex list applied in order, ignore_merges, llama.cpp's add_bos default)
 SUPPORTED_BPE_PRE: dict[str, tuple[list[str], bool, bool]] = {
     "gpt-2": ([_GPT2_REGEX], False, False),
@@ -47,6 +55,7 @@ SUPPORTED_BPE_PRE: dict[str, tuple[list[str], bool, bool]] = {
     "llama-bpe": ([_LLAMA3_REGEX], True, True),
     "llama3": ([_LLAMA3_REGEX], True, True),
     "qwen2": ([_QWEN2_REGEX], False, False),
+    "gpt-4o": ([_GPT4O_REGEX], False, False),
 }
 
 
