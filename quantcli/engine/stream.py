@@ -204,12 +204,12 @@ def requantized_chunks(
             begin, end = first * src_row, (first + r1 - r0) * src_row
             started = time.perf_counter()
             rows = source_rows(raw[begin:end], d.src_type, r1 - r0, ncols)
-            encoded = quants.quantize(rows, d.type, im, name=d.name, threads=threads).tobytes()
+            encoded = quants.quantize(rows, d.type, im, name=d.name, threads=threads)
             times["quantize"] += time.perf_counter() - started
             del rows
             if parts is not None:
-                parts.append(encoded)
-            yield encoded
+                parts.append(encoded.tobytes())
+            yield encoded  # the array itself: the writer takes its buffer, no bytes copy
             src.release(d.name, begin, end)
     if key is not None and parts is not None:
         tensor_cache.put(key, b"".join(parts))
