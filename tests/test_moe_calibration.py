@@ -1,0 +1,192 @@
+"""GPTQ on mixture-of-experts models (`convert MOE --type Q4_K_M --method gptq`): each expert of a stacked
+tensor is quantized with the Hessian of the tokens routed to it; an expert that saw fewer tokens than a
+matrix's input width keeps the round-to-nearest recipe's bytes for that matrix and is reported.
+
+The tiny random checkpoints of tests/test_moe.py (tests/tiny_models.py: rows of 256, Mixtral with 8
+experts, the others and GPT-OSS with 4, two used per token), calibrated on 16 × 128 tokens of the bundled
+text, so that some of Mixtral's experts are under-sampled for their 512-wide down matrices and the others
+are not. Against the recipe without calibration: the same tensor types and file size, other bytes, lower
+KL-divergence against the F16 GGUF on the calibration text; stock llama.cpp runs the file; the tokens per
+expert of layer 0 (whose input no quantized block has touched yet) are our imatrix's counts of the same
+text, which tests/test_moe.py checks against llama-imatrix's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from badinputs import run_cli_in_process
+
+from quantcli.runtime.calibrate import DEFAULT_CALIB_TEXT
+
+REPO = Path(__file__).resolve().parent.parent
+SEQ_LEN, SAMPLES = 128, 16
+CALIB = ["--calib-samples", str(SAMPLES), "--calib-seq-len", str(SEQ_LEN)]
+ARCHS = ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss"]
+SPM_ARCHS = {"mixtral"}
+STACKS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+
+
+def _cli(args: list[object]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quantcli", *[str(a) for a in args]], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def _cli_json(args: list[object]) -> tuple[dict, str]:
+    proc = _cli([*args, "--json"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout), proc.stderr
+
+
+def _tensors(path: Path) -> dict[str, tuple[str, int, bytes]]:
+    """name -> (type, row length, bytes)"""
+    from gguf import GGUFReader
+
+    return {t.name: (t.tensor_type.name, int(t.shape[0]), bytes(t.data.reshape(-1).view(np.uint8)))
+            for t in GGUFReader(str(path)).tensors}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def moe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path):
+    """(arch, HF dir, our F16 GGUF, our Q4_K_M without calibration)."""
+    from tiny_models import make_arch_checkpoint
+
+    arch = request.param
+    root = tmp_path_factory.mktemp(arch)
+    hf = make_arch_checkpoint(arch, root / "hf", None if arch in SPM_ARCHS else smollm2_dir)
+    f16, rtn = root / "f16.gguf", root / "rtn.gguf"
+    for out, out_type in ((f16, "f16"), (rtn, "Q4_K_M")):
+        proc = _cli(["convert", hf, "--type", out_type, "-o", out])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return arch, hf, f16, rtn
+
+
+@pytest.mark.slow
+def test_gptq_calibrates_each_expert_on_its_own_tokens(moe, tmp_path: Path) -> None:
+    arch, hf, f16, rtn = moe
+    out = tmp_path / "gptq.gguf"
+    doc, stderr = _cli_json(["convert", hf, "--type", "Q4_K_M", "--method", "gptq", *CALIB, "-o", out])
+    calib = doc["calibration"]
+    # the recipe's types and exact size, other bytes
+    ours, plain = _tensors(out), _tensors(rtn)
+    assert {n: t[0] for n, t in ours.items()} == {n: t[0] for n, t in plain.items()}
+    assert out.stat().st_size == rtn.stat().st_size and ours != plain
+    assert ours["blk.0.ffn_gate_inp.weight"] == plain["blk.0.ffn_gate_inp.weight"]  # the F32 router: untouched
+
+    # tokens per expert: every (token, slot) once; layer 0 routes as the float model does, so its counts
+    # are what our imatrix counts on the same text and chunks
+    config = json.loads((hf / "config.json").read_text())
+    n_used = config["num_experts_per_tok"]
+    layers = calib["experts"]
+    assert [entry["layer"] for entry in layers] == [0, 1]
+    assert all(sum(entry["tokens"]) == SAMPLES * SEQ_LEN * n_used for entry in layers)
+    imatrix = tmp_path / "imatrix.gguf"
+    proc = _cli(["imatrix", hf, "--text", DEFAULT_CALIB_TEXT, "--ctx", SEQ_LEN, "--chunks", SAMPLES, "-o", imatrix,
+                 "--exact-activations"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from gguf import GGUFReader
+
+    counts = {t.name: t.data.reshape(-1).astype(int).tolist() for t in GGUFReader(str(imatrix)).tensors}
+    for stack in STACKS:
+        assert layers[0]["tokens"] == counts[f"blk.0.{stack}.weight.counts"], stack
+
+    # under-sampled: fewer tokens than the matrix's input width; exactly those experts keep the recipe's bytes
+    n_rounded = 0
+    for entry in layers:
+        tokens = np.array(entry["tokens"])
+        expected = {}
+        for stack in STACKS:
+            name = f"blk.{entry['layer']}.{stack}.weight"
+            qtype, width, data = ours[name]
+            per_expert = len(data) // tokens.size
+            rounded = [int(e) for e in np.nonzero(tokens < width)[0]]
+            if rounded:
+                expected[stack] = rounded
+            for e in range(tokens.size):
+                same = data[e * per_expert : (e + 1) * per_expert] == plain[name][2][e * per_expert : (e + 1) * per_expert]
+                assert same == (e in rounded), (name, e, qtype)
+        assert entry["under_sampled"] == expected
+        n_rounded += len(set().union(*expected.values())) if expected else 0
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    if n_rounded:
+        assert len(warnings) == 1 and f"warning: {n_rounded} expert(s) in layer(s)" in warnings[0], stderr
+    else:
+        assert warnings == [], stderr
+    if arch == "mixtral":  # the calibration size was chosen so that both kinds occur
+        assert 0 < n_rounded and calib["calibrated_tensors"] == 14
+
+    # closer to the float model than round-to-nearest on the calibration text
+    kld = {}
+    for name, path in (("gptq", out), ("rtn", rtn)):
+        result, _ = _cli_json(["eval", path, "--base", f16, "--text", DEFAULT_CALIB_TEXT, "--ctx", SEQ_LEN,
+                               "--chunks", SAMPLES // 2])  # fmt: skip
+        kld[name] = result["kld_mean"]
+    assert kld["gptq"] < kld["rtn"], kld
+
+    # stock llama.cpp loads and runs it
+    from reference import perplexity_chunk_values
+
+    ppl = perplexity_chunk_values("-m", out, "-f", DEFAULT_CALIB_TEXT, "-c", SEQ_LEN, "--chunks", 2, "-t", 2, chunk=2)
+    assert np.isfinite(ppl[0]) and ppl[0] > 1
+
+
+@pytest.mark.slow
+def test_resume_and_reruns_give_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs write the same bytes; a run interrupted in block 1 with --resume continues from its spill
+    directory to those bytes, and reports the same tokens per expert (kept for the replayed block)."""
+    from tiny_models import make_arch_checkpoint
+
+    import quantcli.quants.gptq_ggml as gptq_ggml
+
+    hf = make_arch_checkpoint("mixtral", tmp_path / "hf", None)
+    args = ["convert", str(hf), "--type", "Q4_K_M", "--method", "gptq", *CALIB, "--json", "--force"]
+    runs = []
+    for name in ("first", "second"):
+        code, stdout, stderr = run_cli_in_process([*args, "-o", str(tmp_path / f"{name}.gguf")])
+        assert code == 0, stderr
+        runs.append(json.loads(stdout))
+    assert runs[0]["sha256"] == runs[1]["sha256"]
+    real = gptq_ggml.gptq_ggml
+
+    def interrupted_in_block_1(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        if kw.get("name", "").startswith("blk.1.ffn_down_exps"):
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    out = tmp_path / "out.gguf"
+    monkeypatch.setattr(gptq_ggml, "gptq_ggml", interrupted_in_block_1)
+    code, _, _ = run_cli_in_process([*args, "-o", str(out), "--resume"])
+    assert code == 130 and not out.exists() and (tmp_path / ".out.gguf.calibration" / "index.json").is_file()
+    monkeypatch.undo()
+    code, stdout, stderr = run_cli_in_process([*args, "-o", str(out), "--resume"])
+    assert code == 0, stderr
+    resumed = json.loads(stdout)
+    assert resumed["calibration"]["resumed_blocks"] == 1 and resumed["sha256"] == runs[0]["sha256"]
+    assert resumed["calibration"]["experts"] == runs[0]["calibration"]["experts"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--type", "Q4_K_M", "--method", "awq"], "AWQ handles dense models only"),
+        (["--type", "Q4_K_M", "--method", "awq-gptq"], "AWQ handles dense models only"),
+        (["--format", "ct", "--bits", "4", "--group-size", "32", "--method", "gptq"], "calibrated packed formats handle dense models only"),
+        (["--format", "mlx", "--bits", "4", "--group-size", "32", "--method", "gptq"], "calibrated packed formats handle dense models only"),
+    ],
+)
+def test_awq_and_packed_calibration_refuse_experts(tmp_path: Path, extra: list[str], message: str) -> None:
+    """Exit 5, one line naming the mixture of experts, nothing written (before the text is read)."""
+    from test_moe import _synthetic_mixtral
+
+    hf = _synthetic_mixtral(tmp_path / "hf")
+    out = tmp_path / "out"
+    code, _, stderr = run_cli_in_process(["convert", str(hf), *extra, "-o", str(out)])
+    assert code == 5, stderr
+    assert "mixture of experts" in stderr and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
