@@ -214,6 +214,7 @@ def calibrate_blocks(
             probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer,
                                          expert=_experts(model, {}, source_stacks))  # fmt: skip
             del probe
+            source_stacks.clear()  # the quantizer reads its own copy, one stack at a time; reloaded if run again
 
             def run(
                 weights: dict[str, np.ndarray], sequences: int | None = None, il: int = il, x: np.ndarray = x,
