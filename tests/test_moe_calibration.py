@@ -136,15 +136,60 @@ def test_gptq_calibrates_each_expert_on_its_own_tokens(moe, tmp_path: Path) -> N
     assert np.isfinite(ppl[0]) and ppl[0] > 1
 
 
-@pytest.mark.slow
-def test_resume_and_reruns_give_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two runs write the same bytes; a run interrupted in block 1 with --resume continues from its spill
-    directory to those bytes, and reports the same tokens per expert (kept for the replayed block)."""
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import make_arch_checkpoint
 
+    return make_arch_checkpoint("mixtral", tmp_path_factory.mktemp("mixtral") / "hf", None)
+
+
+def _slices(data: bytes, n_expert: int) -> list[bytes]:
+    size = len(data) // n_expert
+    return [data[e * size : (e + 1) * size] for e in range(n_expert)]
+
+
+@pytest.mark.slow
+def test_experts_without_a_grid_or_with_an_imatrix(mixtral: Path, tmp_path: Path) -> None:
+    """MXFP4_MOE: the MXFP4 experts have no GPTQ grid, so they get llama.cpp's quantizer whole (the recipe's
+    bytes), are listed in round_to_nearest and are never called under-sampled. With --imatrix, each expert's
+    GPTQ importance is its own slice of the file, and an under-sampled expert keeps exactly the bytes of
+    `--type Q4_K_M --imatrix`."""
+    gptq, rtn = tmp_path / "gptq.gguf", tmp_path / "rtn.gguf"
+    doc, stderr = _cli_json(["convert", mixtral, "--type", "MXFP4_MOE", "--method", "gptq", *CALIB, "-o", gptq])
+    _cli_json(["convert", mixtral, "--type", "MXFP4_MOE", "-o", rtn])
+    ours, plain = _tensors(gptq), _tensors(rtn)
+    stacks = sorted(n for n in ours if "_exps" in n)
+    assert len(stacks) == 6 and all(ours[n] == plain[n] for n in stacks)
+    assert all(ours[n] != plain[n] for n in ours if n.endswith(("attn_q.weight", "attn_output.weight")))
+    assert doc["calibration"]["round_to_nearest"] == dict.fromkeys(stacks, "MXFP4")
+    assert all(entry["under_sampled"] == {} for entry in doc["calibration"]["experts"])
+    assert "warning:" not in stderr
+
+    imatrix = tmp_path / "imatrix.gguf"
+    proc = _cli(["imatrix", mixtral, "--text", DEFAULT_CALIB_TEXT, "--ctx", SEQ_LEN, "--chunks", 4, "-o", imatrix])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with_im, plain_im = tmp_path / "gptq-im.gguf", tmp_path / "rtn-im.gguf"
+    doc, _ = _cli_json(["convert", mixtral, "--type", "Q4_K_M", "--method", "gptq", *CALIB, "--imatrix", imatrix,
+                        "-o", with_im])  # fmt: skip
+    _cli_json(["convert", mixtral, "--type", "Q4_K_M", "--imatrix", imatrix, "-o", plain_im])
+    ours, plain = _tensors(with_im), _tensors(plain_im)
+    checked = 0
+    for entry in doc["calibration"]["experts"]:
+        for base, rounded in entry["under_sampled"].items():
+            name = f"blk.{entry['layer']}.{base}.weight"
+            for e, (a, b) in enumerate(zip(_slices(ours[name][2], 8), _slices(plain[name][2], 8), strict=True)):
+                assert (a == b) == (e in rounded), (name, e)
+                checked += 1
+    assert checked > 0
+
+
+@pytest.mark.slow
+def test_resume_and_reruns_give_the_same_bytes(mixtral: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs write the same bytes; a run interrupted in block 1 with --resume continues from its spill
+    directory to those bytes, and reports the same tokens per expert (kept for the replayed block)."""
     import quantcli.quants.gptq_ggml as gptq_ggml
 
-    hf = make_arch_checkpoint("mixtral", tmp_path / "hf", None)
+    hf = mixtral
     args = ["convert", str(hf), "--type", "Q4_K_M", "--method", "gptq", *CALIB, "--json", "--force"]
     runs = []
     for name in ("first", "second"):

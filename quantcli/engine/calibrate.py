@@ -517,5 +517,8 @@ def calibrate_gguf(
         return quants.dequantize(data, d.type, weight.shape)
 
     facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block, quantize_experts)
+    for entry in facts.get("experts", []):  # a stack without a GPTQ grid is rounded whole: in round_to_nearest
+        entry["under_sampled"] = {base: experts for base, experts in entry["under_sampled"].items()
+                                  if f"blk.{entry['layer']}.{base}.weight" not in plain}  # fmt: skip
     facts.update({"act_order": False, "calibrated_tensors": len(calibrated), "round_to_nearest": plain})
     return facts
