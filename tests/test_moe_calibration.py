@@ -30,6 +30,7 @@ CALIB = ["--calib-samples", str(SAMPLES), "--calib-seq-len", str(SEQ_LEN)]
 ARCHS = ["mixtral", "qwen2moe", "qwen3moe", "olmoe", "gpt-oss"]
 SPM_ARCHS = {"mixtral"}
 STACKS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+PACKED = "calibrated packed formats handle dense models only"
 
 
 def _cli(args: list[object]) -> subprocess.CompletedProcess[str]:
@@ -77,7 +78,7 @@ def test_gptq_calibrates_each_expert_on_its_own_tokens(moe, tmp_path: Path) -> N
     ours, plain = _tensors(out), _tensors(rtn)
     assert {n: t[0] for n, t in ours.items()} == {n: t[0] for n, t in plain.items()}
     assert out.stat().st_size == rtn.stat().st_size and ours != plain
-    assert ours["blk.0.ffn_gate_inp.weight"] == plain["blk.0.ffn_gate_inp.weight"]  # the F32 router: untouched
+    assert ours["blk.0.ffn_gate_inp.weight"] == plain["blk.0.ffn_gate_inp.weight"]  # the F32 router
 
     # tokens per expert: every (token, slot) once; layer 0 routes as the float model does, so its counts
     # are what our imatrix counts on the same text and chunks
@@ -87,8 +88,8 @@ def test_gptq_calibrates_each_expert_on_its_own_tokens(moe, tmp_path: Path) -> N
     assert [entry["layer"] for entry in layers] == [0, 1]
     assert all(sum(entry["tokens"]) == SAMPLES * SEQ_LEN * n_used for entry in layers)
     imatrix = tmp_path / "imatrix.gguf"
-    proc = _cli(["imatrix", hf, "--text", DEFAULT_CALIB_TEXT, "--ctx", SEQ_LEN, "--chunks", SAMPLES, "-o", imatrix,
-                 "--exact-activations"])  # fmt: skip
+    proc = _cli(["imatrix", hf, "--text", DEFAULT_CALIB_TEXT, "--ctx", SEQ_LEN, "--chunks", SAMPLES,
+                 "-o", imatrix, "--exact-activations"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     from gguf import GGUFReader
 
@@ -104,13 +105,12 @@ def test_gptq_calibrates_each_expert_on_its_own_tokens(moe, tmp_path: Path) -> N
         for stack in STACKS:
             name = f"blk.{entry['layer']}.{stack}.weight"
             qtype, width, data = ours[name]
-            per_expert = len(data) // tokens.size
             rounded = [int(e) for e in np.nonzero(tokens < width)[0]]
             if rounded:
                 expected[stack] = rounded
-            for e in range(tokens.size):
-                same = data[e * per_expert : (e + 1) * per_expert] == plain[name][2][e * per_expert : (e + 1) * per_expert]
-                assert same == (e in rounded), (name, e, qtype)
+            pairs = zip(_slices(data, tokens.size), _slices(plain[name][2], tokens.size), strict=True)
+            for e, (a, b) in enumerate(pairs):
+                assert (a == b) == (e in rounded), (name, e, qtype)
         assert entry["under_sampled"] == expected
         n_rounded += len(set().union(*expected.values())) if expected else 0
     warnings = [line for line in stderr.splitlines() if line.startswith("warning:")]
@@ -132,7 +132,8 @@ def test_gptq_calibrates_each_expert_on_its_own_tokens(moe, tmp_path: Path) -> N
     # stock llama.cpp loads and runs it
     from reference import perplexity_chunk_values
 
-    ppl = perplexity_chunk_values("-m", out, "-f", DEFAULT_CALIB_TEXT, "-c", SEQ_LEN, "--chunks", 2, "-t", 2, chunk=2)
+    ppl = perplexity_chunk_values("-m", out, "-f", DEFAULT_CALIB_TEXT, "-c", SEQ_LEN, "--chunks", 2, "-t", 2,
+                                  chunk=2)  # fmt: skip
     assert np.isfinite(ppl[0]) and ppl[0] > 1
 
 
@@ -155,7 +156,8 @@ def test_experts_without_a_grid_or_with_an_imatrix(mixtral: Path, tmp_path: Path
     GPTQ importance is its own slice of the file, and an under-sampled expert keeps exactly the bytes of
     `--type Q4_K_M --imatrix`."""
     gptq, rtn = tmp_path / "gptq.gguf", tmp_path / "rtn.gguf"
-    doc, stderr = _cli_json(["convert", mixtral, "--type", "MXFP4_MOE", "--method", "gptq", *CALIB, "-o", gptq])
+    doc, stderr = _cli_json(["convert", mixtral, "--type", "MXFP4_MOE", "--method", "gptq", *CALIB,
+                             "-o", gptq])  # fmt: skip
     _cli_json(["convert", mixtral, "--type", "MXFP4_MOE", "-o", rtn])
     ours, plain = _tensors(gptq), _tensors(rtn)
     stacks = sorted(n for n in ours if "_exps" in n)
@@ -166,25 +168,29 @@ def test_experts_without_a_grid_or_with_an_imatrix(mixtral: Path, tmp_path: Path
     assert "warning:" not in stderr
 
     imatrix = tmp_path / "imatrix.gguf"
-    proc = _cli(["imatrix", mixtral, "--text", DEFAULT_CALIB_TEXT, "--ctx", SEQ_LEN, "--chunks", 4, "-o", imatrix])
+    proc = _cli(["imatrix", mixtral, "--text", DEFAULT_CALIB_TEXT, "--ctx", SEQ_LEN, "--chunks", 4,
+                 "-o", imatrix])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     with_im, plain_im = tmp_path / "gptq-im.gguf", tmp_path / "rtn-im.gguf"
-    doc, _ = _cli_json(["convert", mixtral, "--type", "Q4_K_M", "--method", "gptq", *CALIB, "--imatrix", imatrix,
-                        "-o", with_im])  # fmt: skip
+    doc, _ = _cli_json(["convert", mixtral, "--type", "Q4_K_M", "--method", "gptq", *CALIB,
+                        "--imatrix", imatrix, "-o", with_im])  # fmt: skip
     _cli_json(["convert", mixtral, "--type", "Q4_K_M", "--imatrix", imatrix, "-o", plain_im])
     ours, plain = _tensors(with_im), _tensors(plain_im)
     checked = 0
     for entry in doc["calibration"]["experts"]:
         for base, rounded in entry["under_sampled"].items():
             name = f"blk.{entry['layer']}.{base}.weight"
-            for e, (a, b) in enumerate(zip(_slices(ours[name][2], 8), _slices(plain[name][2], 8), strict=True)):
+            pairs = zip(_slices(ours[name][2], 8), _slices(plain[name][2], 8), strict=True)
+            for e, (a, b) in enumerate(pairs):
                 assert (a == b) == (e in rounded), (name, e)
                 checked += 1
     assert checked > 0
 
 
 @pytest.mark.slow
-def test_resume_and_reruns_give_the_same_bytes(mixtral: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_and_reruns_give_the_same_bytes(
+    mixtral: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two runs write the same bytes; a run interrupted in block 1 with --resume continues from its spill
     directory to those bytes, and reports the same tokens per expert (kept for the replayed block)."""
     import quantcli.quants.gptq_ggml as gptq_ggml
@@ -221,8 +227,8 @@ def test_resume_and_reruns_give_the_same_bytes(mixtral: Path, tmp_path: Path, mo
     [
         (["--type", "Q4_K_M", "--method", "awq"], "AWQ handles dense models only"),
         (["--type", "Q4_K_M", "--method", "awq-gptq"], "AWQ handles dense models only"),
-        (["--format", "ct", "--bits", "4", "--group-size", "32", "--method", "gptq"], "calibrated packed formats handle dense models only"),
-        (["--format", "mlx", "--bits", "4", "--group-size", "32", "--method", "gptq"], "calibrated packed formats handle dense models only"),
+        (["--format", "ct", "--bits", "4", "--group-size", "32", "--method", "gptq"], PACKED),
+        (["--format", "mlx", "--bits", "4", "--group-size", "32", "--method", "gptq"], PACKED),
     ],
 )
 def test_awq_and_packed_calibration_refuse_experts(tmp_path: Path, extra: list[str], message: str) -> None:
@@ -233,5 +239,6 @@ def test_awq_and_packed_calibration_refuse_experts(tmp_path: Path, extra: list[s
     out = tmp_path / "out"
     code, _, stderr = run_cli_in_process(["convert", str(hf), *extra, "-o", str(out)])
     assert code == 5, stderr
-    assert "mixture of experts" in stderr and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "mixture of experts" in stderr and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]

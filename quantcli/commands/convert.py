@@ -156,9 +156,9 @@ def _warn_under_sampled(result: dict) -> None:
     if rounded:
         n = sum(len(experts) for experts in rounded.values())
         print(  # plain: rich would wrap it at the terminal's width
-            f"warning: {n} expert(s) in layer(s) {', '.join(map(str, rounded))} saw fewer calibration tokens than "
-            "a matrix's input width and were rounded to nearest there (more --calib-samples; calibration.experts "
-            "in --json)", file=sys.stderr,
+            f"warning: {n} expert(s) in layer(s) {', '.join(map(str, rounded))} saw fewer calibration tokens "
+            "than a matrix's input width and were rounded to nearest there (more --calib-samples; "
+            "calibration.experts in --json)", file=sys.stderr,
         )  # fmt: skip
 
 

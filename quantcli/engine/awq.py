@@ -355,8 +355,10 @@ def run_awq(
     returns the facts for the result's `calibration` key."""
     from quantcli.runtime.calibrate import calibrate_blocks
 
-    run = CalibrationRun.open(opts, source, lambda m: check_awq_architecture(m.config.arch, m.config.traits.activation),
-                              AWQ_MOE_REFUSAL)  # fmt: skip
+    def check(model: Any) -> None:
+        check_awq_architecture(model.config.arch, model.config.traits.activation)
+
+    run = CalibrationRun.open(opts, source, check, AWQ_MOE_REFUSAL)
     hf, model, samples = run.hf, run.model, run.samples
     config = model.config
     loss_sequences = max(1, min(samples.shape[0], LOSS_TOKENS // samples.shape[1]))

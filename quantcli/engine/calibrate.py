@@ -196,8 +196,11 @@ def expert_report(tokens: dict[int, np.ndarray], widths: dict[int, dict[str, int
     report = []
     for layer in sorted(tokens):
         lists = {base: under_sampled(tokens[layer], width) for base, width in sorted(widths[layer].items())}
-        report.append({"layer": layer, "tokens": [int(t) for t in tokens[layer]],
-                       "under_sampled": {base: experts for base, experts in lists.items() if experts}})  # fmt: skip
+        report.append({
+            "layer": layer,
+            "tokens": [int(t) for t in tokens[layer]],
+            "under_sampled": {base: experts for base, experts in lists.items() if experts},
+        })
     return report
 
 
@@ -221,8 +224,9 @@ class CalibrationRun:
         check: Callable[[Model], None] | None = None,
         moe_refusal: str | None = None,
     ) -> CalibrationRun:
-        """`check(model)` refuses a model the method cannot handle before the text is read; `moe_refusal`,
-        when given, is why a mixture of experts is refused (a caller that cannot calibrate stacked experts)."""
+        """`check(model)` refuses a model the method cannot handle before the text is read;
+        `moe_refusal`, when given, is why a mixture of experts is refused (a caller that cannot calibrate
+        stacked experts)."""
         from quantcli.runtime import load_tokenizer
         from quantcli.runtime.calibrate import (
             DEFAULT_SAMPLES,
@@ -238,7 +242,9 @@ class CalibrationRun:
         model = Model(hf, cache_budget_bytes=0, emulate_ggml=False)
         stacked = sorted(n for n in model.names if n.endswith("_exps.weight"))
         if stacked and moe_refusal is not None:
-            raise Unsupported(f"--method {opts.method}: {source} is a mixture of experts ({stacked[0]}); {moe_refusal}")
+            raise Unsupported(
+                f"--method {opts.method}: {source} is a mixture of experts ({stacked[0]}); {moe_refusal}"
+            )
         if check is not None:
             check(model)
         text = read_calibration_text(opts.files)
@@ -302,7 +308,8 @@ def run_calibration(
             assert quantize_experts is not None
             t0 = time.perf_counter()
             expert_tokens[block.layer] = inputs.tokens()  # the same routing for the layer's three stacks
-            quantized = quantize_experts(name, hf.source_tensor(name), inputs)  # limits its own GPTQ's threads
+            # not under one BLAS thread: the experts' Gram products use them (GPTQ limits its own)
+            quantized = quantize_experts(name, hf.source_tensor(name), inputs)
             quantize_seconds[0] += time.perf_counter() - t0
             if quantized is not None:
                 values[name] = quantized
@@ -327,8 +334,9 @@ def run_calibration(
     facts = run.facts()
     facts.update({"quantize_seconds": round(quantize_seconds[0], 3), "resumed_blocks": len(replayed)})
     if expert_tokens:
+        stacks = [name for name in hf.names() if name.endswith("_exps.weight")]
         widths = {layer: {name.removeprefix(f"blk.{layer}.").removesuffix(".weight"): hf.shape(name)[-1]
-                          for name in hf.names() if name.startswith(f"blk.{layer}.") and name.endswith("_exps.weight")}
+                          for name in stacks if name.startswith(f"blk.{layer}.")}
                   for layer in expert_tokens}  # fmt: skip
         facts["experts"] = expert_report(expert_tokens, widths)
     return facts
@@ -353,7 +361,10 @@ def source_weight(tensor: Any, name: str) -> np.ndarray:
 
 # Packed formats store each expert as its own Linear, under the checkpoint's per-expert names; the
 # calibration stage works on the runtime's stacked tensors and writes GGUF only.
-PACKED_MOE_REFUSAL = "calibrated packed formats handle dense models only (calibrate to GGUF: --type, or --bits without --format)"
+PACKED_MOE_REFUSAL = (
+    "calibrated packed formats handle dense models only "
+    "(calibrate to GGUF: --type, or --bits without --format)"
+)
 
 
 def packed_gptq_config(opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme) -> GPTQConfig:
@@ -517,7 +528,8 @@ def calibrate_gguf(
         return quants.dequantize(data, d.type, weight.shape)
 
     facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block, quantize_experts)
-    for entry in facts.get("experts", []):  # a stack without a GPTQ grid is rounded whole: in round_to_nearest
+    # a stack without a GPTQ grid is rounded whole and listed in round_to_nearest, never under-sampled
+    for entry in facts.get("experts", []):
         entry["under_sampled"] = {base: experts for base, experts in entry["under_sampled"].items()
                                   if f"blk.{entry['layer']}.{base}.weight" not in plain}  # fmt: skip
     facts.update({"act_order": False, "calibrated_tensors": len(calibrated), "round_to_nearest": plain})

@@ -94,9 +94,9 @@ def calibration_samples(tokenizer: Tokenizer, text: str, samples: int, seq_len: 
 @dataclass
 class ExpertInputs:
     """The inputs of one stacked expert tensor (ffn_{gate,up,down}_exps) in one block run, as the MoE
-    forward hands them to an observer (runtime/moe.py): `rows` (n_tok, 1 or n_used, ne0) — the token's normed
-    hidden state for gate/up, each slot's own activation for down — and `selected` (n_tok, n_used), the
-    expert of each (token, slot). Expert e's Hessian is built on demand from the rows routed to it, so a
+    forward hands them to an observer (runtime/moe.py): `rows` (n_tok, 1 or n_used, ne0) — the token's
+    normed hidden state for gate/up, each slot's own activation for down — and `selected` (n_tok, n_used),
+    the expert of each (token, slot). Expert e's Hessian is built on demand from the rows routed to it, so a
     block holds one expert's Hessian at a time, not n_expert of them."""
 
     rows: np.ndarray
@@ -214,7 +214,7 @@ def calibrate_blocks(
             probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer,
                                          expert=_experts(model, {}, source_stacks))  # fmt: skip
             del probe
-            source_stacks.clear()  # the quantizer reads its own copy, one stack at a time; reloaded if run again
+            source_stacks.clear()  # the quantizer reads its own copy, a stack at a time (reloaded if run)
 
             def run(
                 weights: dict[str, np.ndarray], sequences: int | None = None, il: int = il, x: np.ndarray = x,
