@@ -242,3 +242,66 @@ def test_awq_and_packed_calibration_refuse_experts(tmp_path: Path, extra: list[s
     assert "mixture of experts" in stderr and message in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_expert_hessians_see_only_their_routed_rows() -> None:
+    """ExpertInputs: the tokens of an expert are its (token, slot) pairs; gate/up read the token's row
+    (rows (n, 1, d)), down each slot's own row (rows (n, k, d)); an unused expert has count 0."""
+    from quantcli.engine.calibrate import expert_report, under_sampled
+    from quantcli.quants.gptq import Hessian
+    from quantcli.runtime.calibrate import ExpertInputs
+
+    rng = np.random.default_rng(0)
+    selected = np.array([[0, 2], [2, 1], [0, 1], [2, 0], [1, 2]])  # 5 tokens, 2 slots, expert 3 unused
+    shared = rng.standard_normal((5, 1, 6)).astype(np.float32)
+    per_slot = rng.standard_normal((5, 2, 6)).astype(np.float32)
+    for rows in (shared, per_slot):
+        inputs = ExpertInputs(rows, selected, 4)
+        assert inputs.tokens().tolist() == [3, 3, 4, 0]
+        for e in range(4):
+            expected = Hessian(6)
+            for t, s in zip(*np.nonzero(selected == e), strict=True):
+                expected.add(rows[t, s % rows.shape[1]][None])
+            got = inputs.hessian(e, "blk.0.ffn_up_exps.weight")
+            assert got.count == expected.count
+            assert np.allclose(got.matrix, expected.matrix, rtol=1e-5, atol=1e-6)
+    assert under_sampled(np.array([3, 3, 4, 0]), 4) == [0, 1, 3]
+    report = expert_report({0: np.array([3, 9, 4, 0])}, {0: {"ffn_up_exps": 4, "ffn_down_exps": 8}})
+    assert report == [{"layer": 0, "tokens": [3, 9, 4, 0],
+                       "under_sampled": {"ffn_down_exps": [0, 2, 3], "ffn_up_exps": [0, 3]}}]  # fmt: skip
+
+
+def test_under_sampled_experts_keep_the_recipes_bytes(tmp_path: Path) -> None:
+    """A small BF16 Mixtral (4 experts, rows of 32, down rows of 64) on 2 × 64 tokens: the experts with fewer
+    routed tokens than a matrix's input width keep that matrix's round-to-nearest bytes, the others get
+    GPTQ's; same size as the recipe; one warning line naming them (no torch, no llama.cpp)."""
+    from test_moe import _synthetic_mixtral
+
+    hf = _synthetic_mixtral(tmp_path / "hf")
+    gptq, rtn = tmp_path / "gptq.gguf", tmp_path / "rtn.gguf"
+    code, stdout, stderr = run_cli_in_process(["convert", str(hf), "--type", "Q4_0", "--method", "gptq",
+                                               "--calib-samples", "2", "--calib-seq-len", "64", "-o", str(gptq),
+                                               "--json"])  # fmt: skip
+    assert code == 0, stderr
+    calib = json.loads(stdout)["calibration"]
+    code, _, stderr_rtn = run_cli_in_process(["convert", str(hf), "--type", "Q4_0", "-o", str(rtn)])
+    assert code == 0, stderr_rtn
+    assert gptq.stat().st_size == rtn.stat().st_size
+    ours, plain = _tensors(gptq), _tensors(rtn)
+    n_rounded = n_calibrated = 0
+    for entry in calib["experts"]:
+        assert sum(entry["tokens"]) == 2 * 64 * 2
+        experts = set()
+        for stack in STACKS:
+            name = f"blk.{entry['layer']}.{stack}.weight"
+            rounded = [e for e, t in enumerate(entry["tokens"]) if t < ours[name][1]]
+            assert entry["under_sampled"].get(stack, []) == rounded
+            experts |= set(rounded)
+            pairs = zip(_slices(ours[name][2], 4), _slices(plain[name][2], 4), strict=True)
+            for e, (a, b) in enumerate(pairs):
+                assert (a == b) == (e in rounded), (name, e)
+                n_calibrated += e not in rounded
+        n_rounded += len(experts)
+    assert n_rounded > 0 and n_calibrated > 0, calib["experts"]
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"warning: {n_rounded} expert(s) in layer(s)" in warnings[0], stderr
