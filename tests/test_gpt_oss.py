@@ -358,11 +358,11 @@ def test_mxfp4_experts_hold_the_checkpoint_values(tmp_path: Path, smollm2_dir: P
                 assert np.array_equal(tensor.produce(), values), part
 
 
-def test_calibration_refuses_a_mixture_of_experts(tmp_path: Path, smollm2_dir: Path) -> None:
-    """--method gptq / awq need one Hessian per linear: stacked experts are refused (exit 5, one line)
-    before the calibration text is read, and nothing is written."""
+def test_awq_refuses_a_mixture_of_experts(tmp_path: Path, smollm2_dir: Path) -> None:
+    """AWQ handles dense blocks only: stacked experts are refused (exit 5, one line) before the calibration
+    text is read, and nothing is written (GPTQ calibrates them: tests/test_moe_calibration.py)."""
     hf = _synthetic_gpt_oss(tmp_path / "hf", smollm2_dir)
-    for method, extra in (("gptq", ["--type", "Q4_K_M"]), ("awq", ["--bits", 4])):
+    for method, extra in (("awq-gptq", ["--type", "Q4_K_M"]), ("awq", ["--bits", 4])):
         out = tmp_path / f"{method}-out"
         proc = _cli(["convert", hf, *extra, "--method", method, "-o", out])
         assert proc.returncode == 5, proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +138,28 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(result))
             err.print(f"error: {exc}", markup=False, highlight=False)
             raise typer.Exit(int(exc.exit_code)) from None
+        _warn_under_sampled(result)
         if json_out:
             print(json.dumps(result))
         elif result.get("dry_run"):
             _show_plan(result)
         else:
             _summary(result)
+
+
+def _warn_under_sampled(result: dict) -> None:
+    """One stderr line (with --json too) when calibration rounded some experts to nearest: they saw fewer
+    calibration tokens than a matrix's input width (`calibration.experts`, docs/calibration.md)."""
+    layers = (result.get("calibration") or {}).get("experts") or []
+    rounded = {entry["layer"]: set().union(*entry["under_sampled"].values()) for entry in layers
+               if entry["under_sampled"]}  # fmt: skip
+    if rounded:
+        n = sum(len(experts) for experts in rounded.values())
+        print(  # plain: rich would wrap it at the terminal's width
+            f"warning: {n} expert(s) in layer(s) {', '.join(map(str, rounded))} saw fewer calibration tokens "
+            "than a matrix's input width and were rounded to nearest there (more --calib-samples; "
+            "calibration.experts in --json)", file=sys.stderr,
+        )  # fmt: skip
 
 
 def _show_plan(doc: dict) -> None:

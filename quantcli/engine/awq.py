@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 # Qwen3's q/k norms act on q/k after the projection, per head: scaling the projections' input columns
 # leaves them alone. Phi-3's fused qkv / gate_up and Gemma's (1 + w) norms and post-norms are not handled.
 AWQ_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# A mixture of experts: the scales before the experts' gate/up would have to be searched on the whole MoE
+# block (router and every expert), with the router seeing the unscaled input; not implemented.
+AWQ_MOE_REFUSAL = "AWQ handles dense models only (use --method gptq)"
 # Tokens the search's loss runs on: the leading samples holding at most this many tokens (at least one
 # sample). The mean |x| statistic uses every token. The loss costs 20 trial forwards per group plus the
 # fallback's three: on SmolLM2 (2-core machine) 1024 tokens keep a block's search near 10 s of CPU, half
@@ -352,7 +355,10 @@ def run_awq(
     returns the facts for the result's `calibration` key."""
     from quantcli.runtime.calibrate import calibrate_blocks
 
-    run = CalibrationRun.open(opts, source, lambda m: check_awq_architecture(m.config.arch, m.config.traits.activation))
+    def check(model: Any) -> None:
+        check_awq_architecture(model.config.arch, model.config.traits.activation)
+
+    run = CalibrationRun.open(opts, source, check, AWQ_MOE_REFUSAL)
     hf, model, samples = run.hf, run.model, run.samples
     config = model.config
     loss_sequences = max(1, min(samples.shape[0], LOSS_TOKENS // samples.shape[1]))

@@ -27,7 +27,7 @@ from quantcli.quants.packed import MODEL_DTYPES, PackedFormat, Scheme
 # calibrates (a plain quantize's start-up is most of its time).
 if TYPE_CHECKING:  # the runtime and the HF source are opened only by a calibrating job
     from quantcli.quants.gptq import GPTQConfig, Hessian
-    from quantcli.runtime.calibrate import BlockInputs, CalibrationText
+    from quantcli.runtime.calibrate import BlockInputs, CalibrationText, ExpertInputs
     from quantcli.runtime.hf import HFSource
     from quantcli.runtime.model import Model
     from quantcli.sources.hf import SourceTensor
@@ -179,6 +179,29 @@ def spill_store(output: Path, key: str | None = None) -> Iterator[SpillStore]:
 # One linear's calibrated quantization: (GGUF name, the converter's view of it, its input Hessian) -> the
 # values the output will hold, float32 in GGUF orientation, or None to leave the tensor to the sink.
 QuantizeLinear = Callable[[str, "SourceTensor", "Hessian"], "np.ndarray | None"]
+# The same for a stacked expert tensor (n_expert, rows, cols): its inputs give each expert's Hessian.
+QuantizeExperts = Callable[[str, "SourceTensor", "ExpertInputs"], "np.ndarray | None"]
+
+
+def under_sampled(tokens: np.ndarray, width: int) -> list[int]:
+    """The experts whose matrix of `width` inputs saw too few calibration tokens for GPTQ: fewer than its
+    input width, so XᵀX has less than full rank and GPTQ would push rounding errors into input directions
+    no calibration token measured (docs/calibration.md, "Mixture of experts"). They are rounded to nearest."""
+    return [int(e) for e in np.nonzero(tokens < width)[0]]
+
+
+def expert_report(tokens: dict[int, np.ndarray], widths: dict[int, dict[str, int]]) -> list[dict[str, Any]]:
+    """`calibration.experts` (docs/json.md): per MoE layer the tokens routed to each expert and, per stacked
+    tensor (by its GGUF base name, e.g. ffn_down_exps), the under-sampled experts rounded to nearest."""
+    report = []
+    for layer in sorted(tokens):
+        lists = {base: under_sampled(tokens[layer], width) for base, width in sorted(widths[layer].items())}
+        report.append({
+            "layer": layer,
+            "tokens": [int(t) for t in tokens[layer]],
+            "under_sampled": {base: experts for base, experts in lists.items() if experts},
+        })
+    return report
 
 
 @dataclass
@@ -194,8 +217,16 @@ class CalibrationRun:
     started: float
 
     @classmethod
-    def open(cls, opts: CalibrationOptions, source: Path, check: Callable[[Model], None] | None = None) -> CalibrationRun:
-        """`check(model)` refuses a model the method cannot handle before the text is read."""
+    def open(
+        cls,
+        opts: CalibrationOptions,
+        source: Path,
+        check: Callable[[Model], None] | None = None,
+        moe_refusal: str | None = None,
+    ) -> CalibrationRun:
+        """`check(model)` refuses a model the method cannot handle before the text is read;
+        `moe_refusal`, when given, is why a mixture of experts is refused (a caller that cannot calibrate
+        stacked experts)."""
         from quantcli.runtime import load_tokenizer
         from quantcli.runtime.calibrate import (
             DEFAULT_SAMPLES,
@@ -210,11 +241,9 @@ class CalibrationRun:
         hf = HFSource(source)
         model = Model(hf, cache_budget_bytes=0, emulate_ggml=False)
         stacked = sorted(n for n in model.names if n.endswith("_exps.weight"))
-        if stacked:
-            # GPTQ/AWQ here collect one Hessian per 2-D linear; a stacked expert tensor would need one per expert
+        if stacked and moe_refusal is not None:
             raise Unsupported(
-                f"--method {opts.method}: {source} is a mixture of experts ({stacked[0]}); calibrated "
-                "quantization handles dense models only (use the round-to-nearest recipe)"
+                f"--method {opts.method}: {source} is a mixture of experts ({stacked[0]}); {moe_refusal}"
             )
         if check is not None:
             check(model)
@@ -245,15 +274,20 @@ def run_calibration(
     store: SpillStore,
     replay_linear: Callable[[str, SourceTensor], np.ndarray],
     on_block: Callable[[int, int], None] | None = None,
+    quantize_experts: QuantizeExperts | None = None,
+    moe_refusal: str | None = None,
 ) -> dict[str, Any]:
     """Run the checkpoint at `source` block by block over the calibration samples, calling
-    `quantize_linear(gguf_name, source_tensor, hessian)` for every linear the runtime feeds; a block the
-    store already holds (a resumed run) is replayed with `replay_linear(gguf_name, source_tensor)`, the
-    values its stored tensors decode to. Returns the facts for the result's `calibration` key (the caller
-    adds its own)."""
+    `quantize_linear(gguf_name, source_tensor, hessian)` for every linear the runtime feeds and
+    `quantize_experts(gguf_name, source_tensor, expert_inputs)` for every stacked expert tensor (a caller
+    without it refuses a mixture of experts with `moe_refusal`); a block the store already holds (a resumed
+    run) is replayed with `replay_linear(gguf_name, source_tensor)`, the values its stored tensors decode
+    to. Returns the facts for the result's `calibration` key (the caller adds its own); a mixture of experts
+    adds `experts` (expert_report)."""
     from quantcli.runtime.calibrate import calibrate_blocks
 
-    run = CalibrationRun.open(opts, source)
+    assert quantize_experts is not None or moe_refusal is not None
+    run = CalibrationRun.open(opts, source, moe_refusal=moe_refusal)
     from threadpoolctl import threadpool_limits
 
     hf = run.hf
@@ -270,6 +304,17 @@ def run_calibration(
             quantize_seconds[0] += time.perf_counter() - t0
             if quantized is not None:
                 values[name] = quantized
+        for name, inputs in sorted(block.experts.items()):
+            assert quantize_experts is not None
+            t0 = time.perf_counter()
+            expert_tokens[block.layer] = inputs.tokens()  # the same routing for the layer's three stacks
+            # not under one BLAS thread: the experts' Gram products use them (GPTQ limits its own)
+            quantized = quantize_experts(name, hf.source_tensor(name), inputs)
+            quantize_seconds[0] += time.perf_counter() - t0
+            if quantized is not None:
+                values[name] = quantized
+        if block.layer in expert_tokens:  # kept for a resumed run's report
+            store.put(_expert_tokens_key(block.layer), {"tokens": expert_tokens[block.layer]})
         store.block_done(block.layer, sorted(values))
         return values
 
@@ -278,13 +323,27 @@ def run_calibration(
         if names is None:
             return None
         replayed.append(layer)
+        tokens = store.get(_expert_tokens_key(layer))
+        if tokens is not None:
+            expert_tokens[layer] = tokens["tokens"]
         return {name: replay_linear(name, hf.source_tensor(name)) for name in names}
 
     replayed: list[int] = []
+    expert_tokens: dict[int, np.ndarray] = {}
     calibrate_blocks(run.model, run.samples, quantize_block, on_block=on_block, replay=replay)
     facts = run.facts()
     facts.update({"quantize_seconds": round(quantize_seconds[0], 3), "resumed_blocks": len(replayed)})
+    if expert_tokens:
+        stacks = [name for name in hf.names() if name.endswith("_exps.weight")]
+        widths = {layer: {name.removeprefix(f"blk.{layer}.").removesuffix(".weight"): hf.shape(name)[-1]
+                          for name in stacks if name.startswith(f"blk.{layer}.")}
+                  for layer in expert_tokens}  # fmt: skip
+        facts["experts"] = expert_report(expert_tokens, widths)
     return facts
+
+
+def _expert_tokens_key(layer: int) -> str:
+    return f"blk.{layer}.expert_tokens"  # no tensor of the output has this name
 
 
 def source_weight(tensor: Any, name: str) -> np.ndarray:
@@ -294,9 +353,18 @@ def source_weight(tensor: Any, name: str) -> np.ndarray:
     if tensor.release is not None:
         tensor.release()
     if not np.isfinite(weight).all():
-        row, col = (int(i) for i in np.argwhere(~np.isfinite(weight))[0])
-        raise InputInvalid(f"{name}: non-finite value at row {row}, column {col}")
+        *expert, row, col = (int(i) for i in np.argwhere(~np.isfinite(weight))[0])
+        where = f"expert {expert[0]}, " if expert else ""
+        raise InputInvalid(f"{name}: non-finite value at {where}row {row}, column {col}")
     return weight
+
+
+# Packed formats store each expert as its own Linear, under the checkpoint's per-expert names; the
+# calibration stage works on the runtime's stacked tensors and writes GGUF only.
+PACKED_MOE_REFUSAL = (
+    "calibrated packed formats handle dense models only "
+    "(calibrate to GGUF: --type, or --bits without --format)"
+)
 
 
 def packed_gptq_config(opts: CalibrationOptions, fmt: type[PackedFormat], scheme: Scheme) -> GPTQConfig:
@@ -368,7 +436,8 @@ def calibrate_packed(
         done.add(tensor.source_name)
         return np.asarray(tensor.transform(fmt.dequantize(stored, scheme)), dtype=np.float32)
 
-    facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block)
+    facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block,
+                            moe_refusal=PACKED_MOE_REFUSAL)  # fmt: skip
     require_fed(linear_names, done)
     return facts | packed_gptq_facts(config, fmt) | {"damp_raised": raised}
 
@@ -385,6 +454,8 @@ def calibrate_gguf(
     """GPTQ on the GGML grid of each linear's planned type (`decisions`: GGUF name -> TensorDecision), the
     bytes into `store` under the GGUF name. A linear whose type has no GPTQ grid (TQ*, MXFP4, floats) is
     quantized as llama-quantize does and only its values go on to the next block."""
+    from threadpoolctl import threadpool_limits
+
     from quantcli import quants
     from quantcli.quants.ggml import GridQuantType
     from quantcli.quants.gptq_ggml import gptq_ggml
@@ -405,9 +476,44 @@ def calibrate_gguf(
             store.put(name, {"data": result.data})
             calibrated.append(name)
             return result.values
+        return round_to_nearest(name, d, weight, imatrix)
+
+    def round_to_nearest(name: str, d: Any, weight: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         plain[name] = d.type.name
         data = quants.quantize(weight, d.type, imatrix, name=name, threads=threads)
         return quants.dequantize(data, d.type, weight.shape)
+
+    def quantize_experts(name: str, tensor: SourceTensor, inputs: ExpertInputs) -> np.ndarray | None:
+        """Expert by expert: GPTQ with the Hessian of the tokens routed to it, or, for an expert that saw
+        fewer tokens than the matrix's input width (`under_sampled`), what the round-to-nearest recipe
+        makes of it (the same bytes). The stacked bytes are the experts' one after another."""
+        d = decisions.get(name)
+        if d is None or not d.changes:
+            return None
+        stack = np.asarray(tensor.transform(source_weight(tensor, name)), dtype=np.float32)  # (E, rows, cols)
+        imatrix = importance(name, d)  # (E·cols,) for a stacked tensor, or None
+        if not issubclass(quants.get(d.type), GridQuantType):
+            return round_to_nearest(name, d, stack, imatrix)
+        n_expert, _, width = stack.shape
+        rounded = set(under_sampled(inputs.tokens(), width))
+        data: list[np.ndarray] = []
+        values = np.empty_like(stack)
+        for e in range(n_expert):
+            own = imatrix[e * width : (e + 1) * width] if imatrix is not None else None
+            if e in rounded:
+                data.append(quants.quantize(stack[e], d.type, own, name=name, threads=threads))
+                values[e] = quants.dequantize(data[-1], d.type, stack[e].shape)
+                continue
+            hessian = inputs.hessian(e, name)  # a Gram product: BLAS threads help here, not in GPTQ's loop
+            with threadpool_limits(limits=1, user_api="blas"):
+                result = gptq_ggml(stack[e], hessian.matrix, d.type, damp=opts.damp, importance=own,
+                                   name=f"{name} expert {e}", threads=threads)  # fmt: skip
+            del hessian
+            data.append(result.data)
+            values[e] = result.values
+        store.put(name, {"data": np.concatenate(data)})
+        calibrated.append(name)
+        return values
 
     def replay_linear(name: str, tensor: SourceTensor) -> np.ndarray:
         d = decisions[name]
@@ -421,6 +527,10 @@ def calibrate_gguf(
         data = quants.quantize(weight, d.type, importance(name, d), name=name, threads=threads)
         return quants.dequantize(data, d.type, weight.shape)
 
-    facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block)
+    facts = run_calibration(opts, source, quantize_linear, store, replay_linear, on_block, quantize_experts)
+    # a stack without a GPTQ grid is rounded whole and listed in round_to_nearest, never under-sampled
+    for entry in facts.get("experts", []):
+        entry["under_sampled"] = {base: experts for base, experts in entry["under_sampled"].items()
+                                  if f"blk.{entry['layer']}.{base}.weight" not in plain}  # fmt: skip
     facts.update({"act_order": False, "calibrated_tensors": len(calibrated), "round_to_nearest": plain})
     return facts

@@ -92,6 +92,36 @@ def calibration_samples(tokenizer: Tokenizer, text: str, samples: int, seq_len: 
 
 
 @dataclass
+class ExpertInputs:
+    """The inputs of one stacked expert tensor (ffn_{gate,up,down}_exps) in one block run, as the MoE
+    forward hands them to an observer (runtime/moe.py): `rows` (n_tok, 1 or n_used, ne0) — the token's
+    normed hidden state for gate/up, each slot's own activation for down — and `selected` (n_tok, n_used),
+    the expert of each (token, slot). Expert e's Hessian is built on demand from the rows routed to it, so a
+    block holds one expert's Hessian at a time, not n_expert of them."""
+
+    rows: np.ndarray
+    selected: np.ndarray
+    n_expert: int
+
+    def tokens(self) -> np.ndarray:
+        """(n_expert,) int64: the tokens routed to each expert (a token uses an expert in at most one slot),
+        what llama-imatrix counts for the expert."""
+        return np.bincount(self.selected.reshape(-1), minlength=self.n_expert).astype(np.int64)
+
+    def hessian(self, expert: int, name: str) -> Hessian:
+        """Running mean of 2·XᵀX over the rows routed to `expert` (Gram product in float32 as for a dense
+        linear, accumulated in float64); a zero matrix with count 0 for an expert no token used."""
+        tok, slot = np.nonzero(self.selected == expert)
+        x = self.rows[tok, slot % self.rows.shape[1]]
+        h = Hessian(self.rows.shape[-1])
+        gram = x.T @ x
+        if not np.isfinite(gram).all():
+            raise InputInvalid(f"calibration: non-finite activations at the input of {name}, expert {expert}")
+        h.add_gram(gram, x.shape[0])
+        return h
+
+
+@dataclass
 class BlockInputs:
     """What a block's quantizer gets: the Hessian of each linear's input (GGUF weight name -> running mean of
     2·XᵀX, float64), shared between linears that read the same rows (q/k/v, gate/up), and the block's input
@@ -106,6 +136,7 @@ class BlockInputs:
     tokens: int = 0
     rows: dict[str, np.ndarray] = field(default_factory=dict)  # linear -> its first `keep_rows` input rows
     abs_mean: dict[str, np.ndarray] = field(default_factory=dict)  # linear -> mean |x| per input channel
+    experts: dict[str, ExpertInputs] = field(default_factory=dict)  # stacked expert tensor -> its inputs
 
 
 @dataclass
@@ -115,6 +146,8 @@ class _HessianObserver:
     accumulated in float64."""
 
     hessians: dict[str, Hessian] = field(default_factory=dict)
+    n_expert: int = 0
+    experts: dict[str, ExpertInputs] = field(default_factory=dict)
     keep_rows: int = 0  # also keep this many leading input rows and the mean |x| of each linear (AWQ)
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     abs_mean: dict[str, np.ndarray] = field(default_factory=dict)
@@ -122,8 +155,11 @@ class _HessianObserver:
     _last: tuple[np.ndarray, Hessian] | None = None
     _last_name: str = ""
 
-    def __call__(self, name: str, rows: np.ndarray) -> None:
+    def __call__(self, name: str, rows: np.ndarray, experts: np.ndarray | None = None) -> None:
         if not name.startswith("blk."):
+            return
+        if experts is not None:  # a stacked expert tensor: its inputs are kept, Hessians made per expert
+            self.experts[name] = ExpertInputs(rows, experts, self.n_expert)
             return
         if self._last is not None and self._last[0] is rows:
             self.hessians[name] = self._last[1]
@@ -161,29 +197,41 @@ def calibrate_blocks(
     GGUF names and orientation: the values the output file will hold), which then produce the next block's
     input. `replay(layer)` may return a block's already-quantized weights (a resumed run): the block is then
     only run forward with them. `on_block(done, total)` reports progress. `keep_sequences` (AWQ): the
-    block's quantizer also gets every linear's input rows of the first that many samples."""
+    block's quantizer also gets every linear's input rows of the first that many samples.
+
+    A mixture-of-experts block's quantized weights hold each stacked expert tensor whole, (n_expert, rows,
+    cols); the block's source stacks are read once (float32, one block's) for the runs before that."""
     n_seq = samples.shape[0]
     x = model.embed_sequences(samples)
     n_layer = model.config.n_layer
     for il in range(n_layer):
+        source_stacks: dict[str, np.ndarray] = {}
         quantized = replay(il) if replay is not None else None
         if quantized is None:
-            observer = _HessianObserver(keep_rows=min(keep_sequences, n_seq) * (x.shape[0] // n_seq))
-            probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer)
+            observer = _HessianObserver(
+                n_expert=model.config.n_expert, keep_rows=min(keep_sequences, n_seq) * (x.shape[0] // n_seq)
+            )
+            probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer,
+                                         expert=_experts(model, {}, source_stacks))  # fmt: skip
             del probe
+            source_stacks.clear()  # the quantizer reads its own copy, a stack at a time (reloaded if run)
 
             def run(
-                weights: dict[str, np.ndarray], sequences: int | None = None, il: int = il, x: np.ndarray = x
+                weights: dict[str, np.ndarray], sequences: int | None = None, il: int = il, x: np.ndarray = x,
+                source_stacks: dict[str, np.ndarray] = source_stacks,
             ) -> np.ndarray:
                 n = n_seq if sequences is None else min(sequences, n_seq)
                 rows = x[: n * (x.shape[0] // n_seq)].copy()
-                return model.sequence_layer(il, rows, n, weight=_with(model, weights))
+                return model.sequence_layer(il, rows, n, weight=_with(model, weights),
+                                            expert=_experts(model, weights, source_stacks))  # fmt: skip
 
             quantized = quantize_block(
-                BlockInputs(il, observer.hessians, x, run, x.shape[0], observer.rows, observer.abs_mean)
+                BlockInputs(il, observer.hessians, x, run, x.shape[0], observer.rows, observer.abs_mean,
+                            observer.experts)  # fmt: skip
             )
             del observer
-        x = model.sequence_layer(il, x, n_seq, weight=_with(model, quantized))
+        x = model.sequence_layer(il, x, n_seq, weight=_with(model, quantized),
+                                 expert=_experts(model, quantized, source_stacks))  # fmt: skip
         if on_block is not None:
             on_block(il + 1, n_layer)
 
@@ -194,3 +242,21 @@ def _with(model: Model, weights: dict[str, np.ndarray]) -> Callable[[str], np.nd
         return w if w is not None else model.transient_weight(name)
 
     return weight
+
+
+def _experts(
+    model: Model, weights: dict[str, np.ndarray], source_stacks: dict[str, np.ndarray]
+) -> Callable[[str, int], np.ndarray]:
+    """Expert e of a stacked tensor: from `weights` (the quantized block) if there, else from the source
+    stack, read whole once per block into `source_stacks` (an HF source produces the whole stack for any
+    one expert, so reading per expert would read it n_expert times)."""
+
+    def expert(name: str, e: int) -> np.ndarray:
+        stack = weights.get(name)
+        if stack is None:
+            stack = source_stacks.get(name)
+            if stack is None:
+                stack = source_stacks[name] = model.transient_weight(name)
+        return stack[e]
+
+    return expert

@@ -234,7 +234,7 @@ class Model:
             )
 
         for il in range(c.n_layer):
-            x = self._layer(il, x, positions, self.weight, attend, observer, cache.n_ctx)
+            x = self._layer(il, x, positions, self.weight, attend, observer, cache.n_ctx, self._expert_matrix)
         cache.used += n_tok
         rows = np.array([n_tok - 1]) if output_rows is None else np.asarray(output_rows)
         w_out = self.weight(self.output_name)
@@ -281,10 +281,12 @@ class Model:
         weight: Callable[[str], np.ndarray] | None = None,
         observer: MatmulObserver | None = None,
         pool: ThreadPoolExecutor | None = None,
+        expert: Callable[[str, int], np.ndarray] | None = None,
     ) -> np.ndarray:
         """Decoder block `il` on the rows of `n_seq` independent sequences (S*T, n_embd), updated in place
         and returned. `weight` (default: the model's own, dequantized for this use) lets a caller run the
-        block with other weights (calibration feeds the quantized block's output to the next one)."""
+        block with other weights (calibration feeds the quantized block's output to the next one);
+        `expert(name, e)` does the same for one expert's matrix of a stacked tensor."""
         c = self.config
         n_tok = x.shape[0] // n_seq
         positions = np.arange(n_tok)
@@ -308,7 +310,8 @@ class Model:
             return out
 
         row_positions = np.tile(positions, n_seq)  # of each row of x, for RoPE
-        return self._layer(il, x, row_positions, weight or self.transient_weight, attend, observer, n_tok)
+        return self._layer(il, x, row_positions, weight or self.transient_weight, attend, observer, n_tok,
+                           expert or self._expert_matrix)  # fmt: skip
 
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -399,10 +402,12 @@ class Model:
         attend: Callable[[int, np.ndarray, np.ndarray, np.ndarray, int], np.ndarray],
         obs: MatmulObserver | None,
         n_ctx: int,
+        expert: Callable[[str, int], np.ndarray],
     ) -> np.ndarray:
         """One decoder block on the rows of `x` (updated in place and returned) at `positions` (one per
-        row); `weight` fetches a tensor, `attend(il, q, k, v, window)` stores K/V where the caller keeps
-        them and attends; `n_ctx` is the context llama.cpp would run with (it picks Phi-3's rope factors)."""
+        row); `weight` fetches a tensor and `expert(name, e)` one expert's matrix of a stacked tensor,
+        `attend(il, q, k, v, window)` stores K/V where the caller keeps them and attends; `n_ctx` is the
+        context llama.cpp would run with (it picks Phi-3's rope factors)."""
         c = self.config
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + "attn_norm.weight")) if c.traits.pre_norms else x
@@ -453,7 +458,7 @@ class Model:
         step = n_tok if obs is not None or moe else max(64, (1 << 21) // max(1, c.n_ff))
         for r0 in range(0, n_tok, step):
             xs = x[r0 : r0 + step]
-            xs += self._ffn(il, xs, ffn_w, obs, weight)
+            xs += self._ffn(il, xs, ffn_w, obs, weight, expert)
         return x
 
     def _normed_heads(
@@ -475,13 +480,14 @@ class Model:
         ffn_w: dict[str, np.ndarray],
         obs: MatmulObserver | None,
         weight: Callable[[str], np.ndarray],
+        expert: Callable[[str, int], np.ndarray],
     ) -> np.ndarray:
         c = self.config
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + c.traits.ffn_norm + ".weight")) if c.traits.pre_norms else x
         if p + "ffn_gate_inp.weight" in ffn_w:
             return moe_ffn(
-                h, p, ffn_w, self._expert_matrix, self._types, c.n_expert_used, c.traits.expert_weights_norm,
+                h, p, ffn_w, expert, self._types, c.n_expert_used, c.traits.expert_weights_norm,
                 lambda rows, name: self._matmul(rows, name, obs, ffn_w[name]),
                 self._activation, self.emulate_ggml, obs, c.traits.expert_gating, c.traits.expert_glu,
             )
