@@ -169,7 +169,8 @@ def calibrate_blocks(
         quantized = replay(il) if replay is not None else None
         if quantized is None:
             observer = _HessianObserver(keep_rows=min(keep_sequences, n_seq) * (x.shape[0] // n_seq))
-            probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer)
+            # Only the observer's statistics are wanted: the block's output comes from the quantized run below.
+            probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer, inputs_only=True)
             del probe
 
             def run(
