@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from quantcli import native
+from quantcli.quants.base import native_enabled
 from quantcli.quants.packed.base import MODEL_DTYPES, round_to
 
 ScalePolicy = Literal["static", "dynamic"]
@@ -226,7 +228,9 @@ def _quantize_columns(
     """Columns start..stop-1 of a block (rows of `w1`, float32, updated in place), column i on the grid
     `scales_t[scale_rows[i]]`: its codes into `codes[i]`, its error `(w - q·scale) / Hinv[i, i]` into
     `err1[i]` and, as a rank-1 update (each product rounded, then subtracted: llm-compressor's order), into
-    the block's later columns."""
+    the block's later columns. The C library's twin does the same operations in the same order."""
+    if native_enabled() and native.gptq_columns(w1, hinv1, err1, start, stop, scales_t, scale_rows, codes, qmin, qmax):
+        return
     for i in range(start, stop):
         w = w1[i]
         scale = scales_t[scale_rows[i]]
