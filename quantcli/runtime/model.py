@@ -589,15 +589,20 @@ class Model:
 
     def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         rd = self.config.rope_dim
-        out = x.copy()
+        out = np.empty_like(x)
+        if rd < x.shape[-1]:
+            out[..., rd:] = x[..., rd:]
         if self.config.traits.rope_neox:
-            a, b = x[..., : rd // 2], x[..., rd // 2 : rd]
-            out[..., : rd // 2] = a * cos - b * sin
-            out[..., rd // 2 : rd] = a * sin + b * cos
+            a, b, out_a, out_b = x[..., : rd // 2], x[..., rd // 2 : rd], out[..., : rd // 2], out[..., rd // 2 : rd]
         else:
-            a, b = x[..., 0:rd:2], x[..., 1:rd:2]
-            out[..., 0:rd:2] = a * cos - b * sin
-            out[..., 1:rd:2] = a * sin + b * cos
+            a, b, out_a, out_b = x[..., 0:rd:2], x[..., 1:rd:2], out[..., 0:rd:2], out[..., 1:rd:2]
+        # a·cos − b·sin and a·sin + b·cos, each product rounded, written in place (no full-size temporaries)
+        product = np.multiply(b, sin)
+        np.multiply(a, cos, out=out_a)
+        out_a -= product
+        np.multiply(b, cos, out=product)
+        np.multiply(a, sin, out=out_b)
+        out_b += product
         return out
 
     def _attention(
