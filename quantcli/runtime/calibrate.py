@@ -209,7 +209,8 @@ def _calibrate_blocks(
                 BlockInputs(il, observer.hessians, x, run, x.shape[0], observer.rows, observer.abs_mean)
             )
             del observer
-        x = model.sequence_layer(il, x, n_seq, weight=_with(model, quantized))
+        if il + 1 < n_layer:  # the last block's output would feed nothing
+            x = model.sequence_layer(il, x, n_seq, weight=_with(model, quantized))
         if on_block is not None:
             on_block(il + 1, n_layer)
 

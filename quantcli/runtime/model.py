@@ -394,7 +394,9 @@ class Model:
     def _rms_norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         eps = np.float32(self.config.norm_eps)
         mean_sq = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
-        return (x * (np.float32(1.0) / np.sqrt(mean_sq + eps))) * w
+        out = x * (np.float32(1.0) / np.sqrt(mean_sq + eps))
+        out *= w  # in place: one full-size temporary fewer, the same two roundings
+        return out
 
     def _layer(
         self,
