@@ -177,7 +177,7 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, config: GPTQConfig) -
 
     if config.act_order:
         perm = np.argsort(-diag, kind="stable")
-        H = H[perm][:, perm]
+        H = H[np.ix_(perm, perm)]  # one gather, not two
     else:
         perm = np.arange(n)
     # Columns as contiguous rows: column j of the weight is work[j].
