@@ -189,13 +189,15 @@ def _calibrate_blocks(
 ) -> None:
     n_seq = samples.shape[0]
     x = model.embed_sequences(samples)
+    scratch = np.empty_like(x)  # the statistics pass's copy of each block's input, one buffer for all blocks
     n_layer = model.config.n_layer
     for il in range(n_layer):
         quantized = replay(il) if replay is not None else None
         if quantized is None:
             observer = _HessianObserver(keep_rows=min(keep_sequences, n_seq) * (x.shape[0] // n_seq))
             # Only the observer's statistics are wanted: the block's output comes from the quantized run below.
-            probe = model.sequence_layer(il, x.copy(), n_seq, observer=observer, inputs_only=True)
+            np.copyto(scratch, x)
+            probe = model.sequence_layer(il, scratch, n_seq, observer=observer, inputs_only=True)
             del probe
 
             def run(
