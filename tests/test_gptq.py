@@ -175,3 +175,27 @@ def test_same_integers_and_scales_as_llmcompressor(actorder: str, min_equal: flo
     ours_error = output_error(weight, ours.dequantize(), inputs)
     ref_error = output_error(weight, ref["quantized"], inputs)
     assert abs(ours_error / ref_error - 1) <= 0.01, (ours_error, ref_error)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GPTQConfig(bits=4, group_size=GROUP, damp=0.01, act_order=True, scales="static", scale_dtype="bfloat16"),
+        GPTQConfig(bits=4, group_size=GROUP, damp=0.01, act_order=True, scales="dynamic", scale_dtype="float16"),
+        GPTQConfig(bits=3, group_size=32, damp=0.01, block_size=96, scales="dynamic"),
+        GPTQConfig(bits=8, group_size=GROUP, damp=0.01, block_size=64),
+    ],
+)
+def test_native_column_loop_gives_the_numpy_bytes(config: GPTQConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcli import native
+
+    if not native.available():
+        pytest.skip(f"native library: {native.problem()}")
+    weight, inputs = layer_inputs()
+    hessian = hessian_of(inputs)
+    with_c = gptq_quantize(weight, hessian, config)
+    monkeypatch.setenv("QUANTCLI_NATIVE", "0")
+    with_numpy = gptq_quantize(weight, hessian, config)
+    np.testing.assert_array_equal(with_c.codes, with_numpy.codes)
+    np.testing.assert_array_equal(with_c.scales.view(np.uint32), with_numpy.scales.view(np.uint32))
+    np.testing.assert_array_equal(with_c.g_idx, with_numpy.g_idx)

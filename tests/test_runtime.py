@@ -412,3 +412,25 @@ def test_rope_scaling_the_runtime_does_not_compute_is_refused() -> None:
     none = Model(_MemorySource({"phi3.rope.scaling.type": "none", "phi3.rope.scaling.factor": 4.0}, {}))
     linear = Model(_MemorySource({"phi3.rope.scaling.factor": 4.0}, {}))
     assert (none.config.rope_freq_scale, linear.config.rope_freq_scale) == (1.0, 0.25)
+
+
+@pytest.mark.parametrize(("window", "first_position"), [(0, 0), (50, 0), (0, 100), (30, 100)])
+def test_plain_attention_reads_only_the_keys_a_query_block_can_see(window: int, first_position: int) -> None:
+    """Without ggml emulation, attention takes 64-query blocks against the keys their causal (and sliding)
+    window reaches; the result is the full-row computation's up to summation order."""
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(n_head=4, n_head_kv=2, head_dim_k=16, head_dim_v=16, attn_scale=0.25,
+                             attn_logit_softcap=0.0)  # fmt: skip
+    rng = np.random.default_rng(3)
+    n_tok, n_kv = 150, first_position + 150
+    q = rng.standard_normal((n_tok, 4, 16)).astype(np.float32)
+    keys = rng.standard_normal((2, n_kv, 16)).astype(np.float32)
+    values = rng.standard_normal((2, n_kv, 16)).astype(np.float32)
+    positions = np.arange(first_position, n_kv)
+    results = []
+    for emulate in (True, False):  # True: every block spans all keys, masked ones included
+        model = Model.__new__(Model)
+        model.config, model.emulate_ggml = config, emulate
+        results.append(model._attention(q, keys, values, positions, window))
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)

@@ -22,7 +22,7 @@ import numpy as np
 
 from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 _DIR = Path(__file__).resolve().parent
 
 T = GGMLQuantizationType
@@ -92,6 +92,11 @@ def _lib() -> ctypes.CDLL | None:
     lib.qc_dequantize.restype = ctypes.c_int
     lib.qc_dequantize.argtypes = [
         ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+    ]  # fmt: skip
+    lib.qc_gptq_columns.restype = None
+    lib.qc_gptq_columns.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
     ]  # fmt: skip
     _problem = None
     return lib
@@ -213,3 +218,31 @@ def dequantize_rows(
     if rc != 0:
         raise RuntimeError(f"native {qtype.name} dequantizer failed (code {rc})")
     return out
+
+
+def gptq_columns(
+    w1: np.ndarray, hinv1: np.ndarray, err1: np.ndarray, start: int, stop: int, scales: np.ndarray,
+    scale_rows: np.ndarray, codes: np.ndarray, qmin: int, qmax: int,
+) -> bool:
+    """GPTQ's column loop over columns start..stop-1 of one block (quants/gptq.py `_quantize_columns`, the
+    same bytes); False when the library is not available. Every array must be C-contiguous: w1, err1 float32
+    (block, out), hinv1 float32 (block, block), scales float32 (groups, out), scale_rows int64 (block,),
+    codes int8 (block, out)."""
+    lib = _lib()
+    if lib is None:
+        return False
+    block, n_out = w1.shape
+    for array, dtype, shape in (
+        (w1, np.float32, (block, n_out)), (hinv1, np.float32, (block, block)), (err1, np.float32, (block, n_out)),
+        (scales, np.float32, (scales.shape[0], n_out)), (scale_rows, np.int64, (block,)),
+        (codes, np.int8, (block, n_out)),
+    ):  # fmt: skip
+        if array.dtype != dtype or array.shape != shape or not array.flags.c_contiguous:
+            raise ValueError(f"gptq_columns: expected a C-contiguous {np.dtype(dtype)} array of shape {shape}")
+    if not 0 <= start <= stop <= block or scale_rows[start:stop].max(initial=0) >= scales.shape[0]:
+        raise ValueError("gptq_columns: column range or scale rows out of bounds")
+    lib.qc_gptq_columns(
+        w1.ctypes.data, hinv1.ctypes.data, err1.ctypes.data, block, n_out, start, stop, scales.ctypes.data,
+        scale_rows.ctypes.data, codes.ctypes.data, qmin, qmax,
+    )  # fmt: skip
+    return True

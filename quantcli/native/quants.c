@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define QC_ABI_VERSION 2
+#define QC_ABI_VERSION 3
 
 #define QK_K 256
 #define GROUP_MAX_EPS 1e-15f
@@ -1678,4 +1678,46 @@ QC_API int qc_dequantize(int type, const void *src, float *dst, int64_t nrows, i
     job proto = {info, NULL, SRC_F32, NULL, src, dst, 0, 0, n_per_row,
                  (size_t)(n_per_row / info->block) * info->type_size, NULL, 0};
     return run_threads(proto, nrows, nthreads);
+}
+
+/* One GPTQ column (n_out rows): codes on the grid `scale` and the error (w - q*scale) / d. NumPy's
+   clip(rint(x)) equals rint(clip(x)) for integer bounds; |x| <= 2^22 after the clip, where adding and
+   subtracting 1.5*2^23 rounds half to even exactly as rint does. */
+static void gptq_column(const float *restrict w, const float *restrict scale, float *restrict e,
+                        int8_t *restrict c, int64_t n_out, float d, float lo, float hi) {
+    const float magic = 12582912.0f;
+    for (int64_t r = 0; r < n_out; ++r) {
+        float x = w[r] / scale[r];
+        x = x < lo ? lo : x;
+        x = x > hi ? hi : x;
+        const float q = (x + magic) - magic;
+        c[r] = (int8_t)q;
+        const float dq = q * scale[r];
+        e[r] = (w[r] - dq) / d;
+    }
+}
+
+/* wk -= h * e, the product rounded first (no FMA). */
+static void gptq_rank1(float *restrict wk, const float *restrict e, float h, int64_t n_out) {
+    for (int64_t r = 0; r < n_out; ++r) {
+        const float p = h * e[r];
+        wk[r] -= p;
+    }
+}
+
+/* GPTQ's column loop on one block of columns, the C twin of quants/gptq.py `_quantize_columns` (same bytes:
+   binary32 throughout, each operation in NumPy's order, no FMA). w1: block_len columns of the weight as rows
+   of n_out floats, updated in place; hinv1: the block's block_len x block_len part of the inverse-Hessian
+   factor. Columns start..stop-1, column i on the grid scales[scale_rows[i] * n_out ...]: codes into
+   codes[i * n_out ...], error (w - q*scale) / hinv1[i][i] into err1[i * n_out ...] and, as a rank-1 update
+   (the product rounded, then subtracted), into the later columns of the block. */
+QC_API void qc_gptq_columns(float *w1, const float *hinv1, float *err1, int64_t block_len, int64_t n_out,
+                            int64_t start, int64_t stop, const float *scales, const int64_t *scale_rows,
+                            int8_t *codes, int qmin, int qmax) {
+    for (int64_t i = start; i < stop; ++i) {
+        float *e = err1 + i * n_out;
+        gptq_column(w1 + i * n_out, scales + scale_rows[i] * n_out, e, codes + i * n_out, n_out,
+                    hinv1[i * block_len + i], (float)qmin, (float)qmax);
+        for (int64_t k = i + 1; k < block_len; ++k) gptq_rank1(w1 + k * n_out, e, hinv1[i * block_len + k], n_out);
+    }
 }

@@ -2,9 +2,11 @@
 
 The algorithm is llm-compressor's `quantize_weight` (modifiers/gptq/gptq_quantize.py, 0.14): dead inputs,
 damping as a fraction of mean diag(H), `Hinv = chol(H⁻¹)` upper, blocks of `block_size` columns with a
-lazy update of the remaining columns once per block, error `(w - q) / Hinv[j, j]`. docs/calibration.md
-says where we differ and why. Everything runs in float64: the weight is at most a few MB and float64 keeps
-the column-by-column error propagation free of float32 drift.
+lazy update of the remaining columns once per block, error `(w - q) / Hinv[j, j]`, each column's error
+pushed into the block's later columns as a rank-1 update. docs/calibration.md says where we differ and why.
+The Hessian is accumulated in float64; the inverse factor is a float32 matrix (NumPy's LAPACK computes
+in float64 inside) and the column loop runs in float32, as llm-compressor's does: half the memory traffic
+of float64 and the reference's rounding steps. The loop's C twin (quantcli/native) gives the same bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from quantcli import native
+from quantcli.quants.base import native_enabled
 from quantcli.quants.packed.base import MODEL_DTYPES, round_to
 
 ScalePolicy = Literal["static", "dynamic"]
@@ -124,21 +128,25 @@ def without_dead_columns(hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h, dead
 
 
-def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, float]:
+def inverse_hessian_factor(
+    hessian: np.ndarray, damp: float, dtype: type[np.floating] = np.float64
+) -> tuple[np.ndarray, float]:
     """Upper U with UᵀU = (H + λI)⁻¹, λ = damp · mean diag(H). When the Cholesky fails the fraction is
     raised by DAMP_STEP (GPTQModel) instead of falling back to round-to-nearest (llm-compressor).
 
     U is what torch's cholesky(cholesky_inverse(cholesky(H)), upper=True) gives, from one factorization:
     H = U⁻¹U⁻ᵀ with U⁻¹ upper, so with J the reversal, JHJ = (JU⁻¹J)(JU⁻¹J)ᵀ is an ordinary Cholesky
-    and U = J·inv(chol(JHJ))·J."""
+    and U = J·inv(chol(JHJ))·J. `dtype`: the precision of the factorization (λ is computed in float64)."""
     n = hessian.shape[0]
     mean_diag = float(np.mean(np.diag(hessian)))
     if not np.isfinite(mean_diag):
         raise ValueError("GPTQ Hessian has non-finite entries")
-    reversed_h = hessian[::-1, ::-1]
+    reversed_h = np.ascontiguousarray(hessian[::-1, ::-1], dtype=dtype)
+    diagonal = np.arange(n)
     fraction = damp
     while fraction < 1.0:
-        damped = reversed_h + (fraction * mean_diag) * np.eye(n)
+        damped = reversed_h.copy()
+        damped[diagonal, diagonal] += dtype(fraction * mean_diag)
         try:
             lower = np.linalg.cholesky(damped)
         except np.linalg.LinAlgError:
@@ -170,50 +178,69 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, config: GPTQConfig) -
 
     if config.act_order:
         perm = np.argsort(-diag, kind="stable")
-        H = H[perm][:, perm]
+        H = H[np.ix_(perm, perm)]  # one gather, not two
     else:
         perm = np.arange(n)
     # Columns as contiguous rows: column j of the weight is work[j].
-    work = np.ascontiguousarray(weight32.astype(np.float64).T[perm])
+    work = np.ascontiguousarray(weight32.T[perm])
     work[dead[perm]] = 0.0
 
     if config.scales == "static":
         # Groups stay those of the original column positions; the processing order only visits them.
         g_of_step = perm // gs
-        scales_t = static.T.astype(np.float64)  # (n_groups, out)
+        scales_t = np.ascontiguousarray(static.T)  # (n_groups, out)
     else:
         # Groups are consecutive in processing order; with act-order g_idx maps them back.
         g_of_step = np.arange(n) // gs
-        scales_t = np.empty((n_groups, out), dtype=np.float64)
+        scales_t = np.empty((n_groups, out), dtype=np.float32)
 
-    upper, damp = inverse_hessian_factor(H, config.damp)
+    upper, damp = inverse_hessian_factor(H, config.damp, np.float32)
     codes_t = np.empty((n, out), dtype=np.int8)
     block = config.block_size
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
         w1 = work[i1:i2]
-        hinv1 = upper[i1:i2, i1:i2]
-        err1 = np.empty((i2 - i1, out), dtype=np.float64)
-        for i in range(i2 - i1):
-            j = i1 + i
-            if config.scales == "dynamic" and j % gs == 0:
-                # The group's columns as compensated so far (errors of the block's earlier columns applied).
-                group = w1[i : i + gs] - hinv1[:i, i : i + gs].T @ err1[:i]
-                scales_t[j // gs] = symmetric_scales(group.T, config.bits, config.scale_dtype)
-            scale = scales_t[g_of_step[j]]
-            # Column j with the errors of the block's earlier columns applied (the in-block update done
-            # lazily, as one vector-matrix product, instead of a rank-1 update of the rest of the block).
-            w = w1[i] - hinv1[:i, i] @ err1[:i]
-            # The division in float32, as compressed-tensors does it: a group's largest |w| sits at
-            # exactly (2^bits - 1)/2 steps when first reached, a tie float32 and float64 break differently.
-            q = np.clip(np.rint(w.astype(np.float32) / scale.astype(np.float32)), qmin, qmax)
-            codes_t[j] = q
-            err1[i] = (w - q * scale) / hinv1[i, i]
+        hinv1 = np.ascontiguousarray(upper[i1:i2, i1:i2])
+        err1 = np.empty((i2 - i1, out), dtype=np.float32)
+        scale_rows = g_of_step[i1:i2]
+        if config.scales == "static":
+            _quantize_columns(w1, hinv1, err1, 0, i2 - i1, scales_t, scale_rows, codes_t[i1:i2], qmin, qmax)
+        else:
+            for g0 in range(i1, i2, gs):  # block_size is a multiple of group_size
+                # The group's scale from its columns with every earlier column's error applied.
+                group = w1[g0 - i1 : g0 - i1 + gs]
+                scales_t[g0 // gs] = symmetric_scales(group.T, config.bits, config.scale_dtype)
+                _quantize_columns(w1, hinv1, err1, g0 - i1, min(i2, g0 + gs) - i1, scales_t, scale_rows,
+                                  codes_t[i1:i2], qmin, qmax)  # fmt: skip
         if i2 < n:
             work[i2:] -= upper[i1:i2, i2:].T @ err1
 
     inverse = np.argsort(perm)
     codes = np.ascontiguousarray(codes_t[inverse].T)
     g_idx = g_of_step[inverse].astype(np.int32)
-    scales = np.ascontiguousarray(scales_t.T.astype(np.float32))
+    scales = np.ascontiguousarray(scales_t.T)
     return GPTQResult(codes=codes, scales=scales, g_idx=g_idx, damp=damp)
+
+
+def _quantize_columns(
+    w1: np.ndarray, hinv1: np.ndarray, err1: np.ndarray, start: int, stop: int, scales_t: np.ndarray,
+    scale_rows: np.ndarray, codes: np.ndarray, qmin: int, qmax: int,
+) -> None:
+    """Columns start..stop-1 of a block (rows of `w1`, float32, updated in place), column i on the grid
+    `scales_t[scale_rows[i]]`: its codes into `codes[i]`, its error `(w - q·scale) / Hinv[i, i]` into
+    `err1[i]` and, as a rank-1 update (each product rounded, then subtracted: llm-compressor's order), into
+    the block's later columns. The C library's twin does the same operations in the same order."""
+    if native_enabled() and native.gptq_columns(w1, hinv1, err1, start, stop, scales_t, scale_rows, codes, qmin, qmax):
+        return
+    for i in range(start, stop):
+        w = w1[i]
+        scale = scales_t[scale_rows[i]]
+        # The division in float32, as compressed-tensors does it: a group's largest |w| sits at exactly
+        # (2^bits - 1)/2 steps when first reached, a tie float32 and float64 would break differently.
+        q = np.clip(np.rint(w / scale), qmin, qmax)
+        codes[i] = q
+        e = err1[i]
+        np.multiply(q, scale, out=e)
+        np.subtract(w, e, out=e)
+        e /= hinv1[i, i]
+        w1[i + 1 :] -= hinv1[i, i + 1 :, None] * e

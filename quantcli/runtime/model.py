@@ -282,11 +282,15 @@ class Model:
         observer: MatmulObserver | None = None,
         pool: ThreadPoolExecutor | None = None,
         expert: Callable[[str, int], np.ndarray] | None = None,
+        inputs_only: bool = False,
     ) -> np.ndarray:
         """Decoder block `il` on the rows of `n_seq` independent sequences (S*T, n_embd), updated in place
         and returned. `weight` (default: the model's own, dequantized for this use) lets a caller run the
         block with other weights (calibration feeds the quantized block's output to the next one);
-        `expert(name, e)` does the same for one expert's matrix of a stacked tensor."""
+        `expert(name, e)` does the same for one expert's matrix of a stacked tensor.
+        `inputs_only`: the caller wants only what `observer` sees (calibration's statistics pass), so the
+        work after the last matmul's input (a dense FFN's down projection and residual) is skipped and the
+        returned rows are not the block's output."""
         c = self.config
         n_tok = x.shape[0] // n_seq
         positions = np.arange(n_tok)
@@ -311,7 +315,7 @@ class Model:
 
         row_positions = np.tile(positions, n_seq)  # of each row of x, for RoPE
         return self._layer(il, x, row_positions, weight or self.transient_weight, attend, observer, n_tok,
-                           expert or self._expert_matrix)  # fmt: skip
+                           expert or self._expert_matrix, inputs_only)  # fmt: skip
 
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -391,7 +395,9 @@ class Model:
     def _rms_norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         eps = np.float32(self.config.norm_eps)
         mean_sq = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
-        return (x * (np.float32(1.0) / np.sqrt(mean_sq + eps))) * w
+        out = x * (np.float32(1.0) / np.sqrt(mean_sq + eps))
+        out *= w  # in place: one full-size temporary fewer, the same two roundings
+        return out
 
     def _layer(
         self,
@@ -403,11 +409,13 @@ class Model:
         obs: MatmulObserver | None,
         n_ctx: int,
         expert: Callable[[str, int], np.ndarray],
+        inputs_only: bool = False,
     ) -> np.ndarray:
         """One decoder block on the rows of `x` (updated in place and returned) at `positions` (one per
         row); `weight` fetches a tensor and `expert(name, e)` one expert's matrix of a stacked tensor,
         `attend(il, q, k, v, window)` stores K/V where the caller keeps them and attends; `n_ctx` is the
-        context llama.cpp would run with (it picks Phi-3's rope factors)."""
+        context llama.cpp would run with (it picks Phi-3's rope factors). `inputs_only`: see
+        `sequence_layer`."""
         c = self.config
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + "attn_norm.weight")) if c.traits.pre_norms else x
@@ -458,7 +466,9 @@ class Model:
         step = n_tok if obs is not None or moe else max(64, (1 << 21) // max(1, c.n_ff))
         for r0 in range(0, n_tok, step):
             xs = x[r0 : r0 + step]
-            xs += self._ffn(il, xs, ffn_w, obs, weight, expert)
+            out = self._ffn(il, xs, ffn_w, obs, weight, expert, inputs_only)
+            if out is not None:
+                xs += out
         return x
 
     def _normed_heads(
@@ -481,7 +491,10 @@ class Model:
         obs: MatmulObserver | None,
         weight: Callable[[str], np.ndarray],
         expert: Callable[[str, int], np.ndarray],
-    ) -> np.ndarray:
+        inputs_only: bool = False,
+    ) -> np.ndarray | None:
+        """The FFN branch's output rows; None with `inputs_only` on a dense FFN, whose down projection
+        only the observer's view of its input is wanted from."""
         c = self.config
         p = f"blk.{il}."
         h = self._rms_norm(x, weight(p + c.traits.ffn_norm + ".weight")) if c.traits.pre_norms else x
@@ -499,14 +512,28 @@ class Model:
             fused = self._matmul(h, p + "ffn_up.weight", obs, ffn_w[p + "ffn_up.weight"])
             gate, up = fused[:, : c.n_ff], fused[:, c.n_ff :]
         del h, shared
-        act = self._activation(gate)
-        act *= up
+        act = self._gated(gate, up)
         del gate, up
+        if inputs_only and obs is not None:
+            obs(p + "ffn_down.weight", act)
+            return None
         out = self._matmul(act, p + "ffn_down.weight", obs, ffn_w[p + "ffn_down.weight"])
         if self.has(p + "post_ffw_norm.weight"):
             out = self._rms_norm(out, weight(p + "post_ffw_norm.weight"))
         if c.residual_scale:  # granite
             out *= np.float32(c.residual_scale)
+        return out
+
+    def _gated(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """activation(gate) · up, written over `gate` when it is contiguous (else a new array). Row slabs
+        of ~256 KB keep each slab's five elementwise passes in cache instead of streaming (rows, n_ff)
+        temporaries through memory five times; elementwise results do not depend on the slab."""
+        out = gate if gate.flags.c_contiguous else np.empty(gate.shape, np.float32)
+        rows = max(1, (1 << 16) // max(1, gate.shape[-1]))
+        for r0 in range(0, gate.shape[0], rows):
+            act = self._activation(gate[r0 : r0 + rows])
+            act *= up[r0 : r0 + rows]
+            out[r0 : r0 + rows] = act
         return out
 
     def _activation(self, g: np.ndarray) -> np.ndarray:
@@ -568,15 +595,20 @@ class Model:
 
     def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         rd = self.config.rope_dim
-        out = x.copy()
+        out = np.empty_like(x)
+        if rd < x.shape[-1]:
+            out[..., rd:] = x[..., rd:]
         if self.config.traits.rope_neox:
-            a, b = x[..., : rd // 2], x[..., rd // 2 : rd]
-            out[..., : rd // 2] = a * cos - b * sin
-            out[..., rd // 2 : rd] = a * sin + b * cos
+            a, b, out_a, out_b = x[..., : rd // 2], x[..., rd // 2 : rd], out[..., : rd // 2], out[..., rd // 2 : rd]
         else:
-            a, b = x[..., 0:rd:2], x[..., 1:rd:2]
-            out[..., 0:rd:2] = a * cos - b * sin
-            out[..., 1:rd:2] = a * sin + b * cos
+            a, b, out_a, out_b = x[..., 0:rd:2], x[..., 1:rd:2], out[..., 0:rd:2], out[..., 1:rd:2]
+        # a·cos − b·sin and a·sin + b·cos, each product rounded, written in place (no full-size temporaries)
+        product = np.multiply(b, sin)
+        np.multiply(a, cos, out=out_a)
+        out_a -= product
+        np.multiply(b, cos, out=product)
+        np.multiply(a, sin, out=out_b)
+        out_b += product
         return out
 
     def _attention(
@@ -592,22 +624,31 @@ class Model:
         # (n_kv, group, T, d): query heads sharing a KV head are stacked so one 3-D matmul serves them
         qg = np.ascontiguousarray(q.transpose(1, 0, 2)).reshape(c.n_head_kv, group, n_tok, c.head_dim_k)
         out = np.empty((c.n_head_kv, group, n_tok, c.head_dim_v), np.float32)
-        # Query blocks bound the scores to ~64 MB. Every block spans all keys: a shorter softmax row or
-        # PV product would sum in another order, and the F16 rounding downstream turns such last-bit
-        # differences into visible PPL changes.
-        n_kv = keys.shape[1]
-        key_pos = np.arange(n_kv)
-        step = max(1, (1 << 24) // max(1, c.n_head * n_kv))
+        # Query blocks bound the scores to ~64 MB. With ggml emulation every block spans all keys: a
+        # shorter softmax row or PV product would sum in another order, and the F16 rounding downstream
+        # turns such last-bit differences into visible PPL changes (eval matches llama-perplexity to 4
+        # decimals). Plain float32 (calibration, --exact) takes blocks of 64 queries and only the keys
+        # their causal window can see, which halves the work on a full-context prompt.
+        n_kv_all = keys.shape[1]
+        causal = not self.emulate_ggml
+        step = 64 if causal else max(1, (1 << 24) // max(1, c.n_head * n_kv_all))
         for t0 in range(0, n_tok, step):
             t1 = min(n_tok, t0 + step)
             n = t1 - t0
+            k0, k1 = 0, n_kv_all
+            if causal:  # positions increase: the block's last query sees the most keys, its first the oldest
+                k1 = min(n_kv_all, int(positions[t1 - 1]) + 1)
+                if window:
+                    k0 = max(0, int(positions[t0]) - window + 1)
+            n_kv = k1 - k0
+            key_pos = np.arange(k0, k1)
             pos = positions[t0:t1, None]
             masked = key_pos[None, :] > pos
             if window:
                 masked |= (pos - key_pos[None, :]) >= window
             bias = np.where(masked, np.float32(-np.inf), np.float32(0.0)).astype(np.float32)
             qs = qg[:, :, t0:t1].reshape(c.n_head_kv, group * n, c.head_dim_k)
-            scores = (qs @ keys[:, :n_kv].transpose(0, 2, 1)).reshape(c.n_head_kv, group, n, n_kv)
+            scores = (qs @ keys[:, k0:k1].transpose(0, 2, 1)).reshape(c.n_head_kv, group, n, n_kv)
             scores *= np.float32(c.attn_scale)
             if c.attn_logit_softcap:
                 cap = np.float32(c.attn_logit_softcap)
@@ -623,7 +664,7 @@ class Model:
                 scores -= top
                 np.exp(scores, out=scores)
                 scores /= scores.sum(axis=-1, keepdims=True) + np.exp(sink - top)
-            out[:, :, t0:t1] = (scores.reshape(c.n_head_kv, group * n, n_kv) @ values[:, :n_kv]).reshape(
+            out[:, :, t0:t1] = (scores.reshape(c.n_head_kv, group * n, n_kv) @ values[:, k0:k1]).reshape(
                 c.n_head_kv, group, n, c.head_dim_v
             )
         return out.reshape(c.n_head, n_tok, c.head_dim_v).transpose(1, 0, 2).reshape(n_tok, -1)
