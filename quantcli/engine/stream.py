@@ -19,6 +19,7 @@ and "sync" (close, fsync, rename).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,8 +56,44 @@ class TensorBytes(Protocol):
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None: ...
 
 
+class _ReadAhead:
+    """One tensor read on a helper thread (file reads, NumPy casts: the GIL is released) while the streaming
+    thread quantizes and writes the tensor before it."""
+
+    def __init__(self, name: str, read: Callable[[], np.ndarray]) -> None:
+        self.name = name
+        self._read = read
+        self._data: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="quantcli-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._data = self._read()
+        except BaseException as exc:  # raised on the streaming thread, by `result`
+            self._error = exc
+
+    def result(self) -> np.ndarray:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data
+
+    def discard(self) -> None:
+        """Wait for the read to end (a NumPy call cannot be cut short) and drop what it read; an error it met is
+        met again if the tensor is asked for."""
+        self._thread.join()
+        self._data = None
+
+
 class ConverterTensors:
-    """The bytes of the GGUF convert_hf_to_gguf.py writes, made in memory one tensor at a time."""
+    """The bytes of the GGUF convert_hf_to_gguf.py writes, made in memory one tensor at a time.
+
+    Once `read_ahead` has given the order the tensors will be asked for in, each tensor is read (checkpoint
+    file reads, BF16 widened to float32, a stored tensor's NaN check) on a helper thread while the one
+    before it is transformed, encoded and written: two tensors' read values are in memory at most."""
 
     def __init__(
         self,
@@ -66,49 +103,68 @@ class ConverterTensors:
         times: dict[str, float] | None = None,
     ) -> None:
         self.by_name = {t.name: t for t in tensors}
-        # The tensor read after each one (the writer's order is the source's): its pages are requested from
-        # the disk while this one is quantized.
-        self._after = {a.name: b for a, b in zip(tensors, tensors[1:], strict=False)}
         self.threads = threads
         self.tensor_cache = tensor_cache
         self.times = stage_times() if times is None else times
         self._name: str | None = None
         self._raw: np.ndarray | None = None
-        self._release_stored: Callable[[], None] | None = None  # a stored tensor's pages, dropped once written
+        self._after: dict[str, str] = {}  # the tensor asked for after each one (read_ahead)
+        self._ahead: _ReadAhead | None = None
+
+    def read_ahead(self, names: Sequence[str]) -> None:
+        """The tensors will be asked for in this order: read each one while the one before it is used.
+        Without it (a size target's cost pass visits a subset) every read happens when asked for."""
+        self._after = dict(zip(names, names[1:], strict=False))
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         if self._name == name and self._raw is not None:
             return self._raw
         self._drop()
         tensor = self.by_name[name]
-        if tensor.read_stored is not None:
-            return self._stored(tensor)
         started = time.perf_counter()
-        data = tensor.read()
-        self._prefetch_after(name)
+        data = self._take(tensor)
+        following = self._after.get(name)
+        if following is not None:
+            self._ahead = _ReadAhead(following, lambda: self._read(self.by_name[following]))
         read = time.perf_counter()
-        data = tensor.transform(data)
         self.times["read"] += read - started
-        self.times["transform"] += time.perf_counter() - read
-        if tensor.encoded:  # stored bytes passed through (an MXFP4 checkpoint's experts): nothing to encode
+        if tensor.read_stored is not None:
             raw = data
-        elif tuple(data.shape) != tensor.shape:
-            raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
         else:
-            raw = self._encoded(data, tensor)
-        del data
-        if tensor.release is not None:
-            tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
+            data = tensor.transform(data)
+            self.times["transform"] += time.perf_counter() - read
+            if tensor.encoded:  # stored bytes passed through (an MXFP4 checkpoint's experts): nothing to encode
+                raw = data
+            elif tuple(data.shape) != tensor.shape:
+                raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
+            else:
+                raw = self._encoded(data, tensor)
+            del data
         self._name, self._raw = name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
         if self._raw.nbytes != tensor.nbytes:
             raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
         return self._raw
 
-    def _prefetch_after(self, name: str) -> None:
-        """The next tensor's pages start coming from the disk while this one is encoded and written."""
-        following = self._after.get(name)
-        if following is not None and following.prefetch is not None:
-            following.prefetch()
+    def _take(self, tensor: SourceTensor) -> np.ndarray:
+        """The tensor's read values: from the helper thread when it was read ahead, else read now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead.name == tensor.name:
+                return ahead.result()
+            ahead.discard()
+        return self._read(tensor)
+
+    @staticmethod
+    def _read(tensor: SourceTensor) -> np.ndarray:
+        """What the helper thread does: the checkpoint's values (float32 / float16), or the output's bytes for
+        a tensor whose stored bits are the output's (copied only where a BF16 NaN needs its quiet bit)."""
+        if tensor.read_stored is not None:
+            data = encode_stored(tensor.read_stored(), tensor.type)
+        else:
+            data = tensor.read()
+        if tensor.release is not None:
+            tensor.release()  # pages a memory-mapped read left (stacked experts, MXFP4 blocks): copied by now
+        return data
 
     def _encoded(self, data: np.ndarray, tensor: SourceTensor) -> np.ndarray:
         key = None
@@ -125,30 +181,18 @@ class ConverterTensors:
                 self.tensor_cache.put(key, raw)
         return raw
 
-    def _stored(self, tensor: SourceTensor) -> np.ndarray:
-        """A tensor whose stored bits are the output's: the mapped bytes themselves, its pages released once
-        the tensor is written (a copy only where a BF16 NaN needs its quiet bit). The NaN scan is where the
-        pages are first touched, so its time is "read"."""
-        assert tensor.read_stored is not None
-        started = time.perf_counter()
-        raw = encode_stored(tensor.read_stored(), tensor.type)
-        self._prefetch_after(tensor.name)
-        self.times["read"] += time.perf_counter() - started
-        self._name, self._raw = tensor.name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-        self._release_stored = tensor.release
-        if self._raw.nbytes != tensor.nbytes:
-            raise InputInvalid(f"{tensor.name}: stored {self._raw.nbytes} bytes, planned {tensor.nbytes}")
-        return self._raw
-
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
         if end is None and begin == 0 and self._name == name:  # the whole tensor is written
             self._drop()
 
     def _drop(self) -> None:
         self._name, self._raw = None, None
-        if self._release_stored is not None:
-            self._release_stored()
-            self._release_stored = None
+
+    def close(self) -> None:
+        """End the read-ahead (an interrupted or failed stream leaves one running)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.discard()
 
 
 def source_rows(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:
