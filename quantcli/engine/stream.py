@@ -7,21 +7,22 @@
   re-encode in row slabs (per expert for 3-D tensors, each with its own imatrix slice).
 
 A tensor cache (quantcli.jobstate.TensorCache, `--resume`) keeps quantized bytes across runs, keyed by what
-decides them. Only the current tensor is held in memory.
+decides them. `ConverterTensors` reads the next tensor on a helper thread while the current one is used
+(docs/engine.md, "Overlap"); a GGUF source holds only the current tensor.
 
-Both sources add the seconds they spend to a `stage_times()` dict (the --json `stages`): "read" (checkpoint
-bytes to float; a memory-mapped file is read where its pages are first touched, so a GGUF source's reads
-fall into "quantize" or "write"), "transform" (the architecture's transforms), "quantize" (every encode and
-decode between float and a GGML type, the intermediate's included); the GGUF writer adds "hash", "write"
-and "sync" (close, fsync, rename).
+Both sources add the seconds the streaming thread spends to a `stage_times()` dict (the --json `stages`):
+"read" (checkpoint bytes to float, or waiting for the helper thread that reads them; a memory-mapped GGUF
+file is read where its pages are first touched, so its reads fall into "quantize" or "write"), "transform"
+(the architecture's transforms), "quantize" (every encode and decode between float and a GGML type, the
+intermediate's included); the GGUF writer adds "hash", "write" and "sync" (close, fsync, rename).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -56,38 +57,6 @@ class TensorBytes(Protocol):
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None: ...
 
 
-class _ReadAhead:
-    """One tensor read on a helper thread (file reads, NumPy casts: the GIL is released) while the streaming
-    thread quantizes and writes the tensor before it."""
-
-    def __init__(self, name: str, read: Callable[[], np.ndarray]) -> None:
-        self.name = name
-        self._read = read
-        self._data: np.ndarray | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="quantcli-read", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._data = self._read()
-        except BaseException as exc:  # raised on the streaming thread, by `result`
-            self._error = exc
-
-    def result(self) -> np.ndarray:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._data is not None
-        return self._data
-
-    def discard(self) -> None:
-        """Wait for the read to end (a NumPy call cannot be cut short) and drop what it read; an error it met is
-        met again if the tensor is asked for."""
-        self._thread.join()
-        self._data = None
-
-
 class ConverterTensors:
     """The bytes of the GGUF convert_hf_to_gguf.py writes, made in memory one tensor at a time.
 
@@ -109,7 +78,8 @@ class ConverterTensors:
         self._name: str | None = None
         self._raw: np.ndarray | None = None
         self._after: dict[str, str] = {}  # the tensor asked for after each one (read_ahead)
-        self._ahead: _ReadAhead | None = None
+        self._reader: ThreadPoolExecutor | None = None  # one thread for the whole stream
+        self._ahead: tuple[str, Future[np.ndarray]] | None = None  # the tensor being read ahead
 
     def read_ahead(self, names: Sequence[str]) -> None:
         """The tensors will be asked for in this order: read each one while the one before it is used.
@@ -125,7 +95,9 @@ class ConverterTensors:
         data = self._take(tensor)
         following = self._after.get(name)
         if following is not None:
-            self._ahead = _ReadAhead(following, lambda: self._read(self.by_name[following]))
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix="quantcli-read")
+            self._ahead = following, self._reader.submit(self._read, self.by_name[following])
         read = time.perf_counter()
         self.times["read"] += read - started
         if tensor.read_stored is not None:
@@ -149,9 +121,9 @@ class ConverterTensors:
         """The tensor's read values: from the helper thread when it was read ahead, else read now."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            if ahead.name == tensor.name:
-                return ahead.result()
-            ahead.discard()
+            if ahead[0] == tensor.name:
+                return ahead[1].result()  # an error met on the reader thread is raised here
+            wait([ahead[1]])  # a NumPy call cannot be cut short; an error it met is met again if asked for
         return self._read(tensor)
 
     @staticmethod
@@ -189,10 +161,11 @@ class ConverterTensors:
         self._name, self._raw = None, None
 
     def close(self) -> None:
-        """End the read-ahead (an interrupted or failed stream leaves one running)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead.discard()
+        """End the reader thread once the read it is in returns (an interrupted or failed stream leaves one)."""
+        self._ahead = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
 
 
 def source_rows(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:

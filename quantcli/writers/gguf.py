@@ -282,20 +282,19 @@ class _BackgroundWriter:
     is written: a caller gives up its reference, never the memory under it (a view of a memory map that the
     caller releases would be faulted in again by the writer, so such sources write in the foreground).
 
-    Back-pressure: `write` waits while _QUEUED_BYTES or more are queued or being written (a chunk below
-    _HashingFile._PARALLEL_BYTES, padding and metadata, never waits), so the writer holds at most one large
-    chunk beyond that bound. The writer's first error is raised by the next `write`, or by `finish`.
+    Back-pressure: `write` of a large chunk (_HashingFile._PARALLEL_BYTES or more) waits until the writer is
+    done with the large chunk before it, so the writer holds one large chunk at most (besides padding,
+    metadata and small tensors, which never wait). The writer's first error is raised by the next `write`,
+    or by `finish`.
     `times`: the seconds the streaming thread waited for the writer, split between "write" and "hash" in
     the proportion of the writer thread's own writing and hashing seconds."""
-
-    _QUEUED_BYTES = 64 << 20
 
     def __init__(self, out: _HashingFile, times: dict[str, float] | None) -> None:
         self.out = out
         self.times = times
         self.size = 0  # bytes handed over
         self._queue: collections.deque[memoryview] = collections.deque()
-        self._queued_bytes = 0
+        self._large = 0  # large chunks queued or being written: 0 or 1
         self._ending = False
         self._error: BaseException | None = None
         self._waited = 0.0
@@ -305,17 +304,15 @@ class _BackgroundWriter:
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
         view = _byte_view(data)
+        large = view.nbytes >= _HashingFile._PARALLEL_BYTES
         started = time.perf_counter()
         with self._changed:
-            while (
-                self._error is None and self._queued_bytes >= self._QUEUED_BYTES
-                and view.nbytes >= _HashingFile._PARALLEL_BYTES
-            ):
+            while self._error is None and large and self._large:
                 self._changed.wait()
             if self._error is not None:
                 raise self._error
             self._queue.append(view)
-            self._queued_bytes += view.nbytes
+            self._large += large
             self._changed.notify_all()
         self._waited += time.perf_counter() - started
         self.size += view.nbytes
@@ -338,7 +335,7 @@ class _BackgroundWriter:
                     self._changed.notify_all()
                 return
             with self._changed:
-                self._queued_bytes -= view.nbytes
+                self._large -= view.nbytes >= _HashingFile._PARALLEL_BYTES
                 self._changed.notify_all()
 
     def finish(self) -> None:
