@@ -13,6 +13,7 @@ import pytest
 from test_batch_models import tiny_llama
 
 from quantcli.atomic import TEMP_MARK
+from quantcli.engine import job as job_module
 from quantcli.engine.job import convert_model
 from quantcli.engine.stream import ConverterTensors
 from quantcli.errors import InputInvalid, OutputFailed
@@ -125,10 +126,16 @@ def test_load_reads_what_the_map_holds(tiny: Path) -> None:
             assert widened.dtype == np.float32 and np.array_equal(widened, mapped.astype(np.float32))
 
 
-@pytest.mark.parametrize("request_args", [{"out_type": "bf16"}, {"bits": 4}])
-def test_stages_stay_a_partition_with_overlap(tiny: Path, tmp_path: Path, request_args: dict) -> None:
-    result = convert_model(tiny, tmp_path / "out.gguf", **request_args)
-    stages = result["stages"]
+@pytest.mark.parametrize("request_args", [{"out_type": "bf16"}, {"out_type": "q8_0"}, {"bits": 4}])
+def test_overlapped_conversion_is_byte_identical(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 request_args: dict) -> None:  # fmt: skip
+    """The same request on one thread and on three (the size gate lowered to 0 bytes): same file, and the
+    stages stay a partition of the run."""
+    one_thread = convert_model(tiny, tmp_path / "one.gguf", **request_args)
+    monkeypatch.setattr(job_module, "OVERLAP_MIN_BYTES", 0)
+    overlapped = convert_model(tiny, tmp_path / "three.gguf", **request_args)
+    assert (tmp_path / "one.gguf").read_bytes() == (tmp_path / "three.gguf").read_bytes()
+    assert overlapped["sha256"] == one_thread["sha256"]
+    stages = overlapped["stages"]
     assert set(stages) == {"read", "transform", "quantize", "hash", "write", "sync"}
-    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= result["seconds"]
-    assert hashlib.sha256((tmp_path / "out.gguf").read_bytes()).hexdigest() == result["sha256"]
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= overlapped["seconds"]

@@ -69,6 +69,11 @@ if TYPE_CHECKING:  # sources.hf (architectures, vocabularies) loads only for an 
     from quantcli.sources.hf import ConverterView
 
 OnTensor = Callable[[OutputTensor, int, int], None]
+# An HF source with this much tensor data or more streams on three threads (reader, quantizer, writer:
+# docs/engine.md, "Overlap"); a smaller one on one, as its reads mostly come from the page cache and the
+# tensors the threads hold besides the current one would be much of its peak memory (a small MoE's
+# stacks: tests/test_moe.py).
+OVERLAP_MIN_BYTES = 1 << 30
 _SAFETENSORS_TYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16,
                       "BF16": GGMLQuantizationType.BF16}  # fmt: skip
 
@@ -380,7 +385,9 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
             plan.refuse_fallbacks()
         stages = stage_times()
         source = ConverterTensors(view.tensors, job.threads, times=stages)
-        source.read_ahead([t.name for t in view.tensors])
+        overlap = _overlaps(view)
+        if overlap:
+            source.read_ahead([t.name for t in view.tensors])
 
         def chunks(t: OutputTensor) -> Iterable[Any]:
             yield source.tensor_bytes(t.name)
@@ -397,7 +404,7 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
             close=_closing(source, view),
             use_cache=lambda cache: setattr(source, "tensor_cache", cache),
             stages=stages,
-            background_writes=True,
+            background_writes=overlap,
         )
         return planned
     except BaseException:
@@ -578,6 +585,10 @@ def _recipe_label(job: Job, plan: Plan) -> str:
     return f"{plan.recipe.name} --tensor-type per tensor ({job.target.size_target.describe()})"
 
 
+def _overlaps(view: ConverterView) -> bool:
+    return view.ckpt.total_bytes() >= OVERLAP_MIN_BYTES
+
+
 def _closing(source: ConverterTensors, view: ConverterView) -> Callable[[], None]:
     def close() -> None:
         try:
@@ -604,7 +615,7 @@ def _plan_checkpoint_recipe(job: Job, progress: bool) -> GGUFPlan:
                                 overrides, progress)  # fmt: skip
         pipeline = f"convert_hf_to_gguf.py --outtype {view.label.lower()} + llama-quantize {_recipe_label(job, plan)}"
         return _requantizing(job, plan, kv, source, imatrix, view.architecture, pipeline, _closing(source, view),
-                             stages, source.read_ahead)  # fmt: skip
+                             stages, source.read_ahead if _overlaps(view) else None)  # fmt: skip
     except BaseException:
         view.close()
         raise

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,6 +77,7 @@ class ConverterTensors:
         self.times = stage_times() if times is None else times
         self._name: str | None = None
         self._raw: np.ndarray | None = None
+        self._release_stored: Callable[[], None] | None = None  # a mapped stored tensor's pages, once written
         self._after: dict[str, str] = {}  # the tensor asked for after each one (read_ahead)
         self._reader: ThreadPoolExecutor | None = None  # one thread for the whole stream
         self._ahead: tuple[str, Future[np.ndarray]] | None = None  # the tensor being read ahead
@@ -102,6 +103,8 @@ class ConverterTensors:
         self.times["read"] += read - started
         if tensor.read_stored is not None:
             raw = data
+            if not self._after:  # the memory map's own pages, written from: released once written
+                self._release_stored = tensor.release
         else:
             data = tensor.transform(data)
             self.times["transform"] += time.perf_counter() - read
@@ -126,16 +129,16 @@ class ConverterTensors:
             wait([ahead[1]])  # a NumPy call cannot be cut short; an error it met is met again if asked for
         return self._read(tensor)
 
-    @staticmethod
-    def _read(tensor: SourceTensor) -> np.ndarray:
+    def _read(self, tensor: SourceTensor) -> np.ndarray:
         """What the helper thread does: the checkpoint's values (float32 / float16), or the output's bytes for
-        a tensor whose stored bits are the output's (copied only where a BF16 NaN needs its quiet bit)."""
+        a tensor whose stored bits are the output's (copied only where a BF16 NaN needs its quiet bit); with
+        read-ahead, by file reads into memory of its own where the source has them."""
         if tensor.read_stored is not None:
-            data = encode_stored(tensor.read_stored(), tensor.type)
-        else:
-            data = tensor.read()
+            stored = tensor.load_stored if self._after and tensor.load_stored is not None else tensor.read_stored
+            return encode_stored(stored(), tensor.type)
+        data = (tensor.load if self._after and tensor.load is not None else tensor.read)()
         if tensor.release is not None:
-            tensor.release()  # pages a memory-mapped read left (stacked experts, MXFP4 blocks): copied by now
+            tensor.release()  # mapped pages (a stacked or MXFP4 read copies them): only the copy is kept
         return data
 
     def _encoded(self, data: np.ndarray, tensor: SourceTensor) -> np.ndarray:
@@ -159,6 +162,9 @@ class ConverterTensors:
 
     def _drop(self) -> None:
         self._name, self._raw = None, None
+        if self._release_stored is not None:
+            self._release_stored()
+            self._release_stored = None
 
     def close(self) -> None:
         """End the reader thread once the read it is in returns (an interrupted or failed stream leaves one)."""

@@ -47,8 +47,8 @@ class SourceTensor:
     name: str
     shape: tuple[int, ...]
     type: GGMLQuantizationType
-    # The stored values as float32 or float16 (read from the checkpoint's files here), then the architecture's
-    # transforms to an array of `shape`: two steps so the engine reads on a helper thread and times them apart.
+    # The stored values as float32 or float16 (a memory-mapped checkpoint's pages are faulted in here), then
+    # the architecture's transforms to an array of `shape`: two steps so the engine can time them apart.
     read: Callable[[], np.ndarray]
     transform: Callable[[np.ndarray], np.ndarray] = lambda data: data
     source_name: str = ""
@@ -56,10 +56,14 @@ class SourceTensor:
     release: Callable[[], None] | None = None  # drop the checkpoint's mapped pages once the tensor is used
     # True: read/transform give the stored bytes of `type` (uint8 rows), passed through unencoded (MXFP4)
     encoded: bool = False
-    # The stored array as it is (BF16: ml_dtypes.bfloat16, read into memory) when the output type is the stored
+    # The stored array as it is (BF16: ml_dtypes.bfloat16, memory-mapped) when the output type is the stored
     # dtype and no transform applies: the converter's widen-and-re-encode is then the identity (up to BF16 NaN
     # quieting: writers.gguf.encode_stored), so the engine copies these bits instead.
     read_stored: Callable[[], np.ndarray] | None = None
+    # `read` and `read_stored` with file reads into memory of their own (Checkpoint.load: no page fault per
+    # page, the GIL released): what the engine's reader thread runs; None where only `read` exists.
+    load: Callable[[], np.ndarray] | None = None
+    load_stored: Callable[[], np.ndarray] | None = None
 
     def produce(self) -> np.ndarray:
         """The tensor's values (float32 or float16, `shape`)."""
@@ -81,14 +85,25 @@ class SourceTensor:
 
 def _reader(ckpt: Checkpoint, hf_name: str) -> Callable[[], np.ndarray]:
     def read() -> np.ndarray:
-        # The converter works in float32 for everything that is not F16/F32 (BF16 -> F32 is exact), widened
-        # while the file is read.
-        data = ckpt.load(hf_name, bf16_as_float32=True)
+        data = ckpt.read(hf_name)
+        # The converter works in float32 for everything that is not F16/F32 (BF16 -> F32 is exact).
         if data.dtype not in (np.float16, np.float32):
             data = data.astype(np.float32)
         return data
 
     return read
+
+
+def _loader(ckpt: Checkpoint, hf_name: str) -> Callable[[], np.ndarray]:
+    """`_reader`'s values with file reads (`Checkpoint.load`), BF16 widened to float32 while read."""
+
+    def load() -> np.ndarray:
+        data = ckpt.load(hf_name, bf16_as_float32=True)
+        if data.dtype not in (np.float16, np.float32):
+            data = data.astype(np.float32)
+        return data
+
+    return load
 
 
 def _transformer(spec: arch.ArchSpec, hf_name: str, ctx: arch.TransformContext) -> Callable[[np.ndarray], np.ndarray]:
@@ -345,7 +360,9 @@ def checkpoint_tensors(
                 hf_name,
                 info.dtype,
                 release=lambda hf_name=hf_name: ckpt.release(hf_name),
-                read_stored=(lambda hf_name=hf_name: ckpt.load(hf_name)) if stored_as_output else None,
+                read_stored=(lambda hf_name=hf_name: ckpt.read(hf_name)) if stored_as_output else None,
+                load=_loader(ckpt, hf_name),
+                load_stored=(lambda hf_name=hf_name: ckpt.load(hf_name)) if stored_as_output else None,
             )
         )
     incomplete = sorted(b for b, seen in seen_per_layer.items() if seen < (n_expert or 0) * len(spec.expert_stacks))

@@ -250,6 +250,9 @@ class _HashingFile:
         self.size += written
         return written
 
+    def settle(self) -> None:
+        """Everything is written once `write` returns: nothing to wait for."""
+
     def finish(self) -> None:
         """Everything is written once `write` returns: nothing to wait for."""
 
@@ -284,8 +287,8 @@ class _BackgroundWriter:
 
     Back-pressure: `write` of a large chunk (_HashingFile._PARALLEL_BYTES or more) waits until the writer is
     done with the large chunk before it, so the writer holds one large chunk at most (besides padding,
-    metadata and small tensors, which never wait). The writer's first error is raised by the next `write`,
-    or by `finish`.
+    metadata and small tensors, which never wait); `settle` waits for it to be written. The writer's first
+    error is raised by the next `write`, `settle` or `finish`.
     `times`: the seconds the streaming thread waited for the writer, split between "write" and "hash" in
     the proportion of the writer thread's own writing and hashing seconds."""
 
@@ -317,6 +320,17 @@ class _BackgroundWriter:
         self._waited += time.perf_counter() - started
         self.size += view.nbytes
         return view.nbytes
+
+    def settle(self) -> None:
+        """Wait until the writer holds no large chunk: called before the next tensor is made, so the tensor
+        being written and the one being made are never in memory together (the reader's next one is)."""
+        started = time.perf_counter()
+        with self._changed:
+            while self._error is None and self._large:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+        self._waited += time.perf_counter() - started
 
     def _write_loop(self) -> None:
         while True:
@@ -395,6 +409,7 @@ def write_gguf(
         try:
             fh.write(meta)
             for i, tensor in enumerate(tensors):
+                fh.settle()
                 start = fh.size
                 for chunk in chunks(tensor):
                     fh.write(chunk)
