@@ -59,6 +59,15 @@ def numpy_dtype(dtype: str) -> np.dtype | None:
 # One file read of `SafetensorsFile.load`: as large as dd's blocks that reach the disk's sequential speed.
 _READ_BYTES = 16 << 20
 
+def _anonymous_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array in an anonymous memory map of its own, unmapped when the array is dropped. Not NumPy's
+    allocator: it asks for transparent huge pages on large arrays (madvise), whose faults compact memory —
+    seconds of system time per GB while the page cache is full of the checkpoint —, and the C allocator
+    keeps freed tensors of varied sizes in its arenas."""
+    n = math.prod(shape) * dtype.itemsize
+    return np.frombuffer(mmap.mmap(-1, n), dtype=dtype).reshape(shape)
+
+
 # dtypes a weight may have for conversion (others are refused by the converter, not by the reader).
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 
@@ -218,9 +227,10 @@ class SafetensorsFile:
         if np_dtype is None:
             raise Unsupported(f"{self.path}: tensor {name!r} has dtype {info.dtype}, which quantcli cannot read")
         widen = bf16_as_float32 and info.dtype == "BF16"
-        out = np.empty(info.shape, dtype=np.float32 if widen else np_dtype)
+        dtype = np.dtype(np.float32) if widen else np_dtype
         if info.nbytes == 0:
-            return out
+            return np.empty(info.shape, dtype=dtype)
+        out = _anonymous_array(info.shape, dtype)
         try:
             with open(self.path, "rb", buffering=0) as fh:
                 if not widen:
