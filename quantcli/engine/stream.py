@@ -115,6 +115,8 @@ class ConverterTensors:
             else:
                 raw = self._encoded(data, tensor)
             del data
+            if tensor.release is not None:
+                tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
         self._name, self._raw = name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
         if self._raw.nbytes != tensor.nbytes:
             raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
@@ -136,10 +138,7 @@ class ConverterTensors:
         if tensor.read_stored is not None:
             stored = tensor.load_stored if self._after and tensor.load_stored is not None else tensor.read_stored
             return encode_stored(stored(), tensor.type)
-        data = (tensor.load if self._after and tensor.load is not None else tensor.read)()
-        if tensor.release is not None:
-            tensor.release()  # mapped pages (a stacked or MXFP4 read copies them): only the copy is kept
-        return data
+        return (tensor.load if self._after and tensor.load is not None else tensor.read)()
 
     def _encoded(self, data: np.ndarray, tensor: SourceTensor) -> np.ndarray:
         key = None
