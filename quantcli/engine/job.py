@@ -465,7 +465,7 @@ def _plan_and_kv(
 def _requantizing(
     job: Job, plan: Plan, kv: list[tuple[str, bytes]], src: TensorBytes, imatrix: ImatrixUse | None,
     architecture: str, pipeline: str, close: Callable[[], None], stages: dict[str, float],
-    read_ahead: Callable[[list[str]], None] | None = None,
+    read_ahead: Callable[[list[str], bool], None] | None = None,
 ) -> GGUFPlan:  # fmt: skip
     """The GGUF sink of a recipe. `read_ahead` (an HF source's `ConverterTensors.read_ahead`): told the order
     the source's tensors will be asked for in, and the writes go to a writer thread."""
@@ -474,7 +474,7 @@ def _requantizing(
     state: dict[str, Any] = {"cache": None, "store": None}
     tensors = _output_tensors(plan)
     if read_ahead is not None:
-        read_ahead([t.name for t in tensors])
+        read_ahead([t.name for t in tensors], True)
 
     def weights_for(name: str, d: Any) -> Any:
         return imatrix.imatrix.weights_for(d.name, d.ne) if imatrix is not None and d.changes else None
@@ -500,7 +500,7 @@ def _requantizing(
                 facts = calibrate_stage(opts, Path(job.source), by_name, weights_for, store, job.threads,
                                         _block_progress(bar))  # fmt: skip
                 if read_ahead is not None:  # the calibrated tensors come from the store, not the source
-                    read_ahead([t.name for t in tensors if t.name not in store.parts])
+                    read_ahead([t.name for t in tensors if t.name not in store.parts], True)
                 return facts
             finally:
                 if bar is not None:

@@ -79,13 +79,19 @@ class ConverterTensors:
         self._raw: np.ndarray | None = None
         self._release_stored: Callable[[], None] | None = None  # a mapped stored tensor's pages, once written
         self._after: dict[str, str] = {}  # the tensor asked for after each one (read_ahead)
+        self._mapped_stored = True  # without read-ahead every read is through the map
         self._reader: ThreadPoolExecutor | None = None  # one thread for the whole stream
         self._ahead: tuple[str, Future[np.ndarray]] | None = None  # the tensor being read ahead
 
-    def read_ahead(self, names: Sequence[str]) -> None:
+    def read_ahead(self, names: Sequence[str], mapped_stored: bool = False) -> None:
         """The tensors will be asked for in this order: read each one while the one before it is used.
-        Without it (a size target's cost pass visits a subset) every read happens when asked for."""
+        Without it (a size target's cost pass visits a subset) every read happens when asked for.
+        `mapped_stored`: a tensor whose stored bits are the intermediate's is read through the memory map
+        (its pages faulted in by the NaN check, released when the tensor is released) rather than into
+        memory of its own — for a recipe, which re-quantizes it and writes only the new bytes: no copy and
+        no fresh pages, the system time file reads cost."""
         self._after = dict(zip(names, names[1:], strict=False))
+        self._mapped_stored = mapped_stored
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         if self._name == name and self._raw is not None:
@@ -103,7 +109,7 @@ class ConverterTensors:
         self.times["read"] += read - started
         if tensor.read_stored is not None:
             raw = data
-            if not self._after:  # the memory map's own pages, written from: released once written
+            if self._mapped_stored or tensor.load_stored is None:  # the map's pages: released once used
                 self._release_stored = tensor.release
         else:
             data = tensor.transform(data)
@@ -136,7 +142,7 @@ class ConverterTensors:
         a tensor whose stored bits are the output's (copied only where a BF16 NaN needs its quiet bit); with
         read-ahead, by file reads into memory of its own where the source has them."""
         if tensor.read_stored is not None:
-            stored = tensor.load_stored if self._after and tensor.load_stored is not None else tensor.read_stored
+            stored = tensor.read_stored if self._mapped_stored or tensor.load_stored is None else tensor.load_stored
             return encode_stored(stored(), tensor.type)
         return (tensor.load if self._after and tensor.load is not None else tensor.read)()
 
