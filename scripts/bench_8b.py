@@ -274,7 +274,8 @@ def main() -> int:
             f"{'yes' if r['same'] else 'NO'} | {r['size']:,} |"
         )
     stage_names = list(rows[0]["doc"]["stages"])
-    print("\nWhere quantcli's time goes (seconds, its --json `stages`; `other` is start-up, planning and the "
+    print("\nWhere quantcli's time goes (seconds, its --json `stages`: the streaming thread's time, `read` and "
+          "`write` its waits for the reader and writer threads; `other` is start-up, planning and the "
           "tokenizer):\n")  # fmt: skip
     print("| output | " + " | ".join(stage_names) + " | other | total |")
     print("|---|" + "--:|" * (len(stage_names) + 2))
@@ -282,11 +283,7 @@ def main() -> int:
         stages, seconds = r["doc"]["stages"], r["doc"]["seconds"]
         cells = " | ".join(f"{stages[name]:.1f}" for name in stage_names)
         print(f"| {r['label']} | {cells} | {seconds - sum(stages.values()):.1f} | {seconds:.1f} |")
-    reads = "; ".join(
-        f"{r['label']}: {input_bytes / r['wall'] / 1e6:.0f} MB/s over the whole run, "
-        f"{input_bytes / r['doc']['stages']['read'] / 1e6:.0f} MB/s in its read stage"
-        for r in rows
-    )
+    reads = "; ".join(f"{r['label']}: {input_bytes / r['wall'] / 1e6:.0f} MB/s over the whole run" for r in rows)
     print(
         f"\nInput read by quantcli ({input_bytes / 1e9:.1f} GB, its pages dropped from the page cache before "
         f"each run): {reads}. This disk's sequential read (dd of a {shard_size / 1e9:.1f} GB shard to "

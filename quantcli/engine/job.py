@@ -69,6 +69,11 @@ if TYPE_CHECKING:  # sources.hf (architectures, vocabularies) loads only for an 
     from quantcli.sources.hf import ConverterView
 
 OnTensor = Callable[[OutputTensor, int, int], None]
+# An HF source with this much tensor data or more streams on three threads (reader, quantizer, writer:
+# docs/engine.md, "Overlap"); a smaller one on one, as its reads mostly come from the page cache and the
+# tensors the threads hold besides the current one would be much of its peak memory (a small MoE's
+# stacks: tests/test_moe.py).
+OVERLAP_MIN_BYTES = 1 << 30
 _SAFETENSORS_TYPES = {"F32": GGMLQuantizationType.F32, "F16": GGMLQuantizationType.F16,
                       "BF16": GGMLQuantizationType.BF16}  # fmt: skip
 
@@ -283,6 +288,9 @@ class GGUFPlan:
     # The calibration stage (--method gptq): fills the spill store `chunks` reads calibrated tensors from,
     # returns the result's `calibration` facts.
     calibrate: Callable[[SpillStore, bool], dict[str, Any]] | None = None
+    # The writer writes on its own thread (an HF source: every chunk is memory of its own); a GGUF source's
+    # copied tensors are views of its memory map, released once written, so it writes in the foreground.
+    background_writes: bool = False
 
     @property
     def file_size(self) -> int:
@@ -325,7 +333,7 @@ def _write_gguf(
     try:
         size, sha256 = write_gguf(
             out_path, planned.kv, planned.tensors, planned.chunks, force=job.force, on_tensor=tensor_done,
-            times=planned.stages,
+            times=planned.stages, background=planned.background_writes,
         )
     finally:
         if bar is not None:
@@ -377,13 +385,13 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
             plan.refuse_fallbacks()
         stages = stage_times()
         source = ConverterTensors(view.tensors, job.threads, times=stages)
-        by_name = {t.name: t for t in view.tensors}
+        overlap = _overlaps(view)
+        if overlap:
+            source.read_ahead([t.name for t in view.tensors])
 
         def chunks(t: OutputTensor) -> Iterable[Any]:
             yield source.tensor_bytes(t.name)
             source.release(t.name)
-            if by_name[t.name].release is not None:
-                by_name[t.name].release()  # type: ignore[misc]
 
         planned = GGUFPlan(
             kv=view.metadata.encoded(),
@@ -393,9 +401,10 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
             file_type=view.label,
             pipeline=f"convert_hf_to_gguf.py --outtype {view.label.lower()}",
             chunks=chunks,
-            close=view.close,
+            close=_closing(source, view),
             use_cache=lambda cache: setattr(source, "tensor_cache", cache),
             stages=stages,
+            background_writes=overlap,
         )
         return planned
     except BaseException:
@@ -456,10 +465,16 @@ def _plan_and_kv(
 def _requantizing(
     job: Job, plan: Plan, kv: list[tuple[str, bytes]], src: TensorBytes, imatrix: ImatrixUse | None,
     architecture: str, pipeline: str, close: Callable[[], None], stages: dict[str, float],
+    read_ahead: Callable[[list[str], bool], None] | None = None,
 ) -> GGUFPlan:  # fmt: skip
+    """The GGUF sink of a recipe. `read_ahead` (an HF source's `ConverterTensors.read_ahead`): told the order
+    the source's tensors will be asked for in, and the writes go to a writer thread."""
     missing = check_plan_executable(plan, imatrix, job.allow_requantize, job.strict)
     by_name = plan.by_name()
     state: dict[str, Any] = {"cache": None, "store": None}
+    tensors = _output_tensors(plan)
+    if read_ahead is not None:
+        read_ahead([t.name for t in tensors], True)
 
     def weights_for(name: str, d: Any) -> Any:
         return imatrix.imatrix.weights_for(d.name, d.ne) if imatrix is not None and d.changes else None
@@ -482,8 +497,11 @@ def _requantizing(
                 from quantcli.engine.awq import calibrate_gguf_awq  # only a calibrating job loads AWQ
 
                 calibrate_stage = calibrate_gguf_awq if opts.uses_awq else calibrate_gguf
-                return calibrate_stage(opts, Path(job.source), by_name, weights_for, store, job.threads,
-                                       _block_progress(bar))  # fmt: skip
+                facts = calibrate_stage(opts, Path(job.source), by_name, weights_for, store, job.threads,
+                                        _block_progress(bar))  # fmt: skip
+                if read_ahead is not None:  # the calibrated tensors come from the store, not the source
+                    read_ahead([t.name for t in tensors if t.name not in store.parts], True)
+                return facts
             finally:
                 if bar is not None:
                     bar.close()
@@ -492,7 +510,7 @@ def _requantizing(
     planned = GGUFPlan(
         kv=kv,
         plan=plan,
-        tensors=_output_tensors(plan),
+        tensors=tensors,
         architecture=architecture,
         file_type=plan.recipe.name,
         pipeline=pipeline,
@@ -503,6 +521,7 @@ def _requantizing(
         use_cache=lambda cache: state.__setitem__("cache", cache),
         stages=stages,
         calibrate=calibrate,
+        background_writes=read_ahead is not None,
     )
     return planned
 
@@ -566,6 +585,20 @@ def _recipe_label(job: Job, plan: Plan) -> str:
     return f"{plan.recipe.name} --tensor-type per tensor ({job.target.size_target.describe()})"
 
 
+def _overlaps(view: ConverterView) -> bool:
+    return view.ckpt.total_bytes() >= OVERLAP_MIN_BYTES
+
+
+def _closing(source: ConverterTensors, view: ConverterView) -> Callable[[], None]:
+    def close() -> None:
+        try:
+            source.close()  # its read-ahead thread reads the checkpoint
+        finally:
+            view.close()
+
+    return close
+
+
 def _plan_checkpoint_recipe(job: Job, progress: bool) -> GGUFPlan:
     """An HF checkpoint planned as the GGUF convert_hf_to_gguf.py writes at its own precision (lossless), then
     through llama-quantize's rules: byte for byte the two-step pipeline, in one pass."""
@@ -581,8 +614,8 @@ def _plan_checkpoint_recipe(job: Job, progress: bool) -> GGUFPlan:
         plan, kv = _plan_and_kv(job, view.metadata.values(), specs, view.metadata.encoded(), source, imatrix,
                                 overrides, progress)  # fmt: skip
         pipeline = f"convert_hf_to_gguf.py --outtype {view.label.lower()} + llama-quantize {_recipe_label(job, plan)}"
-        return _requantizing(job, plan, kv, source, imatrix, view.architecture, pipeline, view.close,
-                             stages)  # fmt: skip
+        return _requantizing(job, plan, kv, source, imatrix, view.architecture, pipeline, _closing(source, view),
+                             stages, source.read_ahead if _overlaps(view) else None)  # fmt: skip
     except BaseException:
         view.close()
         raise

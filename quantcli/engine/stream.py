@@ -7,13 +7,14 @@
   re-encode in row slabs (per expert for 3-D tensors, each with its own imatrix slice).
 
 A tensor cache (quantcli.jobstate.TensorCache, `--resume`) keeps quantized bytes across runs, keyed by what
-decides them. Only the current tensor is held in memory.
+decides them. `ConverterTensors` reads the next tensor on a helper thread while the current one is used
+(docs/engine.md, "Overlap"); a GGUF source holds only the current tensor.
 
-Both sources add the seconds they spend to a `stage_times()` dict (the --json `stages`): "read" (checkpoint
-bytes to float; a memory-mapped file is read where its pages are first touched, so a GGUF source's reads
-fall into "quantize" or "write"), "transform" (the architecture's transforms), "quantize" (every encode and
-decode between float and a GGML type, the intermediate's included); the GGUF writer adds "hash", "write"
-and "sync" (close, fsync, rename).
+Both sources add the seconds the streaming thread spends to a `stage_times()` dict (the --json `stages`):
+"read" (checkpoint bytes to float, or waiting for the helper thread that reads them; a memory-mapped GGUF
+file is read where its pages are first touched, so its reads fall into "quantize" or "write"), "transform"
+(the architecture's transforms), "quantize" (every encode and decode between float and a GGML type, the
+intermediate's included); the GGUF writer adds "hash", "write" and "sync" (close, fsync, rename).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -56,7 +58,11 @@ class TensorBytes(Protocol):
 
 
 class ConverterTensors:
-    """The bytes of the GGUF convert_hf_to_gguf.py writes, made in memory one tensor at a time."""
+    """The bytes of the GGUF convert_hf_to_gguf.py writes, made in memory one tensor at a time.
+
+    Once `read_ahead` has given the order the tensors will be asked for in, each tensor is read (checkpoint
+    file reads, BF16 widened to float32, a stored tensor's NaN check) on a helper thread while the one
+    before it is transformed, encoded and written: two tensors' read values are in memory at most."""
 
     def __init__(
         self,
@@ -66,49 +72,79 @@ class ConverterTensors:
         times: dict[str, float] | None = None,
     ) -> None:
         self.by_name = {t.name: t for t in tensors}
-        # The tensor read after each one (the writer's order is the source's): its pages are requested from
-        # the disk while this one is quantized.
-        self._after = {a.name: b for a, b in zip(tensors, tensors[1:], strict=False)}
         self.threads = threads
         self.tensor_cache = tensor_cache
         self.times = stage_times() if times is None else times
         self._name: str | None = None
         self._raw: np.ndarray | None = None
-        self._release_stored: Callable[[], None] | None = None  # a stored tensor's pages, dropped once written
+        self._release_stored: Callable[[], None] | None = None  # a mapped stored tensor's pages, once written
+        self._after: dict[str, str] = {}  # the tensor asked for after each one (read_ahead)
+        self._mapped_stored = True  # without read-ahead every read is through the map
+        self._reader: ThreadPoolExecutor | None = None  # one thread for the whole stream
+        self._ahead: tuple[str, Future[np.ndarray]] | None = None  # the tensor being read ahead
+
+    def read_ahead(self, names: Sequence[str], mapped_stored: bool = False) -> None:
+        """The tensors will be asked for in this order: read each one while the one before it is used.
+        Without it (a size target's cost pass visits a subset) every read happens when asked for.
+        `mapped_stored`: a tensor whose stored bits are the intermediate's is read through the memory map
+        (its pages faulted in by the NaN check, released when the tensor is released) rather than into
+        memory of its own — for a recipe, which re-quantizes it and writes only the new bytes: no copy and
+        no fresh pages, the system time file reads cost."""
+        self._after = dict(zip(names, names[1:], strict=False))
+        self._mapped_stored = mapped_stored
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         if self._name == name and self._raw is not None:
             return self._raw
         self._drop()
         tensor = self.by_name[name]
-        if tensor.read_stored is not None:
-            return self._stored(tensor)
         started = time.perf_counter()
-        data = tensor.read()
-        self._prefetch_after(name)
+        data = self._take(tensor)
+        following = self._after.get(name)
+        if following is not None:
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix="quantcli-read")
+            self._ahead = following, self._reader.submit(self._read, self.by_name[following])
         read = time.perf_counter()
-        data = tensor.transform(data)
         self.times["read"] += read - started
-        self.times["transform"] += time.perf_counter() - read
-        if tensor.encoded:  # stored bytes passed through (an MXFP4 checkpoint's experts): nothing to encode
+        if tensor.read_stored is not None:
             raw = data
-        elif tuple(data.shape) != tensor.shape:
-            raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
+            if self._mapped_stored or tensor.load_stored is None:  # the map's pages: released once used
+                self._release_stored = tensor.release
         else:
-            raw = self._encoded(data, tensor)
-        del data
-        if tensor.release is not None:
-            tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
+            data = tensor.transform(data)
+            self.times["transform"] += time.perf_counter() - read
+            if tensor.encoded:  # stored bytes passed through (an MXFP4 checkpoint's experts): nothing to encode
+                raw = data
+            elif tuple(data.shape) != tensor.shape:
+                raise InputInvalid(f"{tensor.name}: produced shape {data.shape}, planned {tensor.shape}")
+            else:
+                raw = self._encoded(data, tensor)
+            del data
+            if tensor.release is not None:
+                tensor.release()  # drop the checkpoint's mapped pages: only the encoded copy is kept
         self._name, self._raw = name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
         if self._raw.nbytes != tensor.nbytes:
             raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
         return self._raw
 
-    def _prefetch_after(self, name: str) -> None:
-        """The next tensor's pages start coming from the disk while this one is encoded and written."""
-        following = self._after.get(name)
-        if following is not None and following.prefetch is not None:
-            following.prefetch()
+    def _take(self, tensor: SourceTensor) -> np.ndarray:
+        """The tensor's read values: from the helper thread when it was read ahead, else read now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead[0] == tensor.name:
+                return ahead[1].result()  # an error met on the reader thread is raised here
+            wait([ahead[1]])  # a NumPy call cannot be cut short; an error it met is met again if asked for
+        return self._read(tensor)
+
+    def _read(self, tensor: SourceTensor) -> np.ndarray:
+        """What the helper thread does: the checkpoint's values (float32 / float16), or the output's bytes for
+        a tensor whose stored bits are the output's (copied only where a BF16 NaN needs its quiet bit); with
+        read-ahead, by file reads into memory of its own where the source has them."""
+        if tensor.read_stored is not None:
+            stored = tensor.read_stored if self._mapped_stored or tensor.load_stored is None else tensor.load_stored
+            return encode_stored(stored(), tensor.type)
+        return (tensor.load if self._after and tensor.load is not None else tensor.read)()
 
     def _encoded(self, data: np.ndarray, tensor: SourceTensor) -> np.ndarray:
         key = None
@@ -125,21 +161,6 @@ class ConverterTensors:
                 self.tensor_cache.put(key, raw)
         return raw
 
-    def _stored(self, tensor: SourceTensor) -> np.ndarray:
-        """A tensor whose stored bits are the output's: the mapped bytes themselves, its pages released once
-        the tensor is written (a copy only where a BF16 NaN needs its quiet bit). The NaN scan is where the
-        pages are first touched, so its time is "read"."""
-        assert tensor.read_stored is not None
-        started = time.perf_counter()
-        raw = encode_stored(tensor.read_stored(), tensor.type)
-        self._prefetch_after(tensor.name)
-        self.times["read"] += time.perf_counter() - started
-        self._name, self._raw = tensor.name, np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-        self._release_stored = tensor.release
-        if self._raw.nbytes != tensor.nbytes:
-            raise InputInvalid(f"{tensor.name}: stored {self._raw.nbytes} bytes, planned {tensor.nbytes}")
-        return self._raw
-
     def release(self, name: str, begin: int = 0, end: int | None = None) -> None:
         if end is None and begin == 0 and self._name == name:  # the whole tensor is written
             self._drop()
@@ -149,6 +170,13 @@ class ConverterTensors:
         if self._release_stored is not None:
             self._release_stored()
             self._release_stored = None
+
+    def close(self) -> None:
+        """End the reader thread once the read it is in returns (an interrupted or failed stream leaves one)."""
+        self._ahead = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
 
 
 def source_rows(raw: np.ndarray, qtype: GGMLQuantizationType, nrows: int, ncols: int) -> np.ndarray:

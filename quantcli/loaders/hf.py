@@ -6,7 +6,8 @@ Accepted sources (formats/safetensors.md):
 * a single `.safetensors` file whose directory holds `config.json`.
 
 Every header (and the index) is validated when the checkpoint is opened; tensor data is read lazily,
-one tensor at a time, from read-only memory maps. Nothing under the source is ever written.
+one tensor at a time, from read-only memory maps (`read`) or with file reads into memory of its own
+(`load`, what a conversion streams). Nothing under the source is ever written.
 """
 
 from __future__ import annotations
@@ -89,9 +90,11 @@ class Checkpoint(Closing):
         """Let the OS drop tensor `name`'s mapped pages from our RSS once it has been used."""
         self._where[name].release(name)
 
-    def prefetch(self, name: str) -> None:
-        """Start reading tensor `name` from the disk in the background (see SafetensorsFile.prefetch)."""
-        self._where[name].prefetch(name)
+    def load(self, name: str, bf16_as_float32: bool = False) -> np.ndarray:
+        """Tensor `name` read into memory of its own (see SafetensorsFile.load), BF16 widened to float32 with
+        `bf16_as_float32`."""
+        self.tensor_info(name)
+        return self._where[name].load(name, bf16_as_float32)
 
     def total_bytes(self) -> int:
         return sum(info.nbytes for st in self.files for info in st.tensors.values())

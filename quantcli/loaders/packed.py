@@ -149,9 +149,11 @@ class PackedCheckpoint(Closing):
         for part in self._modules.get(name, [name]):
             self.inner.release(part)
 
-    def prefetch(self, name: str) -> None:
-        for part in self._modules.get(name, [name]):
-            self.inner.prefetch(part)
+    def load(self, name: str, bf16_as_float32: bool = False) -> np.ndarray:
+        if name not in self._modules:
+            return self.inner.load(name, bf16_as_float32)
+        weight = self.read(name)  # dequantized: already memory of its own
+        return weight.astype(np.float32) if bf16_as_float32 and self.scheme.dtype == "bfloat16" else weight
 
     def total_bytes(self) -> int:
         return sum(self.tensor_info(n).nbytes for n in self._order)

@@ -1,7 +1,8 @@
 """A validating, lazy reader for one .safetensors file (format notes: formats/safetensors.md).
 
 The header (8-byte little-endian length + JSON) is parsed and checked completely before any tensor
-byte is touched; tensors are then served one at a time as read-only views of a memory map. BF16 is
+byte is touched; tensors are then served one at a time as read-only views of a memory map (`read`) or read
+into arrays of their own (`load`). BF16 is
 returned as `ml_dtypes.bfloat16` (the `safetensors` NumPy API cannot represent it).
 """
 
@@ -53,6 +54,18 @@ def numpy_dtype(dtype: str) -> np.dtype | None:
 
         return np.dtype(getattr(ml_dtypes, np_dtype))
     return np_dtype
+
+
+# One file read of `SafetensorsFile.load`: as large as dd's blocks that reach the disk's sequential speed.
+_READ_BYTES = 16 << 20
+
+def _anonymous_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array in an anonymous memory map of its own, unmapped when the array is dropped. Not NumPy's
+    allocator: it asks for transparent huge pages on large arrays (madvise), whose faults compact memory —
+    seconds of system time per GB while the page cache is full of the checkpoint —, and the C allocator
+    keeps freed tensors of varied sizes in its arenas."""
+    n = math.prod(shape) * dtype.itemsize
+    return np.frombuffer(mmap.mmap(-1, n), dtype=dtype).reshape(shape)
 
 
 # dtypes a weight may have for conversion (others are refused by the converter, not by the reader).
@@ -203,14 +216,44 @@ class SafetensorsFile:
         arr = np.frombuffer(self._map(), dtype=np_dtype, count=info.n_elements, offset=info.offset)
         return arr.reshape(info.shape)
 
-    def prefetch(self, name: str) -> None:
-        """Ask the OS to start reading tensor `name` from the disk now (MADV_WILLNEED: asynchronous), so that
-        it is in the page cache when it is read, while the tensor before it is still being quantized."""
+    def load(self, name: str, bf16_as_float32: bool = False) -> np.ndarray:
+        """Tensor `name` in memory of its own (not a view of the map), read with positioned file reads of
+        _READ_BYTES: sequential reads at the disk's speed, without a page fault per page, and each read
+        releases the GIL, so a reader thread loads the next tensor while the current one is quantized.
+        `bf16_as_float32`: BF16 is widened to float32 (exactly: the bits shifted up) one read at a time, so
+        no BF16 copy of the whole tensor is held."""
         info = self.tensors[name]
-        if info.nbytes == 0 or not hasattr(mmap, "MADV_WILLNEED"):
-            return
-        start = info.offset - info.offset % mmap.PAGESIZE
-        self._map().madvise(mmap.MADV_WILLNEED, start, info.offset + info.nbytes - start)
+        np_dtype = numpy_dtype(info.dtype)
+        if np_dtype is None:
+            raise Unsupported(f"{self.path}: tensor {name!r} has dtype {info.dtype}, which quantcli cannot read")
+        widen = bf16_as_float32 and info.dtype == "BF16"
+        dtype = np.dtype(np.float32) if widen else np_dtype
+        if info.nbytes == 0:
+            return np.empty(info.shape, dtype=dtype)
+        out = _anonymous_array(info.shape, dtype)
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                if not widen:
+                    self._read_into(fh, info.offset, memoryview(out.reshape(-1).view(np.uint8)))
+                    return out
+                bits = np.empty(min(_READ_BYTES // 2, info.n_elements), dtype=np.uint16)
+                widened = out.reshape(-1).view(np.uint32)
+                for start in range(0, info.n_elements, bits.size):
+                    piece = bits[: min(bits.size, info.n_elements - start)]
+                    self._read_into(fh, info.offset + 2 * start, memoryview(piece.view(np.uint8)))
+                    np.left_shift(piece, 16, out=widened[start : start + piece.size], dtype=np.uint32)
+                return out
+        except OSError as exc:
+            raise InputMissing(f"{self.path}: cannot read tensor {name!r} ({exc.strerror or exc})") from None
+
+    def _read_into(self, fh: Any, offset: int, view: memoryview) -> None:
+        fh.seek(offset)
+        done = 0
+        while done < view.nbytes:
+            n = fh.readinto(view[done : done + _READ_BYTES])
+            if not n:
+                raise self._fail(f"ends inside the tensor data at byte {offset + done} (truncated while open?)")
+            done += n
 
     def _map(self) -> mmap.mmap:
         if self._mmap is None:

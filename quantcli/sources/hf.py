@@ -54,13 +54,16 @@ class SourceTensor:
     source_name: str = ""
     source_dtype: str = ""
     release: Callable[[], None] | None = None  # drop the checkpoint's mapped pages once the tensor is used
-    prefetch: Callable[[], None] | None = None  # start reading the checkpoint's pages in the background
     # True: read/transform give the stored bytes of `type` (uint8 rows), passed through unencoded (MXFP4)
     encoded: bool = False
     # The stored array as it is (BF16: ml_dtypes.bfloat16, memory-mapped) when the output type is the stored
     # dtype and no transform applies: the converter's widen-and-re-encode is then the identity (up to BF16 NaN
     # quieting: writers.gguf.encode_stored), so the engine copies these bits instead.
     read_stored: Callable[[], np.ndarray] | None = None
+    # `read` and `read_stored` with file reads into memory of their own (Checkpoint.load: no page fault per
+    # page, the GIL released): what the engine's reader thread runs; None where only `read` exists.
+    load: Callable[[], np.ndarray] | None = None
+    load_stored: Callable[[], np.ndarray] | None = None
 
     def produce(self) -> np.ndarray:
         """The tensor's values (float32 or float16, `shape`)."""
@@ -89,6 +92,18 @@ def _reader(ckpt: Checkpoint, hf_name: str) -> Callable[[], np.ndarray]:
         return data
 
     return read
+
+
+def _loader(ckpt: Checkpoint, hf_name: str) -> Callable[[], np.ndarray]:
+    """`_reader`'s values with file reads (`Checkpoint.load`), BF16 widened to float32 while read."""
+
+    def load() -> np.ndarray:
+        data = ckpt.load(hf_name, bf16_as_float32=True)
+        if data.dtype not in (np.float16, np.float32):
+            data = data.astype(np.float32)
+        return data
+
+    return load
 
 
 def _transformer(spec: arch.ArchSpec, hf_name: str, ctx: arch.TransformContext) -> Callable[[np.ndarray], np.ndarray]:
@@ -364,8 +379,9 @@ def checkpoint_tensors(
                 hf_name,
                 info.dtype,
                 release=lambda hf_name=hf_name: ckpt.release(hf_name),
-                prefetch=lambda hf_name=hf_name: ckpt.prefetch(hf_name),
                 read_stored=(lambda hf_name=hf_name: ckpt.read(hf_name)) if stored_as_output else None,
+                load=_loader(ckpt, hf_name),
+                load_stored=(lambda hf_name=hf_name: ckpt.load(hf_name)) if stored_as_output else None,
             )
         )
     incomplete = sorted(b for b, seen in seen_per_layer.items() if seen < (n_expert or 0) * len(spec.expert_stacks))

@@ -12,6 +12,7 @@ long arrays (token lists, merges, scores) packed vectorised.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 import queue
@@ -219,10 +220,7 @@ class _HashingFile:
         self._hasher: threading.Thread | None = None
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
-        if isinstance(data, np.ndarray):
-            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
-        else:
-            view = memoryview(data).cast("B")
+        view = _byte_view(data)
         started = time.perf_counter()
         if view.nbytes >= self._PARALLEL_BYTES:
             if self._hasher is None:
@@ -252,6 +250,12 @@ class _HashingFile:
         self.size += written
         return written
 
+    def settle(self) -> None:
+        """Everything is written once `write` returns: nothing to wait for."""
+
+    def finish(self) -> None:
+        """Everything is written once `write` returns: nothing to wait for."""
+
     def close(self) -> None:
         """End the helper thread (if one was started)."""
         if self._hasher is not None:
@@ -269,6 +273,113 @@ class _HashingFile:
                 self._hashed.put(None)
 
 
+def _byte_view(data: bytes | bytearray | memoryview | np.ndarray) -> memoryview:
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+    return memoryview(data).cast("B")
+
+
+class _BackgroundWriter:
+    """Hands each chunk to a writer thread, which writes and hashes it through a `_HashingFile` in order, so the
+    streaming thread quantizes (or reads) the next chunk meanwhile. A chunk is kept (by reference) until it
+    is written: a caller gives up its reference, never the memory under it (a view of a memory map that the
+    caller releases would be faulted in again by the writer, so such sources write in the foreground).
+
+    Back-pressure: `write` of a large chunk (_HashingFile._PARALLEL_BYTES or more) waits until the writer is
+    done with the large chunk before it, so the writer holds one large chunk at most (besides padding,
+    metadata and small tensors, which never wait); `settle` waits for it to be written. The writer's first
+    error is raised by the next `write`, `settle` or `finish`.
+    `times`: the seconds the streaming thread waited for the writer, split between "write" and "hash" in
+    the proportion of the writer thread's own writing and hashing seconds."""
+
+    def __init__(self, out: _HashingFile, times: dict[str, float] | None) -> None:
+        self.out = out
+        self.times = times
+        self.size = 0  # bytes handed over
+        self._queue: collections.deque[memoryview] = collections.deque()
+        self._large = 0  # large chunks queued or being written: 0 or 1
+        self._ending = False
+        self._error: BaseException | None = None
+        self._waited = 0.0
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._write_loop, name="quantcli-write", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
+        view = _byte_view(data)
+        large = view.nbytes >= _HashingFile._PARALLEL_BYTES
+        started = time.perf_counter()
+        with self._changed:
+            while self._error is None and large and self._large:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+            self._queue.append(view)
+            self._large += large
+            self._changed.notify_all()
+        self._waited += time.perf_counter() - started
+        self.size += view.nbytes
+        return view.nbytes
+
+    def settle(self) -> None:
+        """Wait until the writer holds no large chunk: called before the next tensor is made, so the tensor
+        being written and the one being made are never in memory together (the reader's next one is)."""
+        started = time.perf_counter()
+        with self._changed:
+            while self._error is None and self._large:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+        self._waited += time.perf_counter() - started
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue and not self._ending:
+                    self._changed.wait()
+                if not self._queue:
+                    return
+                view = self._queue.popleft()
+            try:
+                self.out.write(view)
+            except BaseException as exc:  # handed to the streaming thread, which raises it
+                with self._changed:
+                    self._error = exc
+                    self._queue.clear()
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._large -= view.nbytes >= _HashingFile._PARALLEL_BYTES
+                self._changed.notify_all()
+
+    def finish(self) -> None:
+        """Wait until every chunk handed over is written (or raise the writer's error)."""
+        started = time.perf_counter()
+        with self._changed:
+            self._ending = True
+            self._changed.notify_all()
+        self._thread.join()
+        self._waited += time.perf_counter() - started
+        if self._error is not None:
+            raise self._error
+        if self.times is not None:
+            busy = self.out.times or {}
+            busy_write, busy_hash = busy.get("write", 0.0), busy.get("hash", 0.0)
+            hash_share = busy_hash / (busy_write + busy_hash) if busy_write + busy_hash > 0 else 0.0
+            self.times["hash"] = self.times.get("hash", 0.0) + self._waited * hash_share
+            self.times["write"] = self.times.get("write", 0.0) + self._waited * (1 - hash_share)
+
+    def close(self) -> None:
+        """Stop the writer thread: after `finish`, at once; after a failure, once its current write returns
+        (what was queued is dropped: the temporary file is removed)."""
+        with self._changed:
+            self._ending = True
+            self._queue.clear()
+            self._changed.notify_all()
+        self._thread.join()
+        self.out.close()
+
+
 TensorChunks = Callable[[OutputTensor], Iterable[bytes | bytearray | memoryview | np.ndarray]]
 
 
@@ -281,17 +392,24 @@ def write_gguf(
     force: bool = False,
     on_tensor: Callable[[OutputTensor, int, int], None] | None = None,
     times: dict[str, float] | None = None,
+    background: bool = False,
 ) -> tuple[int, str]:
     """Write the file atomically: metadata, then for each tensor the chunks `chunks(tensor)` yields, padded to
     the alignment. Returns (size, sha256 of the whole file). `times` receives the seconds spent hashing,
-    writing and syncing (keys "hash", "write", "sync"); producing the chunks is the caller's time."""
+    writing and syncing (keys "hash", "write", "sync"); producing the chunks is the caller's time.
+
+    `background`: the chunks are written on a writer thread (`_BackgroundWriter`) while the next ones are
+    produced; a chunk must then stay valid while referenced (no memory-map view its source releases after
+    the yield). `on_tensor` is called once a tensor's chunks are handed over."""
     meta = metadata_bytes(kv, tensors)
     total = len(tensors)
     with atomic_path(path, force) as tmp, open(tmp, "wb") as raw_fh:
-        fh = _HashingFile(raw_fh, times)
+        hashing = _HashingFile(raw_fh, {} if background else times)
+        fh = _BackgroundWriter(hashing, times) if background else hashing
         try:
             fh.write(meta)
             for i, tensor in enumerate(tensors):
+                fh.settle()
                 start = fh.size
                 for chunk in chunks(tensor):
                     fh.write(chunk)
@@ -301,13 +419,14 @@ def write_gguf(
                 fh.write(b"\0" * (pad(written) - written))
                 if on_tensor is not None:
                     on_tensor(tensor, i + 1, total)
+            fh.finish()
             expected = len(meta) + sum(pad(t.nbytes) for t in tensors)
-            if fh.size != expected:
-                raise AssertionError(f"wrote {fh.size} bytes, planned {expected}")
+            if hashing.size != expected:
+                raise AssertionError(f"wrote {hashing.size} bytes, planned {expected}")
         finally:
             fh.close()
-        sha256 = fh.digest.hexdigest()
+        sha256 = hashing.digest.hexdigest()
         closing = time.perf_counter()
     if times is not None:  # close, fsync and rename (atomic_path): the data reaches the disk here
         times["sync"] = times.get("sync", 0.0) + time.perf_counter() - closing
-    return fh.size, sha256
+    return hashing.size, sha256
