@@ -641,7 +641,10 @@ class Model:
                 if window:
                     k0 = max(0, int(positions[t0]) - window + 1)
             n_kv = k1 - k0
-            key_pos = np.arange(k0, k1)
+            # Keys before the block's first query are never masked by causality: only the columns from
+            # there on get the mask added (plain float32 only; with ggml emulation, and with a window, all).
+            m0 = max(0, int(positions[t0]) - k0) if causal and not window else 0
+            key_pos = np.arange(k0 + m0, k1)
             pos = positions[t0:t1, None]
             masked = key_pos[None, :] > pos
             if window:
@@ -653,7 +656,17 @@ class Model:
             if c.attn_logit_softcap:
                 cap = np.float32(c.attn_logit_softcap)
                 scores = np.tanh(scores / cap) * cap
-            scores += bias
+            scores[..., m0:] += bias
+            if causal and sinks is None:
+                # Normalised after the PV product: n·d_v divisions instead of n·n_kv, one pass less.
+                scores -= scores.max(axis=-1, keepdims=True)
+                np.exp(scores, out=scores)
+                total = scores.sum(axis=-1, keepdims=True)
+                pv = (scores.reshape(c.n_head_kv, group * n, n_kv) @ values[:, k0:k1]).reshape(
+                    c.n_head_kv, group, n, c.head_dim_v
+                )
+                np.divide(pv, total, out=out[:, :, t0:t1])
+                continue
             if sinks is None:
                 scores -= scores.max(axis=-1, keepdims=True)
                 np.exp(scores, out=scores)
