@@ -139,3 +139,63 @@ def test_overlapped_conversion_is_byte_identical(tiny: Path, tmp_path: Path, mon
     stages = overlapped["stages"]
     assert set(stages) == {"read", "transform", "quantize", "hash", "write", "sync"}
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= overlapped["seconds"]
+
+
+def test_stored_tensors_stream_in_pieces_through_two_buffers(tiny: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """BF16 -> BF16 with read-ahead: tensors whose stored bits are the output's are read piece by piece into
+    two buffers used in turn. A slow writer (each write sleeps) would expose a buffer refilled before its
+    piece was written: the file must still equal the one-thread conversion's."""
+    import time
+
+    from quantcli.engine import stream as stream_module
+
+    one_thread = convert_model(tiny, tmp_path / "one.gguf", out_type="bf16")
+    monkeypatch.setattr(job_module, "OVERLAP_MIN_BYTES", 0)
+    monkeypatch.setattr(stream_module, "_PIECE_BYTES", 4096)
+    monkeypatch.setattr(gguf_writer, "LARGE_CHUNK_BYTES", 4096)
+    real_write = gguf_writer._HashingFile.write
+
+    def slow_write(self: gguf_writer._HashingFile, chunk: memoryview) -> int:
+        time.sleep(0.002)
+        return real_write(self, chunk)
+
+    monkeypatch.setattr(gguf_writer._HashingFile, "write", slow_write)
+    pieces: list[int] = []
+    real_take = ConverterTensors.tensor_chunks
+
+    def counting(self: ConverterTensors, name: str):  # noqa: ANN202
+        for chunk in real_take(self, name):
+            pieces.append(chunk.nbytes)
+            yield chunk
+
+    monkeypatch.setattr(ConverterTensors, "tensor_chunks", counting)
+    overlapped = convert_model(tiny, tmp_path / "pieces.gguf", out_type="bf16")
+    assert (tmp_path / "one.gguf").read_bytes() == (tmp_path / "pieces.gguf").read_bytes()
+    assert overlapped["sha256"] == one_thread["sha256"]
+    assert sum(4096 <= n < 8192 for n in pieces) > 10  # many tensors went in pieces of one to two buffers' size
+
+
+def test_pieces_quiet_bf16_nans_as_the_whole_tensor_does() -> None:
+    """A stored BF16 tensor with signalling NaNs in several pieces: the pieces are encode_stored's bytes."""
+    from quantcli.engine import stream as stream_module
+    from quantcli.writers.gguf import encode_stored
+
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 1 << 16, size=3 * (stream_module._PIECE_BYTES // 2) + 123, dtype=np.uint16)
+    bits[::1000] = 0x7F81  # signalling NaNs: the converter's float32 round trip sets their quiet bit
+    raw = bits.view(np.uint8)
+    tensor = SourceTensor(
+        "t", (bits.size,), GGMLQuantizationType.BF16, lambda: bits, read_stored=lambda: bits,
+        read_stored_range=lambda start, out: out.cast("B").__setitem__(slice(None), raw[start : start + out.nbytes]),
+        prefetch=lambda: None,
+    )  # fmt: skip
+    source = ConverterTensors([tensor])
+    source.read_ahead(["t"])
+    try:
+        chunks = [bytes(c) for c in source.tensor_chunks("t")]
+    finally:
+        source.close()
+    assert len(chunks) == 3
+    assert b"".join(chunks) == encode_stored(bits.copy(), GGMLQuantizationType.BF16).tobytes()
+    assert b"".join(chunks) != raw.tobytes()

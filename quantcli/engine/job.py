@@ -390,7 +390,7 @@ def _plan_converter(job: Job, out_paths: list[Path]) -> GGUFPlan:
             source.read_ahead([t.name for t in view.tensors])
 
         def chunks(t: OutputTensor) -> Iterable[Any]:
-            yield source.tensor_bytes(t.name)
+            yield from source.tensor_chunks(t.name)
             source.release(t.name)
 
         planned = GGUFPlan(

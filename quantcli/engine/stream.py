@@ -31,7 +31,7 @@ from quantcli import quants
 from quantcli.errors import InputInvalid
 from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from quantcli.plan.core import TensorDecision
-from quantcli.writers.gguf import encode, encode_stored
+from quantcli.writers.gguf import LARGE_CHUNK_BYTES, encode, encode_stored
 
 if TYPE_CHECKING:  # an HF source is imported by the job that opens one, not by a GGUF -> GGUF run
     from quantcli.sources.hf import SourceTensor
@@ -42,6 +42,11 @@ _FLOATS = (_T.F32, _T.F16, _T.BF16)
 # Rows are converted to float32 in slabs of at most this many elements (16 MiB of float32).
 _SLAB_ELEMENTS = 4 << 20
 STAGES = ("read", "transform", "quantize", "hash", "write", "sync")
+# A stored tensor passed through is streamed in pieces of this size to twice it (ConverterTensors.tensor_chunks):
+# large chunks for the writer (writers.gguf.LARGE_CHUNK_BYTES), small enough to stay in the CPU's caches.
+_PIECE_BYTES = 16 << 20
+assert _PIECE_BYTES >= LARGE_CHUNK_BYTES
+_STORED_DTYPES = {_T.F32: np.float32, _T.F16: np.float16, _T.BF16: np.uint16}
 
 
 def stage_times() -> dict[str, float]:
@@ -82,6 +87,8 @@ class ConverterTensors:
         self._mapped_stored = True  # without read-ahead every read is through the map
         self._reader: ThreadPoolExecutor | None = None  # one thread for the whole stream
         self._ahead: tuple[str, Future[np.ndarray]] | None = None  # the tensor being read ahead
+        self._pieces: list[np.ndarray] | None = None  # tensor_chunks' two buffers
+        self._reading_ahead = False
 
     def read_ahead(self, names: Sequence[str], mapped_stored: bool = False) -> None:
         """The tensors will be asked for in this order: read each one while the one before it is used.
@@ -91,6 +98,7 @@ class ConverterTensors:
         memory of its own — for a recipe, which re-quantizes it and writes only the new bytes: no copy and
         no fresh pages, the system time file reads cost."""
         self._after = dict(zip(names, names[1:], strict=False))
+        self._reading_ahead = True
         self._mapped_stored = mapped_stored
 
     def tensor_bytes(self, name: str) -> np.ndarray:
@@ -100,11 +108,7 @@ class ConverterTensors:
         tensor = self.by_name[name]
         started = time.perf_counter()
         data = self._take(tensor)
-        following = self._after.get(name)
-        if following is not None:
-            if self._reader is None:
-                self._reader = ThreadPoolExecutor(1, thread_name_prefix="quantcli-read")
-            self._ahead = following, self._reader.submit(self._read, self.by_name[following])
+        self._read_following(name)
         read = time.perf_counter()
         self.times["read"] += read - started
         if tensor.read_stored is not None:
@@ -127,6 +131,56 @@ class ConverterTensors:
         if self._raw.nbytes != tensor.nbytes:
             raise InputInvalid(f"{tensor.name}: encoded {self._raw.nbytes} bytes, planned {tensor.nbytes}")
         return self._raw
+
+    def tensor_chunks(self, name: str) -> Iterator[np.ndarray]:
+        """The tensor's output bytes: `tensor_bytes(name)` whole, or, for a tensor of _PIECE_BYTES or more whose
+        stored bits are the output's while reading ahead, in pieces read from the file into two buffers used
+        in turn. Such a tensor (most of a BF16 -> BF16 conversion) then costs no memory of its own and no page
+        faults. Every piece is a large chunk for the background writer (writers.gguf.LARGE_CHUNK_BYTES), which
+        holds one at most and none once the next tensor starts, so when a piece has been handed over, the one
+        before it is written and its buffer free."""
+        tensor = self.by_name[name]
+        if not self._piecewise(tensor):
+            yield self.tensor_bytes(name)
+            return
+        assert tensor.read_stored_range is not None and tensor.prefetch is not None
+        self._drop()
+        tensor.prefetch()
+        self._read_following(name)
+        if self._pieces is None:
+            self._pieces = [np.empty(2 * _PIECE_BYTES, np.uint8) for _ in range(2)]
+        # Pieces of _PIECE_BYTES up to twice that (the remainder spread over them), whole elements each.
+        count = tensor.nbytes // _PIECE_BYTES
+        itemsize = np.dtype(_STORED_DTYPES[tensor.type]).itemsize
+        bounds = [tensor.nbytes * i // count // itemsize * itemsize for i in range(count)] + [tensor.nbytes]
+        for i in range(count):
+            started = time.perf_counter()
+            piece = self._pieces[i % 2][: bounds[i + 1] - bounds[i]]
+            tensor.read_stored_range(bounds[i], memoryview(piece))
+            encoded = encode_stored(piece.view(_STORED_DTYPES[tensor.type]), tensor.type).reshape(-1).view(np.uint8)
+            self.times["read"] += time.perf_counter() - started
+            yield encoded
+
+    def _piecewise(self, tensor: SourceTensor) -> bool:
+        return (
+            self._reading_ahead and not self._mapped_stored and tensor.read_stored_range is not None
+            and tensor.nbytes >= _PIECE_BYTES
+        )  # fmt: skip
+
+    def _read_following(self, name: str) -> None:
+        """Start on the tensor asked for after `name`: read it on the helper thread, or, when it will be
+        streamed in pieces, have the kernel read it ahead into the page cache."""
+        following = self._after.get(name)
+        if following is None:
+            return
+        tensor = self.by_name[following]
+        if self._piecewise(tensor):
+            assert tensor.prefetch is not None
+            tensor.prefetch()
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="quantcli-read")
+        self._ahead = following, self._reader.submit(self._read, tensor)
 
     def _take(self, tensor: SourceTensor) -> np.ndarray:
         """The tensor's read values: from the helper thread when it was read ahead, else read now."""

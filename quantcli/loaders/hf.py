@@ -96,6 +96,16 @@ class Checkpoint(Closing):
         self.tensor_info(name)
         return self._where[name].load(name, bf16_as_float32)
 
+    def read_range(self, name: str, start: int, out: memoryview) -> None:
+        """Bytes `start`.. of tensor `name`'s stored data into `out` (see SafetensorsFile.read_range)."""
+        self.tensor_info(name)
+        self._where[name].read_range(name, start, out)
+
+    def prefetch(self, name: str) -> None:
+        """Start reading tensor `name` into the page cache (see SafetensorsFile.prefetch)."""
+        self.tensor_info(name)
+        self._where[name].prefetch(name)
+
     def total_bytes(self) -> int:
         return sum(info.nbytes for st in self.files for info in st.tensors.values())
 

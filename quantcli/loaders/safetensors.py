@@ -249,6 +249,30 @@ class SafetensorsFile:
         except OSError as exc:
             raise InputMissing(f"{self.path}: cannot read tensor {name!r} ({exc.strerror or exc})") from None
 
+    def read_range(self, name: str, start: int, out: memoryview) -> None:
+        """Bytes `start`.. of tensor `name`'s data into `out` (as many as it holds), by a positioned file read:
+        neither a map nor memory of its own (a caller streaming a tensor through one buffer)."""
+        info = self.tensors[name]
+        if start < 0 or start + out.nbytes > info.nbytes:
+            raise ValueError(f"{name}: bytes {start}..{start + out.nbytes} are outside its {info.nbytes}")
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                self._read_into(fh, info.offset + start, out)
+        except OSError as exc:
+            raise InputMissing(f"{self.path}: cannot read tensor {name!r} ({exc.strerror or exc})") from None
+
+    def prefetch(self, name: str) -> None:
+        """Ask the kernel to start reading tensor `name`'s data into the page cache (POSIX_FADV_WILLNEED):
+        the reads that follow find it there instead of waiting for the disk."""
+        info = self.tensors[name]
+        if info.nbytes == 0 or not hasattr(os, "posix_fadvise"):
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, info.offset, info.nbytes, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
     def _read_into(self, fh: Any, offset: int, view: memoryview) -> None:
         fh.seek(offset)
         done = 0

@@ -64,6 +64,11 @@ class SourceTensor:
     # page, the GIL released): what the engine's reader thread runs; None where only `read` exists.
     load: Callable[[], np.ndarray] | None = None
     load_stored: Callable[[], np.ndarray] | None = None
+    # The stored bytes from an offset into a buffer, and a hint to read them ahead (a tensor with `read_stored`
+    # from one safetensors file): the engine streams such a tensor through two buffers instead of reading it
+    # whole into fresh memory.
+    read_stored_range: Callable[[int, memoryview], None] | None = None
+    prefetch: Callable[[], None] | None = None
 
     def produce(self) -> np.ndarray:
         """The tensor's values (float32 or float16, `shape`)."""
@@ -382,6 +387,11 @@ def checkpoint_tensors(
                 read_stored=(lambda hf_name=hf_name: ckpt.read(hf_name)) if stored_as_output else None,
                 load=_loader(ckpt, hf_name),
                 load_stored=(lambda hf_name=hf_name: ckpt.load(hf_name)) if stored_as_output else None,
+                read_stored_range=(
+                    (lambda start, out, hf_name=hf_name: ckpt.read_range(hf_name, start, out))
+                    if stored_as_output else None
+                ),
+                prefetch=lambda hf_name=hf_name: ckpt.prefetch(hf_name),
             )
         )
     incomplete = sorted(b for b, seen in seen_per_layer.items() if seen < (n_expert or 0) * len(spec.expert_stacks))

@@ -199,6 +199,11 @@ def encode_stored(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     raise ValueError(f"{qtype.name} is not a float type stored as is")
 
 
+# A chunk this large or larger is "large": hashed beside its write, and held by the background writer one at
+# a time (a caller reusing buffers for large chunks relies on that: engine.stream.ConverterTensors).
+LARGE_CHUNK_BYTES = 1 << 20
+
+
 class _HashingFile:
     """A binary file that hashes what is written to it (the --json sha256 without reading the file back).
 
@@ -208,7 +213,7 @@ class _HashingFile:
     hashing not hidden behind the write ("hash"): they stay a partition of the caller's time."""
 
     # Below this, a hand-over to the helper thread costs more than the hash (metadata, padding, small tensors).
-    _PARALLEL_BYTES = 1 << 20
+    _PARALLEL_BYTES = LARGE_CHUNK_BYTES
 
     def __init__(self, fh: BinaryIO, times: dict[str, float] | None = None) -> None:
         self.fh = fh
@@ -285,7 +290,7 @@ class _BackgroundWriter:
     is written: a caller gives up its reference, never the memory under it (a view of a memory map that the
     caller releases would be faulted in again by the writer, so such sources write in the foreground).
 
-    Back-pressure: `write` of a large chunk (_HashingFile._PARALLEL_BYTES or more) waits until the writer is
+    Back-pressure: `write` of a large chunk (LARGE_CHUNK_BYTES or more) waits until the writer is
     done with the large chunk before it, so the writer holds one large chunk at most (besides padding,
     metadata and small tensors, which never wait); `settle` waits for it to be written. The writer's first
     error is raised by the next `write`, `settle` or `finish`.
@@ -307,7 +312,7 @@ class _BackgroundWriter:
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> int:
         view = _byte_view(data)
-        large = view.nbytes >= _HashingFile._PARALLEL_BYTES
+        large = view.nbytes >= LARGE_CHUNK_BYTES
         started = time.perf_counter()
         with self._changed:
             while self._error is None and large and self._large:
@@ -349,7 +354,7 @@ class _BackgroundWriter:
                     self._changed.notify_all()
                 return
             with self._changed:
-                self._large -= view.nbytes >= _HashingFile._PARALLEL_BYTES
+                self._large -= view.nbytes >= LARGE_CHUNK_BYTES
                 self._changed.notify_all()
 
     def finish(self) -> None:
