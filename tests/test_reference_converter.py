@@ -329,9 +329,10 @@ SPECIAL_BF16 = (0x0000, 0x8000, 0x0001, 0x807F, 0x0040, 0x7F80, 0xFF80, 0x7FC0, 
 def test_bf16_stored_tensors_are_copied_as_the_converter_writes_them(
     smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--type bf16 of a BF16 checkpoint: tensors without a transform are copied from the checkpoint (no float32
-    round trip) and still equal the converter's bytes, special values included (its round trip quiets
-    signalling NaNs); q/k (permuted) and the norms (F32) take the float32 path."""
+    """--type bf16 of a BF16 checkpoint: tensors without a transform, and q/k (whose permutation only moves
+    rows), are copied from the checkpoint (no float32 round trip; q/k's rows moved as stored bits) and still
+    equal the converter's bytes, special values included (its round trip quiets signalling NaNs); the
+    norms (F32) take the float32 path."""
     from quantcli.engine import stream
     from quantcli.loaders import open_checkpoint
 
@@ -357,8 +358,8 @@ def test_bf16_stored_tensors_are_copied_as_the_converter_writes_them(
     monkeypatch.setattr(stream, "encode_stored", spy)
     ours = tmp_path / "ours.gguf"
     result = convert_model(model, ours, out_type="bf16")
-    # token_embd and, per layer, v, o, gate, up and down are copied; q and k are permuted; the norms and
+    # token_embd and, per layer, q, k (rows permuted), v, o, gate, up and down are copied; the norms and
     # llama3's rope_freqs are F32
-    assert len(copied) == 1 + 5 * LAYERS
+    assert len(copied) == 1 + 7 * LAYERS
     assert result["tensor_types"] == {"BF16": 1 + 7 * LAYERS, "F32": 2 + 2 * LAYERS}
     _assert_same(ours, reference_gguf(model, "bf16"))

@@ -42,6 +42,9 @@ class TensorTransform:
     apply: Callable[[np.ndarray, TransformContext], np.ndarray]
     # Shape after `apply`, computed without reading data (None: unchanged).
     out_shape: Callable[[tuple[int, ...], TransformContext], tuple[int, ...]] | None = None
+    # True when `apply` only moves values (a permutation of rows): it then also runs on the stored bits, so a
+    # tensor kept at its stored type is reordered as stored instead of widened, moved and encoded again.
+    reorders_only: bool = False
 
 
 @dataclass

@@ -139,8 +139,10 @@ LLAMA = register(
         config_defaults=LLAMA_DEFAULTS,
         derive_config=derive_head_dim,
         transforms=(
-            TensorTransform(r"q_proj\.(weight|bias)$", _permute_q, _rope_rows_fit("num_attention_heads")),
-            TensorTransform(r"k_proj\.(weight|bias)$", _permute_k, _rope_rows_fit("num_key_value_heads")),
+            TensorTransform(r"q_proj\.(weight|bias)$", _permute_q, _rope_rows_fit("num_attention_heads"),
+                            reorders_only=True),
+            TensorTransform(r"k_proj\.(weight|bias)$", _permute_k, _rope_rows_fit("num_key_value_heads"),
+                            reorders_only=True),
         ),
         # llama.cpp's llama graph renormalises the top-k expert weights (Mixtral, src/models/llama.cpp)
         runtime=RuntimeTraits(rope_style="normal", activation="silu", expert_weights_norm=True),

@@ -373,23 +373,29 @@ def checkpoint_tensors(
             if transform.out_shape is not None:
                 shape = transform.out_shape(shape, ctx)
         qtype = type_rule(gguf_name, shape, ftype)
-        stored_as_output = not transforms and qtype.name == info.dtype
+        # Kept at its stored type: the stored bits are the output's, reordered where the transforms only reorder.
+        stored_as_output = all(t.reorders_only for t in transforms) and qtype.name == info.dtype
+        apply_transforms = _transformer(spec, hf_name, ctx)
         tensors.append(
             SourceTensor(
                 gguf_name,
                 shape,
                 qtype,
                 _reader(ckpt, hf_name),
-                _transformer(spec, hf_name, ctx),
+                apply_transforms,
                 hf_name,
                 info.dtype,
                 release=lambda hf_name=hf_name: ckpt.release(hf_name),
-                read_stored=(lambda hf_name=hf_name: ckpt.read(hf_name)) if stored_as_output else None,
+                read_stored=(
+                    (lambda hf_name=hf_name, f=apply_transforms: f(ckpt.read(hf_name))) if stored_as_output else None
+                ),
                 load=_loader(ckpt, hf_name),
-                load_stored=(lambda hf_name=hf_name: ckpt.load(hf_name)) if stored_as_output else None,
+                load_stored=(
+                    (lambda hf_name=hf_name, f=apply_transforms: f(ckpt.load(hf_name))) if stored_as_output else None
+                ),
                 read_stored_range=(
                     (lambda start, out, hf_name=hf_name: ckpt.read_range(hf_name, start, out))
-                    if stored_as_output else None
+                    if stored_as_output and not transforms else None
                 ),
                 prefetch=lambda hf_name=hf_name: ckpt.prefetch(hf_name),
             )
