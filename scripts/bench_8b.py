@@ -127,11 +127,7 @@ def write_safetensors(
 
 def write_checkpoint(directory: Path, layers: int, shard_bytes: int = SHARD_BYTES) -> list[Path]:
     """The Llama-3-8B-shaped checkpoint in `directory` (created); returns its shard files."""
-    fixture = smollm2_fixture()
-    directory.mkdir(parents=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(fixture / name, directory / name)
-    smol = json.loads((fixture / "config.json").read_text())
+    smol = json.loads((smollm2_fixture() / "config.json").read_text())
     config = {
         "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": smol["bos_token_id"], "eos_token_id": smol["eos_token_id"], "hidden_act": "silu",
@@ -142,9 +138,22 @@ def write_checkpoint(directory: Path, layers: int, shard_bytes: int = SHARD_BYTE
         "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.40.0",
         "use_cache": True, "vocab_size": VOCAB,
     }  # fmt: skip
+    return write_sharded(directory, config, state_dict_shapes(layers), seed=8, shard_bytes=shard_bytes)
+
+
+def write_sharded(
+    directory: Path, config: dict, shapes: list[tuple[str, tuple[int, ...]]], seed: int, shard_bytes: int
+) -> list[Path]:
+    """A checkpoint as save_pretrained writes it, in `directory` (created): SmolLM2's tokenizer files,
+    `config`, random BF16 tensors of `shapes` in shards of at most `shard_bytes`, and the shard index.
+    Returns the shard files."""
+    fixture = smollm2_fixture()
+    directory.mkdir(parents=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(fixture / name, directory / name)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    groups = shard(state_dict_shapes(layers), shard_bytes)
-    rng = np.random.default_rng(8)
+    groups = shard(shapes, shard_bytes)
+    rng = np.random.default_rng(seed)
     weight_map: dict[str, str] = {}
     files = []
     total = 0

@@ -23,14 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from _benchlib import sha256, smollm2_fixture, timed  # noqa: E402
-from bench_8b import TOKENIZER_FILES, drop_page_cache, shard, write_safetensors  # noqa: E402
+from bench_8b import drop_page_cache, write_sharded  # noqa: E402
 from reference import llamacpp_src, tool, tool_env  # noqa: E402
 
 LAYERS = int(os.environ.get("QUANTCLI_BENCH_MOE_LAYERS", "4"))
@@ -73,11 +71,7 @@ def state_dict_shapes(layers: int) -> list[tuple[str, tuple[int, ...]]]:
 
 def write_checkpoint(directory: Path, layers: int) -> list[Path]:
     """The Qwen3-MoE-shaped checkpoint in `directory` (created); returns its shard files."""
-    fixture = smollm2_fixture()
-    directory.mkdir(parents=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(fixture / name, directory / name)
-    smol = json.loads((fixture / "config.json").read_text())
+    smol = json.loads((smollm2_fixture() / "config.json").read_text())
     config = {
         "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": smol["bos_token_id"], "eos_token_id": smol["eos_token_id"], "decoder_sparse_step": 1,
@@ -90,21 +84,7 @@ def write_checkpoint(directory: Path, layers: int) -> list[Path]:
         "router_aux_loss_coef": 0.001, "sliding_window": None, "tie_word_embeddings": False,
         "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": VOCAB,
     }  # fmt: skip
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    groups = shard(state_dict_shapes(layers), SHARD_BYTES)
-    rng = np.random.default_rng(30)
-    weight_map: dict[str, str] = {}
-    files = []
-    total = 0
-    for i, group in enumerate(groups):
-        name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        log(f"writing {name} ({len(group)} tensors)")
-        total += write_safetensors(directory / name, group, rng)
-        weight_map.update({tensor: name for tensor, _ in group})
-        files.append(directory / name)
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return files
+    return write_sharded(directory, config, state_dict_shapes(layers), seed=30, shard_bytes=SHARD_BYTES)
 
 
 def main() -> int:
