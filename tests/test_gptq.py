@@ -12,7 +12,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from reference import LLMCOMPRESSOR_VERSION, REPO, cache_root, llmcompressor_python
+from reference import LLMCOMPRESSOR_VERSION, REPO, cache_root, llmcompressor_python, require_native
 
 from quantcli.quants.gptq import GPTQConfig, Hessian, gptq_quantize, inverse_hessian_factor, symmetric_scales
 
@@ -187,10 +187,7 @@ def test_same_integers_and_scales_as_llmcompressor(actorder: str, min_equal: flo
     ],
 )
 def test_native_column_loop_gives_the_numpy_bytes(config: GPTQConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcli import native
-
-    if not native.available():
-        pytest.skip(f"native library: {native.problem()}")
+    require_native()  # a failure under CI, not a skip
     weight, inputs = layer_inputs()
     hessian = hessian_of(inputs)
     with_c = gptq_quantize(weight, hessian, config)
