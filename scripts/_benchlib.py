@@ -25,6 +25,16 @@ def smollm2_fixture() -> Path:
     return Path(printed.strip().splitlines()[-1])
 
 
+def python_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmarked Python program (ours or llama.cpp's converter): this one without
+    PYTHONDONTWRITEBYTECODE, so that modules are compiled once and their bytecode reused, as for an installed
+    package (otherwise every run of quantcli recompiles it, ~0.2 s), and without NO_LOCAL_GGUF (the
+    converter uses its own vendored gguf-py); plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "NO_LOCAL_GGUF")}
+    env.update(extra)
+    return env
+
+
 def cache_dir(name: str) -> Path:
     """$QUANTCLI_CACHE/<name> (default ~/.cache/quantcli/<name>), created."""
     cache = Path(os.environ.get("QUANTCLI_CACHE", Path.home() / ".cache" / "quantcli")) / name

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from _benchlib import sha256, smollm2_fixture, timed  # noqa: E402
+from _benchlib import python_env, sha256, smollm2_fixture, timed  # noqa: E402
 from reference import llamacpp_src, tool, tool_env  # noqa: E402
 
 LAYERS = int(os.environ.get("QUANTCLI_BENCH_8B_LAYERS", "32"))
@@ -203,9 +203,8 @@ def main() -> int:
     largest_f32 = 4 * VOCAB * HIDDEN  # token_embd / output
     bound = 3 * largest_f32 + 150 * 10**6
     src = llamacpp_src()
-    ref_env = dict(os.environ)
-    ref_env.pop("NO_LOCAL_GGUF", None)  # the converter uses its own vendored gguf-py
-    our_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ref_env = python_env()
+    our_env = python_env(PYTHONPATH=str(REPO))
 
     with tempfile.TemporaryDirectory(prefix="bench-8b-", dir=tmp_root) as tmp_name:
         tmp = Path(tmp_name)

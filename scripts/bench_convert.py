@@ -9,7 +9,6 @@ Markdown on stdout, progress on stderr.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import reference_convert  # noqa: E402
-from _benchlib import sha256, smollm2_fixture, timed  # noqa: E402
+from _benchlib import python_env, sha256, smollm2_fixture, timed  # noqa: E402
 
 TYPES = ("bf16", "q8_0")
 
@@ -38,9 +37,8 @@ def main() -> int:
     bound = 3 * largest.n_elements * 4 + 150 * 10**6
 
     src = reference_convert.llamacpp_src()
-    ref_env = dict(os.environ)
-    ref_env.pop("NO_LOCAL_GGUF", None)
-    our_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ref_env = python_env()
+    our_env = python_env(PYTHONPATH=str(REPO))
     rows = []
     worst_rss = 0
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp_name:

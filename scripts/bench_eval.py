@@ -2,8 +2,9 @@
 and Q4_K_M.
 
 The F16 GGUF is llama.cpp's own (convert_hf_to_gguf.py --outtype f16 from the SmolLM2 fixture), the
-Q4_K_M one llama-quantize's from it, so both tools read the same bytes. Per file, llama-perplexity runs
-first and `quantcli eval` right after, on the shipped eval text; wall time, CPU time and peak RSS come
+Q4_K_M one llama-quantize's from it, so both tools read the same bytes. Per file, llama-perplexity of
+both llama.cpp builds (portable and native, BUILDS) runs first and `quantcli eval` right after, on the
+shipped eval text; wall time, CPU time and peak RSS come
 from the kernel's accounting of each child process (wait4). Markdown on stdout, progress on stderr.
 """
 
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from _benchlib import cache_dir, convert_f16_with_llamacpp, smollm2_fixture  # noqa: E402
+from _benchlib import cache_dir, convert_f16_with_llamacpp, python_env, smollm2_fixture  # noqa: E402
 
 CHUNKS = 8
 N_CTX = 512
@@ -98,64 +99,75 @@ def models() -> dict[str, Path]:
     return {"F16": f16, "Q4_K_M": q4}
 
 
-def main() -> int:
+# The two llama.cpp builds compared against: the tests' portable reference (AVX2/FMA) and one compiled
+# for this CPU minus AMX (scripts/build_llamacpp.sh native), what a user building llama.cpp here runs.
+BUILDS = {"portable": False, "native": True}
+
+
+def llama_perplexity(model: Path, native: bool) -> tuple[Run, float]:
     from reference import tool, tool_env
 
     from quantcli.runtime.textdata import DEFAULT_TEXT
 
+    run = run_measured(
+        [
+            str(tool("llama-perplexity", native=native)),
+            *("-m", str(model), "-f", str(DEFAULT_TEXT), "-c", str(N_CTX)),
+            *("--chunks", str(CHUNKS), "-t", str(THREADS)),
+        ],
+        env=tool_env(native=native),
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"llama-perplexity failed:\n{run.stderr[-2000:]}")
+    return run, float(re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr).group(1))
+
+
+def main() -> int:
     mib = 1 << 20
     rows = []
     for label, model in models().items():
-        _log(f"{label}: llama-perplexity, {CHUNKS} chunks of {N_CTX}, -t {THREADS}")
-        llama = run_measured(
-            [
-                str(tool("llama-perplexity")),
-                *("-m", str(model), "-f", str(DEFAULT_TEXT), "-c", str(N_CTX)),
-                *("--chunks", str(CHUNKS), "-t", str(THREADS)),
-            ],
-            env=tool_env(),
-        )
-        if llama.returncode != 0:
-            _log(llama.stderr[-2000:])
-            return 1
-        llama_ppl = float(re.search(r"Final estimate: PPL = ([0-9.]+)", llama.stdout + llama.stderr).group(1))
+        llamas = {}
+        for build, native in BUILDS.items():
+            _log(f"{label}: llama-perplexity ({build} build), {CHUNKS} chunks of {N_CTX}, -t {THREADS}")
+            llamas[build] = llama_perplexity(model, native)
         _log(f"{label}: quantcli eval")
-        ours = run_measured(
-            [
-                sys.executable,
-                *("-m", "quantcli", "eval", str(model)),
-                *("--ctx", str(N_CTX), "--chunks", str(CHUNKS), "--json"),
-            ],
-            cwd=REPO,
-        )
+        ours_cmd = [sys.executable, "-m", "quantcli", "eval", str(model), "--ctx", str(N_CTX), "--json"]
+        ours_env = python_env(PYTHONPATH=str(REPO))
+        if not rows:  # warm-up: compiles quantcli's modules once (an installed package has them compiled)
+            run_measured([*ours_cmd, "--chunks", "1"], cwd=REPO, env=ours_env)
+        ours = run_measured([*ours_cmd, "--chunks", str(CHUNKS)], cwd=REPO, env=ours_env)
         if ours.returncode != 0:
             _log(ours.stderr[-2000:])
             return 1
-        ppl = json.loads(ours.stdout)["ppl"]
-        rows.append((label, llama, llama_ppl, ours, ppl))
+        rows.append((label, llamas, ours, json.loads(ours.stdout)["ppl"]))
 
     print("## eval (NumPy runtime vs llama-perplexity)\n")
     print(
-        "| model | tool | wall (s) | CPU (s) | peak RSS (MiB) | PPL | wall ratio | RSS ratio |\n"
+        "| model | tool | wall (s) | CPU (s) | peak RSS (MiB) | PPL | quantcli wall ratio | quantcli RSS ratio |\n"
         "|---|---|--:|--:|--:|--:|--:|--:|"
     )
-    for label, llama, llama_ppl, ours, ppl in rows:
-        print(
-            f"| {label} | llama-perplexity -t {THREADS} | {llama.wall:.1f} | {llama.cpu:.1f} "
-            f"| {llama.peak_rss / mib:.0f} | {llama_ppl:.4f} | | |"
-        )
+    for label, llamas, ours, ppl in rows:
+        for build, (llama, llama_ppl) in llamas.items():
+            print(
+                f"| {label} | llama-perplexity -t {THREADS}, {build} build | {llama.wall:.1f} | {llama.cpu:.1f} "
+                f"| {llama.peak_rss / mib:.0f} | {llama_ppl:.4f} | {ours.wall / llama.wall:.2f}x "
+                f"| {ours.peak_rss / llama.peak_rss:.2f}x |"
+            )
         print(
             f"| {label} | quantcli eval | {ours.wall:.1f} | {ours.cpu:.1f} | {ours.peak_rss / mib:.0f} "
-            f"| {ppl:.4f} | {ours.wall / llama.wall:.2f}x | {ours.peak_rss / llama.peak_rss:.2f}x |"
+            f"| {ppl:.4f} | | |"
         )
     print()
     print(
         f"SmolLM2-135M: llama.cpp's F16 GGUF and llama-quantize's Q4_K_M of it, the shipped eval text, "
-        f"{CHUNKS} chunks of {N_CTX} tokens, llama-perplexity first and quantcli right after on the same "
-        "file. Wall times include process start, model load and tokenization; CPU is user + system of "
-        "the whole process (busy-waiting worker threads count). Goal: wall ratio <= 1.0x, RSS ratio "
-        "<= 1.3x, and quantcli's PPL unchanged by speed work (it emulates ggml's activation rounding; "
-        "docs/verification.md)."
+        f"{CHUNKS} chunks of {N_CTX} tokens; per file the two llama-perplexity builds run first and quantcli "
+        "right after, on the same file. The portable build is the tests' reference (GGML_NATIVE=OFF: "
+        "AVX2/FMA); the native build is -march=native without AMX, what a user compiling llama.cpp on this "
+        "machine runs (AVX-512 where the CPU has it). Wall times include process start, model load and "
+        "tokenization; quantcli runs with its bytecode compiled by an earlier one-chunk run, as an installed "
+        "package has it; CPU is user + system of the whole process (busy-waiting worker threads count). "
+        "Ratios are quantcli's over each build's. Goal: wall ratio <= 1.0x, RSS ratio <= 1.3x, and "
+        "quantcli's PPL unchanged by speed work (it emulates ggml's activation rounding; docs/verification.md)."
     )
     return 0
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from _benchlib import sha256, smollm2_fixture, timed  # noqa: E402
+from _benchlib import python_env, sha256, smollm2_fixture, timed  # noqa: E402
 from bench_8b import drop_page_cache, write_sharded  # noqa: E402
 from reference import llamacpp_src, tool, tool_env  # noqa: E402
 
@@ -104,9 +104,8 @@ def main() -> int:
     layer_experts_f32 = 3 * stack_f32
     bound = 3 * stack_f32 + 150 * 10**6
     src = llamacpp_src()
-    ref_env = dict(os.environ)
-    ref_env.pop("NO_LOCAL_GGUF", None)  # the converter uses its own vendored gguf-py
-    our_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ref_env = python_env()
+    our_env = python_env(PYTHONPATH=str(REPO))
 
     with tempfile.TemporaryDirectory(prefix="bench-moe-", dir=tmp_root) as tmp_name:
         tmp = Path(tmp_name)

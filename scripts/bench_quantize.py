@@ -6,8 +6,8 @@ The model is tests/test_plan_synthetic.py's synthetic llama (16 layers, n_embd 2
 27.3M parameters, 52 MiB), built once and cached. Each run is a separate process, process start included;
 both tools use 2 threads. Runs are interleaved (llama-quantize, quantcli, llama-quantize, ...) so that both
 see the same machine load, and each figure is the median of RUNS runs; the ratio is of the two medians.
-quantcli runs with its bytecode cached (PYTHONPYCACHEPREFIX in a temporary directory, the state of a
-pip-installed package) after one warm-up run of each tool, which also puts the input in the page cache.
+quantcli runs with its bytecode cached (`_benchlib.python_env`, the state of a pip-installed package) after
+one warm-up run of each tool, which also puts the input in the page cache.
 Prints Markdown on stdout, progress on stderr.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from _benchlib import cache_dir, sha256  # noqa: E402
+from _benchlib import cache_dir, python_env, sha256  # noqa: E402
 
 RECIPES = ("Q8_0", "Q4_K_M")
 THREADS = 2
@@ -84,9 +84,7 @@ def main() -> int:
     from reference import tool, tool_env
 
     src, n_params = synthetic_f16()
-    pycache = tempfile.TemporaryDirectory(prefix="quantcli-bench-pyc-")
-    ours_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    ours_env.update(PYTHONPATH=str(REPO), PYTHONPYCACHEPREFIX=pycache.name)
+    ours_env = python_env(PYTHONPATH=str(REPO))
     ref_env = tool_env()
     work = Path(tempfile.mkdtemp(prefix="quantcli-bench-quantize-"))
     load_before = load_average()
@@ -119,7 +117,6 @@ def main() -> int:
     imports = [measure([sys.executable, "-c", "import quantcli.cli, quantcli.engine"], ours_env) for _ in range(RUNS)]
     load_after = load_average()
     work.rmdir()
-    pycache.cleanup()
 
     print("## quantize (GGUF -> GGUF)\n")
     print(

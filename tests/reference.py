@@ -101,8 +101,22 @@ def convert_with_llamacpp(model_dir: Path, out: Path, outtype: str = "f16") -> s
     )
 
 
-def tool(name: str) -> Path:
-    path = llamacpp_root() / "build" / "bin" / name
+@functools.cache
+def llamacpp_native_root() -> Path:
+    """The benchmarks' second build: -march=native minus AMX (scripts/build_llamacpp.sh native)."""
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_llamacpp.sh"), "native"], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _bin_dir(native: bool) -> Path:
+    return llamacpp_native_root() / "build-native" / "bin" if native else llamacpp_root() / "build" / "bin"
+
+
+def tool(name: str, native: bool = False) -> Path:
+    """A llama.cpp binary of the portable build (the tests' reference) or, for benchmarks, the native one."""
+    path = _bin_dir(native) / name
     assert path.exists(), f"{path} was not built"
     return path
 
@@ -121,9 +135,9 @@ def llama_tokenize_ids(model: Path, text_file: Path) -> list[int]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def tool_env() -> dict[str, str]:
+def tool_env(native: bool = False) -> dict[str, str]:
     env = dict(os.environ)
-    lib = str(llamacpp_root() / "build" / "bin")
+    lib = str(_bin_dir(native))
     env["LD_LIBRARY_PATH"] = lib + os.pathsep + env.get("LD_LIBRARY_PATH", "")
     return env
 

@@ -5,7 +5,6 @@ docs/calibration.md (scripts/measure_calibration.py); here a tiny random Llama w
 from __future__ import annotations
 
 import json
-import platform
 import re
 import shutil
 import subprocess
@@ -22,8 +21,6 @@ from quantcli.loaders import open_checkpoint
 from quantcli.runtime.calibrate import (
     DEFAULT_CALIB_TEXT,
     BlockInputs,
-    _madvise_hugepage,
-    _reused_heap,
     calibrate_blocks,
     calibration_samples,
     read_calibration_text,
@@ -375,30 +372,3 @@ def test_resume_replays_the_finished_blocks(tiny: Path, tmp_path: Path, monkeypa
     again = _convert(str(tiny), *flags, "--method", "gptq", *CALIB, "-o", str(tmp_path / "again"))
     assert again["calibration"]["resumed_blocks"] == 0
 
-
-def _faults_of_second_allocation(nbytes: int) -> int:
-    """Minor page faults of filling an array of `nbytes` right after one of the same size was freed."""
-    import resource
-
-    first = np.ones(nbytes, np.uint8)
-    del first
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    second = np.ones(nbytes, np.uint8)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    del second
-    return faults
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
-def test_reused_heap_serves_a_freed_array_without_page_faults() -> None:
-    """During calibration an activation-sized array freed by one block run is reused by the next without
-    the kernel faulting and zeroing its pages again; outside, glibc's default maps it fresh."""
-    nbytes = 64 << 20  # 16 384 pages of 4 KB
-    previous = _madvise_hugepage(False)  # 4 KB pages both times, as calibration runs
-    try:
-        assert _faults_of_second_allocation(nbytes) > 15_000
-        with _reused_heap():
-            assert _faults_of_second_allocation(nbytes) < 1_000
-        assert _faults_of_second_allocation(nbytes) > 15_000  # glibc's defaults are back
-    finally:
-        _madvise_hugepage(previous)

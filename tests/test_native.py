@@ -238,3 +238,20 @@ def test_dequantize_matches_ggml(ggml, qtype):
             assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), (
                 f"{qtype.name} {what} threads={threads}"
             )
+
+
+@needs_native
+def test_f16_to_float_is_exact(ggml):
+    """F16 weights widen in C (F16C where the CPU has it): every one of the 65536 bit patterns as NumPy's cast
+    and ggml's to_float give it (NaNs compared as NaNs), with 1 and 2 threads; F16 has no C quantizer."""
+    bits = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256)
+    expected = bits.view(np.float16).astype(np.float32)
+    ref = ggml.dequantize(int(T.F16), bits.view(np.uint8), 256, 256)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(ref), nan)
+    assert np.array_equal(ref[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+    for threads in (1, 2):
+        out = native.dequantize_rows(T.F16, bits.view(np.uint8), 256, threads)
+        assert np.array_equal(np.isnan(out), nan)
+        assert np.array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32)), threads
+    assert native.quantize_rows(T.F16, expected[:1], None, 1) is None

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
-from reference import require_module
+from reference import require_module, require_native
 from tiny_models import TINY, transformers_config
 
 from quantcli.runtime import Model, open_source
+from quantcli.runtime.memory import madvise_hugepage, reused_heap
 from quantcli.runtime.metrics import KLDAccumulator, _percentile, nll_rows, quantize_log_probs
-from quantcli.runtime.numerics import vec_dot_round_trip
+from quantcli.runtime.numerics import vec_dot_round_trip, vec_dot_round_trip_
 
 # ---- metrics against a line-by-line port of perplexity.cpp ----------------------------------------------
 
@@ -170,6 +172,10 @@ def _vec_dot_reference(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray
     """The activation round trips written plainly (numerics.py's docstring), one pass per operation."""
     if qtype == GGMLQuantizationType.F16:
         return x.astype(np.float16).astype(np.float32)
+    if qtype == GGMLQuantizationType.BF16:
+        import ml_dtypes
+
+        return x.astype(ml_dtypes.bfloat16).astype(np.float32)
     size = 32 if qtype == GGMLQuantizationType.Q8_0 else 256
     blocks = x.reshape(-1, size)
     with np.errstate(divide="ignore"):
@@ -186,10 +192,16 @@ def _vec_dot_reference(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray
     return (q * d[:, None]).astype(np.float32).reshape(x.shape)
 
 
-@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_K"])
-def test_activation_round_trips_are_bit_exact(qtype: str) -> None:
-    """The in-place slab versions (bit tricks for F16) equal the plain formulation bit for bit: normal
-    values, float16 subnormals and overflow, zeros, ties and arbitrary float32 bit patterns."""
+@pytest.mark.parametrize("native", [True, False], ids=["C", "NumPy"])
+@pytest.mark.parametrize("qtype", ["F16", "BF16", "Q8_0", "Q4_K"])
+def test_activation_round_trips_are_bit_exact(qtype: str, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C round trips and the NumPy in-place slab versions (bit tricks for F16) equal the plain formulation
+    bit for bit: normal values, float16 subnormals and overflow, zeros, ties, largest magnitudes of both
+    signs in one block, and arbitrary float32 bit patterns."""
+    if native:
+        require_native()
+    else:
+        monkeypatch.setenv("QUANTCLI_NATIVE", "0")
     t = GGMLQuantizationType[qtype]
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((64, 1536)) * 3).astype(np.float32)
@@ -200,10 +212,24 @@ def test_activation_round_trips_are_bit_exact(qtype: str) -> None:
     x[4] = np.float32(1 + 2.0**-11) * rng.integers(1, 64, 1536)  # ties at the float16 rounding bit
     x[5] = rng.integers(0, 2**32, 1536, dtype=np.uint64).astype(np.uint32).view(np.float32)
     x[5][~np.isfinite(x[5])] = 1.0
+    x[6] = np.float32(0.25)
+    x[6, 3::32] = np.float32(-2.5)  # largest magnitudes of both signs in a block (Q8_K's signed maximum)
+    x[6, 7::32] = np.float32(2.5)
+    x[7] = np.float32(2.5)
+    x[7, 7::32] = np.float32(-2.5)
+    x[8] = np.float32(1 + 2.0**-8) * rng.integers(1, 64, 1536)  # ties at the bfloat16 rounding bit
+    x[9] = rng.integers(-126, 126, 1536) + np.float32(0.5)  # ties at the int8 rounding: every block's scale
+    x[9, ::32] = np.float32(127)  # is exactly 1 (Q8_0) or -1 (Q8_K)
     with np.errstate(over="ignore", invalid="ignore"):
         expected = _vec_dot_reference(x, t)
+        before = x.copy()
         got = vec_dot_round_trip(x, t)
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(x.view(np.uint32), before.view(np.uint32)), "the input must not change"
+    inplace = x.copy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert vec_dot_round_trip_(inplace, t) is inplace
+    assert np.array_equal(inplace.view(np.uint32), expected.view(np.uint32))
     if t == GGMLQuantizationType.F16:
         every = np.sort(np.arange(2**15, dtype=np.uint16).view(np.float16).astype(np.float32))
         every = every[np.isfinite(every)]
@@ -434,3 +460,31 @@ def test_plain_attention_reads_only_the_keys_a_query_block_can_see(window: int, 
         model.config, model.emulate_ggml = config, emulate
         results.append(model._attention(q, keys, values, positions, window))
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def _faults_of_second_allocation(nbytes: int) -> int:
+    """Minor page faults of filling an array of `nbytes` right after one of the same size was freed."""
+    import resource
+
+    first = np.ones(nbytes, np.uint8)
+    del first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    second = np.ones(nbytes, np.uint8)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del second
+    return faults
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+def test_reused_heap_serves_a_freed_array_without_page_faults() -> None:
+    """In a forward pass (calibration, eval) an activation-sized array freed by one block run is reused by the
+    next without the kernel faulting and zeroing its pages again; outside, glibc's default maps it fresh."""
+    nbytes = 64 << 20  # 16 384 pages of 4 KB
+    previous = madvise_hugepage(False)  # 4 KB pages both times, as activation_memory() has it
+    try:
+        assert _faults_of_second_allocation(nbytes) > 15_000
+        with reused_heap():
+            assert _faults_of_second_allocation(nbytes) < 1_000
+        assert _faults_of_second_allocation(nbytes) > 15_000  # glibc's defaults are back
+    finally:
+        madvise_hugepage(previous)

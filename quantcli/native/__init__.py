@@ -22,7 +22,7 @@ import numpy as np
 
 from quantcli.gguf_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 _DIR = Path(__file__).resolve().parent
 
 T = GGMLQuantizationType
@@ -32,6 +32,8 @@ NATIVE_TYPES: frozenset[GGMLQuantizationType] = frozenset(
         T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4,
     }
 )  # fmt: skip
+# to_float only (no quantizer here): the runtime widens F16 weights with the F16C instruction where it exists.
+NATIVE_DEQUANT_TYPES = NATIVE_TYPES | {T.F16}
 
 # Why the library is not used (None when it is); shown by `problem()` for diagnostics.
 _problem: str | None = None
@@ -91,6 +93,10 @@ def _lib() -> ctypes.CDLL | None:
     ]  # fmt: skip
     lib.qc_dequantize.restype = ctypes.c_int
     lib.qc_dequantize.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
+    ]  # fmt: skip
+    lib.qc_round_trip.restype = ctypes.c_int
+    lib.qc_round_trip.argtypes = [
         ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
     ]  # fmt: skip
     lib.qc_gptq_columns.restype = None
@@ -198,7 +204,7 @@ def dequantize_rows(
     """uint8 (nrows, row_bytes) -> float32 (nrows, ncols), bit-identical to ggml's to_float; None if not native."""
     qtype = GGMLQuantizationType(qtype)
     lib = _lib()
-    if lib is None or qtype not in NATIVE_TYPES:
+    if lib is None or qtype not in NATIVE_DEQUANT_TYPES:
         return None
     block, type_size = GGML_QUANT_SIZES[qtype]
     if ncols % block:
@@ -218,6 +224,28 @@ def dequantize_rows(
     if rc != 0:
         raise RuntimeError(f"native {qtype.name} dequantizer failed (code {rc})")
     return out
+
+
+def round_trip(vec_dot_type: GGMLQuantizationType, x: np.ndarray, out: np.ndarray, threads: int | None = None) -> bool:
+    """`out` = the float32 rows `x` converted to `vec_dot_type` (F16, BF16, Q8_0 or Q8_K) and back, as ggml-cpu
+    converts a matmul's activations (runtime/numerics.py holds the NumPy twins); `out` may be `x`. Both must
+    be C-contiguous float32 of the same shape. False when the library is not available."""
+    lib = _lib()
+    if lib is None:
+        return False
+    for array in (x, out):
+        if array.dtype != np.float32 or not array.flags.c_contiguous:
+            raise ValueError("round_trip: expected C-contiguous float32 arrays")
+    if out.shape != x.shape or not out.flags.writeable:
+        raise ValueError(f"round_trip: output of shape {out.shape} for input {x.shape}")
+    if x.size == 0:
+        return True
+    ncols = x.shape[-1] if x.ndim else 1
+    n_threads = default_threads() if threads is None else max(1, int(threads))
+    rc = lib.qc_round_trip(int(vec_dot_type), x.ctypes.data, out.ctypes.data, x.size // ncols, ncols, n_threads)
+    if rc != 0:
+        raise ValueError(f"round_trip: {GGMLQuantizationType(vec_dot_type).name} rows of {ncols} (code {rc})")
+    return True
 
 
 def gptq_columns(

@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define QC_ABI_VERSION 3
+#define QC_ABI_VERSION 4
 
 #define QK_K 256
 #define GROUP_MAX_EPS 1e-15f
@@ -36,8 +36,9 @@
 
 /* ggml type ids (ggml.h) */
 enum {
+    T_F16 = 1, T_BF16 = 30,
     T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
-    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_Q8_K = 15,
     T_IQ4_NL = 20, T_IQ4_XS = 23, T_TQ1_0 = 34, T_TQ2_0 = 35, T_MXFP4 = 39,
 };
 
@@ -1494,6 +1495,9 @@ typedef void (*row_fn)(const float *restrict x, void *restrict y, int64_t n, con
 
 typedef void (*dequant_fn)(const void *restrict x, float *restrict y, int64_t n);
 
+/* F16 has a to_float (the runtime widens F16 weights) but no quantizer here: fn is NULL */
+static void dq_f16(const void *restrict x, float *restrict y, int64_t n);
+
 typedef struct {
     int type;
     int block;
@@ -1510,7 +1514,7 @@ static const qtype_info QTYPES[] = {
     {T_Q5_K, 256, 176, q5_K_row, dq_q5_K},       {T_Q6_K, 256, 210, q6_K_row, dq_q6_K},
     {T_IQ4_NL, 32, 18, iq4_nl_row, dq_iq4_nl},   {T_IQ4_XS, 256, 136, iq4_xs_row, dq_iq4_xs},
     {T_TQ1_0, 256, 54, tq1_0_row, dq_tq1_0},     {T_TQ2_0, 256, 66, tq2_0_row, dq_tq2_0},
-    {T_MXFP4, 32, 17, mxfp4_row, dq_mxfp4},
+    {T_MXFP4, 32, 17, mxfp4_row, dq_mxfp4},     {T_F16, 1, 2, NULL, dq_f16},
 };
 
 static const qtype_info *find_type(int type) {
@@ -1533,6 +1537,8 @@ typedef struct {
     size_t row_size;
     const float *qw;
     int status; /* quantize: 0, -3 when a row holds a NaN/Inf (nothing is written for it), -4 out of memory */
+    void (*round_trip)(const float *restrict x, float *restrict y, int64_t n); /* qc_round_trip: per row */
+    const float *fsrc;                                                          /* its rows in */
 } job;
 
 /* F16 -> float32 is exact whichever way it is done: the F16C instruction where the CPU has it (8 values per
@@ -1556,6 +1562,8 @@ static void f16_row(const half *restrict s, float *restrict d, int64_t n) {
 #endif
     for (int64_t k = 0; k < n; ++k) d[k] = fp16_to_fp32(s[k]);
 }
+
+static void dq_f16(const void *restrict x, float *restrict y, int64_t n) { f16_row((const half *)x, y, n); }
 
 /* One source row as float32 in `buf` (F32 rows are used in place). Returns 0 when every value is finite. */
 QC_CLONES
@@ -1583,6 +1591,11 @@ static int widen_row(const job *j, int64_t r, float *buf, const float **row) {
 }
 
 static void run_rows(job *j) {
+    if (j->round_trip) {
+        for (int64_t r = j->row0; r < j->row1; ++r)
+            j->round_trip(j->fsrc + r * j->n_per_row, j->fdst + r * j->n_per_row, j->n_per_row);
+        return;
+    }
     if (j->fdst) {
         for (int64_t r = j->row0; r < j->row1; ++r)
             j->info->deq(j->qsrc + r * j->row_size, j->fdst + r * j->n_per_row, j->n_per_row);
@@ -1622,7 +1635,7 @@ QC_API int qc_abi_version(void) { return QC_ABI_VERSION; }
 /* hash of the C sources this library was built from (quantcli_build.source_hash) */
 QC_API const char *qc_source_hash(void) { return QC_SOURCE_HASH; }
 
-QC_API int qc_supports(int type) { return find_type(type) != NULL; }
+QC_API int qc_supports(int type) { const qtype_info *info = find_type(type); return info && info->fn; }
 
 /* Splits rows [0, nrows) over nthreads pthreads (the calling thread takes the first share). Returns the first
    non-zero job status, else 0. */
@@ -1660,7 +1673,7 @@ static int run_threads(job proto, int64_t nrows, int nthreads) {
 QC_API int qc_quantize(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
                        const float *imatrix, int nthreads) {
     const qtype_info *info = find_type(type);
-    if (!info) return -1;
+    if (!info || !info->fn) return -1;
     if (n_per_row <= 0 || n_per_row % info->block) return -2;
     if (src_type != SRC_F32 && src_type != SRC_F16 && src_type != SRC_BF16) return -5;
     /* types whose ggml quantizer ignores the imatrix */
@@ -1720,4 +1733,114 @@ QC_API void qc_gptq_columns(float *w1, const float *hinv1, float *err1, int64_t 
                     hinv1[i * block_len + i], (float)qmin, (float)qmax);
         for (int64_t k = i + 1; k < block_len; ++k) gptq_rank1(w1 + k * n_out, e, hinv1[i * block_len + k], n_out);
     }
+}
+
+/* ---------------------------------------------------------------- activation round trips (runtime/numerics.py) */
+
+/* What ggml-cpu's mul_mat does to the float32 activation rows before the dot product with a weight row: it
+   converts them to the weight type's vec_dot_type. Each function below is the C twin of its NumPy formulation
+   in runtime/numerics.py, bit for bit on every non-NaN input (tests/test_runtime.py compares them). */
+
+#ifdef QC_HAVE_F16C_PATH
+__attribute__((target("avx,f16c"))) static void rt_f16_f16c(const float *restrict x, float *restrict y, int64_t n) {
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + k), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_ps(y + k, _mm256_cvtph_ps(h));
+    }
+    for (; k < n; ++k) y[k] = fp16_to_fp32(fp32_to_fp16(x[k]));
+}
+#endif
+
+/* F16 weights: activations rounded to float16 (ties to even, overflow to inf) */
+static void rt_f16(const float *restrict x, float *restrict y, int64_t n) {
+#ifdef QC_HAVE_F16C_PATH
+    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+        rt_f16_f16c(x, y, n);
+        return;
+    }
+#endif
+    for (int64_t k = 0; k < n; ++k) y[k] = fp16_to_fp32(fp32_to_fp16(x[k]));
+}
+
+/* BF16 weights: ggml_compute_fp32_to_bf16 (ties to even; a NaN becomes quiet) and back */
+static void rt_bf16(const float *restrict x, float *restrict y, int64_t n) {
+    for (int64_t k = 0; k < n; ++k) {
+        const uint32_t u = f32_to_bits(x[k]);
+        const uint32_t b = (u & 0x7fffffff) > 0x7f800000 ? (u >> 16) | 64 : (u + (0x7fff + ((u >> 16) & 1))) >> 16;
+        y[k] = f32_from_bits(b << 16);
+    }
+}
+
+/* rint lane-wise for |v| < 2^22 in the default rounding mode (ties to even), the sign kept as rint keeps it
+   (-0.3 -> -0.0): the sum and the difference stay two roundings (-ffp-contract=off), the sign is OR-ed back. */
+static inline __attribute__((always_inline)) v8f vrint_small(v8f v) {
+    const v8f magic = vsplat(12582912.0f);
+    const v8f r = (vabs(v) + magic) - magic;
+    return (v8f)((v8i)r | ((v8i)v & isplat((int32_t)0x80000000)));
+}
+
+static inline __attribute__((always_inline)) void vstoreu(float *p, v8f v) { *(v8f_unaligned *)p = v; }
+
+/* max |x[k]| over k < n (n a multiple of 8): max does not depend on the order for non-NaN values */
+static inline __attribute__((always_inline)) float abs_max(const float *restrict x, int n) {
+    v8f m = vabs(vloadu(x));
+    for (int k = 8; k < n; k += 8) {
+        const v8f a = vabs(vloadu(x + k));
+        m = vsel(a > m, a, m);
+    }
+    float amax = m[0];
+    for (int k = 1; k < QC_LANES; ++k) amax = MAX(amax, m[k]);
+    return amax;
+}
+
+/* Q8_0 users: per block of 32, d = fp16(amax / 127), q = rint(x * (127 / amax)), back as q * d */
+QC_CLONES
+static void rt_q8_0(const float *restrict x, float *restrict y, int64_t n) {
+    for (int64_t b = 0; b < n; b += 32) {
+        const float amax = abs_max(x + b, 32);
+        const v8f d = vsplat(fp16_to_fp32(fp32_to_fp16(amax / 127.0f)));
+        const v8f inv = vsplat(amax != 0.0f ? 127.0f / amax : 0.0f);
+        for (int k = 0; k < 32; k += 8) vstoreu(y + b + k, vrint_small(vloadu(x + b + k) * inv) * d);
+    }
+}
+
+/* Q8_K users: per block of 256, iscale = -127 / (the signed value of largest magnitude, first of equals),
+   q = min(rint(x * iscale), 127), back as q * (1 / iscale) */
+QC_CLONES
+static void rt_q8_k(const float *restrict x, float *restrict y, int64_t n) {
+    const v8f top = vsplat(127.0f);
+    for (int64_t b = 0; b < n; b += QK_K) {
+        const float amax = abs_max(x + b, QK_K);
+        int at = 0;
+        while (at < QK_K && fabsf(x[b + at]) != amax) ++at; /* NumPy's argmax: the first of equals */
+        const float signed_max = at < QK_K ? x[b + at] : x[b];
+        const float iscale = signed_max != 0.0f ? -127.0f / signed_max : 0.0f;
+        const v8f vi = vsplat(iscale), d = vsplat(iscale != 0.0f ? 1.0f / iscale : 0.0f);
+        for (int k = 0; k < QK_K; k += 8) {
+            const v8f q = vrint_small(vloadu(x + b + k) * vi);
+            vstoreu(y + b + k, vsel(q > top, top, q) * d);
+        }
+    }
+}
+
+/* The activation rows x (nrows x n float32, C order) converted to `vec_dot_type` (F16, BF16, Q8_0 or Q8_K, the
+   ggml type id; runtime/numerics.py knows which weight type uses which) and back, into y (which may be x).
+   Returns 0, -1 for another type, -2 for a row length that is not a multiple of its block. */
+QC_API int qc_round_trip(int vec_dot_type, const float *x, float *y, int64_t nrows, int64_t n, int nthreads) {
+    job proto;
+    memset(&proto, 0, sizeof proto);
+    int block = 1;
+    switch (vec_dot_type) {
+    case T_F16: proto.round_trip = rt_f16; break;
+    case T_BF16: proto.round_trip = rt_bf16; break;
+    case T_Q8_0: proto.round_trip = rt_q8_0; block = 32; break;
+    case T_Q8_K: proto.round_trip = rt_q8_k; block = QK_K; break;
+    default: return -1;
+    }
+    if (n <= 0 || n % block) return -2;
+    proto.fsrc = x;
+    proto.fdst = y;
+    proto.n_per_row = n;
+    return run_threads(proto, nrows, nthreads);
 }

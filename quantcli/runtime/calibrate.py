@@ -9,12 +9,9 @@ calibration needs the model's values, not llama.cpp's activation rounding.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import platform
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import numpy as np
 
 from quantcli.errors import InputInvalid, InputMissing
 from quantcli.quants.gptq import Hessian
+from quantcli.runtime.memory import activation_memory
 from quantcli.runtime.model import Model
 from quantcli.runtime.tokenizer import Tokenizer
 
@@ -204,52 +202,8 @@ def calibrate_blocks(
 
     A mixture-of-experts block's quantized weights hold each stacked expert tensor whole, (n_expert, rows,
     cols); the block's source stacks are read once (float32, one block's) for the runs before that."""
-    previous = _madvise_hugepage(False)
-    try:
-        with _reused_heap():
-            _calibrate_blocks(model, samples, quantize_block, on_block, replay, keep_sequences)
-    finally:
-        _madvise_hugepage(previous)
-
-
-def _madvise_hugepage(enabled: bool) -> bool:
-    """Turn NumPy's madvise(MADV_HUGEPAGE) of new arrays of 4 MB and more on or off; returns the previous
-    setting. Calibration allocates and frees gigabytes of activation-sized arrays; where the kernel compacts
-    memory to back an madvised region with huge pages on first touch (transparent_hugepage/defrag
-    `madvise`, the default), that fault path cost 10-20x the CPU time of plain 4 KB faults and a third of a
-    calibration's run time on a 2-core VM. Plain pages keep the arrays' values, only the faults change."""
-    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1.26
-    return bool(core.multiarray._set_madvise_hugepage(enabled))
-
-
-# glibc's mallopt parameters (malloc.h) and their defaults.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
-_HEAP_THRESHOLD = 1 << 30
-
-
-@contextmanager
-def _reused_heap() -> Iterator[None]:
-    """Serve arrays below 1 GiB from glibc's heap and keep freed ones there, for the duration.
-
-    By default glibc maps every allocation above its mmap threshold (at most 32 MB) fresh from the kernel
-    and unmaps it on free, so each activation-sized array a block run allocates (tens to hundreds of MB,
-    dozens per block) is faulted in 4 KB page by page and zeroed by the kernel again: 13 million page
-    faults and a tenth of a 64-sample GPTQ run's time. From the heap, a freed array's pages are reused by
-    the next one of its size. The heap is trimmed and glibc's defaults restored after (glibc only: other C
-    libraries keep their own policy)."""
-    if platform.libc_ver()[0] != "glibc":
-        yield
-        return
-    libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_THRESHOLD)
-    libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_THRESHOLD)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.malloc_trim(0)
+    with activation_memory():
+        _calibrate_blocks(model, samples, quantize_block, on_block, replay, keep_sequences)
 
 
 def _calibrate_blocks(

@@ -21,6 +21,7 @@ from quantcli.runtime.metrics import (
     nll_rows,
     quantize_log_probs,
 )
+from quantcli.runtime.memory import activation_memory
 from quantcli.runtime.model import MatmulObserver, Model
 from quantcli.runtime.tokenizer import Tokenizer
 
@@ -87,9 +88,10 @@ def scored_logits(model: Model, plan: ChunkPlan) -> Iterator[np.ndarray]:
     (Model.forward_sequences); a chunk's KV cache is empty at its start either way."""
     per_group = max(1, GROUP_TOKENS // plan.n_ctx)
     rows = np.arange(plan.first, plan.n_ctx - 1)
-    for g0 in range(0, plan.n_chunks, per_group):
-        ids = range(g0, min(plan.n_chunks, g0 + per_group))
-        yield from model.forward_sequences(np.stack([plan.chunk_input(i) for i in ids]), rows)
+    with activation_memory():
+        for g0 in range(0, plan.n_chunks, per_group):
+            ids = range(g0, min(plan.n_chunks, g0 + per_group))
+            yield from model.forward_sequences(np.stack([plan.chunk_input(i) for i in ids]), rows)
 
 
 def perplexity(model: Model, plan: ChunkPlan, progress: Progress | None = None) -> dict:

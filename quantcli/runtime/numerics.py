@@ -9,9 +9,11 @@ value, q = min(127, nearest_int(iscale·x)), d = 1/iscale in float32). With `emu
 applies the same round trip, so its PPL/KLD of a quantized file track llama.cpp's instead of the
 float32 ideal; the weights themselves are always the exact dequantized values.
 
-Speed: these round trips touch every activation of every matmul, so they run in place on slabs that stay
-in the CPU cache, with integer bit operations on float32 views (NumPy's float16 cast is a scalar loop,
-~6x slower). Each function is bit-identical to its plain NumPy formulation (tests/test_runtime.py).
+Speed: these round trips touch every activation of every matmul. They run in the C extension when it is
+loaded (`qc_round_trip`: the F16C instruction for F16, both cores, writing straight into the output), else in
+NumPy in place on slabs that stay in the CPU cache, with integer bit operations on float32 views (NumPy's
+float16 cast is a scalar loop, ~6x slower). Both are bit-identical to the plain NumPy formulation for every
+non-NaN input (tests/test_runtime.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantcli.gguf_constants import GGMLQuantizationType as T
+from quantcli.quants.base import native_enabled
 
 _Q8_0_USERS = {T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4}
 _Q8_K_USERS = {
@@ -46,9 +49,15 @@ _F16_TINY = np.float32(2.0**-14)  # smallest normal float16; below it float16 st
 
 
 def round_f16_(x: np.ndarray) -> np.ndarray:
-    """Round C-contiguous float32 `x` in place to the nearest float16 (ties to even), kept as float32.
+    """Round C-contiguous float32 `x` in place to the nearest float16 (ties to even), kept as float32."""
+    _flat_view(x)
+    if _native_round_trip(T.F16, x, x):
+        return x
+    return _f16_numpy_(x)
 
-    Equal to x.astype(float16).astype(float32) for every non-NaN input: the 13 low mantissa bits are
+
+def _f16_numpy_(x: np.ndarray) -> np.ndarray:
+    """`round_f16_` in NumPy. Equal to x.astype(float16).astype(float32) for every non-NaN input: the 13 low mantissa bits are
     rounded away with integer adds (a carry into the exponent is the correct result), float16 subnormals
     are rounded to multiples of 2**-24 and |x| >= 65520 becomes inf, both on the few elements concerned."""
     flat = _flat_view(x)
@@ -75,30 +84,59 @@ def round_f16_(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def vec_dot_type(weight_type: T, n: int) -> T | None:
+    """The type ggml-cpu converts rows of `n` activations to for a dot product with a `weight_type` row (None:
+    they stay float32)."""
+    if weight_type in (T.F16, T.BF16):
+        return weight_type
+    if weight_type in _Q8_0_USERS and n % 32 == 0:
+        return T.Q8_0
+    if weight_type in _Q8_K_USERS and n % 256 == 0:
+        return T.Q8_K
+    return None
+
+
 def vec_dot_round_trip(x: np.ndarray, weight_type: T) -> np.ndarray:
     """The activation rows `x` (float32, (..., n)) as the dot product with a `weight_type` row sees them."""
-    if weight_type == T.F32:
+    kind = vec_dot_type(weight_type, x.shape[-1])
+    if kind is None:
         return x
-    return vec_dot_round_trip_(np.array(x, dtype=np.float32, order="C"), weight_type)
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(src.shape, np.float32)
+    if _native_round_trip(kind, src, out):
+        return out
+    out[...] = src
+    return _round_trip_numpy_(out, kind)
 
 
 def vec_dot_round_trip_(x: np.ndarray, weight_type: T) -> np.ndarray:
     """`vec_dot_round_trip` in place on a C-contiguous float32 array the caller owns; returns `x`."""
-    if weight_type == T.F32:
+    kind = vec_dot_type(weight_type, x.shape[-1])
+    if kind is None:
         return x
-    if weight_type == T.F16:
-        return round_f16_(x)
-    if weight_type == T.BF16:
+    _flat_view(x)
+    if _native_round_trip(kind, x, x):
+        return x
+    return _round_trip_numpy_(x, kind)
+
+
+def _native_round_trip(kind: T, x: np.ndarray, out: np.ndarray) -> bool:
+    if not native_enabled():
+        return False
+    from quantcli import native
+
+    return native.round_trip(kind, x, out)
+
+
+def _round_trip_numpy_(x: np.ndarray, kind: T) -> np.ndarray:
+    if kind == T.F16:
+        return _f16_numpy_(x)
+    if kind == T.BF16:
         from quantcli.quants.floats import bf16_bits_to_f32, f32_to_bf16_bits
 
         x[...] = bf16_bits_to_f32(f32_to_bf16_bits(x)).reshape(x.shape)
         return x
-    n = x.shape[-1]
-    if weight_type in _Q8_0_USERS and n % 32 == 0:
-        return _q8_0_(x)
-    if weight_type in _Q8_K_USERS and n % 256 == 0:
-        return _q8_k_(x)
-    return x
+    return _q8_0_(x) if kind == T.Q8_0 else _q8_k_(x)
 
 
 def _flat_view(x: np.ndarray) -> np.ndarray:
