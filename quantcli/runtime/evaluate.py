@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantcli.errors import InputInvalid
+from quantcli.runtime.memory import activation_memory
 from quantcli.runtime.metrics import (
     KLDAccumulator,
     NllTotals,
@@ -21,7 +22,6 @@ from quantcli.runtime.metrics import (
     nll_rows,
     quantize_log_probs,
 )
-from quantcli.runtime.memory import activation_memory
 from quantcli.runtime.model import MatmulObserver, Model
 from quantcli.runtime.tokenizer import Tokenizer
 

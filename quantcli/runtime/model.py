@@ -41,6 +41,8 @@ class MatmulObserver(Protocol):
     def __call__(self, name: str, rows: np.ndarray, experts: np.ndarray | None = None) -> None: ...
 
 DEFAULT_CACHE_BUDGET = 6 << 30  # bytes of float32 weights kept dequantized
+# Fewer rows than this per thread: elementwise work stays on the calling thread (a thread hand-off costs more).
+MIN_ROWS_PER_THREAD = 64
 
 
 @dataclass
@@ -78,6 +80,9 @@ class Model:
         self._keep_all = total <= cache_budget_bytes
         self._weights: dict[str, np.ndarray] = {}
         self._types = {n: source.tensor_type(n) for n in self.names}
+        # Threads for row-wise elementwise work (norms, RoPE, gated activation): the pool of the
+        # sequence_layer call that runs, else none.
+        self._row_pool: ThreadPoolExecutor | None = None
         self._check_supported()
 
     # ---- weights -------------------------------------------------------------------------------------
@@ -314,8 +319,25 @@ class Model:
             return out
 
         row_positions = np.tile(positions, n_seq)  # of each row of x, for RoPE
-        return self._layer(il, x, row_positions, weight or self.transient_weight, attend, observer, n_tok,
-                           expert or self._expert_matrix, inputs_only)  # fmt: skip
+        self._row_pool = pool
+        try:
+            return self._layer(il, x, row_positions, weight or self.transient_weight, attend, observer, n_tok,
+                               expert or self._expert_matrix, inputs_only)  # fmt: skip
+        finally:
+            self._row_pool = None
+
+    def _rows_parallel(self, n_rows: int, fn: Callable[[int, int], None]) -> None:
+        """fn(r0, r1) over rows 0..n_rows-1, split among the row pool's threads (NumPy releases the GIL in
+        its loops), or in one call without a pool or with few rows. Only for work on whole rows whose
+        results do not depend on the split: elementwise operations and reductions along a row."""
+        pool = self._row_pool
+        workers = 0 if pool is None else pool._max_workers
+        if workers < 2 or n_rows < 2 * MIN_ROWS_PER_THREAD:
+            fn(0, n_rows)
+            return
+        parts = min(workers, n_rows // MIN_ROWS_PER_THREAD)
+        bounds = [n_rows * i // parts for i in range(parts + 1)]
+        list(pool.map(lambda i: fn(bounds[i], bounds[i + 1]), range(parts)))
 
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -394,9 +416,18 @@ class Model:
 
     def _rms_norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         eps = np.float32(self.config.norm_eps)
-        mean_sq = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
-        out = x * (np.float32(1.0) / np.sqrt(mean_sq + eps))
-        out *= w  # in place: one full-size temporary fewer, the same two roundings
+        out = np.empty(x.shape, np.result_type(x, np.float32))
+
+        def rows(r0: int, r1: int) -> None:
+            xs, outs = x[r0:r1], out[r0:r1]
+            mean_sq = np.mean(np.square(xs, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
+            np.multiply(xs, np.float32(1.0) / np.sqrt(mean_sq + eps), out=outs)
+            outs *= w  # in place: one full-size temporary fewer, the same two roundings
+
+        if x.ndim < 2:
+            rows(0, x.shape[0])  # one row: the whole vector
+        else:
+            self._rows_parallel(x.shape[0], rows)
         return out
 
     def _layer(
@@ -529,11 +560,16 @@ class Model:
         of ~256 KB keep each slab's five elementwise passes in cache instead of streaming (rows, n_ff)
         temporaries through memory five times; elementwise results do not depend on the slab."""
         out = gate if gate.flags.c_contiguous else np.empty(gate.shape, np.float32)
-        rows = max(1, (1 << 16) // max(1, gate.shape[-1]))
-        for r0 in range(0, gate.shape[0], rows):
-            act = self._activation(gate[r0 : r0 + rows])
-            act *= up[r0 : r0 + rows]
-            out[r0 : r0 + rows] = act
+        slab = max(1, (1 << 16) // max(1, gate.shape[-1]))
+
+        def rows(r0: int, r1: int) -> None:
+            for s0 in range(r0, r1, slab):
+                s1 = min(r1, s0 + slab)
+                act = self._activation(gate[s0:s1])
+                act *= up[s0:s1]
+                out[s0:s1] = act
+
+        self._rows_parallel(gate.shape[0], rows)
         return out
 
     def _activation(self, g: np.ndarray) -> np.ndarray:
@@ -594,21 +630,28 @@ class Model:
         return cos[:, None, :], sin[:, None, :]
 
     def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """x (T, heads, d) rotated by the (T, 1, d/2) tables of its rows' positions."""
         rd = self.config.rope_dim
+        neox = self.config.traits.rope_neox
         out = np.empty_like(x)
-        if rd < x.shape[-1]:
-            out[..., rd:] = x[..., rd:]
-        if self.config.traits.rope_neox:
-            a, b, out_a, out_b = x[..., : rd // 2], x[..., rd // 2 : rd], out[..., : rd // 2], out[..., rd // 2 : rd]
-        else:
-            a, b, out_a, out_b = x[..., 0:rd:2], x[..., 1:rd:2], out[..., 0:rd:2], out[..., 1:rd:2]
-        # a·cos − b·sin and a·sin + b·cos, each product rounded, written in place (no full-size temporaries)
-        product = np.multiply(b, sin)
-        np.multiply(a, cos, out=out_a)
-        out_a -= product
-        np.multiply(b, cos, out=product)
-        np.multiply(a, sin, out=out_b)
-        out_b += product
+
+        def rows(r0: int, r1: int) -> None:
+            xs, outs, c, s = x[r0:r1], out[r0:r1], cos[r0:r1], sin[r0:r1]
+            if rd < xs.shape[-1]:
+                outs[..., rd:] = xs[..., rd:]
+            if neox:
+                a, b, out_a, out_b = xs[..., : rd // 2], xs[..., rd // 2 : rd], outs[..., : rd // 2], outs[..., rd // 2 : rd]
+            else:
+                a, b, out_a, out_b = xs[..., 0:rd:2], xs[..., 1:rd:2], outs[..., 0:rd:2], outs[..., 1:rd:2]
+            # a·cos − b·sin and a·sin + b·cos, each product rounded, written in place (no full-size temporaries)
+            product = np.multiply(b, s)
+            np.multiply(a, c, out=out_a)
+            out_a -= product
+            np.multiply(b, c, out=product)
+            np.multiply(a, s, out=out_b)
+            out_b += product
+
+        self._rows_parallel(x.shape[0], rows)
         return out
 
     def _attention(
@@ -668,9 +711,20 @@ class Model:
                 np.divide(pv, total, out=out[:, :, t0:t1])
                 continue
             if sinks is None:
-                scores -= scores.max(axis=-1, keepdims=True)
-                np.exp(scores, out=scores)
-                scores /= scores.sum(axis=-1, keepdims=True)
+                # Every row spans all keys (above), but the keys after the last position of a run of 64
+                # query rows are masked for all of them: their exp(-inf) = 0 is written directly and the
+                # max, exp and division run on the rest. The sums still add whole rows, zeros included:
+                # the same values in the same order as the plain formulation.
+                runs = [(r0, min(n, r0 + 64)) for r0 in range(0, n, 64)]
+                visible = [min(n_kv, int(positions[t0 + r1 - 1]) + 1 - k0) for _, r1 in runs]
+                for (r0, r1), c1 in zip(runs, visible, strict=True):
+                    part = scores[:, :, r0:r1, :c1]
+                    part -= part.max(axis=-1, keepdims=True)
+                    np.exp(part, out=part)
+                    scores[:, :, r0:r1, c1:] = 0
+                total = scores.sum(axis=-1, keepdims=True)
+                for (r0, r1), c1 in zip(runs, visible, strict=True):
+                    scores[:, :, r0:r1, :c1] /= total[:, :, r0:r1]
             else:  # ggml_soft_max_add_sinks: the head's sink logit joins the max and the sum, not the output
                 sink = sinks.reshape(c.n_head_kv, group, 1, 1)
                 top = np.maximum(scores.max(axis=-1, keepdims=True), sink)
