@@ -3,8 +3,8 @@ and Q4_K_M.
 
 The F16 GGUF is llama.cpp's own (convert_hf_to_gguf.py --outtype f16 from the SmolLM2 fixture), the
 Q4_K_M one llama-quantize's from it, so both tools read the same bytes. Per file, llama-perplexity of
-both llama.cpp builds (portable and native, BUILDS) runs first and `quantcli eval` right after, on the
-shipped eval text; wall time, CPU time and peak RSS come
+both llama.cpp builds (portable and native, BUILDS) and `quantcli eval` run RUNS times interleaved, on the
+shipped eval text, each tool's median run reported; wall time, CPU time and peak RSS come
 from the kernel's accounting of each child process (wait4). Markdown on stdout, progress on stderr.
 """
 
@@ -29,6 +29,7 @@ from _benchlib import cache_dir, convert_f16_with_llamacpp, python_env, smollm2_
 CHUNKS = 8
 N_CTX = 512
 THREADS = 2
+RUNS = 3
 
 
 def _log(msg: str) -> None:
@@ -122,23 +123,36 @@ def llama_perplexity(model: Path, native: bool) -> tuple[Run, float]:
     return run, float(re.search(r"Final estimate: PPL = ([0-9.]+)", run.stdout + run.stderr).group(1))
 
 
+def median_run(runs: list[Run]) -> Run:
+    """The run of median wall time (its CPU time and peak RSS come with it)."""
+    return sorted(runs, key=lambda r: r.wall)[len(runs) // 2]
+
+
 def main() -> int:
     mib = 1 << 20
     rows = []
+    ours_env = python_env(PYTHONPATH=str(REPO))
     for label, model in models().items():
-        llamas = {}
-        for build, native in BUILDS.items():
-            _log(f"{label}: llama-perplexity ({build} build), {CHUNKS} chunks of {N_CTX}, -t {THREADS}")
-            llamas[build] = llama_perplexity(model, native)
-        _log(f"{label}: quantcli eval")
         ours_cmd = [sys.executable, "-m", "quantcli", "eval", str(model), "--ctx", str(N_CTX), "--json"]
-        ours_env = python_env(PYTHONPATH=str(REPO))
         if not rows:  # warm-up: compiles quantcli's modules once (an installed package has them compiled)
             run_measured([*ours_cmd, "--chunks", "1"], cwd=REPO, env=ours_env)
-        ours = run_measured([*ours_cmd, "--chunks", str(CHUNKS)], cwd=REPO, env=ours_env)
-        if ours.returncode != 0:
-            _log(ours.stderr[-2000:])
-            return 1
+        llama_runs: dict[str, list[tuple[Run, float]]] = {build: [] for build in BUILDS}
+        our_runs: list[Run] = []
+        for i in range(RUNS):  # interleaved, so that every tool sees the same machine load
+            for build, native in BUILDS.items():
+                _log(f"{label} run {i + 1}/{RUNS}: llama-perplexity ({build} build), {CHUNKS} x {N_CTX}, -t {THREADS}")
+                llama_runs[build].append(llama_perplexity(model, native))
+            _log(f"{label} run {i + 1}/{RUNS}: quantcli eval")
+            ours = run_measured([*ours_cmd, "--chunks", str(CHUNKS)], cwd=REPO, env=ours_env)
+            if ours.returncode != 0:
+                _log(ours.stderr[-2000:])
+                return 1
+            our_runs.append(ours)
+        llamas = {}
+        for build, runs in llama_runs.items():
+            mid = median_run([r for r, _ in runs])
+            llamas[build] = (mid, next(ppl for r, ppl in runs if r is mid))
+        ours = median_run(our_runs)
         rows.append((label, llamas, ours, json.loads(ours.stdout)["ppl"]))
 
     print("## eval (NumPy runtime vs llama-perplexity)\n")
@@ -160,8 +174,8 @@ def main() -> int:
     print()
     print(
         f"SmolLM2-135M: llama.cpp's F16 GGUF and llama-quantize's Q4_K_M of it, the shipped eval text, "
-        f"{CHUNKS} chunks of {N_CTX} tokens; per file the two llama-perplexity builds run first and quantcli "
-        "right after, on the same file. The portable build is the tests' reference (GGML_NATIVE=OFF: "
+        f"{CHUNKS} chunks of {N_CTX} tokens; per file {RUNS} rounds of the two llama-perplexity builds and "
+        f"quantcli, interleaved on the same file, and each tool's run of median wall time shown. The portable build is the tests' reference (GGML_NATIVE=OFF: "
         "AVX2/FMA); the native build is -march=native without AMX, what a user compiling llama.cpp on this "
         "machine runs (AVX-512 where the CPU has it). Wall times include process start, model load and "
         "tokenization; quantcli runs with its bytecode compiled by an earlier one-chunk run, as an installed "
