@@ -1551,14 +1551,13 @@ __attribute__((target("avx,f16c"))) static void f16_row_f16c(const half *restric
     for (; k + 8 <= n; k += 8) _mm256_storeu_ps(d + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + k))));
     for (; k < n; ++k) d[k] = fp16_to_fp32(s[k]);
 }
+
+static int have_f16c(void) { return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx"); }
 #endif
 
 static void f16_row(const half *restrict s, float *restrict d, int64_t n) {
 #ifdef QC_HAVE_F16C_PATH
-    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
-        f16_row_f16c(s, d, n);
-        return;
-    }
+    if (have_f16c()) { f16_row_f16c(s, d, n); return; }
 #endif
     for (int64_t k = 0; k < n; ++k) d[k] = fp16_to_fp32(s[k]);
 }
@@ -1755,10 +1754,7 @@ __attribute__((target("avx,f16c"))) static void rt_f16_f16c(const float *restric
 /* F16 weights: activations rounded to float16 (ties to even, overflow to inf) */
 static void rt_f16(const float *restrict x, float *restrict y, int64_t n) {
 #ifdef QC_HAVE_F16C_PATH
-    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
-        rt_f16_f16c(x, y, n);
-        return;
-    }
+    if (have_f16c()) { rt_f16_f16c(x, y, n); return; }
 #endif
     for (int64_t k = 0; k < n; ++k) y[k] = fp16_to_fp32(fp32_to_fp16(x[k]));
 }
