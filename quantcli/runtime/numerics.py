@@ -57,9 +57,10 @@ def round_f16_(x: np.ndarray) -> np.ndarray:
 
 
 def _f16_numpy_(x: np.ndarray) -> np.ndarray:
-    """`round_f16_` in NumPy. Equal to x.astype(float16).astype(float32) for every non-NaN input: the 13 low mantissa bits are
-    rounded away with integer adds (a carry into the exponent is the correct result), float16 subnormals
-    are rounded to multiples of 2**-24 and |x| >= 65520 becomes inf, both on the few elements concerned."""
+    """`round_f16_` in NumPy. Equal to x.astype(float16).astype(float32) for every non-NaN input: the 13 low
+    mantissa bits are rounded away with integer adds (a carry into the exponent is the correct result),
+    float16 subnormals are rounded to multiples of 2**-24 and |x| >= 65520 becomes inf, both on the few
+    elements concerned."""
     flat = _flat_view(x)
     bits = flat.view(np.uint32)
     n = flat.size
