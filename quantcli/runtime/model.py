@@ -331,7 +331,7 @@ class Model:
         its loops), or in one call without a pool or with few rows. Only for work on whole rows whose
         results do not depend on the split: elementwise operations and reductions along a row."""
         pool = self._row_pool
-        workers = 0 if pool is None else pool._max_workers
+        workers = 0 if pool is None else os.cpu_count() or 1  # the pool's size (_sequence_pool); more parts only queue
         if workers < 2 or n_rows < 2 * MIN_ROWS_PER_THREAD:
             fn(0, n_rows)
             return
